@@ -1,0 +1,49 @@
+"""The Bolt app: Slack-facing wiring only. Listeners live in `handlers/`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from slack_bolt import App, BoltResponse
+
+from bot.services import Services
+from handlers import register_all
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    services: Services,
+    signing_secret: str | None,
+    allowed_team_id: str | None = None,
+    allowed_app_id: str | None = None,
+    verify_token: bool = True,
+) -> App:
+    app = App(
+        client=services.client,
+        signing_secret=signing_secret,
+        token_verification_enabled=verify_token,
+        # In HTTP mode Bolt answers Slack as soon as ack() is called; the listener finishes afterwards.
+        process_before_response=False,
+        # Bolt's default reply to an unmatched request is a bare 404, which is what Slack needs.
+        raise_error_for_unhandled_request=False,
+    )
+
+    @app.middleware
+    def only_our_workspace(
+        body: dict[str, Any], next: Callable[[], BoltResponse], logger: logging.Logger
+    ) -> Any:
+        """Refuse payloads signed with our secret but addressed to another workspace or app."""
+        team = body.get("team_id") or (body.get("team") or {}).get("id")
+        app_id = body.get("api_app_id")
+        if (allowed_team_id and team and team != allowed_team_id) or (
+            allowed_app_id and app_id and app_id != allowed_app_id
+        ):
+            logger.warning("refused a request for workspace %s / app %s", team, app_id)
+            return BoltResponse(status=403, body="")
+        return next()
+
+    register_all(app, services)
+    return app

@@ -1,0 +1,87 @@
+"""Runtime settings, read from the environment and an optional `.env` file.
+
+Every setting has the prefix ``FRBOT_`` so it cannot collide with other software on a shared host.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///fr-bot.db"
+DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names it and says what to do."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FRBOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    slack_bot_token: SecretStr | None = Field(None, description="Bot token (xoxb-…) from OAuth & Permissions")
+    slack_signing_secret: SecretStr | None = Field(None, description="Signing secret from Basic Information")
+    slack_app_token: SecretStr | None = Field(None, description="App-level token (xapp-…) for Socket Mode")
+    slack_api_url: str = Field(DEFAULT_SLACK_API_URL, description="Slack Web API base URL")
+    database_url: str = Field(DEFAULT_DATABASE_URL, description="SQLAlchemy database URL")
+    policy_file: Path = Field(Path("policy.yml"), description="Path of the admins' policy file")
+    mode: Literal["socket", "http"] = "socket"
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(3000, ge=1, le=65535)
+    http_threads: int = Field(16, ge=1, le=256)
+    # Refuse requests signed for another workspace or app even when the signature is valid.
+    allowed_team_id: str | None = None
+    allowed_app_id: str | None = None
+    scheduler_enabled: bool = True
+    outbox_poll_seconds: float = Field(1.0, gt=0, le=60)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _api_url_ends_with_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        # Plain postgresql:// would pick psycopg2, which we do not ship.
+        if value.startswith("postgresql://") or value.startswith("postgres://"):
+            value = "postgresql+psycopg://" + value.split("://", 1)[1]
+        return value
+
+    def require_slack_credentials(self) -> None:
+        """Fail with one clear message when a token the chosen mode needs is missing or malformed."""
+        checks: list[tuple[str, SecretStr | None, str | None]] = [
+            ("FRBOT_SLACK_BOT_TOKEN", self.slack_bot_token, "xoxb-"),
+        ]
+        if self.mode == "socket":
+            checks.append(("FRBOT_SLACK_APP_TOKEN", self.slack_app_token, "xapp-"))
+        else:
+            checks.append(("FRBOT_SLACK_SIGNING_SECRET", self.slack_signing_secret, None))
+        for name, secret, prefix in checks:
+            value = secret.get_secret_value().strip() if secret else ""
+            if not value:
+                raise SettingsError(f"{name} is not set: see README.md, 'Create the Slack app'.")
+            if prefix and not value.startswith(prefix):
+                raise SettingsError(f"{name} must start with '{prefix}' (got a value of another kind).")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, turning pydantic's error into one line that names the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            problems.append(f"FRBOT_{field.upper()}: {error['msg']}")
+        raise SettingsError("invalid setting " + "; ".join(problems)) from None

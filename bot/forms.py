@@ -1,0 +1,375 @@
+"""The request form: its fields, parsing Slack's `view.state.values`, and the policy's objective checks.
+
+Field definitions live here once; the modal in `bot.views` is built from them and the parser reads them,
+so a field cannot be shown under one block id and read under another. Errors are keyed by block id, as
+Slack's `response_action: errors` expects.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from bot.mrkdwn import clip, strip_control
+from bot.policy import (
+    SERIOUSNESS_LABELS,
+    SERIOUSNESS_RANK,
+    SUBJECT_LABELS,
+    URGENCY_LABELS,
+    Policy,
+    Seriousness,
+    SubjectCategory,
+    ToolStatus,
+    Urgency,
+)
+
+ERROR_LIMIT = 250  # keep inline errors readable under the field
+
+
+@dataclass(frozen=True)
+class TextField:
+    block_id: str
+    label: str
+    hint: str
+    max_length: int
+    multiline: bool = True
+    justification: bool = True  # subject to the policy's minimum length
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class SelectField:
+    block_id: str
+    label: str
+    hint: str
+    radio: bool = False
+
+
+TOOL = SelectField("tool", "FR tool", "Only tools in the force register can be requested.")
+CASE_REFERENCE = TextField(
+    "case_reference", "Case / crime reference", "", 64, multiline=False, justification=False
+)
+PURPOSE = SelectField("purpose", "Law-enforcement purpose", "DPA 2018 s.31")
+PURPOSE_DETAIL = TextField(
+    "purpose_detail", "What the search is for", "The question the search should answer for this case.", 1500
+)
+OFFENCE_CATEGORY = SelectField("offence_category", "Offence category", "")
+SERIOUSNESS = SelectField("offence_seriousness", "Offence seriousness", "")
+SUBJECT_CATEGORY = SelectField("subject_category", "Subject category", "Who is in the probe image.")
+SUBJECT_CHILD = SelectField("subject_is_child", "Is the subject, or may they be, under 18?", "", radio=True)
+IMAGE_SOURCE = SelectField(
+    "image_source", "Where the probe image came from", "A reference only: never attach or paste the image."
+)
+IMAGE_AUTHORITY = TextField(
+    "image_authority",
+    "Image provenance: authority and exhibit reference",
+    "Under what authority the image was obtained, and its exhibit or system reference.",
+    500,
+    justification=False,
+)
+NECESSITY = TextField(
+    "necessity", "Necessity: why FR, and why now", "ECHR Art. 8 and DPA s.35: strictly necessary.", 2000
+)
+ALTERNATIVES = TextField(
+    "alternatives",
+    "Less intrusive alternatives tried",
+    "What was tried or considered, and why it was not enough.",
+    2000,
+)
+PROPORTIONALITY = TextField(
+    "proportionality", "Proportionality", "Why the intrusion is justified by what is at stake.", 2000
+)
+COLLATERAL = TextField(
+    "collateral_intrusion",
+    "Collateral intrusion",
+    "Others who may be affected (people in the image, matches returned) and how it is limited.",
+    2000,
+)
+EQUALITY = TextField(
+    "equality",
+    "Equality considerations",
+    "Public Sector Equality Duty: known demographic bias of FR and how results will be treated.",
+    2000,
+)
+URGENCY = SelectField(
+    "urgency", "Urgency", "Urgent and threat-to-life requests need a justification.", radio=True
+)
+URGENCY_JUSTIFICATION = TextField(
+    "urgency_justification",
+    "Urgency justification",
+    "Required for urgent and threat-to-life requests.",
+    1000,
+    justification=False,
+    optional=True,
+)
+
+TEXT_FIELDS = (
+    CASE_REFERENCE,
+    PURPOSE_DETAIL,
+    IMAGE_AUTHORITY,
+    NECESSITY,
+    ALTERNATIVES,
+    PROPORTIONALITY,
+    COLLATERAL,
+    EQUALITY,
+    URGENCY_JUSTIFICATION,
+)
+# The order the officer sees them.
+FIELD_ORDER = (
+    TOOL,
+    CASE_REFERENCE,
+    PURPOSE,
+    PURPOSE_DETAIL,
+    OFFENCE_CATEGORY,
+    SERIOUSNESS,
+    SUBJECT_CATEGORY,
+    SUBJECT_CHILD,
+    IMAGE_SOURCE,
+    IMAGE_AUTHORITY,
+    NECESSITY,
+    ALTERNATIVES,
+    PROPORTIONALITY,
+    COLLATERAL,
+    EQUALITY,
+    URGENCY,
+    URGENCY_JUSTIFICATION,
+)
+ACTION_ID = "value"  # every input element uses the same action id; the block id names the field
+CHILD_CHOICES = {"yes": "Yes, or possibly", "no": "No"}
+
+
+def select_choices(policy: Policy, field: SelectField) -> list[tuple[str, str]]:
+    """(value, label) pairs for a select field, straight from the policy where the policy owns them."""
+    if field is TOOL:
+        return [(t.id, _tool_label(t.name, t.status)) for t in policy.tools]
+    if field is PURPOSE:
+        return [(c.id, c.label) for c in policy.purposes]
+    if field is OFFENCE_CATEGORY:
+        return [(c.id, c.label) for c in policy.offence_categories]
+    if field is SERIOUSNESS:
+        return [(s.value, SERIOUSNESS_LABELS[s]) for s in reversed(Seriousness)]
+    if field is SUBJECT_CATEGORY:
+        return [(s.value, SUBJECT_LABELS[s]) for s in SubjectCategory]
+    if field is SUBJECT_CHILD:
+        return list(CHILD_CHOICES.items())
+    if field is IMAGE_SOURCE:
+        return [(c.id, c.label) for c in policy.image_provenance]
+    if field is URGENCY:
+        return [(u.value, URGENCY_LABELS[u]) for u in Urgency]
+    raise KeyError(field.block_id)
+
+
+def _tool_label(name: str, status: ToolStatus) -> str:
+    suffix = {
+        ToolStatus.APPROVED: "",
+        ToolStatus.RESTRICTED: " (restricted)",
+        ToolStatus.PROHIBITED: " (prohibited)",
+    }
+    return clip(name + suffix[status], 75)
+
+
+class RequestForm(BaseModel):
+    """What the officer submitted, after parsing and checking. Field names match the block ids."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tool: str
+    case_reference: str
+    purpose: str
+    purpose_detail: str
+    offence_category: str
+    offence_seriousness: Seriousness
+    subject_category: SubjectCategory
+    subject_is_child: bool
+    image_source: str
+    image_authority: str
+    necessity: str
+    alternatives: str
+    proportionality: str
+    collateral_intrusion: str
+    equality: str
+    urgency: Urgency
+    urgency_justification: str = ""
+
+    def initial_values(self) -> dict[str, str]:
+        """The values as the modal shows them, for pre-filling a new request from this one."""
+        values = self.model_dump(mode="json")
+        values["subject_is_child"] = "yes" if self.subject_is_child else "no"
+        return {key: str(value) for key, value in values.items()}
+
+
+class FormErrors(Exception):
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = {key: clip(message, ERROR_LIMIT) for key, message in errors.items()}
+
+
+def read_state(state_values: Any) -> dict[str, str]:
+    """Pull each request field's raw value out of Slack's `view.state.values`, tolerating bad payloads."""
+    return read_fields(state_values, tuple(field.block_id for field in FIELD_ORDER))
+
+
+def clean_text(value: str) -> str:
+    """Strip invisible control characters and surrounding space; keep the officer's line breaks."""
+    return strip_control(value).strip()
+
+
+def check_request(policy: Policy, raw: dict[str, str]) -> RequestForm:
+    """Apply the policy's objective criteria; raise FormErrors naming each failing field."""
+    errors: dict[str, str] = {}
+    values: dict[str, Any] = {}
+
+    for field in FIELD_ORDER:
+        if isinstance(field, SelectField):
+            allowed = {value for value, _ in select_choices(policy, field)}
+            chosen = raw.get(field.block_id, "")
+            if chosen not in allowed:
+                errors[field.block_id] = "Choose one of the options."
+            else:
+                values[field.block_id] = chosen
+            continue
+        text = clean_text(raw.get(field.block_id, ""))
+        if len(text) > field.max_length:
+            errors[field.block_id] = f"Keep this to {field.max_length} characters (now {len(text)})."
+        elif not text and not field.optional:
+            errors[field.block_id] = "This is required."
+        elif field.justification and len(text) < policy.min_justification_length:
+            errors[field.block_id] = (
+                f"Give a reasoned answer of at least {policy.min_justification_length} characters "
+                "specific to this case."
+            )
+        values[field.block_id] = text
+
+    reference = values.get("case_reference", "").upper()
+    values["case_reference"] = reference
+    if "case_reference" not in errors and not re.fullmatch(policy.case_reference.pattern, reference):
+        errors["case_reference"] = (
+            f"Not a valid case reference; expected a form like {policy.case_reference.example}."
+        )
+
+    tool = policy.tool(values.get("tool", ""))
+    if tool is not None:
+        if tool.status is ToolStatus.PROHIBITED:
+            errors["tool"] = f"{tool.name} is prohibited in this force. {tool.note}".strip()
+        elif tool.category in policy.own_process:
+            errors["tool"] = policy.own_process[tool.category]
+        subject = values.get("subject_category")
+        seriousness = values.get("offence_seriousness")
+        if tool.allowed_subjects is not None and subject and subject not in tool.allowed_subjects:
+            allowed = ", ".join(SUBJECT_LABELS[s].lower() for s in tool.allowed_subjects)
+            errors.setdefault("subject_category", f"{tool.name} may only be used for: {allowed}.")
+        if (
+            tool.min_seriousness is not None
+            and seriousness
+            and subject not in tool.seriousness_exempt_subjects
+            and SERIOUSNESS_RANK[Seriousness(seriousness)] < SERIOUSNESS_RANK[tool.min_seriousness]
+        ):
+            errors.setdefault(
+                "offence_seriousness",
+                f"{tool.name} may only be used for offences of at least "
+                f"{SERIOUSNESS_LABELS[tool.min_seriousness].split(' (')[0].lower()} seriousness.",
+            )
+
+    if values.get("offence_seriousness") == Seriousness.NOT_APPLICABLE and values.get(
+        "subject_category"
+    ) not in (
+        SubjectCategory.MISSING_PERSON,
+        SubjectCategory.UNIDENTIFIED_DECEASED,
+    ):
+        errors.setdefault(
+            "offence_seriousness", "'No offence' is only for missing persons and unidentified deceased."
+        )
+
+    urgent = values.get("urgency") in (Urgency.URGENT, Urgency.THREAT_TO_LIFE)
+    shortest_urgency_reason = max(1, min(policy.min_justification_length, 20))
+    if urgent and "urgency_justification" not in errors:
+        if len(values.get("urgency_justification", "")) < shortest_urgency_reason:
+            errors["urgency_justification"] = "Explain why this cannot wait for routine review."
+
+    if errors:
+        raise FormErrors(errors)
+    values["subject_is_child"] = values["subject_is_child"] == "yes"
+    return RequestForm.model_validate(values)
+
+
+# --- The reviewer's decision and request-for-information forms -------------------------------------
+
+REASON_CODES = {
+    "not_necessary": "Not necessary",
+    "not_proportionate": "Not proportionate",
+    "alternatives_not_exhausted": "Less intrusive alternatives not exhausted",
+    "insufficient_information": "Insufficient information",
+    "tool_not_appropriate": "Tool not appropriate",
+    "no_lawful_basis": "No lawful basis",
+    "other": "Other (explain in the rationale)",
+}
+RATIONALE = TextField("rationale", "Rationale", "Recorded in the audit trail and shown to the officer.", 2000)
+CONDITIONS = TextField(
+    "conditions",
+    "Conditions (optional)",
+    "E.g. limits on retention or on how results may be used.",
+    1000,
+    justification=False,
+    optional=True,
+)
+REASON_CODE = SelectField("reason_code", "Reason", "")
+QUESTION = TextField(
+    "question", "What do you need to know?", "Sent to the officer; recorded.", 1000, justification=False
+)
+MIN_RATIONALE = 20
+
+
+class DecisionForm(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    rationale: str
+    conditions: str = ""
+    reason_code: str | None = None
+
+
+def check_decision(raw: dict[str, str], outcome: str) -> DecisionForm:
+    errors: dict[str, str] = {}
+    rationale = clean_text(raw.get(RATIONALE.block_id, ""))
+    conditions = clean_text(raw.get(CONDITIONS.block_id, "")) if outcome == "approve" else ""
+    reason = raw.get(REASON_CODE.block_id) if outcome == "reject" else None
+    if len(rationale) < MIN_RATIONALE:
+        errors[RATIONALE.block_id] = f"Record your reasons in at least {MIN_RATIONALE} characters."
+    elif len(rationale) > RATIONALE.max_length:
+        errors[RATIONALE.block_id] = f"Keep this to {RATIONALE.max_length} characters."
+    if len(conditions) > CONDITIONS.max_length:
+        errors[CONDITIONS.block_id] = f"Keep this to {CONDITIONS.max_length} characters."
+    if outcome == "reject" and reason not in REASON_CODES:
+        errors[REASON_CODE.block_id] = "Choose a reason."
+    if errors:
+        raise FormErrors(errors)
+    return DecisionForm(rationale=rationale, conditions=conditions, reason_code=reason)
+
+
+def check_question(raw: dict[str, str]) -> str:
+    question = clean_text(raw.get(QUESTION.block_id, ""))
+    if len(question) < 10:
+        raise FormErrors({QUESTION.block_id: "Ask a question of at least 10 characters."})
+    if len(question) > QUESTION.max_length:
+        raise FormErrors({QUESTION.block_id: f"Keep this to {QUESTION.max_length} characters."})
+    return question
+
+
+def read_fields(state_values: Any, block_ids: tuple[str, ...]) -> dict[str, str]:
+    """Each named block's selected option value or typed value; missing or malformed blocks are skipped."""
+    raw: dict[str, str] = {}
+    if not isinstance(state_values, dict):
+        return raw
+    for block_id in block_ids:
+        block = state_values.get(block_id)
+        element = block.get(ACTION_ID) if isinstance(block, dict) else None
+        if not isinstance(element, dict):
+            continue
+        option = element.get("selected_option")
+        if isinstance(option, dict) and isinstance(option.get("value"), str):
+            raw[block_id] = option["value"]
+        elif isinstance(element.get("value"), str):
+            raw[block_id] = element["value"]
+    return raw

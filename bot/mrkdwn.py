@@ -1,0 +1,36 @@
+"""Make user-typed text safe to show inside Slack mrkdwn.
+
+Slack treats `<…>` as control sequences (mentions, `<!channel>`, links) and `*_~\\`` as formatting.
+Escaping `&`, `<` and `>` is what Slack documents; formatting characters and bare `@channel`-style words
+get a zero-width joiner so that they print as typed but are not interpreted.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+ZWJ = "\u2060"  # WORD JOINER: invisible, and breaks Slack's pattern matching
+_BROADCAST = re.compile(r"@(?=(channel|here|everyone)\b)", re.IGNORECASE)
+_FORMATTING = re.compile(r"([*_~`])")
+
+
+def strip_control(text: str) -> str:
+    """Drop control and format characters other than newline and tab (they can hide or reorder text)."""
+    return "".join(
+        ch for ch in text if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn")
+    )
+
+
+def escape(text: str) -> str:
+    text = strip_control(text)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _BROADCAST.sub("@" + ZWJ, text)
+    return _FORMATTING.sub(ZWJ + r"\1" + ZWJ, text)
+
+
+def clip(text: str, limit: int, marker: str = "…") -> str:
+    """Shorten to at most `limit` characters, marking the cut."""
+    if len(text) <= limit:
+        return text
+    return text[: max(0, limit - len(marker))] + marker

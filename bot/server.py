@@ -1,0 +1,85 @@
+"""Serving the Bolt app: HTTP mode under waitress (a production WSGI server), or Socket Mode."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from slack_bolt import App
+from slack_bolt.adapter.socket_mode import SocketModeHandler
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+
+log = logging.getLogger(__name__)
+EVENTS_PATH = "/slack/events"
+MAX_BODY_BYTES = 1_000_000  # Slack payloads are far smaller; anything larger is refused with 413
+
+
+def wsgi_app(app: App) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
+    slack = SlackRequestHandler(app, path=EVENTS_PATH)
+
+    def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
+        if path == "/healthz" and method == "GET":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok"]
+        if path == EVENTS_PATH and method == "POST":
+            content_type = environ.get("CONTENT_TYPE", "")
+            if not content_type.startswith(("application/x-www-form-urlencoded", "application/json")):
+                start_response("415 Unsupported Media Type", [("Content-Type", "text/plain")])
+                return [b"unsupported content type"]
+            return slack(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found"]
+
+    return application
+
+
+def on_termination(stop: Callable[[], None]) -> None:
+    """Run `stop` on SIGTERM and SIGINT (only possible from the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("signal %s: finishing in-flight work and stopping", signal.Signals(signum).name)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def serve_http(
+    app: App, host: str, port: int, threads: int, ready: Callable[[int], None] | None = None
+) -> None:
+    from waitress.server import create_server
+
+    server = create_server(
+        wsgi_app(app),
+        host=host,
+        port=port,
+        threads=threads,
+        max_request_body_size=MAX_BODY_BYTES,
+        ident="fr-bot",
+        clear_untrusted_proxy_headers=True,
+    )
+    bound_port = server.effective_port  # type: ignore[union-attr]
+    log.info("HTTP mode: listening on %s:%s%s", host, bound_port, EVENTS_PATH)
+    on_termination(server.close)
+    if ready:
+        ready(int(bound_port))
+    try:
+        server.run()
+    except (OSError, ValueError):
+        pass  # closing the server from the signal handler ends the loop this way
+
+
+def serve_socket(app: App, app_token: str) -> None:
+    handler = SocketModeHandler(app, app_token)
+    stopped = threading.Event()
+    on_termination(stopped.set)
+    handler.connect()
+    log.info("Socket Mode: connected to Slack")
+    stopped.wait()
+    handler.close()

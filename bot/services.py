@@ -1,0 +1,48 @@
+"""Wire the pieces together: database, policy, Slack client, workflow and outbox dispatcher."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from slack_sdk import WebClient
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.approvers import ApproverDirectory, SlackGroupSource
+from bot.outbox import OutboxDispatcher
+from bot.policy import LoadedPolicy
+from bot.workflow import Workflow
+from storage.db import make_engine, make_session_factory
+from storage.models import utcnow
+
+
+@dataclass
+class Services:
+    engine: Engine
+    db: sessionmaker[Session]
+    policy: LoadedPolicy
+    client: WebClient
+    workflow: Workflow
+    dispatcher: OutboxDispatcher
+
+    def close(self) -> None:
+        self.dispatcher.stop()
+        self.engine.dispose()
+
+
+def build_services(
+    database_url: str,
+    policy: LoadedPolicy,
+    client: WebClient,
+    clock: Callable[[], datetime] = utcnow,
+    outbox_poll_seconds: float = 1.0,
+    approver_cache_seconds: float = 60.0,
+) -> Services:
+    engine = make_engine(database_url)
+    db = make_session_factory(engine)
+    dispatcher = OutboxDispatcher(db, client, policy.policy, clock=clock, poll_seconds=outbox_poll_seconds)
+    approvers = ApproverDirectory(SlackGroupSource(client), ttl_seconds=approver_cache_seconds)
+    workflow = Workflow(db, policy, approvers, clock=clock, on_outbox=dispatcher.wake)
+    return Services(engine, db, policy, client, workflow, dispatcher)

@@ -1,0 +1,139 @@
+"""Modal submissions: the officer's request, a reviewer's decision, a reviewer's question.
+
+Each saves before it acknowledges, so the modal closes only once the database holds the result and
+a database outage can be shown in the modal instead of being lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+from slack_bolt import Ack, App
+
+from bot import forms, views
+from bot.services import Services
+from bot.workflow import Refusal
+from storage.db import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+NOT_SAVED = (
+    "Not saved: the bot cannot reach its database just now. Your answers are kept; submit again in a minute."
+)
+
+
+def register(app: App, services: Services) -> None:
+    workflow = services.workflow
+    policy = services.policy.policy
+
+    @app.view(views.REQUEST_CALLBACK)
+    def request_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        user_id = body["user"]["id"]
+        raw = forms.read_state((view.get("state") or {}).get("values"))
+        try:
+            form = forms.check_request(policy, raw)
+        except forms.FormErrors as exc:
+            ack(response_action="errors", errors=exc.errors)
+            _record_refusal(services, user_id, raw, exc.errors)
+            return
+        team_id = (body.get("team") or {}).get("id") or body["user"].get("team_id", "")
+        try:
+            result = workflow.submit(form, user_id, team_id, submission_key=str(view["id"]))
+        except DatabaseUnavailable as exc:
+            log.error("request not saved: %s", exc)
+            ack(response_action="errors", errors={forms.TOOL.block_id: NOT_SAVED})
+            return
+        route = " → ".join(result.stage_names)
+        ack(
+            response_action="update",
+            view=views.notice_modal(
+                "Request recorded",
+                f":inbox_tray: *{result.reference}* is recorded and on its way to *{views.esc(route)}*. "
+                "You will get a direct message at each decision. Do not run the search until it is approved.",
+            ),
+        )
+
+    @app.view(views.DECISION_CALLBACK)
+    def decision_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        ctx = _context(view)
+        if ctx is None or ctx.action not in ("approve", "reject"):
+            ack(
+                response_action="update",
+                view=views.notice_modal("Not recorded", "This form is not valid any more."),
+            )
+            return
+        fields = (forms.RATIONALE.block_id, forms.CONDITIONS.block_id, forms.REASON_CODE.block_id)
+        raw = forms.read_fields((view.get("state") or {}).get("values"), fields)
+        try:
+            form = forms.check_decision(raw, ctx.action)
+        except forms.FormErrors as exc:
+            ack(response_action="errors", errors=exc.errors)
+            return
+        try:
+            result = workflow.decide(ctx.request_id, ctx.position, body["user"]["id"], ctx.action, form)
+        except DatabaseUnavailable as exc:
+            log.error("decision not saved: %s", exc)
+            ack(response_action="errors", errors={forms.RATIONALE.block_id: NOT_SAVED})
+            return
+        if isinstance(result, Refusal):
+            ack(response_action="update", view=views.notice_modal("Not recorded", views.esc(result.message)))
+            return
+        if result.outcome == "reject":
+            text = (
+                f":no_entry: Your rejection of *{result.reference}* is recorded. The officer has been told."
+            )
+        else:
+            text = (
+                f":white_check_mark: Your approval of *{result.reference}* at *{views.esc(result.stage_name)}* "
+                f"is recorded ({result.approvals} of {result.required} needed)."
+            )
+        ack(response_action="update", view=views.notice_modal("Decision recorded", text))
+
+    @app.view(views.INFO_CALLBACK)
+    def question_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        ctx = _context(view)
+        if ctx is None or ctx.action != "request_info":
+            ack(
+                response_action="update",
+                view=views.notice_modal("Not sent", "This form is not valid any more."),
+            )
+            return
+        raw = forms.read_fields((view.get("state") or {}).get("values"), (forms.QUESTION.block_id,))
+        try:
+            question = forms.check_question(raw)
+        except forms.FormErrors as exc:
+            ack(response_action="errors", errors=exc.errors)
+            return
+        try:
+            result = workflow.request_info(
+                ctx.request_id, ctx.position, body["user"]["id"], question, str(view["id"])
+            )
+        except DatabaseUnavailable as exc:
+            log.error("question not saved: %s", exc)
+            ack(response_action="errors", errors={forms.QUESTION.block_id: NOT_SAVED})
+            return
+        if isinstance(result, Refusal):
+            ack(response_action="update", view=views.notice_modal("Not sent", views.esc(result.message)))
+            return
+        ack(
+            response_action="update",
+            view=views.notice_modal(
+                "Question sent",
+                f":grey_question: Your question on *{result.reference}* is recorded and sent to the officer.",
+            ),
+        )
+
+
+def _context(view: dict[str, Any]) -> views.ReviewContext | None:
+    try:
+        return views.ReviewContext.model_validate_json(view.get("private_metadata") or "")
+    except ValidationError:
+        return None
+
+
+def _record_refusal(services: Services, user_id: str, raw: dict[str, str], errors: dict[str, str]) -> None:
+    try:
+        services.workflow.record_refused_submission(user_id, raw.get(forms.TOOL.block_id, ""), errors)
+    except DatabaseUnavailable as exc:
+        log.error("could not record a refused submission: %s", exc)
