@@ -32,7 +32,8 @@ class CliError(Exception):
 def make_client(settings: Settings) -> WebClient:
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
     client = WebClient(token=token, base_url=settings.slack_api_url, timeout=10)
-    # Interactive calls (opening a modal within 3 s) must not sleep on long retries; the outbox retries itself.
+    # Interactive calls (a modal must open within 3 s) must not sleep on long retries;
+    # the outbox does its own retrying.
     client.retry_handlers = [
         ConnectionErrorRetryHandler(max_retry_count=1),
         RateLimitErrorRetryHandler(max_retry_count=1),

@@ -285,9 +285,9 @@ def check_request(policy: Policy, raw: dict[str, str]) -> RequestForm:
 
     urgent = values.get("urgency") in (Urgency.URGENT, Urgency.THREAT_TO_LIFE)
     shortest_urgency_reason = max(1, min(policy.min_justification_length, 20))
-    if urgent and "urgency_justification" not in errors:
-        if len(values.get("urgency_justification", "")) < shortest_urgency_reason:
-            errors["urgency_justification"] = "Explain why this cannot wait for routine review."
+    too_short = len(values.get("urgency_justification", "")) < shortest_urgency_reason
+    if urgent and too_short and "urgency_justification" not in errors:
+        errors["urgency_justification"] = "Explain why this cannot wait for routine review."
 
     if errors:
         raise FormErrors(errors)

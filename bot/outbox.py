@@ -25,6 +25,7 @@ from bot import views
 from bot.policy import Policy
 from storage.db import DatabaseUnavailable, transaction
 from storage.models import FrRequest, OutboxMessage, OutboxStatus, StageReview, utcnow
+from storage.queries import request_with_history
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,8 @@ class OutboxDispatcher:
         except PermanentFailure as exc:
             advice = PERMANENT_ERRORS.get(exc.error, "see the Slack error code")
             log.error(
-                "outbox row %s (%s, request %s) failed for good: %s: %s. Fix it, then run `fr-bot outbox retry %s`.",
+                "outbox row %s (%s, request %s) failed for good: %s: %s. "
+                "Fix it, then run `fr-bot outbox retry %s`.",
                 row.id,
                 row.kind,
                 row.request_id,
@@ -250,13 +252,20 @@ class OutboxDispatcher:
             raise classify(exc, row.attempts) from None
         except (OSError, TimeoutError) as exc:  # connection refused, reset, DNS, timeouts
             raise RetryLater(f"connection error: {type(exc).__name__}", backoff(row.attempts)) from None
+        except (PermanentFailure, RetryLater, DatabaseUnavailable):
+            raise
+        except Exception as exc:
+            # A defect, not a Slack fault: keep the row, back off, and make it loud in the log.
+            log.exception("outbox row %s (%s): unexpected error", row.id, row.kind)
+            raise RetryLater(f"unexpected error: {type(exc).__name__}", backoff(row.attempts)) from None
 
     def _load_stage(self, stage_review_id: int) -> tuple[FrRequest, StageReview] | None:
         with transaction(self.db) as session:
             stage = session.get(StageReview, stage_review_id)
-            if stage is None:
+            request = request_with_history(session, stage.request_id) if stage is not None else None
+            if request is None:
                 return None
-            return stage.request, stage
+            return request, request.stages[stage.position]
 
     def _post_review(self, stage_review_id: int) -> Sent:
         loaded = self._load_stage(stage_review_id)
@@ -274,7 +283,7 @@ class OutboxDispatcher:
 
     def _refresh_reviews(self, request_id: int) -> None:
         with transaction(self.db) as session:
-            request = session.get(FrRequest, request_id)
+            request = request_with_history(session, request_id)
         if request is None:
             raise PermanentFailure("request no longer exists")
         for stage in request.stages:

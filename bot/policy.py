@@ -186,8 +186,14 @@ class CaseReferenceRule(_Strict):
 
     @model_validator(mode="after")
     def _example_matches(self) -> CaseReferenceRule:
-        if not re.fullmatch(self.pattern, self.example):
-            raise ValueError(f"the example '{self.example}' does not match the pattern")
+        # The form upper-cases what the officer typed before matching (bot.forms.check_request), so check
+        # the example the same way: a pattern that only matches lower case would otherwise load and then
+        # refuse every request.
+        if not re.fullmatch(self.pattern, self.example.upper()):
+            raise ValueError(
+                f"the example '{self.example}' does not match the pattern "
+                "(references are upper-cased before matching)"
+            )
         return self
 
 
@@ -340,9 +346,14 @@ def load_policy(path: Path | str) -> LoadedPolicy:
 def _describe(source: str, exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
-        key_path = ".".join(str(part) for part in error["loc"]) or "(top level)"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key (check the spelling against policy.example.yml)"
-        lines.append(f"{source}: {key_path}: {message}")
+        if error["loc"]:
+            key_path = ".".join(str(part) for part in error["loc"])
+            lines.append(f"{source}: {key_path}: {message}")
+        else:
+            # Whole-policy checks (Policy._cross_references) start their message with the key path
+            # themselves, e.g. "default_route.0: unknown stage 'x'"; a "(top level)" prefix would misplace it.
+            lines.append(f"{source}: {message}")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -69,10 +70,9 @@ def serve_http(
     on_termination(server.close)
     if ready:
         ready(int(bound_port))
-    try:
+    # Closing the server from the signal handler ends its loop with one of these.
+    with contextlib.suppress(OSError, ValueError):
         server.run()
-    except (OSError, ValueError):
-        pass  # closing the server from the signal handler ends the loop this way
 
 
 def serve_socket(app: App, app_token: str) -> None:

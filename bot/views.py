@@ -255,7 +255,8 @@ def _status_line(request: FrRequest, policy: Policy) -> str:
     badge = STATUS_BADGES.get(request.status, request.status)
     if request.status == RequestStatus.PENDING and request.current is not None:
         stage = request.current
-        return f"{badge}: awaiting *{esc(stage.stage_name)}* (stage {stage.position + 1} of {len(request.stages)})"
+        where = f"stage {stage.position + 1} of {len(request.stages)}"
+        return f"{badge}: awaiting *{esc(stage.stage_name)}* ({where})"
     if request.status == RequestStatus.APPROVED:
         return f"{badge}: valid until {when(request.valid_until, policy)}"
     return f"{badge} {when(request.decided_at, policy)}"
@@ -293,7 +294,8 @@ def _decision_line(stage: StageReview, policy: Policy) -> list[str]:
         lines.append(line)
     for info in stage.info_requests:
         lines.append(
-            f":grey_question: {user(info.asked_by)} asked {when(info.created_at, policy)}\n> {esc(info.question, 500)}"
+            f":grey_question: {user(info.asked_by)} asked {when(info.created_at, policy)}"
+            f"\n> {esc(info.question, 500)}"
         )
     return lines
 
@@ -323,9 +325,8 @@ def stage_history(request: FrRequest, policy: Policy) -> list[Block]:
     lines: list[str] = []
     for stage in request.stages:
         count = f"{len(stage.approvals)}/{stage.required_approvals} approvals"
-        lines.append(
-            f"*{stage.position + 1}. {esc(stage.stage_name)}*: {STAGE_BADGES.get(stage.status, stage.status)} ({count})"
-        )
+        badge = STAGE_BADGES.get(stage.status, stage.status)
+        lines.append(f"*{stage.position + 1}. {esc(stage.stage_name)}*: {badge} ({count})")
         lines.extend(_decision_line(stage, policy))
     return [section(text) for text in pack(lines)]
 
@@ -369,7 +370,8 @@ def review_message(request: FrRequest, stage: StageReview, policy: Policy) -> di
     for attribute, label in JUSTIFICATIONS:
         blocks.append(section(f"*{label}*\n{esc(getattr(request, attribute), 2900)}"))
     tool = request.tool_snapshot
-    register = f"Register: {esc(CATEGORY_LABELS[ToolCategory(tool['category'])])}, jurisdiction {esc(tool['jurisdiction'])}"
+    category = CATEGORY_LABELS[ToolCategory(tool["category"])]
+    register = f"Register: {esc(category)}, jurisdiction {esc(tool['jurisdiction'])}"
     if tool.get("dpia_reference"):
         register += f", DPIA {esc(tool['dpia_reference'])}"
     blocks.append(context(register + f" · policy version {esc(request.policy_version)}"))
@@ -387,9 +389,8 @@ def review_message(request: FrRequest, stage: StageReview, policy: Policy) -> di
     blocks.extend(history)
     if live and stage.status == StageStatus.PENDING:
         blocks.append(review_actions(request, stage))
-    text = f"FR request {request.reference} ({URGENCY_LABELS[Urgency(request.urgency)]}): {request.status}"
-    if live:
-        text = f"FR request {request.reference} ({URGENCY_LABELS[Urgency(request.urgency)]}) awaits {stage.stage_name}"
+    title = f"FR request {request.reference} ({URGENCY_LABELS[Urgency(request.urgency)]})"
+    text = f"{title} awaits {stage.stage_name}" if live else f"{title}: {request.status}"
     return {"channel": stage.channel_id, "text": clip(escape(text), 300), "blocks": blocks}
 
 
@@ -452,7 +453,10 @@ def decision_dm(
     if outcome == "reject":
         reason = forms.REASON_CODES.get(form.reason_code or "", "")
         text = f"Your FR request {reference} was rejected at {stage.stage_name}."
-        lead = f":no_entry: *{reference}* was rejected at *{esc(stage.stage_name)}* by {user(approver)}: {esc(reason)}."
+        lead = (
+            f":no_entry: *{reference}* was rejected at *{esc(stage.stage_name)}* by {user(approver)}: "
+            f"{esc(reason)}."
+        )
     elif request.status == RequestStatus.APPROVED:
         text = f"Your FR request {reference} is approved."
         lead = (

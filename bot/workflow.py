@@ -34,6 +34,7 @@ from storage.models import (
     StageStatus,
     utcnow,
 )
+from storage.queries import request_with_history
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +277,7 @@ class Workflow:
     def authorise(self, request_id: int, position: int, user_id: str, action: str) -> Refusal | None:
         """Check before opening a decision modal; a refusal is recorded in the audit trail."""
         with transaction(self.db) as session:
-            request = session.get(FrRequest, request_id)
+            request = request_with_history(session, request_id)
             refusal = self._refusal(request, position, user_id)
             if refusal is not None:
                 self._record_refusal(session, request, position, user_id, action, refusal)
@@ -310,8 +311,9 @@ class Workflow:
             raise ValueError(outcome)
         try:
             with transaction(self.db) as session:
-                # The row lock serialises deciders of one request on PostgreSQL; SQLite's BEGIN IMMEDIATE does it there.
-                request = session.get(FrRequest, request_id, with_for_update=True, populate_existing=True)
+                # The row lock serialises deciders of one request on PostgreSQL;
+                # SQLite's BEGIN IMMEDIATE does the same there.
+                request = request_with_history(session, request_id, lock=True)
                 refusal = self._refusal(request, position, user_id)
                 if refusal is not None:
                     self._record_refusal(session, request, position, user_id, outcome, refusal)
@@ -427,7 +429,7 @@ class Workflow:
         self, request_id: int, position: int, user_id: str, question: str, submission_key: str
     ) -> InfoAsked | Refusal:
         with transaction(self.db) as session:
-            request = session.get(FrRequest, request_id, with_for_update=True, populate_existing=True)
+            request = request_with_history(session, request_id, lock=True)
             refusal = self._refusal(request, position, user_id)
             if refusal is not None and refusal.code != "already_decided":
                 self._record_refusal(session, request, position, user_id, "request_info", refusal)
@@ -466,4 +468,4 @@ class Workflow:
 
     def load(self, request_id: int) -> FrRequest | None:
         with transaction(self.db) as session:
-            return session.get(FrRequest, request_id)
+            return request_with_history(session, request_id)

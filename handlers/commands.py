@@ -27,7 +27,8 @@ def register(app: App, services: Services) -> None:
             return
         if argument:
             ack(
-                text=f"`{COMMAND}` takes no options except `help`. Type `{COMMAND}` on its own to start a request."
+                text=f"`{COMMAND}` takes no options except `help`. "
+                f"Type `{COMMAND}` on its own to start a request."
             )
             return
         ack()  # first: the trigger_id is only good for 3 seconds from Slack's side

@@ -85,7 +85,8 @@ def register(app: App, services: Services) -> None:
             )
         else:
             text = (
-                f":white_check_mark: Your approval of *{result.reference}* at *{views.esc(result.stage_name)}* "
+                f":white_check_mark: Your approval of *{result.reference}* "
+                f"at *{views.esc(result.stage_name)}* "
                 f"is recorded ({result.approvals} of {result.required} needed)."
             )
         ack(response_action="update", view=views.notice_modal("Decision recorded", text))

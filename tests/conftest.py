@@ -131,7 +131,9 @@ def _postgres_url() -> str | None:
     if url:
         return url
     if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
-        pytest.fail(f"{REQUIRE_POSTGRES_ENV}=1 but {POSTGRES_ENV} is not set: PostgreSQL tests would be skipped")
+        pytest.fail(
+            f"{REQUIRE_POSTGRES_ENV}=1 but {POSTGRES_ENV} is not set: PostgreSQL tests would be skipped"
+        )
     pytest.skip(f"{POSTGRES_ENV} not set: PostgreSQL tests skipped (CI runs them)")
 
 

@@ -12,8 +12,12 @@ from storage.db import transaction
 from storage.models import AuditEvent, Decision, FrRequest, OutboxMessage, RequestStatus, StageStatus
 from tests.conftest import FakeClock, valid_form_values
 
-APPROVE = DecisionForm(rationale="Necessary and proportionate for this robbery.", conditions="Delete results in 30 days")
-REJECT = DecisionForm(rationale="Alternatives have not been exhausted yet.", reason_code="alternatives_not_exhausted")
+APPROVE = DecisionForm(
+    rationale="Necessary and proportionate for this robbery.", conditions="Delete results in 30 days"
+)
+REJECT = DecisionForm(
+    rationale="Alternatives have not been exhausted yet.", reason_code="alternatives_not_exhausted"
+)
 
 
 def submit(workflow: Workflow, key: str = "V1", requester: str = "UOFFICER", **overrides: str):
@@ -74,7 +78,11 @@ def test_same_modal_submitted_twice_creates_one_request(workflow: Workflow) -> N
 @pytest.mark.parametrize(
     ("overrides", "route", "stages"),
     [
-        ({"tool": "engine-a"}, "Online engines", ("Supervisor review", "Authorising officer", "Data protection")),
+        (
+            {"tool": "engine-a"},
+            "Online engines",
+            ("Supervisor review", "Authorising officer", "Data protection"),
+        ),
         (
             {"urgency": "threat_to_life", "urgency_justification": "Child at immediate risk of harm tonight"},
             "Threat to life",
@@ -83,7 +91,9 @@ def test_same_modal_submitted_twice_creates_one_request(workflow: Workflow) -> N
         ({}, "default", ("Supervisor review",)),
     ],
 )
-def test_first_matching_route_wins(workflow: Workflow, overrides: dict[str, str], route: str, stages: tuple) -> None:
+def test_first_matching_route_wins(
+    workflow: Workflow, overrides: dict[str, str], route: str, stages: tuple
+) -> None:
     result = submit(workflow, **overrides)
     assert (result.route_name, result.stage_names) == (route, stages)
 
@@ -141,7 +151,11 @@ def test_rejection_ends_the_request(workflow: Workflow) -> None:
     assert isinstance(outcome, Decided) and outcome.request_status == RequestStatus.REJECTED
     request = workflow.load(result.request_id)
     assert request is not None
-    assert [s.status for s in request.stages] == [StageStatus.REJECTED, StageStatus.CANCELLED, StageStatus.CANCELLED]
+    assert [s.status for s in request.stages] == [
+        StageStatus.REJECTED,
+        StageStatus.CANCELLED,
+        StageStatus.CANCELLED,
+    ]
     late = workflow.decide(result.request_id, 1, "UAUTH1", "approve", APPROVE)
     assert isinstance(late, Refusal) and late.code == "request_closed"
 
@@ -150,7 +164,9 @@ def test_request_info_records_the_question(workflow: Workflow) -> None:
     result = submit(workflow)
     asked = workflow.request_info(result.request_id, 0, "USUP1", "Which exhibit is the still from?", "VQ1")
     assert not isinstance(asked, Refusal)
-    workflow.request_info(result.request_id, 0, "USUP1", "Which exhibit is the still from?", "VQ1")  # resubmitted
+    workflow.request_info(
+        result.request_id, 0, "USUP1", "Which exhibit is the still from?", "VQ1"
+    )  # resubmitted
     request = workflow.load(result.request_id)
     assert request is not None
     assert [i.question for i in request.stages[0].info_requests] == ["Which exhibit is the still from?"]
@@ -174,8 +190,13 @@ def test_one_decision_per_approver_is_enforced_by_the_database(workflow: Workflo
         existing = session.scalars(select(Decision).where(Decision.approver_id == "UAUTH1")).one()
         session.add(
             Decision(
-                request_id=existing.request_id, stage_review_id=existing.stage_review_id, approver_id="UAUTH1",
-                outcome="approve", rationale="x", conditions="", policy_version="v",
+                request_id=existing.request_id,
+                stage_review_id=existing.stage_review_id,
+                approver_id="UAUTH1",
+                outcome="approve",
+                rationale="x",
+                conditions="",
+                policy_version="v",
             )
         )
 

@@ -1,0 +1,24 @@
+"""Loading a request with everything the views and the workflow read, in a fixed number of queries."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from storage.models import FrRequest, StageReview
+
+
+def request_with_history(session: Session, request_id: int, lock: bool = False) -> FrRequest | None:
+    """The request, its stages, their decisions and questions; `lock` takes the row lock for an update."""
+    query = (
+        select(FrRequest)
+        .where(FrRequest.id == request_id)
+        .options(
+            selectinload(FrRequest.stages).selectinload(StageReview.decisions),
+            selectinload(FrRequest.stages).selectinload(StageReview.info_requests),
+        )
+        .execution_options(populate_existing=True)
+    )
+    if lock:
+        query = query.with_for_update(of=FrRequest)
+    return session.scalars(query).first()

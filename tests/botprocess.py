@@ -1,0 +1,83 @@
+"""Run the real bot (`python -m bot.cli run --mode http`) as a child process for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SIGNING_SECRET = "e2e-signing-secret-0123456789"
+BOT_TOKEN = "xoxb-test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class BotProcess:
+    def __init__(
+        self, database_url: str, policy_file: Path, slack_api_url: str, workdir: Path, **env: str
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/slack/events"
+        self.log_path = workdir / f"bot-{self.port}.log"
+        self.env = {key: value for key, value in os.environ.items() if not key.startswith("FRBOT_")}
+        self.env.update(
+            FRBOT_MODE="http",
+            FRBOT_HTTP_HOST="127.0.0.1",
+            FRBOT_HTTP_PORT=str(self.port),
+            FRBOT_SLACK_BOT_TOKEN=BOT_TOKEN,
+            FRBOT_SLACK_SIGNING_SECRET=SIGNING_SECRET,
+            FRBOT_SLACK_API_URL=slack_api_url,
+            FRBOT_DATABASE_URL=database_url,
+            FRBOT_POLICY_FILE=str(policy_file),
+            FRBOT_OUTBOX_POLL_SECONDS="0.2",
+            FRBOT_LOG_LEVEL="INFO",
+            PYTHONPATH=str(ROOT),
+        )
+        self.env.update(env)
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> BotProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "run"], cwd=self.workdir, env=self.env, stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"bot exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.1)
+        raise RuntimeError(f"bot did not start within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
