@@ -77,7 +77,18 @@ class ApproverDirectory:
             self._cache[group_id] = (now, members)
         return members
 
-    def is_approver(self, stage: Stage, user_id: str) -> bool:
-        if user_id in stage.approver_users:
+    def includes(self, principals: tuple[str, ...], user_id: str) -> bool:
+        """Whether `user_id` is one of the user IDs or a member of one of the user groups listed."""
+        if user_id in principals:
             return True
-        return any(user_id in self._group(group) for group in stage.approver_groups)
+        return any(user_id in self._group(p) for p in principals if p.startswith("S"))
+
+    def members(self, principals: tuple[str, ...]) -> set[str]:
+        """Every user the principals name, groups expanded."""
+        users = {p for p in principals if not p.startswith("S")}
+        for group in (p for p in principals if p.startswith("S")):
+            users |= self._group(group)
+        return users
+
+    def is_approver(self, stage: Stage, user_id: str) -> bool:
+        return self.includes(stage.approvers, user_id)

@@ -51,11 +51,12 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
-        if not value.startswith(("sqlite", "postgresql")):
-            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
-        # Plain postgresql:// would pick psycopg2, which we do not ship.
+        # Plain postgresql:// would pick psycopg2, which we do not ship. Rewrite before the scheme check:
+        # checking first refused the common postgres:// form this rewrite is meant to accept.
         if value.startswith("postgresql://") or value.startswith("postgres://"):
             value = "postgresql+psycopg://" + value.split("://", 1)[1]
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
         return value
 
     def require_slack_credentials(self) -> None:

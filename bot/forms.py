@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -370,6 +371,143 @@ def read_fields(state_values: Any, block_ids: tuple[str, ...]) -> dict[str, str]
         option = element.get("selected_option")
         if isinstance(option, dict) and isinstance(option.get("value"), str):
             raw[block_id] = option["value"]
-        elif isinstance(element.get("value"), str):
-            raw[block_id] = element["value"]
+            continue
+        # Whichever key this element type reports its value under (text, user picker, date picker).
+        for key in ("value", "selected_user", "selected_date"):
+            if isinstance(element.get(key), str):
+                raw[block_id] = element[key]
+                break
     return raw
+
+
+# --- The officer's answer, the reviewer's comment, the post-use record, delegation ---------------------
+
+ANSWER = TextField(
+    "answer",
+    "Your answer",
+    "Added to the request's record; the question stays as asked.",
+    2000,
+    justification=False,
+)
+COMMENT = TextField(
+    "comment", "Comment", "Shown in the request's timeline; does not decide.", 1000, justification=False
+)
+SEARCH_RUN = SelectField("search_run", "Did you run the search?", "", radio=True)
+SEARCH_RESULT = SelectField(
+    "search_result",
+    "What did it return?",
+    "A possible match is intelligence only and must be corroborated.",
+    radio=True,
+)
+HANDLING = SelectField("handling", "Probe image and results", "", radio=True)
+HANDLING_AUTHORITY = TextField(
+    "handling_authority",
+    "Deleted when, or retained under what authority",
+    "E.g. 'Deleted from the tool and local storage on 3 March' or 'Retained as exhibit JS/4 under MoPI group 2'.",
+    500,
+    justification=False,
+)
+POST_USE_NOTES = TextField("post_use_notes", "Notes (optional)", "", 1000, justification=False, optional=True)
+DEPUTY = SelectField("deputy", "Deputy", "They may decide in your place in this date range only.")
+STARTS_ON = SelectField("starts_on", "From", "")
+ENDS_ON = SelectField("ends_on", "Until (inclusive)", "")
+
+YES_NO = {"yes": "Yes", "no": "No"}
+SEARCH_RESULTS = {
+    "no_match": "No match",
+    "possible_match": "Possible match (intelligence only, to be corroborated)",
+}
+HANDLING_CHOICES = {"deleted": "Deleted", "retained": "Retained"}
+MAX_DELEGATION_DAYS = 90
+
+
+class PostUseForm(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    search_run: bool
+    result: str  # not_run | no_match | possible_match
+    handling: str  # deleted | retained
+    authority: str
+    notes: str = ""
+
+
+class DelegationForm(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    deputy_id: str
+    starts_on: date
+    ends_on: date
+
+
+def _bounded_text(raw: dict[str, str], field: TextField, minimum: int, errors: dict[str, str]) -> str:
+    text = clean_text(raw.get(field.block_id, ""))
+    if len(text) > field.max_length:
+        errors[field.block_id] = f"Keep this to {field.max_length} characters."
+    elif len(text) < minimum and not (field.optional and not text):
+        errors[field.block_id] = (
+            f"Write at least {minimum} characters." if minimum > 1 else "This is required."
+        )
+    return text
+
+
+def check_answer(raw: dict[str, str]) -> str:
+    errors: dict[str, str] = {}
+    answer = _bounded_text(raw, ANSWER, 2, errors)
+    if errors:
+        raise FormErrors(errors)
+    return answer
+
+
+def check_comment(raw: dict[str, str]) -> str:
+    errors: dict[str, str] = {}
+    comment = _bounded_text(raw, COMMENT, 2, errors)
+    if errors:
+        raise FormErrors(errors)
+    return comment
+
+
+def check_post_use(raw: dict[str, str]) -> PostUseForm:
+    errors: dict[str, str] = {}
+    run = raw.get(SEARCH_RUN.block_id)
+    if run not in YES_NO:
+        errors[SEARCH_RUN.block_id] = "Choose one."
+    result = raw.get(SEARCH_RESULT.block_id) if run == "yes" else "not_run"
+    if run == "yes" and result not in SEARCH_RESULTS:
+        errors[SEARCH_RESULT.block_id] = "Say what the search returned."
+    handling = raw.get(HANDLING.block_id)
+    if handling not in HANDLING_CHOICES:
+        errors[HANDLING.block_id] = "Choose one."
+    authority = _bounded_text(raw, HANDLING_AUTHORITY, 10, errors)
+    notes = _bounded_text(raw, POST_USE_NOTES, 0, errors)
+    if errors:
+        raise FormErrors(errors)
+    return PostUseForm(
+        search_run=run == "yes", result=str(result), handling=str(handling), authority=authority, notes=notes
+    )
+
+
+def check_delegation(raw: dict[str, str], approver_id: str, today: date) -> DelegationForm:
+    errors: dict[str, str] = {}
+    deputy = raw.get(DEPUTY.block_id, "")
+    if not re.fullmatch(r"[UW][A-Z0-9]{2,}", deputy):
+        errors[DEPUTY.block_id] = "Choose a person."
+    elif deputy == approver_id:
+        errors[DEPUTY.block_id] = "Choose someone other than yourself."
+    dates: dict[str, date] = {}
+    for field in (STARTS_ON, ENDS_ON):
+        try:
+            dates[field.block_id] = date.fromisoformat(raw.get(field.block_id, ""))
+        except ValueError:
+            errors[field.block_id] = "Choose a date."
+    starts, ends = dates.get(STARTS_ON.block_id), dates.get(ENDS_ON.block_id)
+    if starts is not None and starts < today:
+        errors[STARTS_ON.block_id] = "A delegation cannot start in the past."
+    if starts is not None and ends is not None:
+        if ends < starts:
+            errors[ENDS_ON.block_id] = "The end must be on or after the start."
+        elif (ends - starts).days >= MAX_DELEGATION_DAYS:
+            errors[ENDS_ON.block_id] = f"Delegate for at most {MAX_DELEGATION_DAYS} days at a time."
+    if errors:
+        raise FormErrors(errors)
+    assert starts is not None and ends is not None
+    return DelegationForm(deputy_id=deputy, starts_on=starts, ends_on=ends)

@@ -25,8 +25,10 @@ def strip_control(text: str) -> str:
 def escape(text: str) -> str:
     text = strip_control(text)
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    text = _BROADCAST.sub("@" + ZWJ, text)
-    return _FORMATTING.sub(ZWJ + r"\1" + ZWJ, text)
+    # Formatting first: wrapping a character in joiners can create a word boundary ("@channel_" becomes
+    # "@channel\u2060_\u2060"), so the broadcast words must be neutralised afterwards, not before.
+    text = _FORMATTING.sub(ZWJ + r"\1" + ZWJ, text)
+    return _BROADCAST.sub("@" + ZWJ, text)
 
 
 def clip(text: str, limit: int, marker: str = "…") -> str:

@@ -85,6 +85,7 @@ class OutboxDispatcher:
         poll_seconds: float = 1.0,
         lease_seconds: float = 60.0,
         batch_size: int = 50,
+        senders: dict[str, Callable[[dict[str, Any]], None]] | None = None,
     ) -> None:
         self.db = db
         self.client = client
@@ -93,6 +94,8 @@ class OutboxDispatcher:
         self.poll_seconds = poll_seconds
         self.lease = timedelta(seconds=lease_seconds)
         self.batch_size = batch_size
+        # Extra outbox kinds delivered by other modules (e.g. App Home publishing), by kind.
+        self.senders = dict(senders or {})
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -241,6 +244,12 @@ class OutboxDispatcher:
             if row.kind == "refresh_reviews":
                 self._refresh_reviews(int(row.payload["request_id"]))
                 return Sent()
+            if row.kind == "stage_note":
+                self._stage_note(row.payload)
+                return Sent()
+            if row.kind in self.senders:
+                self.senders[row.kind](row.payload)
+                return Sent()
             if row.kind == "dm":
                 payload = row.payload
                 self.client.chat_postMessage(
@@ -280,6 +289,18 @@ class OutboxDispatcher:
             return Sent()
         response = self.client.chat_postMessage(channel=stage.channel_id, **_body(message))
         return Sent(stage_review_id=stage.id, channel=response["channel"], ts=response["ts"])
+
+    def _stage_note(self, payload: dict[str, Any]) -> None:
+        """A reply threaded under a stage's reviewer message (or in its channel if it was never posted)."""
+        with transaction(self.db) as session:
+            stage = session.get(StageReview, int(payload["stage_review_id"]))
+        if stage is None:
+            raise PermanentFailure("stage review no longer exists")
+        thread = {"thread_ts": stage.message_ts} if stage.message_ts else {}
+        channel = stage.message_channel or stage.channel_id
+        self.client.chat_postMessage(
+            channel=channel, text=payload["text"], blocks=payload["blocks"], **thread
+        )
 
     def _refresh_reviews(self, request_id: int) -> None:
         with transaction(self.db) as session:

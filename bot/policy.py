@@ -141,10 +141,7 @@ class Stage(_Strict):
     @field_validator("approvers")
     @classmethod
     def _approver_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for item in value:
-            if not (SLACK_USER_ID.match(item) or SLACK_USERGROUP_ID.match(item)):
-                raise ValueError(f"'{item}' is neither a Slack user ID (U…/W…) nor a user group ID (S…)")
-        return value
+        return _slack_principals(value)
 
     @property
     def approver_users(self) -> tuple[str, ...]:
@@ -239,6 +236,8 @@ class Policy(_Strict):
     default_route: Annotated[tuple[str, ...], Field(min_length=1)]
     approval_validity_hours: ApprovalValidity = ApprovalValidity()
     leads_channel: str | None = None
+    # Leads (user IDs and/or user group IDs) see every request's status and the App Home overview.
+    leads: tuple[str, ...] = ()
 
     @field_validator("timezone")
     @classmethod
@@ -248,6 +247,11 @@ class Policy(_Strict):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown timezone '{value}' (use an IANA name such as Europe/London)") from None
         return value
+
+    @field_validator("leads")
+    @classmethod
+    def _lead_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _slack_principals(value)
 
     @field_validator("leads_channel")
     @classmethod
@@ -282,6 +286,13 @@ class Policy(_Strict):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+
+def _slack_principals(value: tuple[str, ...]) -> tuple[str, ...]:
+    for item in value:
+        if not (SLACK_USER_ID.match(item) or SLACK_USERGROUP_ID.match(item)):
+            raise ValueError(f"'{item}' is neither a Slack user ID (U…/W…) nor a user group ID (S…)")
+    return value
 
 
 def _unique(where: str, ids: list[str]) -> None:

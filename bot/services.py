@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.approvers import ApproverDirectory, SlackGroupSource
+from bot.home import HomePublisher
 from bot.outbox import OutboxDispatcher
 from bot.policy import LoadedPolicy
 from bot.workflow import Workflow
@@ -26,6 +27,7 @@ class Services:
     client: WebClient
     workflow: Workflow
     dispatcher: OutboxDispatcher
+    home: HomePublisher
 
     def close(self) -> None:
         self.dispatcher.stop()
@@ -45,4 +47,6 @@ def build_services(
     dispatcher = OutboxDispatcher(db, client, policy.policy, clock=clock, poll_seconds=outbox_poll_seconds)
     approvers = ApproverDirectory(SlackGroupSource(client), ttl_seconds=approver_cache_seconds)
     workflow = Workflow(db, policy, approvers, clock=clock, on_outbox=dispatcher.wake)
-    return Services(engine, db, policy, client, workflow, dispatcher)
+    home = HomePublisher(workflow, client)
+    dispatcher.senders["publish_home"] = home.publish_for
+    return Services(engine, db, policy, client, workflow, dispatcher, home)

@@ -24,7 +24,16 @@ from bot.policy import (
     ToolCategory,
     Urgency,
 )
-from storage.models import FrRequest, RequestStatus, StageReview, StageStatus
+from storage.models import (
+    AuditEvent,
+    Delegation,
+    FrRequest,
+    InfoRequest,
+    PostUseRecord,
+    RequestStatus,
+    StageReview,
+    StageStatus,
+)
 
 Block = dict[str, Any]
 TEXT_LIMIT = 3000
@@ -40,6 +49,19 @@ APPROVE_ACTION = "review_approve"
 REJECT_ACTION = "review_reject"
 INFO_ACTION = "review_info"
 REVIEW_ACTIONS = {APPROVE_ACTION: "approve", REJECT_ACTION: "reject", INFO_ACTION: "request_info"}
+COMMENT_ACTION = "review_comment"
+WITHDRAW_ACTION = "request_withdraw"
+ANSWER_ACTION = "info_answer"
+RECORD_USE_ACTION = "post_use_record"
+REREQUEST_ACTION = "request_again"
+DETAILS_ACTION = "request_details"
+NEW_REQUEST_ACTION = "request_new"
+DELEGATE_ACTION = "delegation_new"
+REVOKE_ACTION = "delegation_revoke"
+ANSWER_CALLBACK = "fr_answer_submit"
+COMMENT_CALLBACK = "fr_comment_submit"
+POST_USE_CALLBACK = "fr_post_use_submit"
+DELEGATE_CALLBACK = "fr_delegate_submit"
 
 STATUS_BADGES = {
     RequestStatus.PENDING: ":hourglass_flowing_sand: Pending",
@@ -286,6 +308,8 @@ def _decision_line(stage: StageReview, policy: Policy) -> list[str]:
     for decision in stage.decisions:
         verb = ":white_check_mark: Approved" if decision.outcome == "approve" else ":no_entry: Rejected"
         line = f"{verb} by {user(decision.approver_id)} {when(decision.created_at, policy)}"
+        if decision.on_behalf_of:
+            line += f" as deputy for {user(decision.on_behalf_of)}"
         if decision.reason_code:
             line += f" · {esc(forms.REASON_CODES.get(decision.reason_code, decision.reason_code))}"
         line += f"\n> {esc(decision.rationale, 900)}"
@@ -293,10 +317,10 @@ def _decision_line(stage: StageReview, policy: Policy) -> list[str]:
             line += f"\n> _Conditions:_ {esc(decision.conditions, 500)}"
         lines.append(line)
     for info in stage.info_requests:
-        lines.append(
-            f":grey_question: {user(info.asked_by)} asked {when(info.created_at, policy)}"
-            f"\n> {esc(info.question, 500)}"
-        )
+        line = f":grey_question: {user(info.asked_by)} asked {when(info.created_at, policy)}\n> {esc(info.question, 500)}"
+        if info.answer is not None:
+            line += f"\n:speech_balloon: Answered {when(info.answered_at, policy)}\n> {esc(info.answer, 900)}"
+        lines.append(line)
     return lines
 
 
@@ -328,6 +352,10 @@ def stage_history(request: FrRequest, policy: Policy) -> list[Block]:
         badge = STAGE_BADGES.get(stage.status, stage.status)
         lines.append(f"*{stage.position + 1}. {esc(stage.stage_name)}*: {badge} ({count})")
         lines.extend(_decision_line(stage, policy))
+    for comment in request.comments:
+        lines.append(
+            f":memo: {user(comment.author_id)} commented {when(comment.created_at, policy)}\n> {esc(comment.text, 900)}"
+        )
     return [section(text) for text in pack(lines)]
 
 
@@ -352,6 +380,7 @@ def review_actions(request: FrRequest, stage: StageReview) -> Block:
                 "value": value,
             },
             {"type": "button", "action_id": INFO_ACTION, "text": plain("Request info", 75), "value": value},
+            {"type": "button", "action_id": COMMENT_ACTION, "text": plain("Comment", 75), "value": value},
         ],
     }
 
@@ -437,6 +466,11 @@ def submitted_dm(request: FrRequest, policy: Policy) -> dict[str, Any]:
             section(f"*Route:* {esc(route)}"),
             summary_fields(request, policy),
             context("You will get a message here at each decision."),
+            actions(
+                f"officer:{request.id}",
+                button("Withdraw", WITHDRAW_ACTION, str(request.id), confirm=WITHDRAW_CONFIRM),
+                button("Details", DETAILS_ACTION, str(request.id)),
+            ),
         ],
     )
 
@@ -478,19 +512,24 @@ def decision_dm(
     blocks = [section(lead), section(f"*Rationale*\n{esc(form.rationale, 2900)}")]
     if form.conditions:
         blocks.append(section(f"*Conditions you must follow*\n{esc(form.conditions, 2900)}"))
+    follow_up = officer_buttons(request)
+    if follow_up is not None:
+        blocks.append(follow_up)
     return _dm(request, text, blocks)
 
 
-def info_requested_dm(request: FrRequest, stage: StageReview, asker: str, question: str) -> dict[str, Any]:
+def info_requested_dm(request: FrRequest, stage: StageReview, info: InfoRequest) -> dict[str, Any]:
     return _dm(
         request,
         f"A reviewer has a question about your FR request {request.reference}.",
         [
             section(
-                f":grey_question: {user(asker)} (*{esc(stage.stage_name)}*) asks about *{request.reference}*:"
+                f":grey_question: {user(info.asked_by)} (*{esc(stage.stage_name)}*) asks about "
+                f"*{request.reference}*:"
             ),
-            section(f"> {esc(question, 2900)}"),
-            context("Reply to the reviewer; the review stays open meanwhile."),
+            section(f"> {esc(info.question, 2900)}"),
+            actions(f"answer:{info.id}", button("Answer", ANSWER_ACTION, str(info.id), style="primary")),
+            context("Your answer is added to the request; the reviewers are told and the review goes on."),
         ],
     )
 
@@ -501,3 +540,324 @@ HELP_TEXT = (
     "proportionate and fair. It then goes to the reviewers the force policy names; you get a direct "
     "message at each decision. Do not run a search before it is approved, and never attach an image."
 )
+
+
+# --- Everyday flows: buttons, DMs, modals, timeline, App Home -------------------------------------------
+
+WITHDRAW_CONFIRM = {
+    "title": plain("Withdraw this request?", 100),
+    "text": plain("The reviewers are told and the request is closed. You can start a new one later.", 300),
+    "confirm": plain("Withdraw", 30),
+    "deny": plain("Keep it", 30),
+}
+HOME_BLOCK_LIMIT = 100
+MODAL_BLOCK_LIMIT = 100
+
+
+def button(
+    text: str, action_id: str, value: str, style: str | None = None, confirm: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    element: dict[str, Any] = {
+        "type": "button",
+        "action_id": action_id,
+        "text": plain(text, 75),
+        "value": value,
+    }
+    if style:
+        element["style"] = style
+    if confirm:
+        element["confirm"] = confirm
+    return element
+
+
+def actions(block_id: str, *elements: dict[str, Any]) -> Block:
+    return {"type": "actions", "block_id": block_id[:255], "elements": list(elements)}
+
+
+def officer_buttons(request: FrRequest) -> Block | None:
+    """What the officer can do next with their request, as buttons (None when nothing is left to do)."""
+    rid = str(request.id)
+    elements: list[dict[str, Any]] = []
+    if request.status == RequestStatus.PENDING:
+        elements.append(button("Withdraw", WITHDRAW_ACTION, rid, confirm=WITHDRAW_CONFIRM))
+    if request.status == RequestStatus.APPROVED and request.closed_at is None:
+        elements.append(button("Record search outcome", RECORD_USE_ACTION, rid, style="primary"))
+    if request.status in (RequestStatus.REJECTED, RequestStatus.WITHDRAWN, RequestStatus.EXPIRED):
+        elements.append(button("Re-request", REREQUEST_ACTION, rid))
+    if not elements:
+        return None
+    elements.append(button("Details", DETAILS_ACTION, rid))
+    return actions(f"officer:{request.id}", *elements)
+
+
+def initial_values(request: FrRequest) -> dict[str, str]:
+    """A stored request as the request modal's initial values, for starting again from it."""
+    values = {field.block_id: str(getattr(request, field.block_id, "") or "") for field in forms.FIELD_ORDER}
+    values[forms.TOOL.block_id] = request.tool_id
+    values[forms.SUBJECT_CHILD.block_id] = "yes" if request.subject_is_child else "no"
+    return values
+
+
+def withdrawn_dm(request: FrRequest) -> dict[str, Any]:
+    blocks = [
+        section(
+            f":leftwards_arrow_with_hook: You withdrew *{request.reference}*. The reviewers have been told."
+        )
+    ]
+    follow_up = officer_buttons(request)
+    if follow_up is not None:
+        blocks.append(follow_up)
+    return _dm(request, f"You withdrew FR request {request.reference}.", blocks)
+
+
+def answer_note(request: FrRequest, info: InfoRequest) -> dict[str, Any]:
+    """A threaded note under the reviewer message when the officer answers a question."""
+    return {
+        "text": clip(f"The officer answered a question on {request.reference}.", 300),
+        "blocks": [
+            section(
+                f":speech_balloon: {user(request.requester_id)} answered the question on *{request.reference}*:"
+            ),
+            section(f"*Question*\n> {esc(info.question, 1400)}\n*Answer*\n> {esc(info.answer or '', 1400)}"),
+        ],
+    }
+
+
+class ItemContext(BaseModel):
+    """private_metadata of the smaller modals: which request (or question, or delegation) they act on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request_id: int | None = None
+    info_id: int | None = None
+    previous_request_id: int | None = None
+    channel_id: str | None = None
+
+
+def answer_modal(request: FrRequest, info: InfoRequest, policy: Policy) -> dict[str, Any]:
+    blocks = [
+        *request_summary(request, policy),
+        section(f"*{user(info.asked_by)} asked*\n> {esc(info.question, 2800)}"),
+        text_input(forms.ANSWER),
+    ]
+    metadata = ItemContext(request_id=request.id, info_id=info.id).model_dump_json()
+    return modal(f"Answer {request.reference}", blocks, ANSWER_CALLBACK, metadata, submit="Send")
+
+
+def comment_modal(request: FrRequest, policy: Policy) -> dict[str, Any]:
+    blocks = [*request_summary(request, policy), text_input(forms.COMMENT)]
+    metadata = ItemContext(request_id=request.id).model_dump_json()
+    return modal(f"Comment {request.reference}", blocks, COMMENT_CALLBACK, metadata, submit="Add")
+
+
+def post_use_modal(request: FrRequest, policy: Policy) -> dict[str, Any]:
+    blocks = [
+        section(
+            f"Record what happened with *{request.reference}*. A possible match is intelligence only: "
+            "it must be corroborated before any action is taken on it."
+        ),
+        select_input(forms.SEARCH_RUN, list(forms.YES_NO.items())),
+        {**select_input(forms.SEARCH_RESULT, list(forms.SEARCH_RESULTS.items())), "optional": True},
+        select_input(forms.HANDLING, list(forms.HANDLING_CHOICES.items())),
+        text_input(forms.HANDLING_AUTHORITY),
+        text_input(forms.POST_USE_NOTES),
+    ]
+    metadata = ItemContext(request_id=request.id).model_dump_json()
+    return modal(f"Outcome {request.reference}", blocks, POST_USE_CALLBACK, metadata, submit="Record")
+
+
+def delegation_modal(today: str) -> dict[str, Any]:
+    def date_input(field: forms.SelectField) -> Block:
+        element = {"type": "datepicker", "action_id": forms.ACTION_ID, "initial_date": today}
+        return _input(field, element)
+
+    deputy = _input(forms.DEPUTY, {"type": "users_select", "action_id": forms.ACTION_ID})
+    blocks = [
+        section(
+            "Name a deputy who may decide in your place while you are away. Every decision they take "
+            "is recorded as taken by them as your deputy. They can never decide their own requests."
+        ),
+        deputy,
+        date_input(forms.STARTS_ON),
+        date_input(forms.ENDS_ON),
+    ]
+    return modal("Delegate approvals", blocks, DELEGATE_CALLBACK, "", submit="Delegate")
+
+
+# Timeline: audit events told as a case file, in order.
+
+
+def _stage_name(request: FrRequest, stage_id: Any) -> str:
+    return next((s.stage_name for s in request.stages if s.stage_id == stage_id), str(stage_id or ""))
+
+
+def timeline_line(event: AuditEvent, request: FrRequest, policy: Policy) -> str:
+    d = event.details or {}
+    who = user(event.actor_id) if event.actor_id != "system" else "The bot"
+    stage = esc(_stage_name(request, d.get("stage")))
+    action = event.action
+    if action == "request_submitted":
+        text = f"{who} submitted the request ({esc(request.tool_snapshot['name'], 200)}, case {esc(request.case_reference)})"
+    elif action == "request_routed":
+        names = [_stage_name(request, s) for s in d.get("stages", [])]
+        text = f"Routed by rule *{esc(str(d.get('route', '')))}* to {esc(' → '.join(names))}"
+    elif action == "decision_recorded":
+        verb = "approved" if d.get("outcome") == "approve" else "rejected"
+        text = f"{who} {verb} at *{stage}*"
+        if d.get("on_behalf_of"):
+            text += f" as deputy for {user(str(d['on_behalf_of']))}"
+        if d.get("reason_code"):
+            text += f" ({esc(forms.REASON_CODES.get(str(d['reason_code']), str(d['reason_code'])))})"
+        text += f": {esc(str(d.get('rationale', '')), 600)}"
+        if d.get("conditions"):
+            text += f" _Conditions:_ {esc(str(d['conditions']), 400)}"
+    elif action == "stage_approved":
+        text = f"*{stage}* stage complete"
+    elif action == "stage_started":
+        text = f"Sent to *{stage}*"
+    elif action in ("request_approved", "request_rejected", "request_withdrawn"):
+        text = f"{who if action == 'request_withdrawn' else 'Request'} {action.removeprefix('request_')}"
+        if d.get("valid_until"):
+            text += f", valid until {esc(str(d['valid_until'])[:16].replace('T', ' '))} UTC"
+    elif action == "request_rerequested":
+        text = f"{who} started this request again from {esc(str(d.get('previous', '')))}"
+    elif action == "info_requested":
+        text = f"{who} asked (*{stage}*): {esc(str(d.get('question', '')), 600)}"
+    elif action == "info_answered":
+        text = f"{who} answered: {esc(str(d.get('answer', '')), 600)}"
+    elif action == "comment_added":
+        text = f"{who} commented: {esc(str(d.get('comment', '')), 600)}"
+    elif action == "post_use_recorded":
+        result = {"not_run": "search not run", **forms.SEARCH_RESULTS}.get(str(d.get("result")), "")
+        text = (
+            f"{who} recorded the outcome: {esc(result)}; image and results {esc(str(d.get('handling', '')))}"
+        )
+    elif action == "request_viewed":
+        text = f"{who} viewed the details ({esc(str(d.get('surface', '')))})"
+    elif action == "action_refused":
+        text = f"{who} was refused ({esc(str(d.get('attempted', '')))}): {esc(str(d.get('message', d.get('reason', ''))), 300)}"
+    else:
+        text = f"{who}: {esc(action.replace('_', ' '))}"
+    return f"{when(event.created_at, policy)} · {text}"
+
+
+def request_details(
+    request: FrRequest, events: list[AuditEvent], policy: Policy, post_use: PostUseRecord | None = None
+) -> list[Block]:
+    """The whole case file of one request: summary, the justifications, then every event in order."""
+    blocks: list[Block] = [
+        header(f"FR search request {request.reference}"),
+        section(_status_line(request, policy)),
+        summary_fields(request, policy),
+    ]
+    for attribute, label in JUSTIFICATIONS:
+        blocks.append(section(f"*{label}*\n{esc(getattr(request, attribute), 2900)}"))
+    if post_use is not None:
+        blocks.append(
+            section(
+                f"*Search outcome*: {'run' if post_use.search_run else 'not run'}; "
+                f"{esc({'not_run': 'no result', **forms.SEARCH_RESULTS}.get(post_use.result, post_use.result))}; "
+                f"image and results {esc(post_use.handling)}: {esc(post_use.authority, 1500)}"
+            )
+        )
+    blocks.append(header("Timeline"))
+    timeline = [section(text) for text in pack([timeline_line(e, request, policy) for e in events])]
+    room = MESSAGE_BLOCK_LIMIT - len(blocks)
+    if len(timeline) > room:
+        timeline = [
+            *timeline[: room - 1],
+            context(
+                f"{len(timeline) - room + 1} more entries: ask an admin for `fr-bot audit show {request.reference}`."
+            ),
+        ]
+    return blocks + timeline
+
+
+def details_modal(
+    request: FrRequest, events: list[AuditEvent], policy: Policy, post_use: PostUseRecord | None
+) -> dict[str, Any]:
+    return modal(request.reference, request_details(request, events, policy, post_use), "fr_details", "")
+
+
+def requests_list(requests: list[FrRequest], policy: Policy) -> list[Block]:
+    if not requests:
+        return [section("You have no FR requests yet. Type `/fr-request` to start one.")]
+    lines = [_request_line(r, policy) for r in requests]
+    return [section("*Your recent FR requests*"), *[section(t) for t in pack(lines)]]
+
+
+def _request_line(request: FrRequest, policy: Policy) -> str:
+    tool = esc(request.tool_snapshot["name"], 100)
+    return f"*{request.reference}* · {tool} · case {esc(request.case_reference)}\n{_status_line(request, policy)}"
+
+
+def home_view(
+    user_id: str,
+    mine: list[FrRequest],
+    awaiting: list[tuple[FrRequest, StageReview]],
+    delegations: list[Delegation],
+    policy: Policy,
+    overview: Any | None = None,
+) -> dict[str, Any]:
+    """App Home: the user's requests, what awaits their decision, delegations, and for leads an overview."""
+    blocks: list[Block] = [
+        header("FR search requests"),
+        actions(
+            "home:top",
+            button("New request", NEW_REQUEST_ACTION, "new", style="primary"),
+            button("Delegate my approvals", DELEGATE_ACTION, "new"),
+        ),
+        header("Awaiting my decision"),
+    ]
+    if not awaiting:
+        blocks.append(context("Nothing is waiting for you."))
+    for request, stage in awaiting:
+        blocks.append(
+            section(
+                f"*{request.reference}* · {esc(request.tool_snapshot['name'], 100)} · "
+                f"{esc(URGENCY_LABELS[Urgency(request.urgency)])} · from {user(request.requester_id)}\n"
+                f"*{esc(stage.stage_name)}* since {when(stage.started_at, policy)}"
+            )
+        )
+        review = review_actions(request, stage)
+        review["elements"].append(button("Details", DETAILS_ACTION, str(request.id)))
+        blocks.append(review)
+    blocks.append(header("My requests"))
+    if not mine:
+        blocks.append(context("You have no FR requests yet."))
+    for request in mine:
+        blocks.append(section(_request_line(request, policy)))
+        follow_up = officer_buttons(request) or actions(
+            f"officer:{request.id}", button("Details", DETAILS_ACTION, str(request.id))
+        )
+        blocks.append(follow_up)
+    if delegations:
+        blocks.append(header("Delegations"))
+        for delegation in delegations:
+            if delegation.approver_id == user_id:
+                text = f"{user(delegation.deputy_id)} is your deputy"
+            else:
+                text = f"You are deputy for {user(delegation.approver_id)}"
+            text += f" from {delegation.starts_on:%d %b %Y} to {delegation.ends_on:%d %b %Y}"
+            block = section(text)
+            if delegation.approver_id == user_id:
+                block["accessory"] = button("Revoke", REVOKE_ACTION, str(delegation.id))
+            blocks.append(block)
+    if overview is not None:
+        blocks.append(header("Overview (leads)"))
+        pending = [
+            (f"Pending: {name}", f"{count} (oldest since {when(oldest, policy)})")
+            for name, count, oldest in overview.pending_by_stage
+        ] or [("Pending", "none")]
+        decided = ", ".join(f"{count} {status}" for status, count in sorted(overview.decided_today.items()))
+        blocks.append(
+            fields_section(
+                [(esc(label), value) for label, value in pending[:9]] + [("Decided today", decided or "none")]
+            )
+        )
+    if len(blocks) > HOME_BLOCK_LIMIT:
+        blocks = [
+            *blocks[: HOME_BLOCK_LIMIT - 1],
+            context("More items are left out; see `/fr-request list`."),
+        ]
+    return {"type": "home", "blocks": blocks}

@@ -6,28 +6,32 @@ commit together or not at all. Handlers call these and render what they return.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import views
 from bot.approvers import ApproverDirectory, ApproverLookupFailed
-from bot.forms import DecisionForm, RequestForm
-from bot.policy import LoadedPolicy, Tool, ToolStatus, Urgency
+from bot.forms import DecisionForm, DelegationForm, PostUseForm, RequestForm
+from bot.policy import LoadedPolicy, Stage, Tool, ToolStatus, Urgency
 from bot.routing import choose_route
 from storage.db import transaction
 from storage.models import (
     AuditEvent,
+    Comment,
     Decision,
+    Delegation,
     FrRequest,
     InfoRequest,
     OutboxMessage,
+    PostUseRecord,
     ReferenceCounter,
     RequestStatus,
     StageReview,
@@ -126,7 +130,14 @@ class Workflow:
                 reason=errors.get("tool", ""),
             )
 
-    def submit(self, form: RequestForm, requester_id: str, team_id: str, submission_key: str) -> Submitted:
+    def submit(
+        self,
+        form: RequestForm,
+        requester_id: str,
+        team_id: str,
+        submission_key: str,
+        previous_request_id: int | None = None,
+    ) -> Submitted:
         tool = self.policy.tool(form.tool)
         if tool is None:  # check_request already refuses unknown tools; this guards direct callers
             raise ValueError(f"unknown tool {form.tool}")
@@ -136,6 +147,8 @@ class Workflow:
                 if existing is not None:
                     return self._submitted(existing, created=False)
                 request = self._create(session, form, tool, requester_id, team_id, submission_key)
+                if previous_request_id is not None:
+                    self._link_previous(session, request, previous_request_id)
                 result = self._submitted(request, created=True)
         except IntegrityError:
             # The same modal submitted twice at the same moment: the other transaction won.
@@ -205,7 +218,24 @@ class Workflow:
         first = request.stages[0]
         enqueue(session, "post_review", {"stage_review_id": first.id}, request.id, now)
         enqueue(session, "dm", views.submitted_dm(request, self.policy), request.id, now)
+        self._touch_homes(session, request, now)
         return request
+
+    def _link_previous(self, session: Session, request: FrRequest, previous_id: int) -> None:
+        previous = session.get(FrRequest, previous_id)
+        # Only the same officer's own earlier request can be the origin of a re-request.
+        if previous is None or previous.requester_id != request.requester_id:
+            return
+        request.previous_request_id = previous.id
+        audit(
+            session,
+            request.requester_id,
+            "request_rerequested",
+            request.id,
+            request.created_at,
+            previous=previous.reference,
+            previous_status=previous.status,
+        )
 
     def _next_reference(self, session: Session, now: datetime) -> str:
         year = now.astimezone(self.policy.zone).year
@@ -237,8 +267,62 @@ class Workflow:
 
     # --- Reviewer --------------------------------------------------------------------------------
 
-    def _refusal(self, request: FrRequest | None, position: int, user_id: str) -> Refusal | None:
-        """Why `user_id` may not act on stage `position` now, or None when they may."""
+    def _refusal(
+        self, session: Session, request: FrRequest | None, position: int, user_id: str
+    ) -> Refusal | None:
+        return self._authority(session, request, position, user_id)[0]
+
+    def _authority(
+        self, session: Session, request: FrRequest | None, position: int, user_id: str
+    ) -> tuple[Refusal | None, str | None]:
+        """Why `user_id` may not act on stage `position` now (or None), and whom they act for as deputy."""
+        refusal = self._stage_refusal(request, position, user_id)
+        if refusal is not None or request is None:
+            return refusal, None
+        stage = request.stages[position]
+        try:
+            policy_stage = self.policy.stage(stage.stage_id)
+        except StopIteration:
+            message = f"The {stage.stage_name} stage is no longer in the policy; ask an admin."
+            return Refusal("stage_removed", message), None
+        on_behalf_of: str | None = None
+        try:
+            if not self.approvers.is_approver(policy_stage, user_id):
+                on_behalf_of = self._delegator(session, policy_stage, user_id, request.requester_id)
+                if on_behalf_of is None:
+                    message = f"You are not an approver for the {stage.stage_name} stage."
+                    return Refusal("not_approver", message), None
+        except ApproverLookupFailed as exc:
+            log.warning("approver lookup failed: %s", exc)
+            message = "Slack could not confirm the approver list; try again shortly."
+            return Refusal("approvers_unavailable", message), None
+        deciders = {d.approver_id for d in stage.decisions} | {d.on_behalf_of for d in stage.decisions}
+        if user_id in deciders or (on_behalf_of is not None and on_behalf_of in deciders):
+            message = (
+                f"A decision by you (or for you) on this stage of {request.reference} is already recorded."
+            )
+            return Refusal("already_decided", message), None
+        return None, on_behalf_of
+
+    def _delegator(self, session: Session, stage: Stage, deputy_id: str, requester_id: str) -> str | None:
+        """The approver of `stage` whose active delegation lets `deputy_id` decide today, if any."""
+        today = self.clock().astimezone(self.policy.zone).date()
+        principals = session.scalars(
+            select(Delegation.approver_id).where(
+                Delegation.deputy_id == deputy_id,
+                Delegation.revoked_at.is_(None),
+                Delegation.starts_on <= today,
+                Delegation.ends_on >= today,
+            )
+        )
+        for principal in principals:
+            # A requester's own delegation never lets anyone decide for them on their own request.
+            if principal != requester_id and self.approvers.is_approver(stage, principal):
+                return principal
+        return None
+
+    def _stage_refusal(self, request: FrRequest | None, position: int, user_id: str) -> Refusal | None:
+        """The checks that need no directory look-up: request open, stage current, not the requester."""
         if request is None:
             return Refusal("unknown_request", "That request does not exist.")
         if request.status != RequestStatus.PENDING:
@@ -253,32 +337,13 @@ class Workflow:
             )
         if user_id == request.requester_id:
             return Refusal("own_request", "You cannot decide your own request.")
-        try:
-            policy_stage = self.policy.stage(stage.stage_id)
-        except StopIteration:
-            return Refusal(
-                "stage_removed", f"The {stage.stage_name} stage is no longer in the policy; ask an admin."
-            )
-        try:
-            if not self.approvers.is_approver(policy_stage, user_id):
-                return Refusal("not_approver", f"You are not an approver for the {stage.stage_name} stage.")
-        except ApproverLookupFailed as exc:
-            log.warning("approver lookup failed: %s", exc)
-            return Refusal(
-                "approvers_unavailable", "Slack could not confirm the approver list; try again shortly."
-            )
-        if any(d.approver_id == user_id for d in stage.decisions):
-            return Refusal(
-                "already_decided",
-                f"You have already recorded a decision on this stage of {request.reference}.",
-            )
         return None
 
     def authorise(self, request_id: int, position: int, user_id: str, action: str) -> Refusal | None:
         """Check before opening a decision modal; a refusal is recorded in the audit trail."""
         with transaction(self.db) as session:
             request = request_with_history(session, request_id)
-            refusal = self._refusal(request, position, user_id)
+            refusal = self._refusal(session, request, position, user_id)
             if refusal is not None:
                 self._record_refusal(session, request, position, user_id, action, refusal)
             return refusal
@@ -314,13 +379,13 @@ class Workflow:
                 # The row lock serialises deciders of one request on PostgreSQL;
                 # SQLite's BEGIN IMMEDIATE does the same there.
                 request = request_with_history(session, request_id, lock=True)
-                refusal = self._refusal(request, position, user_id)
+                refusal, on_behalf_of = self._authority(session, request, position, user_id)
                 if refusal is not None:
                     self._record_refusal(session, request, position, user_id, outcome, refusal)
                     return refusal
                 assert request is not None
                 result = self._apply_decision(
-                    session, request, request.stages[position], user_id, outcome, form
+                    session, request, request.stages[position], user_id, outcome, form, on_behalf_of
                 )
         except IntegrityError:
             # Only reachable if two transactions raced past the lock: the database kept one decision.
@@ -336,6 +401,7 @@ class Workflow:
         user_id: str,
         outcome: str,
         form: DecisionForm,
+        on_behalf_of: str | None = None,
     ) -> Decided:
         now = self.clock()
         stage.decisions.append(
@@ -347,6 +413,7 @@ class Workflow:
                 conditions=form.conditions,
                 reason_code=form.reason_code,
                 policy_version=self.loaded.version,
+                on_behalf_of=on_behalf_of,
                 created_at=now,
             )
         )
@@ -363,6 +430,7 @@ class Workflow:
             conditions=form.conditions,
             reason_code=form.reason_code,
             policy_version=self.loaded.version,
+            on_behalf_of=on_behalf_of,
         )
         request.updated_at = now
         if outcome == "reject":
@@ -394,6 +462,7 @@ class Workflow:
             request.id,
             now,
         )
+        self._touch_homes(session, request, now)
         return Decided(
             reference=request.reference,
             outcome=outcome,
@@ -430,7 +499,7 @@ class Workflow:
     ) -> InfoAsked | Refusal:
         with transaction(self.db) as session:
             request = request_with_history(session, request_id, lock=True)
-            refusal = self._refusal(request, position, user_id)
+            refusal = self._refusal(session, request, position, user_id)
             if refusal is not None and refusal.code != "already_decided":
                 self._record_refusal(session, request, position, user_id, "request_info", refusal)
                 return refusal
@@ -458,8 +527,13 @@ class Workflow:
             )
             enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
             enqueue(
-                session, "dm", views.info_requested_dm(request, stage, user_id, question), request.id, now
+                session,
+                "dm",
+                views.info_requested_dm(request, stage, stage.info_requests[-1]),
+                request.id,
+                now,
             )
+            self._touch_homes(session, request, now)
             result = InfoAsked(request.reference)
         self._on_outbox()
         return result
@@ -469,3 +543,415 @@ class Workflow:
     def load(self, request_id: int) -> FrRequest | None:
         with transaction(self.db) as session:
             return request_with_history(session, request_id)
+
+    # --- Everyday flows: withdraw, answer, comment, post-use record, delegation, viewing --------------
+
+    def _touch_homes(self, session: Session, request: FrRequest, now: datetime) -> None:
+        """Queue an App Home refresh for the people this request concerns: its officer and current deciders."""
+        principals: tuple[str, ...] = ()
+        if request.status == RequestStatus.PENDING and request.current is not None:
+            with contextlib.suppress(StopIteration):
+                principals = self.policy.stage(request.current.stage_id).approvers
+        payload = {"users": [request.requester_id], "principals": list(principals)}
+        enqueue(session, "publish_home", payload, request.id, now)
+
+    def withdraw(self, request_id: int, user_id: str) -> Withdrawn | Refusal:
+        with transaction(self.db) as session:
+            request = request_with_history(session, request_id, lock=True)
+            refusal = None
+            if request is None:
+                refusal = Refusal("unknown_request", "That request does not exist.")
+            elif request.requester_id != user_id:
+                refusal = Refusal("not_requester", "Only the officer who made a request can withdraw it.")
+            elif request.status != RequestStatus.PENDING:
+                refusal = Refusal("request_closed", f"{request.reference} is already {request.status}.")
+            if refusal is not None:
+                self._record_refusal(session, request, -1, user_id, "withdraw", refusal)
+                return refusal
+            assert request is not None
+            now = self.clock()
+            current = request.current
+            for stage in request.stages:
+                if stage.status in (StageStatus.PENDING, StageStatus.WAITING):
+                    stage.status = StageStatus.CANCELLED
+                    stage.completed_at = now if stage is current else None
+            request.status = RequestStatus.WITHDRAWN
+            request.decided_at = request.updated_at = now
+            request.current_stage = None
+            audit(
+                session,
+                user_id,
+                "request_withdrawn",
+                request.id,
+                now,
+                stage=current.stage_id if current else None,
+            )
+            enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
+            enqueue(session, "dm", views.withdrawn_dm(request), request.id, now)
+            self._touch_homes(session, request, now)
+            result = Withdrawn(request.reference)
+        self._on_outbox()
+        return result
+
+    def answer_info(self, info_id: int, user_id: str, answer: str) -> Answered | Refusal:
+        with transaction(self.db) as session:
+            info = session.get(InfoRequest, info_id)
+            request = request_with_history(session, info.request_id, lock=True) if info else None
+            refusal = None
+            if info is None or request is None:
+                refusal = Refusal("unknown_question", "That question does not exist.")
+            elif request.requester_id != user_id:
+                refusal = Refusal("not_requester", "Only the officer who made the request can answer.")
+            elif info.answer is not None:
+                refusal = Refusal("already_answered", "This question has already been answered.")
+            elif request.status != RequestStatus.PENDING:
+                refusal = Refusal("request_closed", f"{request.reference} is already {request.status}.")
+            if refusal is not None:
+                self._record_refusal(session, request, -1, user_id, "answer_info", refusal)
+                return refusal
+            assert info is not None and request is not None
+            now = self.clock()
+            info = session.get(InfoRequest, info_id, populate_existing=True)
+            assert info is not None
+            info.answer, info.answered_at = answer, now
+            request.updated_at = now
+            stage = next(s for s in request.stages if s.id == info.stage_review_id)
+            audit(
+                session,
+                user_id,
+                "info_answered",
+                request.id,
+                now,
+                stage=stage.stage_id,
+                question=info.question,
+                answer=answer,
+            )
+            enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
+            note = views.answer_note(request, info)
+            enqueue(session, "stage_note", {"stage_review_id": stage.id, **note}, request.id, now)
+            self._touch_homes(session, request, now)
+            result = Answered(request.reference)
+        self._on_outbox()
+        return result
+
+    def question(self, info_id: int) -> tuple[FrRequest, InfoRequest] | None:
+        with transaction(self.db) as session:
+            info = session.get(InfoRequest, info_id)
+            request = request_with_history(session, info.request_id) if info is not None else None
+            return (request, info) if request is not None and info is not None else None
+
+    def may_view(self, request: FrRequest, user_id: str) -> bool:
+        """The requester, anyone who may decide any stage of it (or a deputy), and leads."""
+        if user_id == request.requester_id:
+            return True
+        try:
+            if self.approvers.includes(self.policy.leads, user_id):
+                return True
+            for stage in request.stages:
+                with contextlib.suppress(StopIteration):
+                    if self.approvers.is_approver(self.policy.stage(stage.stage_id), user_id):
+                        return True
+        except ApproverLookupFailed as exc:
+            log.warning("approver lookup failed: %s", exc)
+            return False
+        return any(d.approver_id == user_id for s in request.stages for d in s.decisions)
+
+    def view_request(self, reference_or_id: str | int, user_id: str, surface: str) -> RequestView | Refusal:
+        """A request and its timeline for someone entitled to see it; every look is recorded."""
+        with transaction(self.db) as session:
+            if isinstance(reference_or_id, int):
+                request = request_with_history(session, reference_or_id)
+            else:
+                found = session.scalar(select(FrRequest.id).where(FrRequest.reference == reference_or_id))
+                request = request_with_history(session, found) if found is not None else None
+            now = self.clock()
+            if request is None or not self.may_view(request, user_id):
+                # The same answer whether it exists or not: do not confirm references to outsiders.
+                refusal = Refusal("not_yours", "That request is not one of yours, or does not exist.")
+                audit(
+                    session,
+                    user_id,
+                    "action_refused",
+                    request.id if request else None,
+                    now,
+                    attempted=f"view:{surface}",
+                    reason=refusal.code,
+                    reference=str(reference_or_id),
+                )
+                return refusal
+            audit(session, user_id, "request_viewed", request.id, now, surface=surface)
+            events = list(
+                session.scalars(
+                    select(AuditEvent).where(AuditEvent.request_id == request.id).order_by(AuditEvent.id)
+                )
+            )
+            comments = list(
+                session.scalars(select(Comment).where(Comment.request_id == request.id).order_by(Comment.id))
+            )
+            post_use = session.scalar(select(PostUseRecord).where(PostUseRecord.request_id == request.id))
+            return RequestView(request, events, comments, post_use)
+
+    def comment(self, request_id: int, user_id: str, text: str, submission_key: str) -> Commented | Refusal:
+        with transaction(self.db) as session:
+            request = request_with_history(session, request_id)
+            if request is None or user_id == request.requester_id or not self.may_view(request, user_id):
+                refusal = Refusal(
+                    "not_reviewer", "Only this request's reviewers and leads can comment on it."
+                )
+                self._record_refusal(session, request, -1, user_id, "comment", refusal)
+                return refusal
+            if session.scalar(select(Comment.id).where(Comment.submission_key == submission_key)) is not None:
+                return Commented(request.reference)
+            now = self.clock()
+            session.add(
+                Comment(
+                    request_id=request.id,
+                    author_id=user_id,
+                    text=text,
+                    submission_key=submission_key,
+                    created_at=now,
+                )
+            )
+            audit(session, user_id, "comment_added", request.id, now, comment=text)
+            enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
+            result = Commented(request.reference)
+        self._on_outbox()
+        return result
+
+    def record_post_use(self, request_id: int, user_id: str, form: PostUseForm) -> PostUseRecorded | Refusal:
+        with transaction(self.db) as session:
+            request = request_with_history(session, request_id, lock=True)
+            refusal = None
+            if request is None:
+                refusal = Refusal("unknown_request", "That request does not exist.")
+            elif request.requester_id != user_id:
+                refusal = Refusal("not_requester", "Only the officer who made the request records its use.")
+            elif request.status != RequestStatus.APPROVED:
+                refusal = Refusal(
+                    "not_approved", f"{request.reference} was not approved, so there is no use to record."
+                )
+            elif request.closed_at is not None:
+                refusal = Refusal("already_recorded", f"The use of {request.reference} is already recorded.")
+            if refusal is not None:
+                self._record_refusal(session, request, -1, user_id, "record_post_use", refusal)
+                return refusal
+            assert request is not None
+            now = self.clock()
+            session.add(
+                PostUseRecord(
+                    request_id=request.id,
+                    recorded_by=user_id,
+                    created_at=now,
+                    **form.model_dump(exclude={"search_run", "result"}),
+                    search_run=form.search_run,
+                    result=form.result,
+                )
+            )
+            request.closed_at = request.updated_at = now
+            audit(session, user_id, "post_use_recorded", request.id, now, **form.model_dump())
+            enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
+            self._touch_homes(session, request, now)
+            result = PostUseRecorded(request.reference)
+        self._on_outbox()
+        return result
+
+    def delegate(self, approver_id: str, form: DelegationForm) -> Delegated | Refusal:
+        with transaction(self.db) as session:
+            try:
+                approves_something = any(
+                    self.approvers.is_approver(s, approver_id) for s in self.policy.stages
+                )
+            except ApproverLookupFailed:
+                return Refusal(
+                    "approvers_unavailable", "Slack could not confirm the approver list; try again."
+                )
+            if not approves_something:
+                refusal = Refusal("not_approver", "Only approvers can name a deputy.")
+                self._record_refusal(session, None, -1, approver_id, "delegate", refusal)
+                return refusal
+            now = self.clock()
+            delegation = Delegation(
+                approver_id=approver_id,
+                deputy_id=form.deputy_id,
+                starts_on=form.starts_on,
+                ends_on=form.ends_on,
+                created_at=now,
+            )
+            session.add(delegation)
+            session.flush()
+            audit(
+                session,
+                approver_id,
+                "delegation_created",
+                None,
+                now,
+                delegation=delegation.id,
+                deputy=form.deputy_id,
+                starts_on=form.starts_on.isoformat(),
+                ends_on=form.ends_on.isoformat(),
+            )
+            enqueue(
+                session, "publish_home", {"users": [approver_id, form.deputy_id], "principals": []}, None, now
+            )
+            result = Delegated(delegation.id)
+        self._on_outbox()
+        return result
+
+    def revoke_delegation(self, delegation_id: int, user_id: str) -> Delegated | Refusal:
+        with transaction(self.db) as session:
+            delegation = session.get(Delegation, delegation_id)
+            if delegation is None or delegation.approver_id != user_id or delegation.revoked_at is not None:
+                return Refusal("not_yours", "That delegation is not yours, or has already been revoked.")
+            now = self.clock()
+            delegation.revoked_at = now
+            audit(
+                session,
+                user_id,
+                "delegation_revoked",
+                None,
+                now,
+                delegation=delegation.id,
+                deputy=delegation.deputy_id,
+            )
+            enqueue(
+                session,
+                "publish_home",
+                {"users": [user_id, delegation.deputy_id], "principals": []},
+                None,
+                now,
+            )
+            result = Delegated(delegation.id)
+        self._on_outbox()
+        return result
+
+    # --- Lists for App Home and `/fr-request list` -------------------------------------------------------
+
+    def my_requests(self, user_id: str, limit: int = 10) -> list[FrRequest]:
+        with transaction(self.db) as session:
+            ids = session.scalars(
+                select(FrRequest.id)
+                .where(FrRequest.requester_id == user_id)
+                .order_by(FrRequest.id.desc())
+                .limit(limit)
+            ).all()
+            return [r for r in (request_with_history(session, i) for i in ids) if r is not None]
+
+    def my_delegations(self, user_id: str) -> list[Delegation]:
+        today = self.clock().astimezone(self.policy.zone).date()
+        with transaction(self.db) as session:
+            return list(
+                session.scalars(
+                    select(Delegation)
+                    .where(
+                        or_(Delegation.approver_id == user_id, Delegation.deputy_id == user_id),
+                        Delegation.revoked_at.is_(None),
+                        Delegation.ends_on >= today,
+                    )
+                    .order_by(Delegation.starts_on)
+                )
+            )
+
+    def awaiting_decision(self, user_id: str, limit: int = 15) -> list[tuple[FrRequest, StageReview]]:
+        """Pending stages this user may decide now (directly or as deputy) and has not decided yet."""
+        with transaction(self.db) as session:
+            stage_ids: list[str] = []
+            for stage in self.policy.stages:
+                try:
+                    if self.approvers.is_approver(stage, user_id) or self._delegator(
+                        session, stage, user_id, ""
+                    ):
+                        stage_ids.append(stage.id)
+                except ApproverLookupFailed:
+                    continue
+            if not stage_ids:
+                return []
+            candidates = session.scalars(
+                select(StageReview.request_id)
+                .join(FrRequest, FrRequest.id == StageReview.request_id)
+                .where(
+                    StageReview.status == StageStatus.PENDING,
+                    StageReview.stage_id.in_(stage_ids),
+                    FrRequest.status == RequestStatus.PENDING,
+                    FrRequest.requester_id != user_id,
+                )
+                .order_by(StageReview.started_at)
+                .limit(limit * 2)
+            ).all()
+            found: list[tuple[FrRequest, StageReview]] = []
+            for request_id in candidates:
+                request = request_with_history(session, request_id)
+                if request is None or request.current is None:
+                    continue
+                if self._authority(session, request, request.current.position, user_id)[0] is None:
+                    found.append((request, request.current))
+                if len(found) >= limit:
+                    break
+            return found
+
+    def is_lead(self, user_id: str) -> bool:
+        try:
+            return self.approvers.includes(self.policy.leads, user_id)
+        except ApproverLookupFailed:
+            return False
+
+    def overview(self) -> Overview:
+        """Leads' live figures: pending by stage, oldest pending, today's decisions."""
+        today_start = (
+            self.clock().astimezone(self.policy.zone).replace(hour=0, minute=0, second=0, microsecond=0)
+        )
+        with transaction(self.db) as session:
+            pending = session.execute(
+                select(StageReview.stage_name, func.count(), func.min(StageReview.started_at))
+                .join(FrRequest, FrRequest.id == StageReview.request_id)
+                .where(StageReview.status == StageStatus.PENDING, FrRequest.status == RequestStatus.PENDING)
+                .group_by(StageReview.stage_name)
+                .order_by(StageReview.stage_name)
+            ).all()
+            decided = session.execute(
+                select(FrRequest.status, func.count())
+                .where(FrRequest.decided_at >= today_start)
+                .group_by(FrRequest.status)
+            ).all()
+        return Overview(
+            pending_by_stage=[(name, int(count), oldest) for name, count, oldest in pending],
+            decided_today={status: int(count) for status, count in decided},
+        )
+
+
+@dataclass(frozen=True)
+class Withdrawn:
+    reference: str
+
+
+@dataclass(frozen=True)
+class Answered:
+    reference: str
+
+
+@dataclass(frozen=True)
+class Commented:
+    reference: str
+
+
+@dataclass(frozen=True)
+class PostUseRecorded:
+    reference: str
+
+
+@dataclass(frozen=True)
+class Delegated:
+    delegation_id: int
+
+
+@dataclass(frozen=True)
+class RequestView:
+    request: FrRequest
+    events: list[AuditEvent]
+    comments: list[Comment]
+    post_use: PostUseRecord | None
+
+
+@dataclass(frozen=True)
+class Overview:
+    pending_by_stage: list[tuple[str, int, datetime | None]]
+    decided_today: dict[str, int]

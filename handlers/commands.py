@@ -1,47 +1,65 @@
-"""`/fr-request`: open the request form (or show help)."""
+"""`/fr-request [help | status FR-… | list]`."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
 
 from bot import views
 from bot.services import Services
+from bot.workflow import Refusal
+from handlers.replies import open_view
+from storage.db import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 COMMAND = "/fr-request"
+USAGE = (
+    f"`{COMMAND}` starts a request. `{COMMAND} status FR-2026-00042` shows one request's timeline, "
+    f"`{COMMAND} list` your recent requests, `{COMMAND} help` how it works."
+)
+UNAVAILABLE = "The bot cannot reach its database just now. Nothing was changed; try again shortly."
 
 
 def register(app: App, services: Services) -> None:
+    workflow = services.workflow
     policy = services.policy.policy
 
     @app.command(COMMAND)
-    def fr_request(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
-        argument = str(body.get("text") or "").strip().lower()
-        if argument in ("help", "?"):
-            ack(text=views.HELP_TEXT)
+    def fr_request(ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
+        words = str(body.get("text") or "").split()
+        verb = words[0].lower() if words else ""
+        if verb in ("help", "?"):
+            ack(text=views.HELP_TEXT + "\n" + USAGE)
             return
-        if argument:
-            ack(
-                text=f"`{COMMAND}` takes no options except `help`. "
-                f"Type `{COMMAND}` on its own to start a request."
+        if verb == "":
+            ack()  # first: the trigger_id is only good for 3 seconds
+            open_view(client, body, views.request_modal(policy))
+            return
+        if verb == "status" and len(words) == 2:
+            ack()
+            try:
+                result = workflow.view_request(words[1].upper(), body["user_id"], "status_command")
+            except DatabaseUnavailable:
+                respond(text=UNAVAILABLE, response_type="ephemeral")
+                return
+            if isinstance(result, Refusal):
+                respond(text=result.message, response_type="ephemeral")
+                return
+            blocks = views.request_details(result.request, result.events, policy, result.post_use)
+            respond(text=f"FR request {result.request.reference}", blocks=blocks, response_type="ephemeral")
+            return
+        if verb == "list" and len(words) == 1:
+            ack()
+            try:
+                mine = workflow.my_requests(body["user_id"])
+            except DatabaseUnavailable:
+                respond(text=UNAVAILABLE, response_type="ephemeral")
+                return
+            respond(
+                text="Your FR requests", blocks=views.requests_list(mine, policy), response_type="ephemeral"
             )
             return
-        ack()  # first: the trigger_id is only good for 3 seconds from Slack's side
-        try:
-            client.views_open(trigger_id=body["trigger_id"], view=views.request_modal(policy))
-        except SlackApiError as exc:
-            error = exc.response.get("error")
-            log.warning("could not open the request form: %s", error)
-            _tell(client, body, "Slack did not open the form in time. Please type the command again.")
-
-
-def _tell(client: WebClient, body: dict[str, Any], text: str) -> None:
-    try:
-        client.chat_postEphemeral(channel=body["channel_id"], user=body["user_id"], text=text)
-    except (SlackApiError, KeyError) as exc:
-        log.warning("could not tell the user: %s", exc)
+        ack(text=USAGE)

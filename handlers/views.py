@@ -24,6 +24,7 @@ NOT_SAVED = (
 
 
 def register(app: App, services: Services) -> None:
+    register_everyday(app, services)
     workflow = services.workflow
     policy = services.policy.policy
 
@@ -38,8 +39,9 @@ def register(app: App, services: Services) -> None:
             _record_refusal(services, user_id, raw, exc.errors)
             return
         team_id = (body.get("team") or {}).get("id") or body["user"].get("team_id", "")
+        previous = _item(view).previous_request_id
         try:
-            result = workflow.submit(form, user_id, team_id, submission_key=str(view["id"]))
+            result = workflow.submit(form, user_id, team_id, str(view["id"]), previous_request_id=previous)
         except DatabaseUnavailable as exc:
             log.error("request not saved: %s", exc)
             ack(response_action="errors", errors={forms.TOOL.block_id: NOT_SAVED})
@@ -138,3 +140,135 @@ def _record_refusal(services: Services, user_id: str, raw: dict[str, str], error
         services.workflow.record_refused_submission(user_id, raw.get(forms.TOOL.block_id, ""), errors)
     except DatabaseUnavailable as exc:
         log.error("could not record a refused submission: %s", exc)
+
+
+def _item(view: dict[str, Any]) -> views.ItemContext:
+    try:
+        return views.ItemContext.model_validate_json(view.get("private_metadata") or "{}")
+    except ValidationError:
+        return views.ItemContext()
+
+
+def _state(view: dict[str, Any]) -> Any:
+    return (view.get("state") or {}).get("values")
+
+
+def _finish(ack: Ack, result: Any, title: str, text: str) -> None:
+    """Close the modal with a confirmation, or show why the action was refused."""
+    if isinstance(result, Refusal):
+        ack(response_action="update", view=views.notice_modal("Not recorded", views.esc(result.message)))
+    else:
+        ack(response_action="update", view=views.notice_modal(title, text))
+
+
+def register_everyday(app: App, services: Services) -> None:
+    workflow = services.workflow
+    policy = services.policy.policy
+
+    def saving(ack: Ack, first_block: str, action: Any) -> Any:
+        """Run a save; a database outage shows in the modal and nothing is written."""
+        try:
+            return action()
+        except DatabaseUnavailable as exc:
+            log.error("not saved: %s", exc)
+            ack(response_action="errors", errors={first_block: NOT_SAVED})
+            return None
+
+    @app.view(views.ANSWER_CALLBACK)
+    def answer_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        item = _item(view)
+        try:
+            answer = forms.check_answer(forms.read_fields(_state(view), (forms.ANSWER.block_id,)))
+        except forms.FormErrors as exc:
+            ack(response_action="errors", errors=exc.errors)
+            return
+        if item.info_id is None:
+            ack(
+                response_action="update",
+                view=views.notice_modal("Not sent", "This form is not valid any more."),
+            )
+            return
+        result = saving(
+            ack, forms.ANSWER.block_id, lambda: workflow.answer_info(item.info_id, body["user"]["id"], answer)
+        )
+        if result is not None:
+            _finish(
+                ack,
+                result,
+                "Answer sent",
+                ":speech_balloon: Your answer is recorded and the reviewers have been told.",
+            )
+
+    @app.view(views.COMMENT_CALLBACK)
+    def comment_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        item = _item(view)
+        try:
+            text = forms.check_comment(forms.read_fields(_state(view), (forms.COMMENT.block_id,)))
+        except forms.FormErrors as exc:
+            ack(response_action="errors", errors=exc.errors)
+            return
+        if item.request_id is None:
+            ack(
+                response_action="update",
+                view=views.notice_modal("Not added", "This form is not valid any more."),
+            )
+            return
+        result = saving(
+            ack,
+            forms.COMMENT.block_id,
+            lambda: workflow.comment(item.request_id, body["user"]["id"], text, str(view["id"])),
+        )
+        if result is not None:
+            _finish(ack, result, "Comment added", ":memo: Your comment is in the request's timeline.")
+
+    @app.view(views.POST_USE_CALLBACK)
+    def post_use_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        item = _item(view)
+        fields = (
+            forms.SEARCH_RUN.block_id,
+            forms.SEARCH_RESULT.block_id,
+            forms.HANDLING.block_id,
+            forms.HANDLING_AUTHORITY.block_id,
+            forms.POST_USE_NOTES.block_id,
+        )
+        try:
+            form = forms.check_post_use(forms.read_fields(_state(view), fields))
+        except forms.FormErrors as exc:
+            ack(response_action="errors", errors=exc.errors)
+            return
+        if item.request_id is None:
+            ack(
+                response_action="update",
+                view=views.notice_modal("Not recorded", "This form is not valid any more."),
+            )
+            return
+        result = saving(
+            ack,
+            forms.SEARCH_RUN.block_id,
+            lambda: workflow.record_post_use(item.request_id, body["user"]["id"], form),
+        )
+        if result is not None:
+            _finish(
+                ack,
+                result,
+                "Outcome recorded",
+                ":white_check_mark: The outcome is recorded and the request is closed.",
+            )
+
+    @app.view(views.DELEGATE_CALLBACK)
+    def delegation_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        user_id = body["user"]["id"]
+        fields = (forms.DEPUTY.block_id, forms.STARTS_ON.block_id, forms.ENDS_ON.block_id)
+        today = workflow.clock().astimezone(policy.zone).date()
+        try:
+            form = forms.check_delegation(forms.read_fields(_state(view), fields), user_id, today)
+        except forms.FormErrors as exc:
+            ack(response_action="errors", errors=exc.errors)
+            return
+        result = saving(ack, forms.DEPUTY.block_id, lambda: workflow.delegate(user_id, form))
+        if result is not None:
+            text = (
+                f":busts_in_silhouette: {views.user(form.deputy_id)} may decide in your place from "
+                f"{form.starts_on:%d %b %Y} to {form.ends_on:%d %b %Y}."
+            )
+            _finish(ack, result, "Deputy named", text)

@@ -6,13 +6,14 @@ normalises on the way in and out and the same code works on both.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -115,10 +116,16 @@ class FrRequest(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A re-request links to the request it was started from (after a rejection or expiry). No foreign key:
+    # adding one would make SQLite rebuild this table, which its incoming foreign keys forbid.
+    previous_request_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    # An approved request stays open until the officer records what the search did (post-use record).
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     stages: Mapped[list[StageReview]] = relationship(
         back_populates="request", order_by="StageReview.position", lazy="selectin"
     )
+    comments: Mapped[list[Comment]] = relationship(order_by="Comment.id", lazy="selectin")
 
     @property
     def current(self) -> StageReview | None:
@@ -170,6 +177,8 @@ class Decision(Base):
     conditions: Mapped[str] = mapped_column(Text, default="")
     reason_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     policy_version: Mapped[str] = mapped_column(String(64))
+    # Set when a deputy decided under a delegation from this approver.
+    on_behalf_of: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     stage: Mapped[StageReview] = relationship(back_populates="decisions")
@@ -186,8 +195,53 @@ class InfoRequest(Base):
     # Same idempotency idea as requests: the asking modal's view id.
     submission_key: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The officer's answer is added beside the question; neither is ever overwritten.
     answer: Mapped[str | None] = mapped_column(Text, nullable=True)
     answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Comment(Base):
+    """A reviewer's remark on a request without deciding; part of the timeline."""
+
+    __tablename__ = "comments"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("fr_requests.id"), index=True)
+    author_id: Mapped[str] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text)
+    submission_key: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PostUseRecord(Base):
+    """What the officer did with an approval: whether the search ran, what it found, what was kept."""
+
+    __tablename__ = "post_use_records"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("fr_requests.id"), unique=True)
+    recorded_by: Mapped[str] = mapped_column(String(32))
+    search_run: Mapped[bool] = mapped_column(Boolean)
+    result: Mapped[str] = mapped_column(String(32))  # not_run | no_match | possible_match
+    handling: Mapped[str] = mapped_column(String(32))  # deleted | retained
+    authority: Mapped[str] = mapped_column(Text)
+    notes: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Delegation(Base):
+    """An approver's deputy for a date range (inclusive, in the policy's time zone)."""
+
+    __tablename__ = "delegations"
+    __table_args__ = (Index("ix_delegations_deputy", "deputy_id", "starts_on", "ends_on"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    approver_id: Mapped[str] = mapped_column(String(32), index=True)
+    deputy_id: Mapped[str] = mapped_column(String(32))
+    starts_on: Mapped[date] = mapped_column(Date)
+    ends_on: Mapped[date] = mapped_column(Date)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class AuditEvent(Base):

@@ -16,6 +16,7 @@ def request_with_history(session: Session, request_id: int, lock: bool = False) 
         .options(
             selectinload(FrRequest.stages).selectinload(StageReview.decisions),
             selectinload(FrRequest.stages).selectinload(StageReview.info_requests),
+            selectinload(FrRequest.comments),
         )
         .execution_options(populate_existing=True)
     )

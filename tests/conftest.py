@@ -65,6 +65,7 @@ routes:
 default_route: [supervisor]
 approval_validity_hours: {routine: 72, urgent: 24, threat_to_life: 6}
 leads_channel: C0LEADS
+leads: [ULEAD1]
 """
 
 GROUPS = {"S0SUPERS": {"USUP3"}}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -137,6 +137,14 @@ def _entry(view: dict[str, Any], block_id: str, value: str) -> dict[str, Any]:
     return {"type": kind, "value": value}
 
 
+def wait_for_message(
+    stub: SlackStub, channel: str, ts: str, condition: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """The stored message once an update has made `condition` true (updates arrive asynchronously)."""
+    stub.wait_for(lambda c: c.method == "chat.update" and condition(stub.message(channel, ts)))
+    return stub.message(channel, ts)
+
+
 def dms_to(stub: SlackStub, user: str) -> list[str]:
     return [
         c.args.get("text", "")
@@ -195,7 +203,7 @@ def test_officer_fixes_invalid_form_then_request_is_routed(slack: SlackDriver, s
     assert status == 200 and body["response_action"] == "update"
     reference = reference_of(body)
     message = reviewer_message(stub, "C0SUPER", reference)
-    assert buttons(message) == [views.APPROVE_ACTION, views.REJECT_ACTION, views.INFO_ACTION]
+    assert buttons(message) == [views.APPROVE_ACTION, views.REJECT_ACTION, views.INFO_ACTION, views.COMMENT_ACTION]
     stub.wait_for(lambda c: c.method == "chat.postMessage" and c.args.get("channel") == OFFICER)
     assert any(reference in text for text in dms_to(stub, OFFICER))
 
@@ -239,9 +247,7 @@ def test_stranger_and_requester_are_refused_then_approver_approves(
         rationale="Necessary: no other route to identify.",
     )
     assert status == 200 and body["response_action"] == "update", body
-    update = stub.wait_for(lambda c: c.method == "chat.update" and c.ok)
-    current = stub.message(update.args["channel"], update.args["ts"])
-    assert buttons(current) == []
+    current = wait_for_message(stub, message["channel"], message["ts"], lambda m: not buttons(m))
     rendered = json.dumps(current["blocks"])
     assert "Approved" in rendered and "USUP3" in rendered
     stub.wait_for(
@@ -284,11 +290,9 @@ def test_multi_stage_route_with_reject_reason(slack: SlackDriver, stub: SlackStu
         reason_code="alternatives_not_exhausted",
     )
     assert body["response_action"] == "update"
-    stub.wait_for(lambda c: c.method == "chat.update" and c.ok and c.args["channel"] == "C0AUTH")
-    stub.wait_for(lambda c: c.method == "chat.update" and c.ok and c.args["channel"] == "C0SUPER")
     for channel, ts in ((first["channel"], first["ts"]), (second["channel"], second["ts"])):
-        assert buttons(stub.message(channel, ts)) == []
-        assert "Rejected" in json.dumps(stub.message(channel, ts)["blocks"])
+        settled = wait_for_message(stub, channel, ts, lambda m: "Rejected" in json.dumps(m["blocks"]))
+        assert buttons(settled) == []
     stub.wait_for(
         lambda c: (
             c.method == "chat.postMessage"

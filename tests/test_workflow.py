@@ -55,7 +55,7 @@ def test_submit_stores_routes_and_queues_notifications(workflow: Workflow) -> No
     assert request.policy_version == workflow.loaded.version
     assert [s.status for s in request.stages] == [StageStatus.PENDING]
     assert audit_actions(workflow, result.request_id) == ["request_submitted", "request_routed"]
-    assert outbox_kinds(workflow, result.request_id) == ["post_review", "dm"]
+    assert outbox_kinds(workflow, result.request_id) == ["post_review", "dm", "publish_home"]
 
 
 def test_references_count_up_per_year(workflow: Workflow, clock: FakeClock) -> None:
@@ -72,7 +72,7 @@ def test_same_modal_submitted_twice_creates_one_request(workflow: Workflow) -> N
     assert second.reference == first.reference
     with transaction(workflow.db) as session:
         assert session.scalar(select(func.count()).select_from(FrRequest)) == 1
-        assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 2
+        assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 3
 
 
 @pytest.mark.parametrize(
@@ -171,7 +171,7 @@ def test_request_info_records_the_question(workflow: Workflow) -> None:
     assert request is not None
     assert [i.question for i in request.stages[0].info_requests] == ["Which exhibit is the still from?"]
     assert audit_actions(workflow, result.request_id).count("info_requested") == 1
-    assert outbox_kinds(workflow, result.request_id)[-2:] == ["refresh_reviews", "dm"]
+    assert outbox_kinds(workflow, result.request_id)[-3:] == ["refresh_reviews", "dm", "publish_home"]
 
 
 def test_refused_submission_of_prohibited_tool_is_audited(workflow: Workflow) -> None:

@@ -1,0 +1,38 @@
+"""Telling the person who clicked something, wherever they clicked it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bot import views
+
+log = logging.getLogger(__name__)
+
+
+def tell(client: WebClient, body: dict[str, Any], text: str, title: str = "FR requests") -> None:
+    """Ephemeral in the channel or DM clicked in; a small modal when the click came from App Home."""
+    user_id = (body.get("user") or {}).get("id") or body.get("user_id")
+    container = body.get("container") or {}
+    try:
+        if container.get("type") == "view" and body.get("trigger_id"):
+            client.views_open(trigger_id=body["trigger_id"], view=views.notice_modal(title, views.esc(text)))
+            return
+        channel = (
+            container.get("channel_id") or (body.get("channel") or {}).get("id") or body.get("channel_id")
+        )
+        if channel and user_id:
+            client.chat_postEphemeral(channel=channel, user=user_id, text=text)
+    except SlackApiError as exc:
+        log.warning("could not tell the user: %s", exc.response.get("error"))
+
+
+def open_view(client: WebClient, body: dict[str, Any], view: dict[str, Any]) -> None:
+    try:
+        client.views_open(trigger_id=body["trigger_id"], view=view)
+    except SlackApiError as exc:
+        log.warning("could not open a form: %s", exc.response.get("error"))
+        tell(client, {**body, "trigger_id": None}, "Slack did not open the form in time. Please try again.")

@@ -1,0 +1,171 @@
+"""The everyday flows in the workflow core: withdraw, answer, comment, post-use record, delegation, viewing."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from sqlalchemy import select
+
+from bot import views
+from bot.forms import DelegationForm, PostUseForm
+from bot.workflow import Decided, Refusal, RequestView, Workflow
+from storage.db import transaction
+from storage.models import AuditEvent, RequestStatus, StageStatus
+from tests.conftest import FakeClock
+from tests.test_workflow import APPROVE, audit_actions, submit
+
+POST_USE = PostUseForm(
+    search_run=True, result="possible_match", handling="retained", authority="Exhibit JS/4, MoPI group 2"
+)
+
+
+def test_requester_withdraws_a_pending_request(workflow: Workflow) -> None:
+    result = submit(workflow, tool="engine-a")
+    stranger = workflow.withdraw(result.request_id, "USUP1")
+    assert isinstance(stranger, Refusal) and stranger.code == "not_requester"
+    done = workflow.withdraw(result.request_id, "UOFFICER")
+    assert not isinstance(done, Refusal)
+    request = workflow.load(result.request_id)
+    assert request is not None and request.status == RequestStatus.WITHDRAWN
+    assert {s.status for s in request.stages} == {StageStatus.CANCELLED}
+    again = workflow.withdraw(result.request_id, "UOFFICER")
+    assert isinstance(again, Refusal) and again.code == "request_closed"
+    late = workflow.decide(result.request_id, 0, "USUP1", "approve", APPROVE)
+    assert isinstance(late, Refusal) and late.code == "request_closed"
+    assert "request_withdrawn" in audit_actions(workflow, result.request_id)
+
+
+def test_answer_is_added_and_the_question_kept(workflow: Workflow) -> None:
+    result = submit(workflow)
+    workflow.request_info(result.request_id, 0, "USUP1", "Which exhibit is the still from?", "VQ1")
+    request = workflow.load(result.request_id)
+    assert request is not None
+    info = request.stages[0].info_requests[0]
+    refused = workflow.answer_info(info.id, "USUP2", "I will answer for them")
+    assert isinstance(refused, Refusal) and refused.code == "not_requester"
+    assert not isinstance(workflow.answer_info(info.id, "UOFFICER", "Exhibit JS/1, camera 3"), Refusal)
+    twice = workflow.answer_info(info.id, "UOFFICER", "Changed my mind")
+    assert isinstance(twice, Refusal) and twice.code == "already_answered"
+    request = workflow.load(result.request_id)
+    assert request is not None
+    info = request.stages[0].info_requests[0]
+    assert (info.question, info.answer) == ("Which exhibit is the still from?", "Exhibit JS/1, camera 3")
+    # The review goes on: the stage is still pending and can be decided.
+    assert isinstance(workflow.decide(result.request_id, 0, "USUP1", "approve", APPROVE), Decided)
+
+
+def test_reviewers_comment_but_strangers_and_requester_cannot(workflow: Workflow) -> None:
+    result = submit(workflow)
+    assert isinstance(workflow.comment(result.request_id, "USTRANGER", "hello", "VC0"), Refusal)
+    assert isinstance(workflow.comment(result.request_id, "UOFFICER", "my own note", "VC1"), Refusal)
+    assert not isinstance(workflow.comment(result.request_id, "USUP2", "Checked the exhibit log.", "VC2"), Refusal)
+    workflow.comment(result.request_id, "USUP2", "Checked the exhibit log.", "VC2")  # resubmitted modal
+    request = workflow.load(result.request_id)
+    assert request is not None
+    assert [c.text for c in request.comments] == ["Checked the exhibit log."]
+    assert request.status == RequestStatus.PENDING  # a comment decides nothing
+
+
+def test_post_use_record_closes_an_approved_request(workflow: Workflow) -> None:
+    result = submit(workflow)
+    early = workflow.record_post_use(result.request_id, "UOFFICER", POST_USE)
+    assert isinstance(early, Refusal) and early.code == "not_approved"
+    workflow.decide(result.request_id, 0, "USUP1", "approve", APPROVE)
+    other = workflow.record_post_use(result.request_id, "USUP1", POST_USE)
+    assert isinstance(other, Refusal) and other.code == "not_requester"
+    assert not isinstance(workflow.record_post_use(result.request_id, "UOFFICER", POST_USE), Refusal)
+    again = workflow.record_post_use(result.request_id, "UOFFICER", POST_USE)
+    assert isinstance(again, Refusal) and again.code == "already_recorded"
+    request = workflow.load(result.request_id)
+    assert request is not None and request.closed_at is not None
+    assert views.officer_buttons(request) is None  # nothing left for the officer to do
+
+
+def test_deputy_decides_only_inside_the_range_and_is_recorded_as_deputy(
+    workflow: Workflow, clock: FakeClock
+) -> None:
+    today = clock.now.date()
+    form = DelegationForm(deputy_id="UDEPUTY", starts_on=today.replace(day=today.day + 1), ends_on=date(2026, 3, 5))
+    assert isinstance(workflow.delegate("UNOBODY", form), Refusal)  # not an approver: cannot delegate
+    assert not isinstance(workflow.delegate("USUP1", form), Refusal)
+    result = submit(workflow)
+    early = workflow.authorise(result.request_id, 0, "UDEPUTY", "approve")
+    assert isinstance(early, Refusal) and early.code == "not_approver"
+    clock.advance(days=1)
+    assert workflow.authorise(result.request_id, 0, "UDEPUTY", "approve") is None
+    assert [s.stage_id for _, s in workflow.awaiting_decision("UDEPUTY")] == ["supervisor"]
+    decided = workflow.decide(result.request_id, 0, "UDEPUTY", "approve", APPROVE)
+    assert isinstance(decided, Decided)
+    request = workflow.load(result.request_id)
+    assert request is not None
+    decision = request.stages[0].decisions[0]
+    assert (decision.approver_id, decision.on_behalf_of) == ("UDEPUTY", "USUP1")
+    clock.advance(days=5)
+    later = submit(workflow, key="V2")
+    expired = workflow.authorise(later.request_id, 0, "UDEPUTY", "approve")
+    assert isinstance(expired, Refusal) and expired.code == "not_approver"
+
+
+def test_delegation_never_lets_the_requester_decide_their_own_request(workflow: Workflow, clock: FakeClock) -> None:
+    today = clock.now.date()
+    workflow.delegate("USUP1", DelegationForm(deputy_id="UOFFICER", starts_on=today, ends_on=today))
+    result = submit(workflow)
+    own = workflow.decide(result.request_id, 0, "UOFFICER", "approve", APPROVE)
+    assert isinstance(own, Refusal) and own.code == "own_request"
+    # A supervisor who delegated to someone cannot have that deputy decide the supervisor's own request.
+    workflow.delegate("USUP2", DelegationForm(deputy_id="UDEPUTY2", starts_on=today, ends_on=today))
+    theirs = submit(workflow, key="V2", requester="USUP2")
+    via_deputy = workflow.decide(theirs.request_id, 0, "UDEPUTY2", "approve", APPROVE)
+    assert isinstance(via_deputy, Refusal) and via_deputy.code == "not_approver"
+
+
+def test_only_involved_people_see_a_request_and_every_look_is_logged(workflow: Workflow) -> None:
+    result = submit(workflow)
+    for viewer in ("UOFFICER", "USUP3", "ULEAD1"):  # requester, group approver, lead
+        seen = workflow.view_request(result.reference, viewer, "status_command")
+        assert isinstance(seen, RequestView), viewer
+        assert [e.action for e in seen.events][:2] == ["request_submitted", "request_routed"]
+    stranger = workflow.view_request(result.reference, "USTRANGER", "status_command")
+    missing = workflow.view_request("FR-2026-99999", "USTRANGER", "status_command")
+    assert isinstance(stranger, Refusal) and isinstance(missing, Refusal)
+    assert stranger.message == missing.message  # no hint whether a reference exists
+    with transaction(workflow.db) as session:
+        viewed = session.scalars(select(AuditEvent.actor_id).where(AuditEvent.action == "request_viewed")).all()
+    assert sorted(viewed) == ["ULEAD1", "UOFFICER", "USUP3"]
+
+
+def test_rerequest_links_to_the_earlier_request(workflow: Workflow) -> None:
+    from bot.forms import check_request
+
+    first = submit(workflow)
+    workflow.withdraw(first.request_id, "UOFFICER")
+    earlier = workflow.load(first.request_id)
+    assert earlier is not None
+    form = check_request(workflow.policy, views.initial_values(earlier))
+    second = workflow.submit(form, "UOFFICER", "T0TEST", "V-again", previous_request_id=first.request_id)
+    request = workflow.load(second.request_id)
+    assert request is not None and request.previous_request_id == first.request_id
+    assert request.necessity == earlier.necessity
+    assert "request_rerequested" in audit_actions(workflow, second.request_id)
+    # Someone else's request cannot be the origin of a re-request.
+    third = workflow.submit(form, "UOTHER", "T0TEST", "V-other", previous_request_id=first.request_id)
+    other = workflow.load(third.request_id)
+    assert other is not None and other.previous_request_id is None
+
+
+def test_lists_for_app_home(workflow: Workflow) -> None:
+    mine = submit(workflow)
+    online = submit(workflow, key="V2", tool="engine-a")
+    assert [r.id for r in workflow.my_requests("UOFFICER")] == [online.request_id, mine.request_id]
+    awaiting = workflow.awaiting_decision("USUP1")
+    assert {r.id for r, _ in awaiting} == {mine.request_id, online.request_id}
+    assert workflow.awaiting_decision("UOFFICER") == []
+    workflow.decide(online.request_id, 0, "USUP1", "approve", APPROVE)
+    assert [r.id for r, _ in workflow.awaiting_decision("USUP1")] == [mine.request_id]
+    assert [r.id for r, _ in workflow.awaiting_decision("UAUTH1")] == [online.request_id]
+    overview = workflow.overview()
+    assert {name: count for name, count, _ in overview.pending_by_stage} == {
+        "Authorising officer": 1,
+        "Supervisor review": 1,
+    }
+    assert workflow.is_lead("ULEAD1") and not workflow.is_lead("USUP1")
