@@ -403,7 +403,8 @@ HANDLING = SelectField("handling", "Probe image and results", "", radio=True)
 HANDLING_AUTHORITY = TextField(
     "handling_authority",
     "Deleted when, or retained under what authority",
-    "E.g. 'Deleted from the tool and local storage on 3 March' or 'Retained as exhibit JS/4 under MoPI group 2'.",
+    "E.g. 'Deleted from the tool and local storage on 3 March' or "
+    "'Retained as exhibit JS/4 under MoPI group 2'.",
     500,
     justification=False,
 )

@@ -317,7 +317,8 @@ def _decision_line(stage: StageReview, policy: Policy) -> list[str]:
             line += f"\n> _Conditions:_ {esc(decision.conditions, 500)}"
         lines.append(line)
     for info in stage.info_requests:
-        line = f":grey_question: {user(info.asked_by)} asked {when(info.created_at, policy)}\n> {esc(info.question, 500)}"
+        asked = f":grey_question: {user(info.asked_by)} asked {when(info.created_at, policy)}"
+        line = f"{asked}\n> {esc(info.question, 500)}"
         if info.answer is not None:
             line += f"\n:speech_balloon: Answered {when(info.answered_at, policy)}\n> {esc(info.answer, 900)}"
         lines.append(line)
@@ -354,7 +355,8 @@ def stage_history(request: FrRequest, policy: Policy) -> list[Block]:
         lines.extend(_decision_line(stage, policy))
     for comment in request.comments:
         lines.append(
-            f":memo: {user(comment.author_id)} commented {when(comment.created_at, policy)}\n> {esc(comment.text, 900)}"
+            f":memo: {user(comment.author_id)} commented {when(comment.created_at, policy)}"
+            f"\n> {esc(comment.text, 900)}"
         )
     return [section(text) for text in pack(lines)]
 
@@ -616,7 +618,8 @@ def answer_note(request: FrRequest, info: InfoRequest) -> dict[str, Any]:
         "text": clip(f"The officer answered a question on {request.reference}.", 300),
         "blocks": [
             section(
-                f":speech_balloon: {user(request.requester_id)} answered the question on *{request.reference}*:"
+                f":speech_balloon: {user(request.requester_id)} answered the question on "
+                f"*{request.reference}*:"
             ),
             section(f"*Question*\n> {esc(info.question, 1400)}\n*Answer*\n> {esc(info.answer or '', 1400)}"),
         ],
@@ -684,6 +687,9 @@ def delegation_modal(today: str) -> dict[str, Any]:
     return modal("Delegate approvals", blocks, DELEGATE_CALLBACK, "", submit="Delegate")
 
 
+RESULT_LABELS = {"not_run": "no result", **forms.SEARCH_RESULTS}
+
+
 # Timeline: audit events told as a case file, in order.
 
 
@@ -697,7 +703,8 @@ def timeline_line(event: AuditEvent, request: FrRequest, policy: Policy) -> str:
     stage = esc(_stage_name(request, d.get("stage")))
     action = event.action
     if action == "request_submitted":
-        text = f"{who} submitted the request ({esc(request.tool_snapshot['name'], 200)}, case {esc(request.case_reference)})"
+        tool = esc(request.tool_snapshot["name"], 200)
+        text = f"{who} submitted the request ({tool}, case {esc(request.case_reference)})"
     elif action == "request_routed":
         names = [_stage_name(request, s) for s in d.get("stages", [])]
         text = f"Routed by rule *{esc(str(d.get('route', '')))}* to {esc(' → '.join(names))}"
@@ -735,7 +742,8 @@ def timeline_line(event: AuditEvent, request: FrRequest, policy: Policy) -> str:
     elif action == "request_viewed":
         text = f"{who} viewed the details ({esc(str(d.get('surface', '')))})"
     elif action == "action_refused":
-        text = f"{who} was refused ({esc(str(d.get('attempted', '')))}): {esc(str(d.get('message', d.get('reason', ''))), 300)}"
+        why = esc(str(d.get("message", d.get("reason", ""))), 300)
+        text = f"{who} was refused ({esc(str(d.get('attempted', '')))}): {why}"
     else:
         text = f"{who}: {esc(action.replace('_', ' '))}"
     return f"{when(event.created_at, policy)} · {text}"
@@ -756,7 +764,7 @@ def request_details(
         blocks.append(
             section(
                 f"*Search outcome*: {'run' if post_use.search_run else 'not run'}; "
-                f"{esc({'not_run': 'no result', **forms.SEARCH_RESULTS}.get(post_use.result, post_use.result))}; "
+                f"{esc(RESULT_LABELS.get(post_use.result, post_use.result))}; "
                 f"image and results {esc(post_use.handling)}: {esc(post_use.authority, 1500)}"
             )
         )
@@ -767,7 +775,8 @@ def request_details(
         timeline = [
             *timeline[: room - 1],
             context(
-                f"{len(timeline) - room + 1} more entries: ask an admin for `fr-bot audit show {request.reference}`."
+                f"{len(timeline) - room + 1} more entries: "
+                f"ask an admin for `fr-bot audit show {request.reference}`."
             ),
         ]
     return blocks + timeline
@@ -788,7 +797,8 @@ def requests_list(requests: list[FrRequest], policy: Policy) -> list[Block]:
 
 def _request_line(request: FrRequest, policy: Policy) -> str:
     tool = esc(request.tool_snapshot["name"], 100)
-    return f"*{request.reference}* · {tool} · case {esc(request.case_reference)}\n{_status_line(request, policy)}"
+    status = _status_line(request, policy)
+    return f"*{request.reference}* · {tool} · case {esc(request.case_reference)}\n{status}"
 
 
 def home_view(

@@ -547,7 +547,7 @@ class Workflow:
     # --- Everyday flows: withdraw, answer, comment, post-use record, delegation, viewing --------------
 
     def _touch_homes(self, session: Session, request: FrRequest, now: datetime) -> None:
-        """Queue an App Home refresh for the people this request concerns: its officer and current deciders."""
+        """Queue an App Home refresh for the people this request concerns: officer and current deciders."""
         principals: tuple[str, ...] = ()
         if request.status == RequestStatus.PENDING and request.current is not None:
             with contextlib.suppress(StopIteration):

@@ -218,6 +218,10 @@ def workflow(engine: Engine, policy: LoadedPolicy, clock: FakeClock) -> Workflow
     return Workflow(make_session_factory(engine), policy, directory, clock=clock)
 
 
+# The end-to-end fixtures (stand-in, bot process, driver), shared by every e2e test module.
+from tests.e2e_support import backend_url, bot, slack, stub  # noqa: E402, F401
+
+
 def specs_dir() -> Path:
     """The Slack contract folder, or skip with the reason."""
     value = os.environ.get(SPECS_ENV)

@@ -1,4 +1,4 @@
-"""The everyday flows in the workflow core: withdraw, answer, comment, post-use record, delegation, viewing."""
+"""The everyday flows in the workflow core: withdraw, answer, comment, post-use, delegation, viewing."""
 
 from __future__ import annotations
 
@@ -58,7 +58,9 @@ def test_reviewers_comment_but_strangers_and_requester_cannot(workflow: Workflow
     result = submit(workflow)
     assert isinstance(workflow.comment(result.request_id, "USTRANGER", "hello", "VC0"), Refusal)
     assert isinstance(workflow.comment(result.request_id, "UOFFICER", "my own note", "VC1"), Refusal)
-    assert not isinstance(workflow.comment(result.request_id, "USUP2", "Checked the exhibit log.", "VC2"), Refusal)
+    assert not isinstance(
+        workflow.comment(result.request_id, "USUP2", "Checked the exhibit log.", "VC2"), Refusal
+    )
     workflow.comment(result.request_id, "USUP2", "Checked the exhibit log.", "VC2")  # resubmitted modal
     request = workflow.load(result.request_id)
     assert request is not None
@@ -85,7 +87,9 @@ def test_deputy_decides_only_inside_the_range_and_is_recorded_as_deputy(
     workflow: Workflow, clock: FakeClock
 ) -> None:
     today = clock.now.date()
-    form = DelegationForm(deputy_id="UDEPUTY", starts_on=today.replace(day=today.day + 1), ends_on=date(2026, 3, 5))
+    form = DelegationForm(
+        deputy_id="UDEPUTY", starts_on=today.replace(day=today.day + 1), ends_on=date(2026, 3, 5)
+    )
     assert isinstance(workflow.delegate("UNOBODY", form), Refusal)  # not an approver: cannot delegate
     assert not isinstance(workflow.delegate("USUP1", form), Refusal)
     result = submit(workflow)
@@ -106,7 +110,9 @@ def test_deputy_decides_only_inside_the_range_and_is_recorded_as_deputy(
     assert isinstance(expired, Refusal) and expired.code == "not_approver"
 
 
-def test_delegation_never_lets_the_requester_decide_their_own_request(workflow: Workflow, clock: FakeClock) -> None:
+def test_delegation_never_lets_the_requester_decide_their_own_request(
+    workflow: Workflow, clock: FakeClock
+) -> None:
     today = clock.now.date()
     workflow.delegate("USUP1", DelegationForm(deputy_id="UOFFICER", starts_on=today, ends_on=today))
     result = submit(workflow)
@@ -130,7 +136,9 @@ def test_only_involved_people_see_a_request_and_every_look_is_logged(workflow: W
     assert isinstance(stranger, Refusal) and isinstance(missing, Refusal)
     assert stranger.message == missing.message  # no hint whether a reference exists
     with transaction(workflow.db) as session:
-        viewed = session.scalars(select(AuditEvent.actor_id).where(AuditEvent.action == "request_viewed")).all()
+        viewed = session.scalars(
+            select(AuditEvent.actor_id).where(AuditEvent.action == "request_viewed")
+        ).all()
     assert sorted(viewed) == ["ULEAD1", "UOFFICER", "USUP3"]
 
 

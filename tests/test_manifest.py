@@ -24,9 +24,7 @@ MANIFEST_PATH = Path(__file__).resolve().parents[1] / "manifest.yml"
 COMMAND = "/fr-request"
 EVENTS_PATH = "/slack/events"
 # Keep in step with the scope comments in manifest.yml: adding a scope needs a reason there.
-EXPECTED_BOT_SCOPES = frozenset(
-    {"commands", "chat:write", "im:write", "usergroups:read"}
-)
+EXPECTED_BOT_SCOPES = frozenset({"commands", "chat:write", "im:write", "usergroups:read"})
 
 
 @pytest.fixture(scope="module")

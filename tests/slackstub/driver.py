@@ -91,6 +91,29 @@ def element_value(element_type: str, element: Json, value: Any) -> Json:
     return {"value": value}
 
 
+def _initial(element: Json) -> Any:
+    """What Slack reports for an input the user did not touch: its initial value, if it has one."""
+    if isinstance(element.get("initial_option"), dict):
+        return element["initial_option"].get("value")
+    if isinstance(element.get("initial_options"), list):
+        return [option.get("value") for option in element["initial_options"]]
+    for key in (
+        "initial_value",
+        "initial_date",
+        "initial_user",
+        "initial_conversation",
+        "initial_channel",
+        "initial_time",
+        "initial_date_time",
+        "initial_users",
+        "initial_conversations",
+        "initial_channels",
+    ):
+        if key in element:
+            return element[key]
+    return None
+
+
 class SlackDriver:
     """Sends what Slack would send to the bot at `url`, signed with `signing_secret`.
 
@@ -388,7 +411,8 @@ class SlackDriver:
         # Slack reports every input block, touched or not.
         for block, element in _iter_elements(blocks):
             if block.get("type") == "input" and block.get("block_id"):
-                entry = {"type": element.get("type"), **element_value(element.get("type", ""), element, None)}
+                kind = element.get("type", "")
+                entry = {"type": kind, **element_value(kind, element, _initial(element))}
                 values.setdefault(block["block_id"], {})[element["action_id"]] = entry
         for block_id, actions in state_values.items():
             for action_id, value in actions.items():

@@ -1,0 +1,148 @@
+"""Shared by the end-to-end tests: the Slack stand-in, the real bot process, a signed-request driver, steps.
+
+The fixtures are made available to every test module by tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from bot import forms, views
+from tests.botprocess import SIGNING_SECRET, BotProcess
+from tests.conftest import GROUPS, TEST_POLICY, _truncate_postgres, slack_state, valid_form_values
+from tests.slackstub import SlackDriver, SlackStub
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def backend_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "sqlite":
+        template = request.getfixturevalue("sqlite_template")
+        path = tmp_path_factory.mktemp("e2e") / "fr-bot.db"
+        shutil.copy(template, path)
+        return f"sqlite:///{path}"
+    url = request.getfixturevalue("postgres_migrated")
+    _truncate_postgres(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[SlackStub]:
+    with SlackStub() as running:
+        for group, members in GROUPS.items():
+            running.add_usergroup(group, sorted(members))
+        yield running
+
+
+@pytest.fixture(scope="module")
+def bot(backend_url: str, stub: SlackStub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BotProcess]:
+    workdir = tmp_path_factory.mktemp("bot")
+    policy = workdir / "policy.yml"
+    policy.write_text(TEST_POLICY)
+    process = BotProcess(backend_url, policy, stub.base_url, workdir).start()
+    yield process
+    code = process.stop()
+    assert code == 0, f"bot did not exit cleanly ({code}):\n{process.log()}"
+    assert "Traceback" not in process.log(), process.log()
+
+
+@pytest.fixture
+def slack(bot: BotProcess, stub: SlackStub) -> Iterator[SlackDriver]:
+    stub.clear()
+    stub.violations.clear()
+    yield SlackDriver(bot.url, SIGNING_SECRET, stub=stub)
+    stub.assert_no_violations()
+
+
+# --- Steps a person takes ------------------------------------------------------------------------
+
+
+def open_form(slack: SlackDriver, stub: SlackStub, user: str) -> dict[str, Any]:
+    status, body = slack.slash_command("/fr-request", "", user)
+    assert status == 200, body
+    call = stub.wait_for(
+        lambda c: (
+            c.method == "views.open" and c.ok and c.response["view"]["callback_id"] == views.REQUEST_CALLBACK
+        )
+    )
+    return call.response["view"]
+
+
+def submit_form(slack: SlackDriver, view: dict[str, Any], user: str, **overrides: str) -> tuple[int, Any]:
+    return slack.view_submission(user, view, slack_state(valid_form_values(**overrides)))
+
+
+def reviewer_message(stub: SlackStub, channel: str, reference: str) -> dict[str, Any]:
+    """The current state of the request's message in a reviewer channel, once posted."""
+    call = stub.wait_for(
+        lambda c: (
+            c.method == "chat.postMessage"
+            and c.ok
+            and c.args.get("channel") == channel
+            and reference in c.args.get("text", "")
+        )
+    )
+    return stub.message(call.response["channel"], call.response["ts"])
+
+
+def reference_of(body: Any) -> str:
+    text = json.dumps(body)
+    start = text.index("FR-20")
+    return text[start : start + len("FR-2026-00000")]
+
+
+def buttons(message: dict[str, Any]) -> list[str]:
+    return [
+        element["action_id"]
+        for block in message.get("blocks", [])
+        if block["type"] == "actions"
+        for element in block["elements"]
+    ]
+
+
+def click(slack: SlackDriver, user: str, action_id: str, message: dict[str, Any]) -> None:
+    status, _ = slack.block_action(user, action_id, message=message)
+    assert status == 200
+
+
+def decide(
+    slack: SlackDriver, stub: SlackStub, user: str, action_id: str, message: dict[str, Any], **fields: str
+) -> tuple[int, Any]:
+    stub.clear()
+    click(slack, user, action_id, message)
+    opened = stub.wait_for("views.open")
+    assert opened.ok, opened.describe()
+    view = opened.response["view"]
+    state = {block_id: {forms.ACTION_ID: _entry(view, block_id, value)} for block_id, value in fields.items()}
+    return slack.view_submission(user, view, state)
+
+
+def _entry(view: dict[str, Any], block_id: str, value: str) -> dict[str, Any]:
+    block = next(b for b in view["blocks"] if b.get("block_id") == block_id)
+    kind = block["element"]["type"]
+    if kind == "static_select":
+        return {
+            "type": kind,
+            "selected_option": {"value": value, "text": {"type": "plain_text", "text": value}},
+        }
+    return {"type": kind, "value": value}
+
+
+def wait_for_message(
+    stub: SlackStub, channel: str, ts: str, condition: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """The stored message once an update has made `condition` true (updates arrive asynchronously)."""
+    stub.wait_for(lambda c: c.method == "chat.update" and condition(stub.message(channel, ts)))
+    return stub.message(channel, ts)
+
+
+def dms_to(stub: SlackStub, user: str) -> list[str]:
+    return [
+        c.args.get("text", "")
+        for c in stub.calls_to("chat.postMessage")
+        if c.args.get("channel") == user and c.ok
+    ]
