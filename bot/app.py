@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from slack_bolt import App, BoltResponse
@@ -20,6 +21,7 @@ def create_app(
     allowed_team_id: str | None = None,
     allowed_app_id: str | None = None,
     verify_token: bool = True,
+    listener_threads: int = 32,
 ) -> App:
     app = App(
         client=services.client,
@@ -29,6 +31,8 @@ def create_app(
         process_before_response=False,
         # Bolt's default reply to an unmatched request is a bare 404, which is what Slack needs.
         raise_error_for_unhandled_request=False,
+        # Bolt's default pool of 5 would queue acks behind slow listeners under load.
+        listener_executor=ThreadPoolExecutor(max_workers=listener_threads, thread_name_prefix="listener"),
     )
 
     @app.middleware

@@ -83,6 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             else None,
             allowed_team_id=settings.allowed_team_id,
             allowed_app_id=settings.allowed_app_id,
+            listener_threads=settings.http_threads * 2,
         )
     except BoltError as exc:
         services.close()

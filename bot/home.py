@@ -1,4 +1,8 @@
-"""App Home: render and publish each person's home tab from the database."""
+"""App Home: render and publish each person's home tab from the database.
+
+Only people who have opened App Home at least once have it republished after a change: a stage approved
+by a large user group must not cost a Slack call per member who never looks at the tab.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,13 @@ import logging
 from typing import Any
 
 from slack_sdk import WebClient
+from sqlalchemy import select
 
 from bot import views
 from bot.approvers import ApproverLookupFailed
 from bot.workflow import Workflow
+from storage.db import transaction
+from storage.models import AppHomeViewer
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +37,31 @@ class HomePublisher:
             overview=workflow.overview() if workflow.is_lead(user_id) else None,
         )
 
+    def opened(self, user_id: str) -> None:
+        """Record that the user looks at App Home, then show it to them fresh."""
+        with transaction(self.workflow.db) as session:
+            viewer = session.get(AppHomeViewer, user_id)
+            if viewer is None:
+                session.add(AppHomeViewer(user_id=user_id, last_opened_at=self.workflow.clock()))
+            else:
+                viewer.last_opened_at = self.workflow.clock()
+        self.publish(user_id)
+
     def publish(self, user_id: str) -> None:
         self.client.views_publish(user_id=user_id, view=self.view_for(user_id))
 
     def publish_for(self, payload: dict[str, Any]) -> None:
-        """Outbox sender: refresh the homes of the users named and of the members of the principals."""
+        """Outbox sender: refresh the homes of the named users and principals' members who use App Home."""
         users = set(payload.get("users") or [])
         try:
             users |= self.workflow.approvers.members(tuple(payload.get("principals") or ()))
         except ApproverLookupFailed as exc:
             log.warning("home refresh limited to named users: %s", exc)
-        for user_id in sorted(users):
+        if not users:
+            return
+        with transaction(self.workflow.db, read_only=True) as session:
+            viewers = set(
+                session.scalars(select(AppHomeViewer.user_id).where(AppHomeViewer.user_id.in_(users)))
+            )
+        for user_id in sorted(viewers):
             self.publish(user_id)

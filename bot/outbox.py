@@ -168,7 +168,7 @@ class OutboxDispatcher:
             .order_by(OutboxMessage.id)
             .limit(self.batch_size)
         )
-        with transaction(self.db) as session:
+        with transaction(self.db, read_only=True) as session:
             return list(session.scalars(query))
 
     def _claim(self, row_id: int) -> OutboxMessage | None:
@@ -269,7 +269,7 @@ class OutboxDispatcher:
             raise RetryLater(f"unexpected error: {type(exc).__name__}", backoff(row.attempts)) from None
 
     def _load_stage(self, stage_review_id: int) -> tuple[FrRequest, StageReview] | None:
-        with transaction(self.db) as session:
+        with transaction(self.db, read_only=True) as session:
             stage = session.get(StageReview, stage_review_id)
             request = request_with_history(session, stage.request_id) if stage is not None else None
             if request is None:
@@ -292,7 +292,7 @@ class OutboxDispatcher:
 
     def _stage_note(self, payload: dict[str, Any]) -> None:
         """A reply threaded under a stage's reviewer message (or in its channel if it was never posted)."""
-        with transaction(self.db) as session:
+        with transaction(self.db, read_only=True) as session:
             stage = session.get(StageReview, int(payload["stage_review_id"]))
         if stage is None:
             raise PermanentFailure("stage review no longer exists")
@@ -303,7 +303,7 @@ class OutboxDispatcher:
         )
 
     def _refresh_reviews(self, request_id: int) -> None:
-        with transaction(self.db) as session:
+        with transaction(self.db, read_only=True) as session:
             request = request_with_history(session, request_id)
         if request is None:
             raise PermanentFailure("request no longer exists")

@@ -541,7 +541,7 @@ class Workflow:
     # --- Reading ---------------------------------------------------------------------------------
 
     def load(self, request_id: int) -> FrRequest | None:
-        with transaction(self.db) as session:
+        with transaction(self.db, read_only=True) as session:
             return request_with_history(session, request_id)
 
     # --- Everyday flows: withdraw, answer, comment, post-use record, delegation, viewing --------------
@@ -635,7 +635,7 @@ class Workflow:
         return result
 
     def question(self, info_id: int) -> tuple[FrRequest, InfoRequest] | None:
-        with transaction(self.db) as session:
+        with transaction(self.db, read_only=True) as session:
             info = session.get(InfoRequest, info_id)
             request = request_with_history(session, info.request_id) if info is not None else None
             return (request, info) if request is not None and info is not None else None
@@ -827,7 +827,7 @@ class Workflow:
     # --- Lists for App Home and `/fr-request list` -------------------------------------------------------
 
     def my_requests(self, user_id: str, limit: int = 10) -> list[FrRequest]:
-        with transaction(self.db) as session:
+        with transaction(self.db, read_only=True) as session:
             ids = session.scalars(
                 select(FrRequest.id)
                 .where(FrRequest.requester_id == user_id)
@@ -838,7 +838,7 @@ class Workflow:
 
     def my_delegations(self, user_id: str) -> list[Delegation]:
         today = self.clock().astimezone(self.policy.zone).date()
-        with transaction(self.db) as session:
+        with transaction(self.db, read_only=True) as session:
             return list(
                 session.scalars(
                     select(Delegation)
@@ -853,7 +853,7 @@ class Workflow:
 
     def awaiting_decision(self, user_id: str, limit: int = 15) -> list[tuple[FrRequest, StageReview]]:
         """Pending stages this user may decide now (directly or as deputy) and has not decided yet."""
-        with transaction(self.db) as session:
+        with transaction(self.db, read_only=True) as session:
             stage_ids: list[str] = []
             for stage in self.policy.stages:
                 try:
@@ -899,7 +899,7 @@ class Workflow:
         today_start = (
             self.clock().astimezone(self.policy.zone).replace(hour=0, minute=0, second=0, microsecond=0)
         )
-        with transaction(self.db) as session:
+        with transaction(self.db, read_only=True) as session:
             pending = session.execute(
                 select(StageReview.stage_name, func.count(), func.min(StageReview.started_at))
                 .join(FrRequest, FrRequest.id == StageReview.request_id)

@@ -21,6 +21,6 @@ def register(app: App, services: Services) -> None:
         if event.get("tab", "home") != "home" or not event.get("user"):
             return
         try:
-            services.home.publish(event["user"])
+            services.home.opened(event["user"])
         except (SlackApiError, DatabaseUnavailable) as exc:
             log.warning("could not publish App Home for %s: %s", event["user"], exc)

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+READ_ONLY_OPTION = "frbot_read_only"
 
 
 class DatabaseUnavailable(Exception):
@@ -47,7 +48,9 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers need no write lock: only transactions that may write take it up front.
+        read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
+        connection.exec_driver_sql("BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -55,10 +58,15 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on any error, map outages to DatabaseUnavailable."""
+def transaction(factory: sessionmaker[Session], read_only: bool = False) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any error, map outages to DatabaseUnavailable.
+
+    `read_only` lets SQLite readers run beside a writer instead of queueing for the write lock.
+    """
     session = factory()
     try:
+        if read_only:
+            session.connection(execution_options={READ_ONLY_OPTION: True})
         yield session
         session.commit()
     except OperationalError as exc:

@@ -290,3 +290,12 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class AppHomeViewer(Base):
+    """Who has opened App Home: only their home tabs are republished after a change."""
+
+    __tablename__ = "app_home_viewers"
+
+    user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    last_opened_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -101,6 +101,7 @@ def test_status_is_for_involved_people_only_and_list_shows_mine(slack: SlackDriv
 
 def test_app_home_shows_work_and_decides_from_there(slack: SlackDriver, stub: SlackStub) -> None:
     officer = "UHOME"
+    slack.event({"type": "app_home_opened", "user": officer, "channel": "DUHOME", "tab": "home"})
     reference, message = submitted(slack, stub, officer)
     stub.clear()
     slack.event({"type": "app_home_opened", "user": "USUP1", "channel": "DUSUP1", "tab": "home"})
@@ -125,7 +126,7 @@ def test_app_home_shows_work_and_decides_from_there(slack: SlackDriver, stub: Sl
         {"rationale": {forms.ACTION_ID: {"type": "plain_text_input", "value": APPROVAL}}},
     )
     wait_for_message(stub, message["channel"], message["ts"], lambda m: not buttons(m))
-    # The officer's home is refreshed after the decision without them opening it.
+    # The officer's home (they have opened it before) is refreshed after the decision without reopening it.
     stub.wait_for(
         lambda c: (
             c.method == "views.publish"
