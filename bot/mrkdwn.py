@@ -15,10 +15,13 @@ _BROADCAST = re.compile(r"@(?=(channel|here|everyone)\b)", re.IGNORECASE)
 _FORMATTING = re.compile(r"([*_~`])")
 
 
+KEEP = frozenset("\n\t\u200d")  # line breaks, tabs, and the joiner inside emoji such as 👨‍👩‍👧
+
+
 def strip_control(text: str) -> str:
-    """Drop control and format characters other than newline and tab (they can hide or reorder text)."""
+    """Drop control and format characters (they can hide or reorder text), keeping those in KEEP."""
     return "".join(
-        ch for ch in text if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn")
+        ch for ch in text if ch in KEEP or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn")
     )
 
 

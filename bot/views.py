@@ -304,7 +304,8 @@ def summary_fields(request: FrRequest, policy: Policy) -> Block:
 
 
 def _decision_line(stage: StageReview, policy: Policy) -> list[str]:
-    lines = []
+    """A stage's decisions and questions, oldest first, so a clipped history loses the oldest."""
+    entries: list[tuple[datetime, str]] = []
     for decision in stage.decisions:
         verb = ":white_check_mark: Approved" if decision.outcome == "approve" else ":no_entry: Rejected"
         line = f"{verb} by {user(decision.approver_id)} {when(decision.created_at, policy)}"
@@ -315,14 +316,14 @@ def _decision_line(stage: StageReview, policy: Policy) -> list[str]:
         line += f"\n> {esc(decision.rationale, 900)}"
         if decision.conditions:
             line += f"\n> _Conditions:_ {esc(decision.conditions, 500)}"
-        lines.append(line)
+        entries.append((decision.created_at, line))
     for info in stage.info_requests:
         asked = f":grey_question: {user(info.asked_by)} asked {when(info.created_at, policy)}"
         line = f"{asked}\n> {esc(info.question, 500)}"
         if info.answer is not None:
             line += f"\n:speech_balloon: Answered {when(info.answered_at, policy)}\n> {esc(info.answer, 900)}"
-        lines.append(line)
-    return lines
+        entries.append((info.created_at, line))
+    return [line for _, line in sorted(entries, key=lambda entry: entry[0])]
 
 
 STAGE_BADGES = {
@@ -411,11 +412,12 @@ def review_message(request: FrRequest, stage: StageReview, policy: Policy) -> di
     room = MESSAGE_BLOCK_LIMIT - len(blocks) - 1
     history = stage_history(request, policy)
     if len(history) > room:
+        # Keep the newest entries (the current stage and latest decisions); drop the oldest.
         history = [
-            *history[: room - 1],
             context(
                 "Older entries are left out here to fit Slack's message size; the database holds them all."
             ),
+            *history[-(room - 1) :],
         ]
     blocks.extend(history)
     if live and stage.status == StageStatus.PENDING:
@@ -758,6 +760,10 @@ def request_details(
         section(_status_line(request, policy)),
         summary_fields(request, policy),
     ]
+    if request.urgency_justification:
+        blocks.append(
+            section(f"*{forms.URGENCY_JUSTIFICATION.label}*\n{esc(request.urgency_justification, 2900)}")
+        )
     for attribute, label in JUSTIFICATIONS:
         blocks.append(section(f"*{label}*\n{esc(getattr(request, attribute), 2900)}"))
     if post_use is not None:
