@@ -347,3 +347,13 @@ def test_loaded_file_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as caught:
         load_policy(path)
     assert str(caught.value).startswith(f"{path}: stages.0.channel: 'general'")
+
+
+def test_a_key_given_twice_is_refused_with_its_line() -> None:
+    from bot.policy import PolicyError, parse_policy
+
+    text = "timezone: Europe/London\ntimezone: Europe/Paris\n"
+    with pytest.raises(PolicyError) as refused:
+        parse_policy(text, "dup.yml")
+    assert "dup.yml: line 2" in str(refused.value)
+    assert "'timezone' appears twice" in str(refused.value)
