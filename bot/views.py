@@ -363,12 +363,15 @@ def review_message(request: FrRequest, stage: StageReview, policy: Policy) -> di
         section(_status_line(request, policy)),
         summary_fields(request, policy),
     ]
-    if request.urgency_justification:
+    if request.urgency_justification and request.redacted_at is None:
         blocks.append(
             section(f"*{forms.URGENCY_JUSTIFICATION.label}*\n{esc(request.urgency_justification, 2900)}")
         )
-    for attribute, label in JUSTIFICATIONS:
-        blocks.append(section(f"*{label}*\n{esc(getattr(request, attribute), 2900)}"))
+    if request.redacted_at is not None:
+        blocks.append(redacted_notice(request, policy))
+    else:
+        for attribute, label in JUSTIFICATIONS:
+            blocks.append(section(f"*{label}*\n{esc(getattr(request, attribute), 2900)}"))
     tool = request.tool_snapshot
     category = CATEGORY_LABELS[ToolCategory(tool["category"])]
     register = f"Register: {esc(category)}, jurisdiction {esc(tool['jurisdiction'])}"
@@ -501,3 +504,14 @@ HELP_TEXT = (
     "proportionate and fair. It then goes to the reviewers the force policy names; you get a direct "
     "message at each decision. Do not run a search before it is approved, and never attach an image."
 )
+
+
+# --- Retention --------------------------------------------------------------------------------------
+
+
+def redacted_notice(request: FrRequest, policy: Policy) -> Block:
+    """Shown in place of a purged request's free text (bot/retention.py)."""
+    return section(
+        f":wastebasket: Details removed under the retention policy on {when(request.redacted_at, policy)}. "
+        "The decision record (who decided, when, and the outcome) is kept."
+    )

@@ -18,12 +18,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot import views
 from bot.approvers import ApproverDirectory, ApproverLookupFailed
+from bot.audit import append_event
 from bot.forms import DecisionForm, RequestForm
 from bot.policy import LoadedPolicy, Tool, ToolStatus, Urgency
 from bot.routing import choose_route
 from storage.db import transaction
 from storage.models import (
-    AuditEvent,
     Decision,
     FrRequest,
     InfoRequest,
@@ -74,9 +74,8 @@ class InfoAsked:
 def audit(
     session: Session, actor: str, action: str, request_id: int | None, at: datetime, **details: Any
 ) -> None:
-    session.add(
-        AuditEvent(request_id=request_id, actor_id=actor, action=action, details=details, created_at=at)
-    )
+    """Append an event to the tamper-evident chain (bot/audit.py) in the caller's transaction."""
+    append_event(session, actor, action, request_id, at, details)
 
 
 def enqueue(

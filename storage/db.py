@@ -13,6 +13,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.canonical import canonical_json
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
@@ -21,6 +23,8 @@ class DatabaseUnavailable(Exception):
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
+    # JSON columns are stored canonically, the form the audit chain hashes (storage/canonical.py).
+    kwargs.setdefault("json_serializer", canonical_json)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10}, **kwargs)
         _configure_sqlite(engine)
