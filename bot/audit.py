@@ -320,7 +320,10 @@ class Verification:
 
     @property
     def first(self) -> Problem | None:
-        return min(self.problems, key=lambda p: (p.seq is None, p.seq or 0), default=None)
+        """The first broken link of the chain itself, else the first problem with a free text."""
+        return min(
+            self.problems, key=lambda p: (p.kind.startswith("text_"), p.seq is None, p.seq or 0), default=None
+        )
 
 
 def _stream(connection: Connection, query: Any) -> Iterator[Any]:
@@ -336,11 +339,18 @@ def verify_chain(bind: Engine | Connection, anchors: dict[int, str] | None = Non
     chain rewritten from scratch by someone who knows the algorithm still fails those.
     """
     if isinstance(bind, Engine):
-        with bind.connect() as connection:
+        # One snapshot for the head and both streams, so events appended meanwhile are not mistaken for
+        # insertions (SQLite's BEGIN IMMEDIATE holds writers off instead).
+        options = {"isolation_level": "REPEATABLE READ"} if bind.dialect.name == "postgresql" else {}
+        with bind.connect().execution_options(**options) as connection:
             return verify_chain(connection, anchors)
     started = time.perf_counter()
     anchors = dict(anchors or {})
     report = Verification()
+    head = bind.execute(
+        select(AuditChainHead.seq, AuditChainHead.hash).where(AuditChainHead.id == HEAD_ID)
+    ).first()
+    head_seq = head.seq if head is not None else None
     events = _stream(
         bind,
         select(
@@ -366,7 +376,7 @@ def verify_chain(bind: Engine | Connection, anchors: dict[int, str] | None = Non
     # records later than the events themselves: settle them at the end.
     missing_texts: dict[int | None, tuple[int, int, str]] = {}
     purged: set[int] = set()
-    expected_seq, expected_prev, previous_id = 1, GENESIS_HASH, 0
+    expected_seq, expected_prev, previous_id, flagged = 1, GENESIS_HASH, 0, False
     sha256 = hashlib.sha256
     for seq, event_id, request_id, actor, action, details_json, created_at, prev_hash, stored_hash in events:
         report.events += 1
@@ -380,52 +390,12 @@ def verify_chain(bind: Engine | Connection, anchors: dict[int, str] | None = Non
                 seq, request_id, actor, action, details, created_at, prev_hash
             )
         linked = prev_hash == expected_prev
-        if seq > expected_seq:
-            missing = f"seq {expected_seq}" if seq == expected_seq + 1 else f"seq {expected_seq}–{seq - 1}"
-            report.add(
-                Problem(
-                    seq,
-                    event_id,
-                    "deleted",
-                    f"{seq - expected_seq} event(s) missing before this one ({missing} deleted)",
-                )
-            )
-        elif event_id <= previous_id:
-            report.add(
-                Problem(
-                    seq,
-                    event_id,
-                    "reordered",
-                    f"event id {event_id} comes after event id {previous_id} in the chain: "
-                    "rows were reordered",
-                )
-            )
-        elif not linked and not content_ok:
-            report.add(
-                Problem(
-                    seq,
-                    event_id,
-                    "reordered",
-                    "neither its content nor its link to the previous event matches: "
-                    "the event was moved here (reordered) or inserted",
-                )
-            )
-        elif not linked:
-            report.add(
-                Problem(
-                    seq,
-                    event_id,
-                    "inserted",
-                    "its prev_hash does not match the previous event's hash: an event was inserted "
-                    "before it, or the previous event was rewritten with a new hash",
-                )
-            )
-        if not content_ok and linked:
-            report.add(
-                Problem(seq, event_id, "edited", "its content does not match its hash: the event was edited")
-            )
-        elif not content_ok and seq > expected_seq:
-            report.add(Problem(seq, event_id, "edited", "its content does not match its hash"))
+        found = _link_problems(
+            seq, event_id, content_ok, linked, expected_seq, previous_id, flagged, head_seq
+        )
+        for problem in found:
+            report.add(problem)
+        flagged = bool(found)
         if seq in anchors and anchors.pop(seq) != stored_hash:
             report.add(
                 Problem(
@@ -442,7 +412,7 @@ def verify_chain(bind: Engine | Connection, anchors: dict[int, str] | None = Non
                         text_seq,
                         None,
                         "text_inserted",
-                        f"free text '{path}' belongs to no event in the chain",
+                        f"free text '{path}' belongs to no event in the chain (was its event deleted?)",
                     )
                 )
             else:
@@ -494,7 +464,7 @@ def verify_chain(bind: Engine | Connection, anchors: dict[int, str] | None = Non
             )
     for seq in anchors:
         report.add(Problem(seq, None, "deleted", "an anchored event is no longer in the chain"))
-    _check_head(bind, report, expected_seq - 1)
+    _check_head(head, report, expected_seq - 1)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -506,10 +476,76 @@ def _parse(details_json: str) -> Any:
         return None
 
 
-def _check_head(bind: Connection, report: Verification, last_seq: int) -> None:
-    head = bind.execute(
-        select(AuditChainHead.seq, AuditChainHead.hash).where(AuditChainHead.id == HEAD_ID)
-    ).first()
+def _link_problems(
+    seq: int,
+    event_id: int,
+    content_ok: bool,
+    linked: bool,
+    expected_seq: int,
+    previous_id: int,
+    previous_flagged: bool,
+    head_seq: int | None,
+) -> list[Problem]:
+    """What is wrong with one row's place in the chain, named the way an auditor would say it."""
+    if head_seq is not None and seq > head_seq:
+        return [
+            Problem(
+                seq,
+                event_id,
+                "inserted",
+                f"the event lies beyond the chain head (seq {head_seq}): "
+                "it was added outside the application",
+            )
+        ]
+    problems: list[Problem] = []
+    if seq > expected_seq:
+        missing = f"seq {expected_seq}" if seq == expected_seq + 1 else f"seq {expected_seq}–{seq - 1}"
+        problems.append(
+            Problem(
+                seq,
+                event_id,
+                "deleted",
+                f"{seq - expected_seq} event(s) missing before this one ({missing} deleted)",
+            )
+        )
+    elif event_id <= previous_id:
+        problems.append(
+            Problem(
+                seq,
+                event_id,
+                "reordered",
+                f"event id {event_id} comes after event id {previous_id} in the chain: rows were reordered",
+            )
+        )
+    elif not linked and not content_ok:
+        problems.append(
+            Problem(
+                seq,
+                event_id,
+                "reordered",
+                "neither its content nor its link to the previous event matches: the event was moved "
+                "here from elsewhere in the chain (reordered), or inserted",
+            )
+        )
+    elif not linked and not previous_flagged:
+        # When the previous row is already reported, a broken link here is the other side of that break.
+        problems.append(
+            Problem(
+                seq,
+                event_id,
+                "inserted",
+                "its prev_hash does not match the previous event's hash: an event was inserted before "
+                "it, or the previous event was rewritten together with its hash",
+            )
+        )
+    if not content_ok and (linked or seq > expected_seq):
+        problems.append(
+            Problem(seq, event_id, "edited", "its content does not match its hash: the event was edited")
+        )
+    return problems
+
+
+def _check_head(head: Any, report: Verification, last_seq: int) -> None:
     if head is None:
         if report.events:
             report.add(Problem(None, None, "head", "the chain head row is missing"))
@@ -525,14 +561,5 @@ def _check_head(bind: Connection, report: Verification, last_seq: int) -> None:
                 f"seq {last_seq + 1}–{head.seq} deleted from the end",
             )
         )
-    elif head.seq < last_seq:
-        report.add(
-            Problem(
-                head.seq + 1,
-                None,
-                "inserted",
-                f"events after seq {head.seq} (the chain head) were added outside the application",
-            )
-        )
-    elif head.hash != report.last_hash:
+    elif head.seq == last_seq and head.hash != report.last_hash:
         report.add(Problem(last_seq, None, "edited", "the last event's hash differs from the chain head"))

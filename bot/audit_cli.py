@@ -7,10 +7,11 @@ Every command that shows a request's details logs the view in the audit chain, w
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,22 @@ def _fail(message: str) -> Exception:
     from bot.cli import CliError
 
     return CliError(message)
+
+
+def _reported(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Print an operator error as one line here: under `python -m bot.cli`, main() knows another CliError."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from bot.cli import EXIT_CONFIG, CliError
+
+        try:
+            return command(args)
+        except CliError as exc:
+            print(f"fr-bot: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+
+    return run
 
 
 # --- audit ------------------------------------------------------------------------------------------
@@ -263,12 +280,12 @@ def register(commands: Any) -> None:
         metavar="SEQ:HASH",
         help="a head recorded outside the database",
     )
-    verify.set_defaults(func=cmd_verify)
+    verify.set_defaults(func=_reported(cmd_verify))
 
     show = audit.add_parser("show", help="print a request's whole timeline (logged as a view)")
     show.add_argument("reference")
     actor_option(show)
-    show.set_defaults(func=cmd_show)
+    show.set_defaults(func=_reported(cmd_show))
 
     export = audit.add_parser("export", help="stream audit events in a time range as CSV or JSON lines")
     export.add_argument("--since", required=True, help="YYYY-MM-DD or ISO date-time (policy time zone)")
@@ -279,13 +296,13 @@ def register(commands: Any) -> None:
         "--with-text", action="store_true", help="include retained free text (logged as views)"
     )
     actor_option(export)
-    export.set_defaults(func=cmd_export)
+    export.set_defaults(func=_reported(cmd_export))
 
     pack = audit.add_parser("pack", help="write a request's evidence pack into a folder")
     pack.add_argument("reference")
     pack.add_argument("--out", required=True)
     actor_option(pack)
-    pack.set_defaults(func=cmd_pack)
+    pack.set_defaults(func=_reported(cmd_pack))
 
     for name, func, text in (
         ("hold", cmd_hold, "place a request on legal hold (never purged)"),
@@ -295,19 +312,19 @@ def register(commands: Any) -> None:
         parser.add_argument("reference")
         parser.add_argument("--reason", required=True)
         actor_option(parser)
-        parser.set_defaults(func=func)
+        parser.set_defaults(func=_reported(func))
 
     keep = commands.add_parser("retention", help="the retention purge").add_subparsers(
         dest="retention_command", required=True
     )
     preview = keep.add_parser("preview", help="list what the next purge would touch")
     preview.add_argument("--as-of", help="preview the purge at a later date (YYYY-MM-DD)")
-    preview.set_defaults(func=cmd_retention_preview)
+    preview.set_defaults(func=_reported(cmd_retention_preview))
     purge = keep.add_parser("purge", help="redact requests past their retention period now")
     actor_option(purge)
-    purge.set_defaults(func=cmd_retention_purge)
+    purge.set_defaults(func=_reported(cmd_retention_purge))
 
     report = commands.add_parser("report", help="monthly oversight report (Markdown, CSV, PNG)")
     report.add_argument("--month", type=_month, required=True, help="YYYY-MM")
     report.add_argument("--out", default=".", help="folder to write into (default: current)")
-    report.set_defaults(func=cmd_report)
+    report.set_defaults(func=_reported(cmd_report))
