@@ -257,6 +257,8 @@ def record_view(
     """Log that `actor` saw the full details of a request on `surface` (s.62 DPA 2018 consultation log).
 
     Pass the caller's session to log within its transaction, or a session factory to commit on its own.
+    Within a transaction, append after taking any row locks (as the workflow does): the chain head is
+    locked last everywhere, so two transactions never wait on each other in opposite order.
     """
     moment = at or utcnow()
     if isinstance(target, Session):

@@ -215,7 +215,10 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 def cmd_retention_preview(args: argparse.Namespace) -> int:
     with _context() as ctx:
-        as_of = evidence.parse_moment(args.as_of, ctx.policy.policy.zone) if args.as_of else utcnow()
+        try:
+            as_of = evidence.parse_moment(args.as_of, ctx.policy.policy.zone) if args.as_of else utcnow()
+        except ValueError as exc:
+            raise _fail(f"--as-of: {exc} (use YYYY-MM-DD)") from None
         found = retention.preview(ctx.db, ctx.policy.policy, lambda: as_of)
     due = [c for c in found if not c.legal_hold]
     held = [c for c in found if c.legal_hold]

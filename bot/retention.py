@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.audit import PURGE_ACTION, REMOVED_TEXT, append_event
 from bot.policy import Policy
+from bot.workflow import enqueue
 from storage.db import transaction
 from storage.models import AuditEventText, FrRequest, utcnow
 from storage.queries import request_with_history
@@ -56,10 +57,6 @@ class Purged:
     texts_removed: int
 
 
-def _decided(request_time: datetime | None, fallback: datetime) -> datetime:
-    return request_time or fallback
-
-
 def candidates(session: Session, policy: Policy, now: datetime) -> list[Candidate]:
     """Finished, not yet redacted requests whose retention period has ended, held ones included."""
     found: list[Candidate] = []
@@ -79,7 +76,7 @@ def candidates(session: Session, policy: Policy, now: datetime) -> list[Candidat
             .order_by(FrRequest.id)
         )
         for request_id, reference, request_status, decided_at, updated_at, held in rows:
-            moment = _decided(decided_at, updated_at)
+            moment = decided_at or updated_at
             found.append(
                 Candidate(request_id, reference, request_status, moment, moment + timedelta(days=days), held)
             )
@@ -115,15 +112,12 @@ def purge(
 
 
 def _redact(session: Session, request_id: int, policy: Policy, now: datetime, actor: str) -> Purged | None:
-    # Imported here: bot.workflow imports this package's audit module, not the other way round.
-    from bot.workflow import enqueue
-
     request = request_with_history(session, request_id, lock=True)
     # Checked again under the lock: a hold placed since the preview wins.
     if request is None or request.redacted_at is not None or request.legal_hold:
         return None
     days = policy.retention_days.days_for(request.status)
-    decided_at = _decided(request.decided_at, request.updated_at)
+    decided_at = request.decided_at or request.updated_at
     if days is None or decided_at + timedelta(days=days) > now:
         return None
     redacted: list[str] = []
