@@ -516,7 +516,8 @@ def _link_problems(
                 seq,
                 event_id,
                 "reordered",
-                f"event id {event_id} comes after event id {previous_id} in the chain: rows were reordered",
+                f"event id {event_id} comes after event id {previous_id} (seq {expected_seq - 1}) in the "
+                "chain: rows were reordered",
             )
         )
     elif not linked and not content_ok:

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
+from bot import pack_verifier
 from bot.audit import (
     VIEW_ACTION,
     Verification,
@@ -336,7 +337,7 @@ def write_pack(
     generated_by: str,
     now: datetime,
 ) -> list[Path]:
-    """Write the timeline, the raw events and texts, and their verification into `out_dir`."""
+    """Write the timeline, the raw events and texts, their verification and a checker into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     timeline = out_dir / "timeline.md"
     timeline.write_text(timeline_markdown(request, events, policy, generated_by, now), encoding="utf-8")
@@ -369,7 +370,10 @@ def write_pack(
                 )
     verification = out_dir / "verification.txt"
     verification.write_text(_verification_text(request, events, chain, now), encoding="utf-8")
-    written = [timeline, raw, texts, verification]
+    # A standalone checker, so the pack can be verified without this software.
+    verifier = out_dir / "verify_pack.py"
+    verifier.write_text(Path(pack_verifier.__file__).read_text(encoding="utf-8"), encoding="utf-8")
+    written = [timeline, raw, texts, verification, verifier]
     manifest = out_dir / "manifest.json"
     manifest.write_text(
         json.dumps(

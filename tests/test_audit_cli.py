@@ -223,6 +223,7 @@ def test_pack_holds_timeline_raw_events_and_their_verification(
         "events.jsonl",
         "texts.jsonl",
         "verification.txt",
+        "verify_pack.py",
         "manifest.json",
     }
     manifest = json.loads((pack / "manifest.json").read_text())
@@ -244,6 +245,16 @@ def test_pack_holds_timeline_raw_events_and_their_verification(
     assert "Whole chain: INTACT" in verification
     assert "failing their own hash or commitments: 0" in verification
     assert "Necessary and proportionate for this robbery." in (pack / "timeline.md").read_text()
+
+    # The pack's own checker, run by someone without the bot: passes, then catches an altered text.
+    checked = subprocess.run([sys.executable, "verify_pack.py"], cwd=pack, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout
+    altered = (pack / "texts.jsonl").read_text().replace("Necessary and proportionate", "Not necessary")
+    (pack / "texts.jsonl").write_text(altered)
+    checked = subprocess.run([sys.executable, "verify_pack.py"], cwd=pack, capture_output=True, text=True)
+    assert checked.returncode == 1
+    assert "texts.jsonl: does not match the manifest" in checked.stdout
+    assert "does not match its commitment" in checked.stdout
 
 
 def _sealed(details: object, path: str = "") -> list[str]:
