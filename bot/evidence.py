@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from bot import pack_verifier
+from bot import forms, pack_verifier
 from bot.audit import (
     VIEW_ACTION,
     Verification,
@@ -30,7 +30,15 @@ from bot.audit import (
     texts_for,
     unseal,
 )
-from bot.policy import Policy
+from bot.policy import (
+    SERIOUSNESS_LABELS,
+    SUBJECT_LABELS,
+    URGENCY_LABELS,
+    Policy,
+    Seriousness,
+    SubjectCategory,
+    Urgency,
+)
 from storage.models import AuditEvent, AuditEventText, FrRequest
 from storage.queries import request_with_history
 
@@ -119,6 +127,14 @@ def _cell(value: Any) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", "<br>")
 
 
+def choice_label(labels: dict[Any, str], kind: Any, value: str) -> str:
+    """The label of a stored choice; the stored value itself if the policy's vocabulary has moved on."""
+    try:
+        return labels[kind(value)]
+    except (KeyError, ValueError):
+        return value
+
+
 def _labels(policy: Policy, request: FrRequest) -> list[tuple[str, str]]:
     tool = request.tool_snapshot
     register = f"{tool.get('name')} ({tool.get('category')}, {tool.get('status')}; {tool.get('jurisdiction')}"
@@ -135,11 +151,15 @@ def _labels(policy: Policy, request: FrRequest) -> list[tuple[str, str]]:
         (
             "Offence",
             f"{policy.label(policy.offence_categories, request.offence_category)}, "
-            f"{request.offence_seriousness}",
+            f"{choice_label(SERIOUSNESS_LABELS, Seriousness, request.offence_seriousness)}",
         ),
-        ("Subject", request.subject_category + (" (child)" if request.subject_is_child else "")),
+        (
+            "Subject",
+            choice_label(SUBJECT_LABELS, SubjectCategory, request.subject_category)
+            + (" (child)" if request.subject_is_child else ""),
+        ),
         ("Image source", policy.label(policy.image_provenance, request.image_source)),
-        ("Urgency", request.urgency),
+        ("Urgency", choice_label(URGENCY_LABELS, Urgency, request.urgency)),
         ("Submitted", utc_text(request.created_at)),
         ("Decided", utc_text(request.decided_at)),
         ("Valid until", utc_text(request.valid_until)),
@@ -172,7 +192,7 @@ def timeline_markdown(
     else:
         justifications = list(views.JUSTIFICATIONS)
         if request.urgency_justification:
-            justifications.append(("urgency_justification", "Why this is urgent"))
+            justifications.append(("urgency_justification", forms.URGENCY_JUSTIFICATION.label))
         for attribute, label in justifications:
             lines += [f"**{label}**", "", _quote(getattr(request, attribute)), ""]
     lines += ["## Review stages", ""]

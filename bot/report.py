@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.audit import GENESIS_HASH
+from bot.evidence import choice_label
 from bot.policy import SUBJECT_LABELS, URGENCY_LABELS, Policy, SubjectCategory, Urgency
 from storage.models import AuditChainHead, AuditEvent, Decision, FrRequest, StageReview
 
@@ -110,8 +111,8 @@ def build(session: Session, policy: Policy, year: int, month: int, now: datetime
         report.requests += 1
         report.by_tool[str(tool.get("name", "?"))] += 1
         report.by_outcome[status] += 1
-        report.by_subject[SUBJECT_LABELS.get(SubjectCategory(subject), subject)] += 1
-        urgency_label = URGENCY_LABELS.get(Urgency(urgency), urgency)
+        report.by_subject[choice_label(SUBJECT_LABELS, SubjectCategory, subject)] += 1
+        urgency_label = choice_label(URGENCY_LABELS, Urgency, urgency)
         report.by_urgency[urgency_label] += 1
         week = _week_of(report.weeks, created_at)
         week.requests += 1
