@@ -349,3 +349,15 @@ def test_appending_without_a_head_but_with_events_refuses(workflow: Workflow, en
         append_event(session, "U1", "request_viewed", None, datetime.now(UTC), {})
     result = verify(engine)
     assert any(p.kind == "head" for p in result.problems)
+
+
+def test_reformatted_but_equal_json_still_verifies(workflow: Workflow, engine: Engine) -> None:
+    """Stored JSON in another layout (e.g. after a dump and restore through jsonb) is the same record."""
+    populate(workflow)
+    with attacker(engine) as conn:
+        conn.execute(
+            text("UPDATE audit_events SET details = :d WHERE seq = 2"),
+            {"d": '{ "stages": ["supervisor"],  "route": "default" }'},
+        )
+    result = verify(engine)
+    assert result.ok, [p.describe() for p in result.problems]

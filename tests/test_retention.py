@@ -177,3 +177,31 @@ def test_purged_request_renders_details_removed(
     assert "Details removed under the retention policy" in after
     assert "Identify the suspect" not in after
     assert "Alternatives are not exhausted" not in after
+
+
+def test_report_counts_and_times(workflow: Workflow, clock: FakeClock) -> None:
+    from datetime import UTC, datetime
+
+    from bot import report
+
+    fast = submit(workflow, "V1")
+    clock.advance(hours=4)
+    workflow.decide(fast, 0, "USUP1", "approve", APPROVE)
+    slow = submit(workflow, "V2")
+    clock.advance(hours=10)
+    workflow.decide(slow, 0, "USUP1", "approve", APPROVE)
+    submit(workflow, "V3")  # still pending: counted, not timed
+    with transaction(workflow.db) as session:
+        data = report.build(session, workflow.policy, 2026, 3, datetime(2026, 4, 1, tzinfo=UTC))
+    assert data.requests == 3
+    assert data.by_outcome == {"approved": 2, "pending": 1}
+    assert sorted(data.decision_hours["Routine"]) == [4.0, 10.0]
+    assert report.summary(data.decision_hours["Routine"])["median"] == 7.0
+    reviewer = data.reviewers["USUP1"]
+    assert (reviewer.decisions, reviewer.approval_rate, sorted(reviewer.hours_to_decide)) == (
+        2,
+        1.0,
+        [4.0, 10.0],
+    )
+    first_week = next(w for w in data.weeks if w.requests)
+    assert first_week.start.date().isoformat() == "2026-03-02" and first_week.requests == 3
