@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.canonical import canonical_json
-from storage.db import transaction
+from storage.db import READ_SNAPSHOT, transaction
 from storage.models import AuditChainHead, AuditEvent, AuditEventText, utcnow
 
 GENESIS_HASH = "0" * 64
@@ -342,8 +342,10 @@ def verify_chain(bind: Engine | Connection, anchors: dict[int, str] | None = Non
     """
     if isinstance(bind, Engine):
         # One snapshot for the head and both streams, so events appended meanwhile are not mistaken for
-        # insertions (SQLite's BEGIN IMMEDIATE holds writers off instead).
-        options = {"isolation_level": "REPEATABLE READ"} if bind.dialect.name == "postgresql" else {}
+        # insertions, and the bot keeps writing while we read.
+        options: dict[str, Any] = {READ_SNAPSHOT: True}
+        if bind.dialect.name == "postgresql":
+            options["isolation_level"] = "REPEATABLE READ"
         with bind.connect().execution_options(**options) as connection:
             return verify_chain(connection, anchors)
     started = time.perf_counter()

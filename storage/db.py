@@ -16,6 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage.canonical import canonical_json
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Execution option for long read-only work (verifying the audit chain): on SQLite, begin a plain read
+# transaction instead of BEGIN IMMEDIATE, so it does not hold writers off.
+READ_SNAPSHOT = "read_snapshot"
 
 
 class DatabaseUnavailable(Exception):
@@ -51,7 +54,10 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        if connection.get_execution_options().get(READ_SNAPSHOT):
+            connection.exec_driver_sql("BEGIN")  # WAL gives readers a snapshot; writers carry on
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -361,3 +361,21 @@ def test_reformatted_but_equal_json_still_verifies(workflow: Workflow, engine: E
         )
     result = verify(engine)
     assert result.ok, [p.describe() for p in result.problems]
+
+
+def test_verification_reads_a_snapshot_without_holding_writers_off(
+    workflow: Workflow, engine: Engine
+) -> None:
+    from storage.db import READ_SNAPSHOT
+
+    count = populate(workflow)
+    options: dict[str, object] = {READ_SNAPSHOT: True}
+    if engine.dialect.name == "postgresql":
+        options["isolation_level"] = "REPEATABLE READ"
+    with engine.connect().execution_options(**options) as reader:
+        assert reader.execute(text("SELECT COUNT(*) FROM audit_events")).scalar_one() == count
+        record_view(workflow.db, "UREADER", 1, "app_home")  # commits while the reader is open
+        assert reader.execute(text("SELECT COUNT(*) FROM audit_events")).scalar_one() == count
+        result = verify_chain(reader)
+    assert result.ok and result.events == count
+    assert verify(engine).events == count + 1
