@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import evidence, retention
-from bot.audit import append_event, record_view, verify_chain
+from bot.audit import AuditChainError, append_event, record_view, verify_chain
 from bot.policy import LoadedPolicy, load_policy
 from storage.db import make_engine, make_session_factory, transaction
 from storage.models import utcnow
@@ -74,6 +74,9 @@ def _reported(command: Callable[[argparse.Namespace], int]) -> Callable[[argpars
         except CliError as exc:
             print(f"fr-bot: {exc}", file=sys.stderr)
             return EXIT_CONFIG
+        except AuditChainError as exc:  # nothing can be logged, so nothing is shown
+            print(f"fr-bot: {exc}", file=sys.stderr)
+            return EXIT_BROKEN_CHAIN
 
     return run
 

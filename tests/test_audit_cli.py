@@ -122,7 +122,7 @@ def test_verify_checks_anchors(workflow: Workflow, cli) -> None:
     assert run("audit", "verify", "--anchor", f"{seq}:{'a' * 64}").returncode == 1
 
 
-def test_show_prints_the_timeline_and_logs_the_view(workflow: Workflow, run) -> None:
+def test_show_prints_the_timeline_and_logs_the_view(workflow: Workflow, engine: Engine, run) -> None:
     reference, _ = history(workflow)
     shown = run("audit", "show", reference.lower(), "--actor", "UANALYST")
     assert shown.returncode == 0, shown.stderr
@@ -136,6 +136,11 @@ def test_show_prints_the_timeline_and_logs_the_view(workflow: Workflow, run) -> 
     with transaction(workflow.db) as session:
         viewed = session.scalars(select(AuditEvent).where(AuditEvent.action == "request_viewed")).one()
     assert (viewed.actor_id, viewed.details, viewed.request_id) == ("UANALYST", {"surface": "cli show"}, 1)
+    with engine.begin() as conn:  # the chain head removed: the view cannot be logged, so nothing is shown
+        conn.execute(text("DELETE FROM audit_chain_head"))
+    refused = run("audit", "show", reference)
+    assert refused.returncode == 1 and "audit_chain_head is missing" in refused.stderr
+    assert refused.stdout == ""
     missing = run("audit", "show", "FR-2026-99999")
     assert missing.returncode == 2 and missing.stderr.strip() == "fr-bot: no request FR-2026-99999"
 
