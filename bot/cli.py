@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-policy", help="validate a policy file and exit")
     check.add_argument("path", nargs="?", help="policy file (default: FRBOT_POLICY_FILE)")
     check.set_defaults(func=cmd_check_policy)
+
+    # Audit trail, retention and oversight reports (bot/audit_cli.py).
+    from bot import audit_cli
+
+    audit_cli.register(commands)
     return parser
 
 

@@ -205,6 +205,21 @@ class ApprovalValidity(_Strict):
         return float(getattr(self, urgency.value))
 
 
+class RetentionDays(_Strict):
+    """How long a finished request keeps its free text, in days after its decision, by outcome.
+
+    After that the retention purge (bot/retention.py) redacts the text and keeps the skeleton.
+    """
+
+    approved: Annotated[int, Field(ge=1, le=36500)] = 6 * 365
+    rejected: Annotated[int, Field(ge=1, le=36500)] = 365
+    withdrawn: Annotated[int, Field(ge=1, le=36500)] = 365
+    expired: Annotated[int, Field(ge=1, le=36500)] = 365
+
+    def days_for(self, status: str) -> int | None:
+        return getattr(self, status, None) if status in type(self).model_fields else None
+
+
 DEFAULT_PURPOSES = (
     Choice(id="investigation", label="Prevention, investigation or detection of a criminal offence"),
     Choice(id="prosecution", label="Prosecution of a criminal offence"),
@@ -238,13 +253,14 @@ class Policy(_Strict):
     leads_channel: str | None = None
     # Leads (user IDs and/or user group IDs) see every request's status and the App Home overview.
     leads: tuple[str, ...] = ()
+    retention_days: RetentionDays = RetentionDays()
 
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder name such as "Europe"
             raise ValueError(f"unknown timezone '{value}' (use an IANA name such as Europe/London)") from None
         return value
 

@@ -6,8 +6,9 @@ limits, so the longest allowed input still renders.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -25,7 +26,6 @@ from bot.policy import (
     Urgency,
 )
 from storage.models import (
-    AuditEvent,
     Delegation,
     FrRequest,
     InfoRequest,
@@ -395,12 +395,15 @@ def review_message(request: FrRequest, stage: StageReview, policy: Policy) -> di
         section(_status_line(request, policy)),
         summary_fields(request, policy),
     ]
-    if request.urgency_justification:
+    if request.urgency_justification and request.redacted_at is None:
         blocks.append(
             section(f"*{forms.URGENCY_JUSTIFICATION.label}*\n{esc(request.urgency_justification, 2900)}")
         )
-    for attribute, label in JUSTIFICATIONS:
-        blocks.append(section(f"*{label}*\n{esc(getattr(request, attribute), 2900)}"))
+    if request.redacted_at is not None:
+        blocks.append(redacted_notice(request, policy))
+    else:
+        for attribute, label in JUSTIFICATIONS:
+            blocks.append(section(f"*{label}*\n{esc(getattr(request, attribute), 2900)}"))
     tool = request.tool_snapshot
     category = CATEGORY_LABELS[ToolCategory(tool["category"])]
     register = f"Register: {esc(category)}, jurisdiction {esc(tool['jurisdiction'])}"
@@ -544,6 +547,17 @@ HELP_TEXT = (
     "proportionate and fair. It then goes to the reviewers the force policy names; you get a direct "
     "message at each decision. Do not run a search before it is approved, and never attach an image."
 )
+
+
+# --- Retention --------------------------------------------------------------------------------------
+
+
+def redacted_notice(request: FrRequest, policy: Policy) -> Block:
+    """Shown in place of a purged request's free text (bot/retention.py)."""
+    return section(
+        f":wastebasket: Details removed under the retention policy on {when(request.redacted_at, policy)}. "
+        "The decision record (who decided, when, and the outcome) is kept."
+    )
 
 
 # --- Everyday flows: buttons, DMs, modals, timeline, App Home -------------------------------------------
@@ -692,6 +706,15 @@ def delegation_modal(today: str) -> dict[str, Any]:
 RESULT_LABELS = {"not_run": "no result", **forms.SEARCH_RESULTS}
 
 
+class TimelineEvent(Protocol):
+    """What the timeline reads of an audit event (bot.workflow.TimelineEntry, with its text unsealed)."""
+
+    actor_id: str
+    action: str
+    details: dict[str, Any]
+    created_at: datetime
+
+
 # Timeline: audit events told as a case file, in order.
 
 
@@ -699,7 +722,7 @@ def _stage_name(request: FrRequest, stage_id: Any) -> str:
     return next((s.stage_name for s in request.stages if s.stage_id == stage_id), str(stage_id or ""))
 
 
-def timeline_line(event: AuditEvent, request: FrRequest, policy: Policy) -> str:
+def timeline_line(event: TimelineEvent, request: FrRequest, policy: Policy) -> str:
     d = event.details or {}
     who = user(event.actor_id) if event.actor_id != "system" else "The bot"
     stage = esc(_stage_name(request, d.get("stage")))
@@ -752,7 +775,7 @@ def timeline_line(event: AuditEvent, request: FrRequest, policy: Policy) -> str:
 
 
 def request_details(
-    request: FrRequest, events: list[AuditEvent], policy: Policy, post_use: PostUseRecord | None = None
+    request: FrRequest, events: Sequence[TimelineEvent], policy: Policy, post_use: PostUseRecord | None = None
 ) -> list[Block]:
     """The whole case file of one request: summary, the justifications, then every event in order."""
     blocks: list[Block] = [
@@ -789,7 +812,7 @@ def request_details(
 
 
 def details_modal(
-    request: FrRequest, events: list[AuditEvent], policy: Policy, post_use: PostUseRecord | None
+    request: FrRequest, events: Sequence[TimelineEvent], policy: Policy, post_use: PostUseRecord | None
 ) -> dict[str, Any]:
     return modal(request.reference, request_details(request, events, policy, post_use), "fr_details", "")
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot import views
 from bot.approvers import ApproverDirectory, ApproverLookupFailed
+from bot.audit import append_event, texts_for, unseal
 from bot.forms import DecisionForm, DelegationForm, PostUseForm, RequestForm
 from bot.policy import LoadedPolicy, Stage, Tool, ToolStatus, Urgency
 from bot.routing import choose_route
@@ -78,9 +79,8 @@ class InfoAsked:
 def audit(
     session: Session, actor: str, action: str, request_id: int | None, at: datetime, **details: Any
 ) -> None:
-    session.add(
-        AuditEvent(request_id=request_id, actor_id=actor, action=action, details=details, created_at=at)
-    )
+    """Append an event to the tamper-evident chain (bot/audit.py) in the caller's transaction."""
+    append_event(session, actor, action, request_id, at, details)
 
 
 def enqueue(
@@ -680,11 +680,22 @@ class Workflow:
                 )
                 return refusal
             audit(session, user_id, "request_viewed", request.id, now, surface=surface)
-            events = list(
+            rows = list(
                 session.scalars(
-                    select(AuditEvent).where(AuditEvent.request_id == request.id).order_by(AuditEvent.id)
+                    select(AuditEvent).where(AuditEvent.request_id == request.id).order_by(AuditEvent.seq)
                 )
             )
+            # Free text in the chain is sealed; show the kept text (or the purge marker) instead.
+            texts = texts_for(session, [row.seq for row in rows])
+            events = [
+                TimelineEntry(
+                    row.actor_id,
+                    row.action,
+                    unseal(row.details, {path: text for path, (_, text) in texts.get(row.seq, {}).items()}),
+                    row.created_at,
+                )
+                for row in rows
+            ]
             comments = list(
                 session.scalars(select(Comment).where(Comment.request_id == request.id).order_by(Comment.id))
             )
@@ -944,9 +955,19 @@ class Delegated:
 
 
 @dataclass(frozen=True)
+class TimelineEntry:
+    """One audit event as people read it: its sealed free text restored."""
+
+    actor_id: str
+    action: str
+    details: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class RequestView:
     request: FrRequest
-    events: list[AuditEvent]
+    events: list[TimelineEntry]
     comments: list[Comment]
     post_use: PostUseRecord | None
 

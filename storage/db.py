@@ -13,8 +13,12 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.canonical import canonical_json
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 READ_ONLY_OPTION = "frbot_read_only"
+# The audit chain's verifier asks for the same thing by this name: a read that holds no writer off.
+READ_SNAPSHOT = READ_ONLY_OPTION
 
 
 class DatabaseUnavailable(Exception):
@@ -22,6 +26,8 @@ class DatabaseUnavailable(Exception):
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
+    # JSON columns are stored canonically, the form the audit chain hashes (storage/canonical.py).
+    kwargs.setdefault("json_serializer", canonical_json)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10}, **kwargs)
         _configure_sqlite(engine)
@@ -48,7 +54,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # Readers need no write lock: only transactions that may write take it up front.
+        # Readers need no write lock: only transactions that may write take it up front (WAL gives
+        # readers a snapshot, so long reads such as verifying the audit chain do not hold writers off).
         read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
         connection.exec_driver_sql("BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE")
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -121,6 +122,10 @@ class FrRequest(Base):
     previous_request_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
     # An approved request stays open until the officer records what the search did (post-use record).
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Retention (bot/retention.py): a held request is never purged; a purged one keeps its skeleton.
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    legal_hold_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    redacted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     stages: Mapped[list[StageReview]] = relationship(
         back_populates="request", order_by="StageReview.position", lazy="selectin"
@@ -245,16 +250,51 @@ class Delegation(Base):
 
 
 class AuditEvent(Base):
-    """Append-only: the migration installs triggers that refuse UPDATE and DELETE."""
+    """Append-only: the migration installs triggers that refuse UPDATE and DELETE.
+
+    Rows form a hash chain (bot/audit.py): `hash` covers the row and `prev_hash`, the previous row's hash.
+    Write them only through `bot.audit.append_event`.
+    """
 
     __tablename__ = "audit_events"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, unique=True)
     request_id: Mapped[int | None] = mapped_column(ForeignKey("fr_requests.id"), nullable=True, index=True)
     actor_id: Mapped[str] = mapped_column(String(32))
     action: Mapped[str] = mapped_column(String(64), index=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditChainHead(Base):
+    """One row: the newest event's seq and hash. Locking it serialises appends to the chain."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditEventText(Base):
+    """Personal free text of an audit event, kept out of the chain so retention can delete it.
+
+    The chained event holds a salted commitment sha256(salt || text) in its place; no foreign key to
+    audit_events, so an event row is never held back by its texts and a purge only deletes here.
+    """
+
+    __tablename__ = "audit_event_texts"
+    __table_args__ = (UniqueConstraint("event_seq", "path", name="uq_audit_event_texts_event_seq_path"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_seq: Mapped[int] = mapped_column(BigInteger)
+    request_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    path: Mapped[str] = mapped_column(String(200))
+    salt: Mapped[str] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text)
 
 
 class ReferenceCounter(Base):

@@ -177,3 +177,13 @@ def test_lists_for_app_home(workflow: Workflow) -> None:
         "Supervisor review": 1,
     }
     assert workflow.is_lead("ULEAD1") and not workflow.is_lead("USUP1")
+
+
+def test_timeline_shows_the_sealed_free_text(workflow: Workflow) -> None:
+    result = submit(workflow)
+    workflow.request_info(result.request_id, 0, "USUP1", "Which exhibit is the still from?", "VQ1")
+    seen = workflow.view_request(result.request_id, "UOFFICER", "details")
+    assert isinstance(seen, RequestView)
+    lines = [views.timeline_line(event, seen.request, workflow.policy) for event in seen.events]
+    assert any("Which exhibit is the still from?" in line for line in lines)
+    assert not any("$sealed" in line for line in lines)
