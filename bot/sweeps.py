@@ -520,7 +520,8 @@ def sweep_digests(
         for missed_day in skipped:
             _record_missed(session, policy, channel, missed_day, now, report)
         if now - moment > timedelta(hours=policy.digest.grace_hours):
-            _record_missed(session, policy, channel, day, now, report)
+            if last is not None:  # a new installation has missed nothing: its first digest comes next time
+                _record_missed(session, policy, channel, day, now, report)
             return report
         previous = session.scalars(
             select(DigestRun)

@@ -7,7 +7,7 @@ limits, so the longest allowed input still renders.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -780,6 +780,14 @@ def digest_message(channel: str, summary: dict[str, Any], policy: Policy) -> dic
         hours = policy.digest.expiring_within_hours
         title = f"*Approvals expiring within {age(timedelta(hours=hours))}*"
         blocks.extend(section(t) for t in pack([title, *capped(lines, limit)]))
+    missed = [date.fromisoformat(d).strftime("%a %d %b") for d in summary.get("missed_dates", [])]
+    if missed:
+        blocks.append(
+            context(
+                f":warning: No digest was sent for {esc(', '.join(missed))}: the bot was not running at the "
+                "time. This digest covers that period too."
+            )
+        )
     blocks.append(
         context("A digest is posted every day, even when nothing is pending, so silence means a fault.")
     )
