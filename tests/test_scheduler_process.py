@@ -26,7 +26,7 @@ from bot.policy import parse_policy
 from bot.workflow import Workflow
 from storage.db import make_engine, make_session_factory, transaction
 from storage.models import DigestRun, OutboxMessage, OutboxStatus, ScheduledNotice, utcnow
-from tests.botprocess import BOT_TOKEN, ROOT
+from tests.botprocess import BOT_TOKEN, ROOT, BotProcess
 from tests.conftest import GROUPS, TEST_POLICY, _truncate_postgres, valid_form_values
 from tests.slackstub import SlackStub
 
@@ -223,3 +223,28 @@ def test_killed_mid_send_and_restarted_nothing_lost_nothing_doubled(
     finally:
         for process in restarted:
             assert process.stop() == 0
+
+
+@pytest.mark.postgres
+def test_the_bot_process_runs_the_scheduler_unless_told_not_to(
+    postgres_url: str, policy_file: Path, stub: SlackStub, tmp_path: Path
+) -> None:
+    make_overdue_requests(postgres_url, policy_file)
+    scheduler_on = {"FRBOT_SCHEDULER_ENABLED": "true", "FRBOT_SCHEDULER_INTERVAL_SECONDS": "0.5"}
+    # `--no-scheduler` wins over the setting: this process only serves Slack and delivers the outbox.
+    quiet = BotProcess(postgres_url, policy_file, stub.base_url, tmp_path, **scheduler_on)
+    quiet.start(args=("--no-scheduler",))
+    try:
+        wait_until(lambda: db_state(postgres_url)[2] == 0, "the review posts and DMs are delivered")
+        time.sleep(2.0)  # several sweep intervals, had a scheduler been running
+        assert db_state(postgres_url)[:2] == (0, 0)
+    finally:
+        assert quiet.stop() == 0
+
+    bot = BotProcess(postgres_url, policy_file, stub.base_url, tmp_path, **scheduler_on).start()
+    try:
+        settle(postgres_url)
+        assert messages_per_channel(stub) == EXPECTED
+    finally:
+        assert bot.stop() == 0
+    assert "Traceback" not in bot.log(), bot.log()
