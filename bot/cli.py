@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from slack_bolt.error import BoltError
@@ -78,7 +79,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bot.services import build_services
 
     services = build_services(
-        settings.database_url, policy, make_client(settings), outbox_poll_seconds=settings.outbox_poll_seconds
+        settings.database_url,
+        policy,
+        make_client(settings),
+        clock=_clock(),
+        outbox_poll_seconds=settings.outbox_poll_seconds,
     )
     try:
         app = create_app(
@@ -142,11 +147,21 @@ def _start_scheduler(services: Services, settings: Settings) -> SweepScheduler:
     scheduler = SweepScheduler(
         services.db,
         services.policy.policy,
+        clock=services.workflow.clock,
         interval_seconds=settings.scheduler_interval_seconds,
         on_outbox=services.dispatcher.wake,
     )
     scheduler.start()
     return scheduler
+
+
+def _clock() -> Callable[[], datetime]:
+    from bot.clock import system_clock
+
+    try:
+        return system_clock()
+    except (OSError, ValueError) as exc:
+        raise CliError(f"FRBOT_TEST_CLOCK_FILE: {exc}") from None
 
 
 def cmd_scheduler(_args: argparse.Namespace) -> int:
@@ -164,7 +179,11 @@ def cmd_scheduler(_args: argparse.Namespace) -> int:
     policy = load_policy(settings.policy_file)
     _prepare_database(settings.database_url)
     services = build_services(
-        settings.database_url, policy, make_client(settings), outbox_poll_seconds=settings.outbox_poll_seconds
+        settings.database_url,
+        policy,
+        make_client(settings),
+        clock=_clock(),
+        outbox_poll_seconds=settings.outbox_poll_seconds,
     )
     stopped = threading.Event()
     on_termination(stopped.set)
@@ -188,9 +207,9 @@ def cmd_digest(args: argparse.Namespace) -> int:
     settings = load_settings()
     policy = load_policy(settings.policy_file)
     _prepare_database(settings.database_url)
-    services = build_services(settings.database_url, policy, make_client(settings))
+    services = build_services(settings.database_url, policy, make_client(settings), clock=_clock())
     try:
-        report = SweepScheduler(services.db, policy.policy).digest()
+        report = SweepScheduler(services.db, policy.policy, clock=services.workflow.clock).digest()
         if report is None:
             raise CliError("the digest could not be prepared; see the log")
         if report.digests_sent:

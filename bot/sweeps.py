@@ -21,7 +21,7 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -341,9 +341,7 @@ def _queue_escalations(
     items = []
     for stage, item in escalations:
         sent = int(counts.get(stage.id, 0))
-        items.append(
-            views.OverdueItem(**{**item.__dict__, "reminders_sent": sent})  # frozen: copy with the count
-        )
+        items.append(replace(item, reminders_sent=sent))
         audit(
             session,
             "system",

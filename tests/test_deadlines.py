@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -158,10 +159,33 @@ def test_policy_timing_errors_name_the_problem(changes: dict[str, object], messa
 
 
 def test_example_policy_timing_section_loads() -> None:
-    from pathlib import Path
-
     from bot.policy import load_policy
 
     policy = load_policy(Path(__file__).resolve().parents[1] / "policy.example.yml").policy
     assert policy.digest.local_time == time(8, 0)
     assert policy.working_time.bank_holidays  # the example lists them
+
+
+def test_test_clock_file_is_read_when_it_changes(tmp_path: Path) -> None:
+    from bot.clock import FileClock
+
+    path = tmp_path / "now.txt"
+    path.write_text("2026-03-02T09:00:00+00:00")
+    clock = FileClock(path)
+    assert clock() == datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    path.write_text("2026-03-09T09:30:00+00:00\n")
+    assert clock() == datetime(2026, 3, 9, 9, 30, tzinfo=UTC)
+    path.write_text("2026-03-09T09:3")  # caught mid-rewrite: the last good time stands
+    assert clock() == datetime(2026, 3, 9, 9, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"), [("2026-03-02T09:00:00", "needs an offset"), ("soon", "ISO 8601")]
+)
+def test_test_clock_file_must_hold_an_aware_time(tmp_path: Path, content: str, message: str) -> None:
+    from bot.clock import FileClock
+
+    path = tmp_path / "now.txt"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        FileClock(path)

@@ -14,7 +14,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -248,3 +248,75 @@ def test_the_bot_process_runs_the_scheduler_unless_told_not_to(
     finally:
         assert bot.stop() == 0
     assert "Traceback" not in bot.log(), bot.log()
+
+
+def set_time(path: Path, moment: datetime) -> None:
+    """Move every process's clock: write a new file and rename it over the old one (atomic)."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(moment.isoformat())
+    os.replace(temporary, path)
+
+
+@pytest.mark.postgres
+def test_two_processes_on_a_test_clock_over_two_days(
+    postgres_url: str, stub: SlackStub, tmp_path: Path
+) -> None:
+    from bot.clock import FileClock
+    from bot.forms import DecisionForm
+
+    clock_file = tmp_path / "now.txt"
+    monday = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # London on GMT: local time = UTC
+    set_time(clock_file, monday)
+    policy_file = tmp_path / "policy.yml"
+    policy_file.write_text(TEST_POLICY)
+    loaded = parse_policy(TEST_POLICY, str(policy_file))
+    engine = make_engine(postgres_url)
+    clock = FileClock(clock_file)
+    directory = ApproverDirectory(StaticGroupSource({k: set(v) for k, v in GROUPS.items()}))
+    workflow = Workflow(make_session_factory(engine), loaded, directory, clock=clock)
+    for n in range(2):
+        form = check_request(loaded.policy, valid_form_values(urgency="urgent", urgency_justification=WHY))
+        workflow.submit(form, OFFICER, "T0TEST", f"urgent-{n}")
+    form = check_request(
+        loaded.policy, valid_form_values(urgency="threat_to_life", urgency_justification=WHY)
+    )
+    ttl = workflow.submit(form, OFFICER, "T0TEST", "ttl").request_id
+
+    processes = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        process = SchedulerProcess(postgres_url, policy_file, stub.base_url, tmp_path / name)
+        process.env["FRBOT_TEST_CLOCK_FILE"] = str(clock_file)
+        processes.append(process.start())
+
+    def step(moment: datetime, notices: int, digests: int) -> None:
+        set_time(clock_file, moment)
+        wait_until(
+            lambda: db_state(postgres_url) == (notices, digests, 0), f"the sweeps at {moment} are done"
+        )
+
+    try:
+        step(monday, 0, 1)  # Monday's 08:00 digest, an hour late but within the grace
+        step(monday + timedelta(hours=1), 1, 1)  # threat to life due: reminder
+        step(monday + timedelta(hours=1, minutes=30), 3, 1)  # second reminder and the escalation
+        set_time(clock_file, monday + timedelta(hours=1, minutes=45))
+        approve = DecisionForm(rationale="Immediate risk to life; no other way to identify in time.")
+        workflow.decide(ttl, 0, "UAUTH1", "approve", approve)
+        workflow.decide(ttl, 0, "UAUTH2", "approve", approve)  # valid for 6 hours
+        step(monday + timedelta(hours=5, minutes=45), 4, 1)  # expiry warning to the officer
+        step(monday + timedelta(hours=8), 6, 1)  # both urgent reviews due: one consolidated reminder
+        step(monday + timedelta(hours=12), 10, 1)  # third reminders and the escalations
+        step(monday + timedelta(hours=13, minutes=45), 11, 1)  # ratification reminder, 12 h after approval
+        step(monday + timedelta(hours=23), 13, 2)  # Tuesday 08:00: the digest and the latest reminders
+        time.sleep(2.0)  # several more sweep intervals, in which a duplicate would show
+        assert db_state(postgres_url) == (13, 2, 0)
+    finally:
+        codes = [process.stop() for process in processes]
+        engine.dispose()
+    assert codes == [0, 0]
+    assert messages_per_channel(stub) == {
+        "C0SUPER": 2 + 3,  # review posts, then three consolidated reminders
+        "C0AUTH": 1 + 2,
+        "C0LEADS": 2 + 2 + 1,  # two digests, two escalation messages, one ratification reminder
+        "D" + OFFICER: 3 + 2 + 1,  # submitted, the two decisions, the expiry warning
+    }
