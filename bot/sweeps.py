@@ -234,11 +234,29 @@ def _sweep_channel(
                 link=_link(stage),
                 approvers=_approvers(policy, stage.stage_id),
             )
-            checks: list[datetime] = []
-            if gap_ends is not None:
-                checks.append(gap_ends)  # wait, then go out with the channel's next reminder
-            else:
-                checks.append(slot.next_due)
+            escalate_at = None
+            if stage.id not in escalated:
+                escalate_at = deadlines.escalation_due(
+                    policy, stage.stage_id, request.urgency, stage.started_at or stage.due_at, stage.due_at
+                )
+            # Look again when the next reminder falls due (or the channel's gap ends) or it escalates.
+            checks = [gap_ends if gap_ends is not None else slot.next_due]
+            if escalate_at is not None and escalate_at > now:
+                checks.append(escalate_at)
+            # The claim, a conditional update: it matches only while the review is still due, so of two
+            # sweeps that both read it (possible on SQLite, whose readers do not lock) only one goes on.
+            claimed = session.execute(
+                update(StageReview)
+                .where(
+                    StageReview.id == stage.id,
+                    StageReview.status == StageStatus.PENDING,
+                    or_(StageReview.next_check_at.is_(None), StageReview.next_check_at <= now),
+                )
+                .values(next_check_at=min(checks))
+            ).rowcount
+            if claimed != 1:
+                continue
+            if gap_ends is None:
                 notice = ScheduledNotice(
                     kind=NoticeKind.REMINDER,
                     subject_id=stage.id,
@@ -250,32 +268,18 @@ def _sweep_channel(
                 )
                 if _record(session, notice):
                     reminded.append((stage, item, slot.sequence))
-            if stage.id not in escalated:
-                started = stage.started_at or stage.due_at
-                escalate_at = deadlines.escalation_due(
-                    policy, stage.stage_id, request.urgency, started, stage.due_at
+            if escalate_at is not None and escalate_at <= now:
+                notice = ScheduledNotice(
+                    kind=NoticeKind.ESCALATION,
+                    subject_id=stage.id,
+                    sequence=0,
+                    request_id=request.id,
+                    channel=policy.leads_channel,
+                    due_at=escalate_at,
+                    created_at=now,
                 )
-                if escalate_at > now:
-                    checks.append(escalate_at)
-                elif _record(
-                    session,
-                    ScheduledNotice(
-                        kind=NoticeKind.ESCALATION,
-                        subject_id=stage.id,
-                        sequence=0,
-                        request_id=request.id,
-                        channel=policy.leads_channel,
-                        due_at=escalate_at,
-                        created_at=now,
-                    ),
-                ):
+                if _record(session, notice):
                     escalations.append((stage, item))
-            # The claim: on SQLite this conditional update is what stops a second sweep taking the row.
-            session.execute(
-                update(StageReview)
-                .where(StageReview.id == stage.id, StageReview.status == StageStatus.PENDING)
-                .values(next_check_at=min(checks))
-            )
 
         _queue_reminders(session, policy, channel, reminded, now, report)
         _queue_escalations(session, policy, escalations, now, report)

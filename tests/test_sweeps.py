@@ -490,3 +490,17 @@ def test_pending_stage_without_a_due_time_gets_one(workflow: Workflow, clock: Fa
         session.get(FrRequest, request_id).stages[0].due_at = None  # type: ignore[union-attr]
     clock.now = MONDAY + timedelta(hours=8)
     assert sweep(workflow, clock).reminders == 1
+
+
+def test_a_large_backlog_goes_out_in_batches_spaced_by_the_channel_gap(
+    workflow: Workflow, clock: FakeClock
+) -> None:
+    for n in range(3):
+        submit(workflow, f"V{n}")
+    clock.now = datetime(2026, 3, 5, 9, 0, tzinfo=UTC)
+    report = sweeps.sweep_reviews(workflow.db, workflow.policy, clock, batch_size=2)
+    assert (report.reminders, report.messages_queued) == (2, 1)  # the third waits for the channel's gap
+    clock.advance(minutes=9)
+    assert sweeps.sweep_reviews(workflow.db, workflow.policy, clock, batch_size=2).reminders == 0
+    clock.advance(minutes=1)
+    assert sweeps.sweep_reviews(workflow.db, workflow.policy, clock, batch_size=2).reminders == 1
