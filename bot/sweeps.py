@@ -21,7 +21,7 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -142,6 +142,7 @@ def sweep_reviews(
     for channel in sorted(channels):
         while _sweep_channel(db, policy, channel, now, report, batch_size) == batch_size:
             pass
+    _announce_escalations(db, policy, now, report)
     return report
 
 
@@ -282,7 +283,7 @@ def _sweep_channel(
                     escalations.append((stage, item))
 
         _queue_reminders(session, policy, channel, reminded, now, report)
-        _queue_escalations(session, policy, escalations, now, report)
+        _record_escalations(session, policy, escalations, now, report)
         return len(stages)
 
 
@@ -323,29 +324,27 @@ def _queue_reminders(
         report.reminders += 1
 
 
-def _queue_escalations(
+def _reminder_counts(session: Session, stage_ids: list[int]) -> dict[int, int]:
+    rows = session.execute(
+        select(ScheduledNotice.subject_id, func.count())
+        .where(ScheduledNotice.kind == NoticeKind.REMINDER, ScheduledNotice.subject_id.in_(stage_ids))
+        .group_by(ScheduledNotice.subject_id)
+    ).all()
+    return {int(subject): int(number) for subject, number in rows}
+
+
+def _record_escalations(
     session: Session,
     policy: Policy,
     escalations: list[tuple[StageReview, views.OverdueItem]],
     now: datetime,
     report: SweepReport,
 ) -> None:
+    """The audit trail records each escalation with its notice; `_announce_escalations` tells the leads."""
     if not escalations:
         return
-    counts = dict(
-        session.execute(
-            select(ScheduledNotice.subject_id, func.count())
-            .where(
-                ScheduledNotice.kind == NoticeKind.REMINDER,
-                ScheduledNotice.subject_id.in_([stage.id for stage, _ in escalations]),
-            )
-            .group_by(ScheduledNotice.subject_id)
-        ).all()
-    )
-    items = []
-    for stage, item in escalations:
-        sent = int(counts.get(stage.id, 0))
-        items.append(replace(item, reminders_sent=sent))
+    counts = _reminder_counts(session, [stage.id for stage, _ in escalations])
+    for stage, _ in escalations:
         audit(
             session,
             "system",
@@ -354,21 +353,59 @@ def _queue_escalations(
             now,
             stage=stage.stage_id,
             due_at=stage.due_at.isoformat() if stage.due_at else None,
-            reminders_sent=sent,
+            reminders_sent=counts.get(stage.id, 0),
             leads_channel=policy.leads_channel,
         )
         report.escalations += 1
-    if policy.leads_channel is None:
-        log.warning("%d review(s) escalated but the policy has no leads_channel to tell", len(items))
-        return
-    enqueue(
-        session,
-        "channel_post",
-        views.escalation_message(policy.leads_channel, items, policy, now),
-        None,
-        now,
-    )
-    report.messages_queued += 1
+
+
+def _announce_escalations(
+    db: sessionmaker[Session], policy: Policy, now: datetime, report: SweepReport
+) -> None:
+    """One message to the leads' channel for every escalation recorded and not yet announced, whichever
+    reviewer channel it came from. Announcing marks the notices in the same transaction as the outbox row."""
+    with transaction(db) as session:
+        notices = session.scalars(
+            select(ScheduledNotice)
+            .where(ScheduledNotice.kind == NoticeKind.ESCALATION, ScheduledNotice.announced_at.is_(None))
+            .order_by(ScheduledNotice.id)
+            .limit(BATCH_SIZE)
+            .with_for_update(skip_locked=True)
+        ).all()
+        if not notices:
+            return
+        claimed = []
+        for notice in notices:  # the conditional update is the claim on SQLite, where readers do not lock
+            if session.execute(
+                update(ScheduledNotice)
+                .where(ScheduledNotice.id == notice.id, ScheduledNotice.announced_at.is_(None))
+                .values(announced_at=now)
+            ).rowcount:
+                claimed.append(notice.subject_id)
+        stages = session.scalars(
+            select(StageReview).where(StageReview.id.in_(claimed)).order_by(StageReview.due_at)
+        ).all()
+        if not stages:
+            return
+        if policy.leads_channel is None:
+            log.warning("%d review(s) escalated but the policy has no leads_channel to tell", len(stages))
+            return
+        counts = _reminder_counts(session, [stage.id for stage in stages])
+        items = [
+            views.OverdueItem(
+                reference=stage.request.reference,
+                urgency=stage.request.urgency,
+                stage_name=stage.stage_name,
+                due_at=stage.due_at or now,
+                link=_link(stage),
+                approvers=_approvers(policy, stage.stage_id),
+                reminders_sent=counts.get(stage.id, 0),
+            )
+            for stage in stages
+        ]
+        message = views.escalation_message(policy.leads_channel, items, policy, now)
+        enqueue(session, "channel_post", message, None, now)
+        report.messages_queued += 1
 
 
 # --- Approvals: expiry warnings and ratification -----------------------------------------------------------

@@ -273,6 +273,8 @@ class ScheduledNotice(Base):
     # When it fell due by the schedule, and when the scheduler recorded (and queued) it.
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Escalations from all reviewer channels are announced to the leads together; set once announced.
+    announced_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class DigestStatus:

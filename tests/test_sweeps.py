@@ -263,18 +263,27 @@ def test_a_crash_in_the_middle_of_a_sweep_leaves_nothing_half_done(
     def crash(*_args: object) -> None:
         raise RuntimeError("process killed")
 
-    monkeypatch.setattr(sweeps, "_queue_escalations", crash)
+    # Killed after the channel's notices were recorded but before its transaction committed: all undone.
+    monkeypatch.setattr(sweeps, "_record_escalations", crash)
     with pytest.raises(RuntimeError):
         sweeps.sweep_reviews(workflow.db, workflow.policy, clock)
     assert count(workflow, select(func.count()).select_from(ScheduledNotice)) == 0
     assert count(workflow, select(func.count()).where(OutboxMessage.kind == "channel_post")) == 0
     monkeypatch.undo()
 
-    report = sweeps.sweep_reviews(workflow.db, workflow.policy, clock)
-    assert (report.reminders, report.escalations) == (1, 1)
-    assert sweeps.sweep_reviews(workflow.db, workflow.policy, clock).reminders == 0
+    # Killed after the reminder went into the outbox, while announcing the escalation to the leads.
+    monkeypatch.setattr(views, "escalation_message", crash)
+    with pytest.raises(RuntimeError):
+        sweeps.sweep_reviews(workflow.db, workflow.policy, clock)
+    assert count(workflow, select(func.count()).where(OutboxMessage.kind == "channel_post")) == 1
+    monkeypatch.undo()
+
+    report = sweeps.sweep_reviews(workflow.db, workflow.policy, clock)  # the restart
+    assert (report.reminders, report.escalations, report.messages_queued) == (0, 0, 1)
+    assert sweeps.sweep_reviews(workflow.db, workflow.policy, clock).messages_queued == 0
     deliver(workflow, stub, clock)
-    assert len(posts(stub, "C0AUTH")) == 2 and len(posts(stub, "C0LEADS")) == 1
+    assert len(posts(stub, "C0AUTH")) == 1 + 1 and len(posts(stub, "C0LEADS")) == 1
+    assert audit_count(workflow, "reminder_sent") == 1 and audit_count(workflow, "review_escalated") == 1
 
 
 def test_concurrent_sweepers_send_each_notice_once(
@@ -504,3 +513,19 @@ def test_a_large_backlog_goes_out_in_batches_spaced_by_the_channel_gap(
     assert sweeps.sweep_reviews(workflow.db, workflow.policy, clock, batch_size=2).reminders == 0
     clock.advance(minutes=1)
     assert sweeps.sweep_reviews(workflow.db, workflow.policy, clock, batch_size=2).reminders == 1
+
+
+def test_escalations_from_several_channels_make_one_message_to_the_leads(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub
+) -> None:
+    urgent = submit(workflow, "V1", urgency="urgent", urgency_justification=WHY)  # supervisor channel
+    ttl = submit(workflow, "V2", urgency="threat_to_life", urgency_justification=WHY)  # authoriser channel
+    deliver(workflow, stub, clock)
+    clock.now = MONDAY + timedelta(hours=12)  # both past their escalation time
+    report = sweep(workflow, clock)
+    assert (report.reminders, report.escalations) == (2, 2)
+    deliver(workflow, stub, clock)
+    (escalation,) = posts(stub, "C0LEADS")
+    assert "2 overdue FR reviews" in escalation.args["text"]
+    assert reference(workflow, urgent) in blocks_text(escalation)
+    assert reference(workflow, ttl) in blocks_text(escalation)

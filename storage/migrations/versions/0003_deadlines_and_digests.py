@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column("channel", sa.String(length=32), nullable=True),
         sa.Column("due_at", storage.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("created_at", storage.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("announced_at", storage.models.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["request_id"], ["fr_requests.id"], name=op.f("fk_scheduled_notices_request_id_fr_requests")
         ),
