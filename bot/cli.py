@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from slack_bolt.error import BoltError
 from slack_sdk import WebClient
@@ -20,6 +22,10 @@ from bot import logs
 from bot.config import Settings, SettingsError, load_settings
 from bot.policy import PolicyError, load_policy
 from storage.db import migrate
+
+if TYPE_CHECKING:
+    from bot.scheduler import SweepScheduler
+    from bot.services import Services
 
 log = logging.getLogger("fr-bot")
 EXIT_CONFIG = 2
@@ -73,7 +79,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bot.services import build_services
 
     services = build_services(
-        settings.database_url, policy, make_client(settings), outbox_poll_seconds=settings.outbox_poll_seconds
+        settings.database_url,
+        policy,
+        make_client(settings),
+        clock=_clock(),
+        outbox_poll_seconds=settings.outbox_poll_seconds,
     )
     try:
         app = create_app(
@@ -89,6 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         services.close()
         raise CliError(f"FRBOT_SLACK_BOT_TOKEN: Slack refused the token ({exc})") from None
     services.dispatcher.start()
+    scheduler = _start_scheduler(services, settings) if settings.scheduler_enabled else None
     log.info("policy %s (version %s) loaded; database ready", policy.path, policy.version)
     try:
         if settings.mode == "http":
@@ -97,6 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             assert settings.slack_app_token is not None
             serve_socket(app, settings.slack_app_token.get_secret_value())
     finally:
+        if scheduler is not None:
+            scheduler.stop()
         services.close()
         log.info("stopped")
     return 0
@@ -126,6 +139,92 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+# --- The scheduler: reminders, escalations and the leads' digest (bot/scheduler.py) ------------------------
+
+
+def _start_scheduler(services: Services, settings: Settings) -> SweepScheduler:
+    from bot.scheduler import SweepScheduler
+
+    scheduler = SweepScheduler(
+        services.db,
+        services.policy.policy,
+        clock=services.workflow.clock,
+        interval_seconds=settings.scheduler_interval_seconds,
+        on_outbox=services.dispatcher.wake,
+    )
+    scheduler.start()
+    return scheduler
+
+
+def _clock() -> Callable[[], datetime]:
+    from bot.clock import system_clock
+
+    try:
+        return system_clock()
+    except (OSError, ValueError) as exc:
+        raise CliError(f"FRBOT_TEST_CLOCK_FILE: {exc}") from None
+
+
+def cmd_scheduler(_args: argparse.Namespace) -> int:
+    """A process that only runs the scheduler (and delivers the outbox), for deployments that want the
+    timing work apart from the Slack-facing processes; those then run with `--no-scheduler`."""
+    import threading
+
+    from bot.server import on_termination
+    from bot.services import build_services
+
+    settings = load_settings()
+    if not settings.slack_bot_token or not settings.slack_bot_token.get_secret_value().strip():
+        raise SettingsError("FRBOT_SLACK_BOT_TOKEN is not set: see README.md, 'Create the Slack app'.")
+    logs.configure(settings.log_level, [settings.slack_bot_token.get_secret_value()])
+    policy = load_policy(settings.policy_file)
+    _prepare_database(settings.database_url)
+    services = build_services(
+        settings.database_url,
+        policy,
+        make_client(settings),
+        clock=_clock(),
+        outbox_poll_seconds=settings.outbox_poll_seconds,
+    )
+    stopped = threading.Event()
+    on_termination(stopped.set)
+    services.dispatcher.start()
+    scheduler = _start_scheduler(services, settings)
+    log.info("scheduler-only process: policy %s (version %s)", policy.path, policy.version)
+    try:
+        stopped.wait()
+    finally:
+        scheduler.stop()
+        services.close()
+        log.info("stopped")
+    return 0
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    """Queue the leads' digest now if today's is due and not yet recorded (still once per day)."""
+    from bot.scheduler import SweepScheduler
+    from bot.services import build_services
+
+    settings = load_settings()
+    policy = load_policy(settings.policy_file)
+    _prepare_database(settings.database_url)
+    services = build_services(settings.database_url, policy, make_client(settings), clock=_clock())
+    try:
+        report = SweepScheduler(services.db, policy.policy, clock=services.workflow.clock).digest()
+        if report is None:
+            raise CliError("the digest could not be prepared; see the log")
+        if report.digests_sent:
+            services.dispatcher.run_once()
+            print("digest sent")
+        elif report.digests_missed:
+            print("today's digest time is past the grace period: recorded as missed")
+        else:
+            print("nothing to send: today's digest is already recorded, or the policy has no leads_channel")
+    finally:
+        services.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fr-bot", description="FR search request bot for Slack")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="create or upgrade the database schema").set_defaults(
         func=cmd_migrate
     )
+
+    commands.add_parser(
+        "scheduler", help="run only the scheduler: reminders, escalations, digest (until SIGTERM)"
+    ).set_defaults(func=cmd_scheduler)
+    commands.add_parser(
+        "digest", help="send today's leads' digest now if it is due and not yet sent"
+    ).set_defaults(func=cmd_digest)
 
     check = commands.add_parser("check-policy", help="validate a policy file and exit")
     check.add_argument("path", nargs="?", help="policy file (default: FRBOT_POLICY_FILE)")

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     allowed_team_id: str | None = None
     allowed_app_id: str | None = None
     scheduler_enabled: bool = True
+    # How often the scheduler looks for overdue reviews, expiring approvals and a due digest.
+    scheduler_interval_seconds: float = Field(60.0, gt=0, le=3600)
     outbox_poll_seconds: float = Field(1.0, gt=0, le=60)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

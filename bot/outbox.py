@@ -68,6 +68,7 @@ class Sent:
     stage_review_id: int | None = None
     channel: str | None = None
     ts: str | None = None
+    permalink: str | None = None
 
 
 def backoff(attempts: int) -> float:
@@ -234,6 +235,7 @@ class OutboxDispatcher:
                 stage = session.get(StageReview, sent.stage_review_id)
                 if stage is not None:
                     stage.message_channel, stage.message_ts = sent.channel, sent.ts
+                    stage.message_permalink = sent.permalink
 
     # --- Slack calls -------------------------------------------------------------------------------
 
@@ -255,6 +257,9 @@ class OutboxDispatcher:
                 self.client.chat_postMessage(
                     channel=payload["user"], text=payload["text"], blocks=payload["blocks"]
                 )
+                return Sent()
+            if row.kind == "channel_post":
+                self._channel_post(row.payload)
                 return Sent()
             raise PermanentFailure(f"unknown outbox kind {row.kind}")
         except SlackApiError as exc:
@@ -281,14 +286,39 @@ class OutboxDispatcher:
         if loaded is None:
             raise PermanentFailure("stage review no longer exists")
         request, stage = loaded
-        message = views.review_message(request, stage, self.policy)
+        message = views.review_message(request, stage, self.policy, now=self.clock())
         if stage.message_ts:  # posted before a crash stopped us marking it: edit, never post twice
             self.client.chat_update(
                 channel=stage.message_channel or stage.channel_id, ts=stage.message_ts, **_body(message)
             )
             return Sent()
         response = self.client.chat_postMessage(channel=stage.channel_id, **_body(message))
-        return Sent(stage_review_id=stage.id, channel=response["channel"], ts=response["ts"])
+        channel, ts = response["channel"], response["ts"]
+        return Sent(stage_review_id=stage.id, channel=channel, ts=ts, permalink=self._permalink(channel, ts))
+
+    def _permalink(self, channel: str, ts: str) -> str | None:
+        """Reminders and digests link to the reviewer message. The message is already posted, so a failure
+        here must not fail the row (a retry would post it twice): links then use the archive URL."""
+        try:
+            return str(self.client.chat_getPermalink(channel=channel, message_ts=ts)["permalink"])
+        except Exception as exc:
+            log.warning(
+                "chat.getPermalink for %s/%s failed (%s); links will use the archive URL", channel, ts, exc
+            )
+            return None
+
+    def _channel_post(self, payload: dict[str, Any]) -> None:
+        """A scheduler notice. With `thread_stage_review_id` it is threaded under that stage's reviewer
+        message, looked up now because the message may have been posted after the notice was queued."""
+        thread_ts = None
+        stage_review_id = payload.get("thread_stage_review_id")
+        if stage_review_id is not None:
+            with transaction(self.db) as session:
+                stage = session.get(StageReview, int(stage_review_id))
+                if stage is not None and (stage.message_channel or stage.channel_id) == payload["channel"]:
+                    thread_ts = stage.message_ts
+        extra = {"thread_ts": thread_ts} if thread_ts else {}
+        self.client.chat_postMessage(channel=payload["channel"], **_body(payload), **extra)
 
     def _stage_note(self, payload: dict[str, Any]) -> None:
         """A reply threaded under a stage's reviewer message (or in its channel if it was never posted)."""
@@ -309,7 +339,7 @@ class OutboxDispatcher:
             raise PermanentFailure("request no longer exists")
         for stage in request.stages:
             if stage.message_ts:
-                message = views.review_message(request, stage, self.policy)
+                message = views.review_message(request, stage, self.policy, now=self.clock())
                 self.client.chat_update(
                     channel=stage.message_channel or stage.channel_id, ts=stage.message_ts, **_body(message)
                 )

@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bot.timing_policy import DigestSettings, Ratification, Reminders, ReviewDeadlines, WorkingTime
+
 SLACK_CHANNEL_ID = re.compile(r"^[CG][A-Z0-9]{2,}$")
 SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 SLACK_USERGROUP_ID = re.compile(r"^S[A-Z0-9]{2,}$")
@@ -254,6 +256,12 @@ class Policy(_Strict):
     # Leads (user IDs and/or user group IDs) see every request's status and the App Home overview.
     leads: tuple[str, ...] = ()
     retention_days: RetentionDays = RetentionDays()
+    # Deadlines, reminders, escalation and the leads' digest (bot/timing_policy.py).
+    working_time: WorkingTime = WorkingTime()
+    review_deadlines: ReviewDeadlines = ReviewDeadlines()
+    reminders: Reminders = Reminders()
+    ratification: Ratification = Ratification()
+    digest: DigestSettings = DigestSettings()
 
     @field_validator("timezone")
     @classmethod
@@ -287,6 +295,15 @@ class Policy(_Strict):
         for index, route in enumerate(self.routes):
             _known_stages(f"routes.{index}.stages", route.stages, known)
         _known_stages("default_route", self.default_route, known)
+        return self
+
+    @model_validator(mode="after")
+    def _deadline_stages_known(self) -> Policy:
+        known = {s.id for s in self.stages}
+        for stage_id in self.review_deadlines.stages:
+            if stage_id not in known:
+                defined = ", ".join(sorted(known))
+                raise ValueError(f"review_deadlines.stages: unknown stage '{stage_id}' (defined: {defined})")
         return self
 
     # Look-ups used by the workflow and the views.

@@ -17,7 +17,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot import views
+from bot import deadlines, views
 from bot.approvers import ApproverDirectory, ApproverLookupFailed
 from bot.audit import append_event, texts_for, unseal
 from bot.forms import DecisionForm, DelegationForm, PostUseForm, RequestForm
@@ -192,6 +192,9 @@ class Workflow:
                     required_approvals=stage.required_approvals,
                     status=StageStatus.PENDING if position == 0 else StageStatus.WAITING,
                     started_at=now if position == 0 else None,
+                    due_at=deadlines.review_due(self.policy, stage.id, form.urgency, now)
+                    if position == 0
+                    else None,
                 )
             )
         session.flush()
@@ -444,6 +447,9 @@ class Workflow:
                 next_stage = request.stages[following]
                 next_stage.status = StageStatus.PENDING
                 next_stage.started_at = now
+                next_stage.due_at = deadlines.review_due(
+                    self.policy, next_stage.stage_id, request.urgency, now
+                )
                 request.current_stage = following
                 audit(session, "system", "stage_started", request.id, now, stage=next_stage.stage_id)
                 session.flush()

@@ -156,6 +156,11 @@ class StageReview(Base):
     # Where the reviewer message lives once the dispatcher has posted it.
     message_channel: Mapped[str | None] = mapped_column(String(32), nullable=True)
     message_ts: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Deadlines (bot/deadlines.py): when the stage must decide, and when the scheduler next looks at it
+    # (NULL: as soon as it is due). The permalink of the reviewer message, for links in reminders.
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    next_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    message_permalink: Mapped[str | None] = mapped_column(String(300), nullable=True)
 
     request: Mapped[FrRequest] = relationship(back_populates="stages")
     decisions: Mapped[list[Decision]] = relationship(
@@ -339,3 +344,59 @@ class AppHomeViewer(Base):
 
     user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     last_opened_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# --- Scheduled notices and digests (bot/sweeps.py) -------------------------------------------------------
+
+
+class NoticeKind:
+    REMINDER = "reminder"  # subject: stage review; sequence: reminder number (0 at the deadline)
+    ESCALATION = "escalation"  # subject: stage review; sequence 0
+    EXPIRY_WARNING = "expiry_warning"  # subject: request; sequence 0
+    RATIFICATION = "ratification"  # subject: request; sequence 0
+
+
+class ScheduledNotice(Base):
+    """One reminder, escalation or warning the scheduler owed and queued. The unique key makes a second
+    process's attempt to record the same notice fail, so each is sent once however many processes run."""
+
+    __tablename__ = "scheduled_notices"
+    __table_args__ = (
+        UniqueConstraint("kind", "subject_id", "sequence", name="uq_scheduled_notices_kind_subject_sequence"),
+        Index("ix_scheduled_notices_channel_created", "channel", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[int] = mapped_column(BigInteger)
+    sequence: Mapped[int] = mapped_column(Integer, default=0)
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("fr_requests.id"), nullable=True, index=True)
+    channel: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # When it fell due by the schedule, and when the scheduler recorded (and queued) it.
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Escalations from all reviewer channels are announced to the leads together; set once announced.
+    announced_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class DigestStatus:
+    SENT = "sent"  # queued in the outbox
+    MISSED = "missed"  # the bot was down past the grace period
+
+
+class DigestRun(Base):
+    """One leads' digest per channel and local date: the unique key is what makes it exactly once."""
+
+    __tablename__ = "digests"
+    __table_args__ = (UniqueConstraint("channel", "local_date", name="uq_digests_channel_local_date"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    local_date: Mapped[date] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(16))
+    scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The digest covers [period_start, period_end): from the previous digest sent to its own time.
+    period_start: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    period_end: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

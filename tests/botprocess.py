@@ -42,16 +42,22 @@ class BotProcess:
             FRBOT_POLICY_FILE=str(policy_file),
             FRBOT_OUTBOX_POLL_SECONDS="0.2",
             FRBOT_LOG_LEVEL="INFO",
+            # The interactive tests count messages; reminders and digests have their own process tests.
+            FRBOT_SCHEDULER_ENABLED="false",
             PYTHONPATH=str(ROOT),
         )
         self.env.update(env)
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> BotProcess:
+    def start(self, timeout: float = 30.0, args: tuple[str, ...] = ()) -> BotProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "run"], cwd=self.workdir, env=self.env, stdout=log, stderr=log
+            [sys.executable, "-m", "bot.cli", "run", *args],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=log,
+            stderr=log,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,0 +1,751 @@
+"""The scheduler's work: overdue reminders, escalations, approval warnings and the leads' daily digest.
+
+Each sweep is a plain function of a session factory, the policy and a clock, so tests call it directly and
+any number of bot processes can run it at once against one database. What is due is decided by the
+database, never by memory:
+
+- a process claims due work in the database (PostgreSQL: `SELECT … FOR UPDATE SKIP LOCKED` on the rows,
+  plus a transaction-scoped advisory lock per reviewer channel so one process consolidates a channel's
+  reminders; SQLite: `BEGIN IMMEDIATE` serialises writers and a conditional UPDATE claims each row);
+- each notice is recorded in `scheduled_notices` (unique on kind, subject and sequence) and each digest in
+  `digests` (unique on channel and local date): a second process's insert fails, the final guard;
+- the record, its audit event and the outbox row that sends it commit in one transaction, so a process
+  killed mid-sweep leaves either all of it or none of it, and the outbox delivers what was committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot import deadlines, views
+from bot.policy import Policy
+from bot.workflow import audit, enqueue
+from storage.db import transaction
+from storage.models import (
+    AuditEvent,
+    DigestRun,
+    DigestStatus,
+    FrRequest,
+    NoticeKind,
+    RequestStatus,
+    ScheduledNotice,
+    StageReview,
+    StageStatus,
+)
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+BATCH_SIZE = 200
+# Missed digests older than this are not back-filled one by one after a long outage.
+MAX_MISSED_DAYS_RECORDED = 31
+# Ratification reminders are for recent approvals only: an old database gaining the feature is not flooded.
+RATIFICATION_LOOKBACK = timedelta(days=7)
+# How many overdue items a stored digest summary keeps (the message shows `digest.list_limit` of them).
+DIGEST_ITEMS_KEPT = 200
+
+
+@dataclass
+class SweepReport:
+    """What one run queued; the counts are of notices recorded, not of Slack messages."""
+
+    reminders: int = 0
+    escalations: int = 0
+    expiry_warnings: int = 0
+    ratifications: int = 0
+    digests_sent: int = 0
+    digests_missed: int = 0
+    messages_queued: int = 0
+
+    def __str__(self) -> str:
+        return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name))
+
+
+def run_sweeps(db: sessionmaker[Session], policy: Policy, clock: Clock) -> SweepReport:
+    """Every sweep once; what the scheduler's interval job runs."""
+    report = SweepReport()
+    sweep_reviews(db, policy, clock, report)
+    sweep_approvals(db, policy, clock, report)
+    sweep_digests(db, policy, clock, report)
+    return report
+
+
+# --- Claiming -------------------------------------------------------------------------------------------
+
+
+def _is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _try_channel_lock(session: Session, channel: str) -> bool:
+    """Only one process works on a reviewer channel at a time, so its reminders are consolidated into one
+    message. PostgreSQL: an advisory lock held until the transaction ends; a busy channel is skipped (the
+    other process is doing it). SQLite: BEGIN IMMEDIATE already made this transaction the only writer."""
+    if not _is_postgres(session):
+        return True
+    digest = hashlib.sha256(f"fr-bot reminders {channel}".encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
+    return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key}))
+
+
+def _record(session: Session, notice: ScheduledNotice) -> bool:
+    """Insert a notice record; False when it already exists (sent before, or by another process)."""
+    try:
+        with session.begin_nested():
+            session.add(notice)
+    except IntegrityError:
+        return False
+    return True
+
+
+def _due_reviews(now: datetime) -> list[Any]:
+    return [
+        StageReview.status == StageStatus.PENDING,
+        FrRequest.status == RequestStatus.PENDING,
+        StageReview.due_at.is_not(None),
+        StageReview.due_at <= now,
+        or_(StageReview.next_check_at.is_(None), StageReview.next_check_at <= now),
+    ]
+
+
+# --- Overdue reviews: reminders and escalation ------------------------------------------------------------
+
+
+def sweep_reviews(
+    db: sessionmaker[Session],
+    policy: Policy,
+    clock: Clock,
+    report: SweepReport | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> SweepReport:
+    report = report if report is not None else SweepReport()
+    now = clock()
+    _backfill_due_times(db, policy)
+    with transaction(db) as session:
+        channels = list(
+            session.scalars(
+                select(StageReview.channel_id).join(FrRequest).where(*_due_reviews(now)).distinct()
+            )
+        )
+    for channel in sorted(channels):
+        while _sweep_channel(db, policy, channel, now, report, batch_size) == batch_size:
+            pass
+    _announce_escalations(db, policy, now, report)
+    return report
+
+
+def _backfill_due_times(db: sessionmaker[Session], policy: Policy) -> None:
+    """Pending stages without a due time (created before deadlines existed, or by a code path that does
+    not set one) get it from when they started."""
+    with transaction(db) as session:
+        stages = session.scalars(
+            select(StageReview)
+            .join(FrRequest)
+            .where(
+                StageReview.status == StageStatus.PENDING,
+                FrRequest.status == RequestStatus.PENDING,
+                StageReview.due_at.is_(None),
+                StageReview.started_at.is_not(None),
+            )
+            .with_for_update(of=StageReview, skip_locked=True)
+        ).all()
+        for stage in stages:
+            assert stage.started_at is not None
+            stage.due_at = deadlines.review_due(
+                policy, stage.stage_id, stage.request.urgency, stage.started_at
+            )
+
+
+def _approvers(policy: Policy, stage_id: str) -> tuple[str, ...]:
+    try:
+        return policy.stage(stage_id).approvers
+    except StopIteration:  # the stage was removed from the policy after the request was routed
+        return ()
+
+
+def _link(stage: StageReview) -> str | None:
+    return views.message_link(stage.message_permalink, stage.message_channel, stage.message_ts)
+
+
+def _sweep_channel(
+    db: sessionmaker[Session],
+    policy: Policy,
+    channel: str,
+    now: datetime,
+    report: SweepReport,
+    batch_size: int,
+) -> int:
+    """One transaction over one reviewer channel's due reviews; returns how many were looked at."""
+    with transaction(db) as session:
+        if not _try_channel_lock(session, channel):
+            return 0
+        stages = session.scalars(
+            select(StageReview)
+            .join(FrRequest)
+            .where(StageReview.channel_id == channel, *_due_reviews(now))
+            .order_by(StageReview.due_at, StageReview.id)
+            .limit(batch_size)
+            .with_for_update(of=StageReview, skip_locked=True)
+        ).all()
+        if not stages:
+            return 0
+        ids = [stage.id for stage in stages]
+        escalated = set(
+            session.scalars(
+                select(ScheduledNotice.subject_id).where(
+                    ScheduledNotice.kind == NoticeKind.ESCALATION, ScheduledNotice.subject_id.in_(ids)
+                )
+            )
+        )
+        last_reminder = session.scalar(
+            select(func.max(ScheduledNotice.created_at)).where(
+                ScheduledNotice.kind == NoticeKind.REMINDER, ScheduledNotice.channel == channel
+            )
+        )
+        gap_ends = None
+        if last_reminder is not None:
+            gap_ends = last_reminder + timedelta(minutes=policy.reminders.channel_gap_minutes)
+            if gap_ends <= now:
+                gap_ends = None
+
+        reminded: list[tuple[StageReview, views.OverdueItem, int]] = []
+        escalations: list[tuple[StageReview, views.OverdueItem]] = []
+        for stage in stages:
+            request = stage.request
+            assert stage.due_at is not None
+            slot = deadlines.reminder_slot(policy, request.urgency, stage.due_at, now)
+            assert slot is not None  # the query only returns reviews past their due time
+            item = views.OverdueItem(
+                reference=request.reference,
+                urgency=request.urgency,
+                stage_name=stage.stage_name,
+                due_at=stage.due_at,
+                link=_link(stage),
+                approvers=_approvers(policy, stage.stage_id),
+            )
+            escalate_at = None
+            if stage.id not in escalated:
+                escalate_at = deadlines.escalation_due(
+                    policy, stage.stage_id, request.urgency, stage.started_at or stage.due_at, stage.due_at
+                )
+            # Look again when the next reminder falls due (or the channel's gap ends) or it escalates.
+            checks = [gap_ends if gap_ends is not None else slot.next_due]
+            if escalate_at is not None and escalate_at > now:
+                checks.append(escalate_at)
+            # The claim, a conditional update: it matches only while the review is still due, so of two
+            # sweeps that both read it (possible on SQLite, whose readers do not lock) only one goes on.
+            claimed = session.execute(
+                update(StageReview)
+                .where(
+                    StageReview.id == stage.id,
+                    StageReview.status == StageStatus.PENDING,
+                    or_(StageReview.next_check_at.is_(None), StageReview.next_check_at <= now),
+                )
+                .values(next_check_at=min(checks))
+            ).rowcount
+            if claimed != 1:
+                continue
+            if gap_ends is None:
+                notice = ScheduledNotice(
+                    kind=NoticeKind.REMINDER,
+                    subject_id=stage.id,
+                    sequence=slot.sequence,
+                    request_id=request.id,
+                    channel=channel,
+                    due_at=slot.due,
+                    created_at=now,
+                )
+                if _record(session, notice):
+                    reminded.append((stage, item, slot.sequence))
+            if escalate_at is not None and escalate_at <= now:
+                notice = ScheduledNotice(
+                    kind=NoticeKind.ESCALATION,
+                    subject_id=stage.id,
+                    sequence=0,
+                    request_id=request.id,
+                    channel=policy.leads_channel,
+                    due_at=escalate_at,
+                    created_at=now,
+                )
+                if _record(session, notice):
+                    escalations.append((stage, item))
+
+        _queue_reminders(session, policy, channel, reminded, now, report)
+        _record_escalations(session, policy, escalations, now, report)
+        return len(stages)
+
+
+def _queue_reminders(
+    session: Session,
+    policy: Policy,
+    channel: str,
+    reminded: list[tuple[StageReview, views.OverdueItem, int]],
+    now: datetime,
+    report: SweepReport,
+) -> None:
+    if not reminded:
+        return
+    items = [item for _, item, _ in reminded]
+    if len(reminded) == 1:
+        stage, _, sequence = reminded[0]
+        message = views.reminder_message(channel, items, policy, now, sequence)
+        payload = {**message, "thread_stage_review_id": stage.id}
+        # Queued under the request, so it waits for the reviewer message it is threaded under.
+        enqueue(session, "channel_post", payload, stage.request_id, now)
+    else:
+        enqueue(session, "channel_post", views.reminder_message(channel, items, policy, now), None, now)
+    report.messages_queued += 1
+    for stage, _, sequence in reminded:
+        audit(
+            session,
+            "system",
+            "reminder_sent",
+            stage.request_id,
+            now,
+            stage=stage.stage_id,
+            sequence=sequence,
+            channel=channel,
+            consolidated=len(reminded) > 1,
+        )
+        if sequence == 0:  # the reviewer message now shows the review as overdue
+            enqueue(session, "refresh_reviews", {"request_id": stage.request_id}, stage.request_id, now)
+        report.reminders += 1
+
+
+def _reminder_counts(session: Session, stage_ids: list[int]) -> dict[int, int]:
+    rows = session.execute(
+        select(ScheduledNotice.subject_id, func.count())
+        .where(ScheduledNotice.kind == NoticeKind.REMINDER, ScheduledNotice.subject_id.in_(stage_ids))
+        .group_by(ScheduledNotice.subject_id)
+    ).all()
+    return {int(subject): int(number) for subject, number in rows}
+
+
+def _record_escalations(
+    session: Session,
+    policy: Policy,
+    escalations: list[tuple[StageReview, views.OverdueItem]],
+    now: datetime,
+    report: SweepReport,
+) -> None:
+    """The audit trail records each escalation with its notice; `_announce_escalations` tells the leads."""
+    if not escalations:
+        return
+    counts = _reminder_counts(session, [stage.id for stage, _ in escalations])
+    for stage, _ in escalations:
+        audit(
+            session,
+            "system",
+            "review_escalated",
+            stage.request_id,
+            now,
+            stage=stage.stage_id,
+            due_at=stage.due_at.isoformat() if stage.due_at else None,
+            reminders_sent=counts.get(stage.id, 0),
+            leads_channel=policy.leads_channel,
+        )
+        report.escalations += 1
+
+
+def _announce_escalations(
+    db: sessionmaker[Session], policy: Policy, now: datetime, report: SweepReport
+) -> None:
+    """One message to the leads' channel for every escalation recorded and not yet announced, whichever
+    reviewer channel it came from. Announcing marks the notices in the same transaction as the outbox row."""
+    with transaction(db) as session:
+        notices = session.scalars(
+            select(ScheduledNotice)
+            .where(ScheduledNotice.kind == NoticeKind.ESCALATION, ScheduledNotice.announced_at.is_(None))
+            .order_by(ScheduledNotice.id)
+            .limit(BATCH_SIZE)
+            .with_for_update(skip_locked=True)
+        ).all()
+        if not notices:
+            return
+        claimed = []
+        for notice in notices:  # the conditional update is the claim on SQLite, where readers do not lock
+            if session.execute(
+                update(ScheduledNotice)
+                .where(ScheduledNotice.id == notice.id, ScheduledNotice.announced_at.is_(None))
+                .values(announced_at=now)
+            ).rowcount:
+                claimed.append(notice.subject_id)
+        stages = session.scalars(
+            select(StageReview).where(StageReview.id.in_(claimed)).order_by(StageReview.due_at)
+        ).all()
+        if not stages:
+            return
+        if policy.leads_channel is None:
+            log.warning("%d review(s) escalated but the policy has no leads_channel to tell", len(stages))
+            return
+        counts = _reminder_counts(session, [stage.id for stage in stages])
+        items = [
+            views.OverdueItem(
+                reference=stage.request.reference,
+                urgency=stage.request.urgency,
+                stage_name=stage.stage_name,
+                due_at=stage.due_at or now,
+                link=_link(stage),
+                approvers=_approvers(policy, stage.stage_id),
+                reminders_sent=counts.get(stage.id, 0),
+            )
+            for stage in stages
+        ]
+        message = views.escalation_message(policy.leads_channel, items, policy, now)
+        enqueue(session, "channel_post", message, None, now)
+        report.messages_queued += 1
+
+
+# --- Approvals: expiry warnings and ratification -----------------------------------------------------------
+
+
+def _no_notice(kind: str) -> Any:
+    return ~exists().where(ScheduledNotice.kind == kind, ScheduledNotice.subject_id == FrRequest.id)
+
+
+def sweep_approvals(
+    db: sessionmaker[Session], policy: Policy, clock: Clock, report: SweepReport | None = None
+) -> SweepReport:
+    report = report if report is not None else SweepReport()
+    now = clock()
+    _warn_expiring(db, policy, now, report)
+    _remind_ratification(db, policy, now, report)
+    return report
+
+
+def _warn_expiring(db: sessionmaker[Session], policy: Policy, now: datetime, report: SweepReport) -> None:
+    """The officer is told once, shortly before an approval runs out."""
+    lead = timedelta(hours=policy.reminders.expiry_warning_hours)
+    with transaction(db) as session:
+        requests = session.scalars(
+            select(FrRequest)
+            .where(
+                FrRequest.status == RequestStatus.APPROVED,
+                FrRequest.valid_until > now,
+                FrRequest.valid_until <= now + lead,
+                _no_notice(NoticeKind.EXPIRY_WARNING),
+            )
+            .order_by(FrRequest.valid_until)
+            .limit(BATCH_SIZE)
+            .with_for_update(of=FrRequest, skip_locked=True)
+        ).all()
+        for request in requests:
+            assert request.valid_until is not None
+            notice = ScheduledNotice(
+                kind=NoticeKind.EXPIRY_WARNING,
+                subject_id=request.id,
+                sequence=0,
+                request_id=request.id,
+                channel=request.requester_id,
+                due_at=request.valid_until - lead,
+                created_at=now,
+            )
+            if not _record(session, notice):
+                continue
+            enqueue(session, "dm", views.expiry_warning_dm(request, policy, now), request.id, now)
+            audit(
+                session,
+                "system",
+                "expiry_warning_sent",
+                request.id,
+                now,
+                valid_until=request.valid_until.isoformat(),
+            )
+            report.expiry_warnings += 1
+            report.messages_queued += 1
+
+
+def _remind_ratification(
+    db: sessionmaker[Session], policy: Policy, now: datetime, report: SweepReport
+) -> None:
+    """Urgent approvals the policy wants ratified: one reminder to the leads' channel, consolidated."""
+    rule = policy.ratification
+    if not rule.required_for or policy.leads_channel is None:
+        return
+    after = timedelta(hours=rule.remind_after_hours)
+    with transaction(db) as session:
+        requests = session.scalars(
+            select(FrRequest)
+            .where(
+                FrRequest.status.in_([RequestStatus.APPROVED, RequestStatus.EXPIRED]),
+                FrRequest.urgency.in_(list(rule.required_for)),
+                FrRequest.decided_at <= now - after,
+                FrRequest.decided_at >= now - after - RATIFICATION_LOOKBACK,
+                _no_notice(NoticeKind.RATIFICATION),
+            )
+            .order_by(FrRequest.decided_at)
+            .limit(BATCH_SIZE)
+            .with_for_update(of=FrRequest, skip_locked=True)
+        ).all()
+        items: list[views.RatificationItem] = []
+        for request in requests:
+            approving = [s for s in request.stages if s.status == StageStatus.APPROVED]
+            if rule.single_stage_only and len(approving) != 1:
+                continue
+            assert request.decided_at is not None
+            notice = ScheduledNotice(
+                kind=NoticeKind.RATIFICATION,
+                subject_id=request.id,
+                sequence=0,
+                request_id=request.id,
+                channel=policy.leads_channel,
+                due_at=request.decided_at + after,
+                created_at=now,
+            )
+            if not _record(session, notice):
+                continue
+            last = approving[-1] if approving else None
+            items.append(
+                views.RatificationItem(
+                    reference=request.reference,
+                    urgency=request.urgency,
+                    decided_at=request.decided_at,
+                    approvers=tuple(d.approver_id for s in approving for d in s.approvals),
+                    link=_link(last) if last is not None else None,
+                )
+            )
+            audit(
+                session, "system", "ratification_reminder_sent", request.id, now, channel=policy.leads_channel
+            )
+            report.ratifications += 1
+        if items:
+            message = views.ratification_message(policy.leads_channel, items, policy)
+            enqueue(session, "channel_post", message, None, now)
+            report.messages_queued += 1
+
+
+# --- The leads' daily digest ----------------------------------------------------------------------------
+
+
+def sweep_digests(
+    db: sessionmaker[Session], policy: Policy, clock: Clock, report: SweepReport | None = None
+) -> SweepReport:
+    """Send today's digest if its time has come and it is not yet recorded. A digest whose time passed
+    more than `digest.grace_hours` ago (the bot was down) is recorded as missed instead, as is every day
+    skipped since the last one."""
+    report = report if report is not None else SweepReport()
+    channel = policy.leads_channel
+    if not policy.digest.enabled or channel is None:
+        return report
+    now = clock()
+    day, moment = deadlines.latest_digest_slot(policy, now)
+    with transaction(db) as session:
+        last = session.scalars(
+            select(DigestRun)
+            .where(DigestRun.channel == channel)
+            .order_by(DigestRun.local_date.desc())
+            .limit(1)
+        ).first()
+        if last is not None and last.local_date >= day:
+            return report  # already sent or recorded as missed
+        skipped: list[date] = []
+        if last is not None:
+            cursor = max(last.local_date + timedelta(days=1), day - timedelta(days=MAX_MISSED_DAYS_RECORDED))
+            while cursor < day:
+                skipped.append(cursor)
+                cursor += timedelta(days=1)
+        for missed_day in skipped:
+            _record_missed(session, policy, channel, missed_day, now, report)
+        if now - moment > timedelta(hours=policy.digest.grace_hours):
+            if last is not None:  # a new installation has missed nothing: its first digest comes next time
+                _record_missed(session, policy, channel, day, now, report)
+            return report
+        previous = session.scalars(
+            select(DigestRun)
+            .where(DigestRun.channel == channel, DigestRun.status == DigestStatus.SENT)
+            .order_by(DigestRun.local_date.desc())
+            .limit(1)
+        ).first()
+        period_start = previous.period_end if previous is not None and previous.period_end else None
+        period_start = period_start or moment - timedelta(days=1)
+        summary = digest_summary(session, policy, period_start, moment, now)
+        summary["missed_dates"] = [
+            d.isoformat()
+            for d in session.scalars(
+                select(DigestRun.local_date).where(
+                    DigestRun.channel == channel,
+                    DigestRun.status == DigestStatus.MISSED,
+                    DigestRun.scheduled_for >= period_start,
+                )
+            )
+        ]
+        run = DigestRun(
+            channel=channel,
+            local_date=day,
+            status=DigestStatus.SENT,
+            scheduled_for=moment,
+            period_start=period_start,
+            period_end=moment,
+            summary=summary,
+            created_at=now,
+        )
+        try:
+            with session.begin_nested():
+                session.add(run)
+        except IntegrityError:
+            return report  # another process recorded today's digest first
+        enqueue(session, "channel_post", views.digest_message(channel, summary, policy), None, now)
+        audit(session, "system", "digest_sent", None, now, channel=channel, local_date=day.isoformat())
+        report.digests_sent += 1
+        report.messages_queued += 1
+    return report
+
+
+def _record_missed(
+    session: Session, policy: Policy, channel: str, day: date, now: datetime, report: SweepReport
+) -> None:
+    try:
+        with session.begin_nested():
+            session.add(
+                DigestRun(
+                    channel=channel,
+                    local_date=day,
+                    status=DigestStatus.MISSED,
+                    scheduled_for=deadlines.digest_moment(policy, day),
+                    created_at=now,
+                )
+            )
+    except IntegrityError:
+        return
+    log.warning("the leads' digest for %s was not sent in time (the bot was not running)", day)
+    audit(session, "system", "digest_missed", None, now, channel=channel, local_date=day.isoformat())
+    report.digests_missed += 1
+
+
+def _percentile(sorted_values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least `fraction` of the values at or below."""
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def digest_summary(
+    session: Session, policy: Policy, start: datetime, end: datetime, now: datetime
+) -> dict[str, Any]:
+    """What the leads need at a glance: what happened in [start, end), and what is pending as of `now`."""
+    in_period = and_(AuditEvent.created_at >= start, AuditEvent.created_at < end)
+    outcomes: dict[str, set[int]] = defaultdict(set)
+    actions = {
+        "request_submitted": "submitted",
+        "request_approved": "approved",
+        "request_rejected": "rejected",
+        "request_withdrawn": "withdrawn",
+        "request_expired": "expired",
+    }
+    for action, request_id in session.execute(
+        select(AuditEvent.action, AuditEvent.request_id).where(
+            in_period, AuditEvent.action.in_(list(actions))
+        )
+    ):
+        if request_id is not None:
+            outcomes[actions[action]].add(request_id)
+    # An approval whose validity ran out in the period has expired, whether or not anything marked it.
+    outcomes["expired"].update(
+        session.scalars(
+            select(FrRequest.id).where(
+                FrRequest.status.in_([RequestStatus.APPROVED, RequestStatus.EXPIRED]),
+                FrRequest.valid_until >= start,
+                FrRequest.valid_until < end,
+            )
+        )
+    )
+    counts = {name: len(outcomes[name]) for name in actions.values()}
+
+    pending_stages = session.scalars(
+        select(StageReview)
+        .join(FrRequest)
+        .where(StageReview.status == StageStatus.PENDING, FrRequest.status == RequestStatus.PENDING)
+        .order_by(StageReview.due_at, StageReview.id)
+    ).all()
+    by_stage: dict[str, list[StageReview]] = defaultdict(list)
+    for stage in pending_stages:
+        by_stage[stage.stage_name].append(stage)
+    pending = [
+        {
+            "stage": name,
+            "count": len(stages),
+            "oldest_hours": max((now - (s.started_at or now)).total_seconds() / 3600 for s in stages),
+        }
+        for name, stages in sorted(by_stage.items())
+    ]
+    overdue = [
+        {
+            "reference": stage.request.reference,
+            "stage": stage.stage_name,
+            "urgency": stage.request.urgency,
+            "due_at": stage.due_at.isoformat(),
+            "link": _link(stage),
+        }
+        for stage in pending_stages
+        if stage.due_at is not None and stage.due_at <= now
+    ][:DIGEST_ITEMS_KEPT]
+
+    prohibited = []
+    for event in session.scalars(
+        select(AuditEvent).where(in_period, AuditEvent.action == "submission_refused").order_by(AuditEvent.id)
+    ):
+        if event.details.get("tool_status") != "prohibited":
+            continue
+        tool = policy.tool(str(event.details.get("tool_id")))
+        prohibited.append(
+            {
+                "tool": tool.name if tool is not None else str(event.details.get("tool_id")),
+                "requester": event.actor_id,
+                "at": event.created_at.isoformat(),
+            }
+        )
+
+    decided = session.execute(
+        select(FrRequest.created_at, FrRequest.decided_at).where(
+            FrRequest.decided_at >= start,
+            FrRequest.decided_at < end,
+            FrRequest.status.in_([RequestStatus.APPROVED, RequestStatus.REJECTED, RequestStatus.EXPIRED]),
+        )
+    ).all()
+    hours = sorted((decided_at - created).total_seconds() / 3600 for created, decided_at in decided)
+    decision_hours = {
+        "count": len(hours),
+        "median": statistics.median(hours) if hours else None,
+        "p90": _percentile(hours, 0.9) if hours else None,
+    }
+
+    horizon = now + timedelta(hours=policy.digest.expiring_within_hours)
+    expiring = [
+        {
+            "reference": request.reference,
+            "valid_until": request.valid_until.isoformat(),
+            "link": _link(request.stages[-1]) if request.stages else None,
+        }
+        for request in session.scalars(
+            select(FrRequest)
+            .where(
+                FrRequest.status == RequestStatus.APPROVED,
+                FrRequest.valid_until > now,
+                FrRequest.valid_until <= horizon,
+            )
+            .order_by(FrRequest.valid_until)
+            .limit(DIGEST_ITEMS_KEPT)
+        )
+        if request.valid_until is not None
+    ]
+    return {
+        "period_start": start.isoformat(),
+        "period_end": end.isoformat(),
+        "counts": counts,
+        "pending": pending,
+        "overdue": overdue,
+        "prohibited": prohibited[:DIGEST_ITEMS_KEPT],
+        "decision_hours": decision_hours,
+        "expiring": expiring,
+    }

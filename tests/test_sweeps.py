@@ -1,0 +1,531 @@
+"""The scheduler's sweeps, called directly with a fake clock, on SQLite and PostgreSQL. Queued messages are
+delivered by the real outbox dispatcher to the Slack stand-in, which checks every message's Block Kit."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from bot import sweeps, views
+from bot.forms import DecisionForm, check_request
+from bot.outbox import OutboxDispatcher
+from bot.workflow import Workflow
+from storage.db import make_engine, make_session_factory, transaction
+from storage.models import (
+    AuditEvent,
+    DigestRun,
+    DigestStatus,
+    FrRequest,
+    NoticeKind,
+    OutboxMessage,
+    ScheduledNotice,
+    StageReview,
+)
+from tests.conftest import GROUPS, FakeClock, valid_form_values
+from tests.slackstub import SlackStub
+
+OFFICER = "UOFFICER"
+WHY = "Suspect is armed and has threatened a named victim tonight."
+APPROVE = DecisionForm(rationale="Necessary and proportionate: no other way to identify in time.")
+MONDAY = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # London is on GMT: local time = UTC
+
+
+@pytest.fixture
+def stub() -> Iterator[SlackStub]:
+    with SlackStub() as running:
+        for group, members in GROUPS.items():
+            running.add_usergroup(group, sorted(members))
+        yield running
+        running.assert_no_violations()
+
+
+def submit(workflow: Workflow, key: str, **overrides: str) -> int:
+    form = check_request(workflow.policy, valid_form_values(**overrides))
+    return workflow.submit(form, OFFICER, "T0TEST", key).request_id
+
+
+def deliver(workflow: Workflow, stub: SlackStub, clock: FakeClock) -> None:
+    dispatcher = OutboxDispatcher(workflow.db, stub.client(), workflow.policy, clock=clock)
+    while dispatcher.run_once():
+        pass
+
+
+def sweep(workflow: Workflow, clock: FakeClock) -> sweeps.SweepReport:
+    """Reviews and approvals; the digest tests call the digest sweep themselves."""
+    report = sweeps.sweep_reviews(workflow.db, workflow.policy, clock)
+    return sweeps.sweep_approvals(workflow.db, workflow.policy, clock, report)
+
+
+def sweep_digest(workflow: Workflow, clock: FakeClock) -> sweeps.SweepReport:
+    return sweeps.sweep_digests(workflow.db, workflow.policy, clock)
+
+
+def posts(stub: SlackStub, channel: str) -> list[Any]:
+    return [c for c in stub.calls_to("chat.postMessage") if c.ok and c.response["channel"] == channel]
+
+
+def blocks_text(call: Any) -> str:
+    return json.dumps(call.args.get("blocks", []))
+
+
+def reference(workflow: Workflow, request_id: int) -> str:
+    request = workflow.load(request_id)
+    assert request is not None
+    return request.reference
+
+
+def count(workflow: Workflow, query: Any) -> int:
+    with transaction(workflow.db) as session:
+        return int(session.scalar(query) or 0)
+
+
+def audit_count(workflow: Workflow, action: str) -> int:
+    return count(workflow, select(func.count()).select_from(AuditEvent).where(AuditEvent.action == action))
+
+
+# --- Reminders and escalation ------------------------------------------------------------------------
+
+
+def test_due_time_shows_on_the_reviewer_message_and_the_officers_dm(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub
+) -> None:
+    submit(workflow, "V1", urgency="urgent", urgency_justification=WHY)
+    deliver(workflow, stub, clock)
+    (review,) = posts(stub, "C0SUPER")
+    assert "Decision due by" in blocks_text(review)
+    assert str(int((MONDAY + timedelta(hours=8)).timestamp())) in blocks_text(review)
+    (dm,) = posts(stub, "D" + OFFICER)
+    assert "Decision due by" in blocks_text(dm)
+    with transaction(workflow.db) as session:
+        stage = session.scalars(select(StageReview)).one()
+        assert stage.due_at == MONDAY + timedelta(hours=8)
+        assert stage.message_permalink and stage.message_permalink.endswith(
+            review.response["ts"].replace(".", "")
+        )
+
+
+def test_overdue_review_is_reminded_in_its_thread_repeats_then_escalates(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub
+) -> None:
+    request_id = submit(workflow, "V1", urgency="urgent", urgency_justification=WHY)
+    ref = reference(workflow, request_id)
+    deliver(workflow, stub, clock)
+    review_ts = posts(stub, "C0SUPER")[0].response["ts"]
+    due = MONDAY + timedelta(hours=8)
+
+    clock.now = due - timedelta(minutes=1)
+    assert sweep(workflow, clock).reminders == 0
+    clock.now = due
+    report = sweep(workflow, clock)
+    assert (report.reminders, report.escalations) == (1, 0)
+    assert sweep(workflow, clock).reminders == 0  # a second sweep at the same moment sends nothing
+    deliver(workflow, stub, clock)
+    reminder = posts(stub, "C0SUPER")[-1]
+    assert reminder.args["thread_ts"] == review_ts
+    assert ref in reminder.args["text"]
+    for mention in ("<@USUP1>", "<@USUP2>", "<!subteam^S0SUPERS>"):
+        assert mention in blocks_text(reminder)
+    assert "Overdue" in json.dumps(stub.message("C0SUPER", review_ts)["blocks"])  # the message is marked
+
+    clock.now = due + timedelta(hours=2) - timedelta(seconds=1)
+    assert sweep(workflow, clock).reminders == 0
+    clock.now = due + timedelta(hours=2)  # repeats every 2 hours for urgent requests
+    assert sweep(workflow, clock).reminders == 1
+    deliver(workflow, stub, clock)
+    assert "Reminder 2" in posts(stub, "C0SUPER")[-1].args["text"]
+
+    clock.now = due + timedelta(hours=4)  # 2 unanswered reminders (and 1.5x the deadline): escalate
+    report = sweep(workflow, clock)
+    assert (report.reminders, report.escalations) == (1, 1)
+    deliver(workflow, stub, clock)
+    (escalation,) = posts(stub, "C0LEADS")
+    assert ref in escalation.args["text"] and "3 reminders sent" in blocks_text(escalation)
+
+    clock.now = due + timedelta(hours=6)
+    report = sweep(workflow, clock)
+    assert (report.reminders, report.escalations) == (1, 0)  # reminders go on; escalation happens once
+    deliver(workflow, stub, clock)
+    assert len(posts(stub, "C0SUPER")) == 1 + 4
+    assert len(posts(stub, "C0LEADS")) == 1
+    assert audit_count(workflow, "reminder_sent") == 4
+    assert audit_count(workflow, "review_escalated") == 1
+
+
+def test_many_overdue_reviews_in_one_channel_make_one_reminder(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub
+) -> None:
+    refs = [reference(workflow, submit(workflow, f"V{n}")) for n in range(3)]
+    clock.advance(minutes=5)
+    late = submit(workflow, "V-late")
+    deliver(workflow, stub, clock)
+    thursday = datetime(2026, 3, 5, 9, 0, tzinfo=UTC)  # 3 working days after Monday 09:00
+
+    clock.now = thursday
+    report = sweep(workflow, clock)
+    assert (report.reminders, report.messages_queued) == (3, 1)
+    deliver(workflow, stub, clock)
+    consolidated = posts(stub, "C0SUPER")[-1]
+    assert "thread_ts" not in consolidated.args
+    assert all(ref in blocks_text(consolidated) for ref in refs)
+    assert "3 FR reviews" in consolidated.args["text"]
+
+    # The fourth falls due 5 minutes later, inside the channel's 10-minute gap: it waits, then goes alone.
+    clock.now = thursday + timedelta(minutes=5)
+    assert sweep(workflow, clock).reminders == 0
+    clock.now = thursday + timedelta(minutes=10)
+    assert sweep(workflow, clock).reminders == 1
+    deliver(workflow, stub, clock)
+    single = posts(stub, "C0SUPER")[-1]
+    assert reference(workflow, late) in single.args["text"] and "thread_ts" in single.args
+    assert len(posts(stub, "C0SUPER")) == 4 + 2
+
+
+def test_threat_to_life_escalates_after_one_reminder(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub
+) -> None:
+    submit(workflow, "V1", urgency="threat_to_life", urgency_justification=WHY)
+    deliver(workflow, stub, clock)
+    clock.now = MONDAY + timedelta(hours=1)
+    report = sweep(workflow, clock)
+    assert (report.reminders, report.escalations) == (1, 0)
+    clock.now = MONDAY + timedelta(hours=1, minutes=30)
+    report = sweep(workflow, clock)
+    assert (report.reminders, report.escalations) == (1, 1)
+    deliver(workflow, stub, clock)
+    assert len(posts(stub, "C0AUTH")) == 1 + 2 and len(posts(stub, "C0LEADS")) == 1
+
+
+def test_decided_stage_is_not_reminded_and_the_next_stage_gets_its_own_deadline(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub
+) -> None:
+    request_id = submit(workflow, "V1", tool="engine-a")  # supervisor -> authoriser -> data protection
+    clock.advance(hours=1)
+    workflow.decide(request_id, 0, "USUP1", "approve", APPROVE)
+    deliver(workflow, stub, clock)
+    request = workflow.load(request_id)
+    assert request is not None
+    assert request.stages[1].due_at == datetime(2026, 3, 5, 10, 0, tzinfo=UTC)
+    assert "Decision due by" in blocks_text(posts(stub, "D" + OFFICER)[-1])  # the DM names the new due time
+
+    clock.now = datetime(2026, 3, 5, 9, 30, tzinfo=UTC)  # the supervisor's old deadline has passed
+    assert sweep(workflow, clock).reminders == 0
+    clock.now = datetime(2026, 3, 5, 10, 0, tzinfo=UTC)
+    assert sweep(workflow, clock).reminders == 1
+    deliver(workflow, stub, clock)
+    assert posts(stub, "C0AUTH")[-1].args["thread_ts"] == posts(stub, "C0AUTH")[0].response["ts"]
+    assert len(posts(stub, "C0SUPER")) == 1
+
+
+def test_expiring_approval_warns_the_officer_and_urgent_approval_needs_ratification(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub
+) -> None:
+    request_id = submit(workflow, "V1", urgency="threat_to_life", urgency_justification=WHY)
+    clock.advance(minutes=20)
+    workflow.decide(request_id, 0, "UAUTH1", "approve", APPROVE)
+    workflow.decide(request_id, 0, "UAUTH2", "approve", APPROVE)  # valid for 6 hours: until 15:20
+    decided = clock.now
+    deliver(workflow, stub, clock)
+
+    clock.now = decided + timedelta(hours=4) - timedelta(seconds=1)
+    assert sweep(workflow, clock).expiry_warnings == 0
+    clock.now = decided + timedelta(hours=4)  # 2 hours before expiry
+    assert sweep(workflow, clock).expiry_warnings == 1
+    assert sweep(workflow, clock).expiry_warnings == 0
+    deliver(workflow, stub, clock)
+    assert "expires" in posts(stub, "D" + OFFICER)[-1].args["text"]
+
+    clock.now = decided + timedelta(hours=12) - timedelta(seconds=1)
+    assert sweep(workflow, clock).ratifications == 0
+    clock.now = decided + timedelta(hours=12)
+    assert sweep(workflow, clock).ratifications == 1
+    clock.advance(hours=1)
+    assert sweep(workflow, clock).ratifications == 0
+    deliver(workflow, stub, clock)
+    (ratify,) = posts(stub, "C0LEADS")
+    assert reference(workflow, request_id) in blocks_text(ratify)
+    assert "<@UAUTH1>" in blocks_text(ratify) and "<@UAUTH2>" in blocks_text(ratify)
+
+
+def test_a_crash_in_the_middle_of_a_sweep_leaves_nothing_half_done(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submit(workflow, "V1", urgency="threat_to_life", urgency_justification=WHY)
+    deliver(workflow, stub, clock)
+    clock.now = MONDAY + timedelta(hours=2)  # a reminder and an escalation are both due
+
+    def crash(*_args: object) -> None:
+        raise RuntimeError("process killed")
+
+    # Killed after the channel's notices were recorded but before its transaction committed: all undone.
+    monkeypatch.setattr(sweeps, "_record_escalations", crash)
+    with pytest.raises(RuntimeError):
+        sweeps.sweep_reviews(workflow.db, workflow.policy, clock)
+    assert count(workflow, select(func.count()).select_from(ScheduledNotice)) == 0
+    assert count(workflow, select(func.count()).where(OutboxMessage.kind == "channel_post")) == 0
+    monkeypatch.undo()
+
+    # Killed after the reminder went into the outbox, while announcing the escalation to the leads.
+    monkeypatch.setattr(views, "escalation_message", crash)
+    with pytest.raises(RuntimeError):
+        sweeps.sweep_reviews(workflow.db, workflow.policy, clock)
+    assert count(workflow, select(func.count()).where(OutboxMessage.kind == "channel_post")) == 1
+    monkeypatch.undo()
+
+    report = sweeps.sweep_reviews(workflow.db, workflow.policy, clock)  # the restart
+    assert (report.reminders, report.escalations, report.messages_queued) == (0, 0, 1)
+    assert sweeps.sweep_reviews(workflow.db, workflow.policy, clock).messages_queued == 0
+    deliver(workflow, stub, clock)
+    assert len(posts(stub, "C0AUTH")) == 1 + 1 and len(posts(stub, "C0LEADS")) == 1
+    assert audit_count(workflow, "reminder_sent") == 1 and audit_count(workflow, "review_escalated") == 1
+
+
+def test_concurrent_sweepers_send_each_notice_once(
+    workflow: Workflow, clock: FakeClock, database_url: str
+) -> None:
+    for n in range(8):
+        submit(workflow, f"R{n}")  # supervisor channel, due Thursday 09:00
+    for n in range(4):
+        submit(workflow, f"T{n}", urgency="threat_to_life", urgency_justification=WHY)  # authoriser channel
+    clock.now = datetime(2026, 3, 5, 9, 0, tzinfo=UTC)  # reminders, escalations and the digest are all due
+
+    engines: list[Engine] = [make_engine(database_url) for _ in range(4)]
+    barrier = threading.Barrier(len(engines))
+    errors: list[BaseException] = []
+
+    def run(engine: Engine) -> None:
+        try:
+            barrier.wait()
+            sweeps.run_sweeps(make_session_factory(engine), workflow.policy, clock)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for engine in engines:
+        engine.dispose()
+    assert not errors
+
+    with transaction(workflow.db) as session:
+        kinds = dict(
+            session.execute(select(ScheduledNotice.kind, func.count()).group_by(ScheduledNotice.kind)).all()
+        )
+        posted = [
+            row.payload["channel"]
+            for row in session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "channel_post"))
+        ]
+        assert session.scalar(select(func.count()).select_from(DigestRun)) == 1
+    assert kinds == {NoticeKind.REMINDER: 12, NoticeKind.ESCALATION: 4}
+    # One consolidated reminder per reviewer channel; the leads get the escalations and the digest.
+    assert sorted(posted).count("C0SUPER") == 1 and posted.count("C0AUTH") == 1
+    assert posted.count("C0LEADS") == 2
+
+
+# --- The daily digest -----------------------------------------------------------------------------------
+
+
+def digests(workflow: Workflow) -> list[DigestRun]:
+    with transaction(workflow.db) as session:
+        return list(session.scalars(select(DigestRun).order_by(DigestRun.local_date)))
+
+
+def test_quiet_day_still_gets_a_short_digest(workflow: Workflow, clock: FakeClock, stub: SlackStub) -> None:
+    clock.now = datetime(2026, 3, 2, 7, 59, tzinfo=UTC)
+    assert sweep_digest(workflow, clock).digests_sent == 0
+    clock.now = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    assert sweep_digest(workflow, clock).digests_sent == 1
+    assert sweep_digest(workflow, clock).digests_sent == 0
+    deliver(workflow, stub, clock)
+    (digest,) = posts(stub, "C0LEADS")
+    assert digest.args["text"] == "FR digest: nothing pending"
+    assert "Nothing pending" in blocks_text(digest)
+    assert digest.args["blocks"][0]["type"] == "header"
+
+
+def test_digest_counts_lists_and_decision_times(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub
+) -> None:
+    pending = submit(workflow, "V1")
+    approved = submit(workflow, "V2")
+    rejected = submit(workflow, "V3")
+    overdue = submit(workflow, "V4", urgency="urgent", urgency_justification=WHY)
+    workflow.record_refused_submission(OFFICER, "engine-b", {"tool": "prohibited"})
+    clock.advance(hours=1)
+    workflow.decide(approved, 0, "USUP1", "approve", APPROVE)
+    clock.advance(hours=2)
+    reject = DecisionForm(
+        rationale="Other enquiries have not been tried.", reason_code="alternatives_not_exhausted"
+    )
+    workflow.decide(rejected, 0, "USUP2", "reject", reject)
+    deliver(workflow, stub, clock)
+
+    clock.now = datetime(2026, 3, 3, 8, 0, tzinfo=UTC)  # Tuesday's digest covers Monday 08:00 onwards
+    assert sweeps.sweep_digests(workflow.db, workflow.policy, clock).digests_sent == 1
+    (run,) = digests(workflow)
+    summary = run.summary
+    assert summary is not None
+    assert summary["counts"] == {"submitted": 4, "approved": 1, "rejected": 1, "withdrawn": 0, "expired": 0}
+    assert summary["pending"] == [{"stage": "Supervisor review", "count": 2, "oldest_hours": 23.0}]
+    assert [o["reference"] for o in summary["overdue"]] == [reference(workflow, overdue)]
+    assert summary["overdue"][0]["link"].startswith("https://example.slack.com/archives/C0SUPER/p")
+    assert [p["tool"] for p in summary["prohibited"]] == ["Engine B"]
+    assert summary["decision_hours"] == {"count": 2, "median": 2.0, "p90": 3.0}
+    assert reference(workflow, pending) not in json.dumps(summary["overdue"])
+    deliver(workflow, stub, clock)
+    (digest,) = posts(stub, "C0LEADS")
+    text = blocks_text(digest)
+    assert "Pending reviews by stage" in text and "Requests for prohibited tools" in text
+    assert reference(workflow, overdue) in text and "2 h" in text and "3 h" in text
+
+
+def test_digest_lists_are_capped_and_fit_slack() -> None:
+    from bot.policy import parse_policy
+    from tests.conftest import TEST_POLICY
+
+    policy = parse_policy(TEST_POLICY).policy
+    at = "2026-03-02T08:00:00+00:00"
+    overdue = [
+        {
+            "reference": f"FR-2026-{n:05d}",
+            "stage": "Supervisor review",
+            "urgency": "routine",
+            "due_at": at,
+            "link": None,
+        }
+        for n in range(1, 26)
+    ]
+    summary = {
+        "period_start": at,
+        "period_end": "2026-03-03T08:00:00+00:00",
+        "counts": {"submitted": 25, "approved": 0, "rejected": 0, "withdrawn": 0, "expired": 0},
+        "pending": [{"stage": f"Stage {n}", "count": 1, "oldest_hours": 30.5} for n in range(14)],
+        "overdue": overdue,
+        "prohibited": [{"tool": "Engine B", "requester": "UOFF", "at": at}] * 12,
+        "decision_hours": {"count": 0, "median": None, "p90": None},
+        "expiring": [{"reference": "FR-2026-00001", "valid_until": at, "link": None}] * 11,
+        "missed_dates": ["2026-03-01"],
+    }
+    message = views.digest_message("C0LEADS", summary, policy)
+    text = json.dumps(message["blocks"])
+    assert "and 15 more" in text and "and 4 more" in text and "and 2 more" in text and "and 1 more" in text
+    assert "No digest was sent for Sun 01 Mar" in text
+    assert len(message["blocks"]) <= views.MESSAGE_BLOCK_LIMIT
+    items = [
+        views.OverdueItem(
+            f"FR-2026-{n:05d}", "urgent", "Supervisor review", datetime(2026, 3, 2, tzinfo=UTC), None, ("U1",)
+        )
+        for n in range(14)
+    ]
+    reminder = views.reminder_message("C0SUPER", items, policy, datetime(2026, 3, 3, tzinfo=UTC))
+    assert "and 4 more" in json.dumps(reminder["blocks"])
+    with SlackStub() as stub:  # the stand-in checks both against Slack's Block Kit schema
+        client = stub.client()
+        client.chat_postMessage(channel="C0LEADS", text=message["text"], blocks=message["blocks"])
+        client.chat_postMessage(channel="C0SUPER", text=reminder["text"], blocks=reminder["blocks"])
+        stub.assert_no_violations()
+
+
+@pytest.mark.parametrize(
+    ("start", "utc_hours"),
+    [
+        (datetime(2026, 3, 27, 0, 0, tzinfo=UTC), [8, 8, 7, 7]),  # clocks go forward on Sunday 29 March
+        (datetime(2026, 10, 23, 0, 0, tzinfo=UTC), [7, 7, 8, 8]),  # and back on Sunday 25 October
+    ],
+)
+def test_digest_keeps_its_wall_clock_time_across_dst(
+    workflow: Workflow, clock: FakeClock, start: datetime, utc_hours: list[int]
+) -> None:
+    clock.now = start
+    while clock.now < start + timedelta(days=4):
+        sweeps.sweep_digests(workflow.db, workflow.policy, clock)
+        clock.advance(minutes=20)
+    runs = digests(workflow)
+    assert [r.local_date for r in runs] == [start.date() + timedelta(days=n) for n in range(4)]
+    assert [r.scheduled_for.hour for r in runs] == utc_hours
+    for run in runs:
+        assert run.status == DigestStatus.SENT
+        assert run.scheduled_for.astimezone(workflow.policy.zone).strftime("%H:%M") == "08:00"
+        assert timedelta(0) <= run.created_at - run.scheduled_for < timedelta(minutes=20)
+    # Each digest starts where the previous one ended: 23 or 25 hours across the change, nothing lost.
+    for before, after in itertools.pairwise(runs):
+        assert after.period_start == before.period_end
+    assert count(workflow, select(func.count()).where(OutboxMessage.kind == "channel_post")) == 4
+
+
+def test_missed_digest_is_sent_within_grace_and_recorded_as_missed_after(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub
+) -> None:
+    clock.now = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    sweep_digest(workflow, clock)  # Monday's digest
+    clock.now = datetime(2026, 3, 4, 13, 59, tzinfo=UTC)  # down since; back 5 h 59 min after Wednesday's
+    report = sweep_digest(workflow, clock)
+    assert (report.digests_sent, report.digests_missed) == (1, 1)  # Tuesday missed, Wednesday sent late
+    clock.now = datetime(2026, 3, 5, 14, 1, tzinfo=UTC)  # Thursday: 6 h 1 min late, past the grace
+    report = sweep_digest(workflow, clock)
+    assert (report.digests_sent, report.digests_missed) == (0, 1)
+    clock.now = datetime(2026, 3, 6, 8, 0, tzinfo=UTC)
+    assert sweep_digest(workflow, clock).digests_sent == 1
+
+    runs = digests(workflow)
+    assert [(r.local_date, r.status) for r in runs] == [
+        (date(2026, 3, 2), DigestStatus.SENT),
+        (date(2026, 3, 3), DigestStatus.MISSED),
+        (date(2026, 3, 4), DigestStatus.SENT),
+        (date(2026, 3, 5), DigestStatus.MISSED),
+        (date(2026, 3, 6), DigestStatus.SENT),
+    ]
+    assert runs[2].period_start == runs[0].period_end  # Wednesday's covers Tuesday's too
+    assert runs[4].period_start == runs[2].period_end
+    assert audit_count(workflow, "digest_missed") == 2
+    deliver(workflow, stub, clock)
+    sent = posts(stub, "C0LEADS")
+    assert len(sent) == 3
+    assert "No digest was sent for Tue 03 Mar" in blocks_text(sent[1])
+    assert "No digest was sent for Thu 05 Mar" in blocks_text(sent[2])
+
+
+def test_pending_stage_without_a_due_time_gets_one(workflow: Workflow, clock: FakeClock) -> None:
+    request_id = submit(workflow, "V1", urgency="urgent", urgency_justification=WHY)
+    with transaction(workflow.db) as session:  # as if created before deadlines existed
+        session.get(FrRequest, request_id).stages[0].due_at = None  # type: ignore[union-attr]
+    clock.now = MONDAY + timedelta(hours=8)
+    assert sweep(workflow, clock).reminders == 1
+
+
+def test_a_large_backlog_goes_out_in_batches_spaced_by_the_channel_gap(
+    workflow: Workflow, clock: FakeClock
+) -> None:
+    for n in range(3):
+        submit(workflow, f"V{n}")
+    clock.now = datetime(2026, 3, 5, 9, 0, tzinfo=UTC)
+    report = sweeps.sweep_reviews(workflow.db, workflow.policy, clock, batch_size=2)
+    assert (report.reminders, report.messages_queued) == (2, 1)  # the third waits for the channel's gap
+    clock.advance(minutes=9)
+    assert sweeps.sweep_reviews(workflow.db, workflow.policy, clock, batch_size=2).reminders == 0
+    clock.advance(minutes=1)
+    assert sweeps.sweep_reviews(workflow.db, workflow.policy, clock, batch_size=2).reminders == 1
+
+
+def test_escalations_from_several_channels_make_one_message_to_the_leads(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub
+) -> None:
+    urgent = submit(workflow, "V1", urgency="urgent", urgency_justification=WHY)  # supervisor channel
+    ttl = submit(workflow, "V2", urgency="threat_to_life", urgency_justification=WHY)  # authoriser channel
+    deliver(workflow, stub, clock)
+    clock.now = MONDAY + timedelta(hours=12)  # both past their escalation time
+    report = sweep(workflow, clock)
+    assert (report.reminders, report.escalations) == (2, 2)
+    deliver(workflow, stub, clock)
+    (escalation,) = posts(stub, "C0LEADS")
+    assert "2 overdue FR reviews" in escalation.args["text"]
+    assert reference(workflow, urgent) in blocks_text(escalation)
+    assert reference(workflow, ttl) in blocks_text(escalation)
