@@ -20,6 +20,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot import retention
 from bot.policy import Policy
 from bot.sweeps import SweepReport, run_sweeps, sweep_digests
 from storage.db import DatabaseUnavailable
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_JOB_ID = "fr-bot-sweeps"
 DIGEST_JOB_ID = "fr-bot-digest"
+RETENTION_JOB_ID = "fr-bot-retention"
+RETENTION_LOCAL_HOUR = 2  # a quiet hour; each purged request is its own transaction, so reruns are safe
 
 
 class SweepScheduler:
@@ -73,6 +76,14 @@ class SweepScheduler:
                 replace_existing=True,
                 misfire_grace_time=int(digest.grace_hours * 3600),
             )
+        self._scheduler.add_job(
+            self.purge,
+            CronTrigger(hour=RETENTION_LOCAL_HOUR, minute=15, timezone=self.policy.zone),
+            id=RETENTION_JOB_ID,
+            name="retention purge",
+            replace_existing=True,
+            misfire_grace_time=6 * 3600,
+        )
         self._scheduler.start()
         log.info("scheduler started: sweeps every %.0fs", self.interval_seconds)
 
@@ -86,6 +97,20 @@ class SweepScheduler:
 
     def digest(self) -> SweepReport | None:
         return self._run("digest", lambda: sweep_digests(self.db, self.policy, self.clock))
+
+    def purge(self) -> int:
+        """The daily retention purge (bot/retention.py); returns how many requests were redacted."""
+        try:
+            purged = retention.purge(self.db, self.policy, self.clock, on_outbox=self._on_outbox)
+        except DatabaseUnavailable as exc:
+            log.warning("retention purge: database unavailable, will retry tomorrow: %s", exc)
+            return 0
+        except Exception:
+            log.exception("retention purge: unexpected error; the next run will retry")
+            return 0
+        if purged:
+            log.info("retention purge: %d request(s) redacted", len(purged))
+        return len(purged)
 
     def _run(self, what: str, work: Callable[[], SweepReport]) -> SweepReport | None:
         # A failed run changes nothing (each unit of work is one transaction); the next run retries.

@@ -38,6 +38,7 @@ from storage.models import (
     DigestRun,
     DigestStatus,
     FrRequest,
+    InfoRequest,
     NoticeKind,
     RequestStatus,
     ScheduledNotice,
@@ -65,6 +66,7 @@ class SweepReport:
     escalations: int = 0
     expiry_warnings: int = 0
     ratifications: int = 0
+    post_use_reminders: int = 0
     digests_sent: int = 0
     digests_missed: int = 0
     messages_queued: int = 0
@@ -110,14 +112,18 @@ def _record(session: Session, notice: ScheduledNotice) -> bool:
     return True
 
 
-def _due_reviews(now: datetime) -> list[Any]:
-    return [
+def _due_reviews(now: datetime, policy: Policy) -> list[Any]:
+    conditions = [
         StageReview.status == StageStatus.PENDING,
         FrRequest.status == RequestStatus.PENDING,
         StageReview.due_at.is_not(None),
         StageReview.due_at <= now,
         or_(StageReview.next_check_at.is_(None), StageReview.next_check_at <= now),
     ]
+    if policy.review_deadlines.pause_while_awaiting_officer:
+        waiting = exists().where(InfoRequest.stage_review_id == StageReview.id, InfoRequest.answer.is_(None))
+        conditions.append(~waiting)
+    return conditions
 
 
 # --- Overdue reviews: reminders and escalation ------------------------------------------------------------
@@ -136,7 +142,7 @@ def sweep_reviews(
     with transaction(db) as session:
         channels = list(
             session.scalars(
-                select(StageReview.channel_id).join(FrRequest).where(*_due_reviews(now)).distinct()
+                select(StageReview.channel_id).join(FrRequest).where(*_due_reviews(now, policy)).distinct()
             )
         )
     for channel in sorted(channels):
@@ -194,7 +200,7 @@ def _sweep_channel(
         stages = session.scalars(
             select(StageReview)
             .join(FrRequest)
-            .where(StageReview.channel_id == channel, *_due_reviews(now))
+            .where(StageReview.channel_id == channel, *_due_reviews(now, policy))
             .order_by(StageReview.due_at, StageReview.id)
             .limit(batch_size)
             .with_for_update(of=StageReview, skip_locked=True)
@@ -422,7 +428,42 @@ def sweep_approvals(
     now = clock()
     _warn_expiring(db, policy, now, report)
     _remind_ratification(db, policy, now, report)
+    _remind_post_use(db, now, report)
     return report
+
+
+def _remind_post_use(db: sessionmaker[Session], now: datetime, report: SweepReport) -> None:
+    """Once a day after an approval ends, until the officer records what the search did."""
+    with transaction(db) as session:
+        requests = session.scalars(
+            select(FrRequest)
+            .where(
+                FrRequest.status == RequestStatus.APPROVED,
+                FrRequest.closed_at.is_(None),
+                FrRequest.valid_until <= now,
+            )
+            .order_by(FrRequest.valid_until)
+            .limit(BATCH_SIZE)
+            .with_for_update(of=FrRequest, skip_locked=True)
+        ).all()
+        for request in requests:
+            assert request.valid_until is not None
+            days = int((now - request.valid_until) / timedelta(days=1))
+            notice = ScheduledNotice(
+                kind=NoticeKind.POST_USE,
+                subject_id=request.id,
+                sequence=days,
+                request_id=request.id,
+                channel=request.requester_id,
+                due_at=request.valid_until + timedelta(days=days),
+                created_at=now,
+            )
+            if not _record(session, notice):
+                continue  # today's reminder already went
+            enqueue(session, "dm", views.post_use_reminder_dm(request, days, now), request.id, now)
+            audit(session, "system", "post_use_reminder_sent", request.id, now, day=days)
+            report.post_use_reminders += 1
+            report.messages_queued += 1
 
 
 def _warn_expiring(db: sessionmaker[Session], policy: Policy, now: datetime, report: SweepReport) -> None:

@@ -114,6 +114,9 @@ class ReviewDeadlines(_Strict):
     urgent: Duration = Duration(hours=8)
     threat_to_life: Duration = Duration(hours=1)
     stages: dict[str, DeadlineOverrides] = {}
+    # While a reviewer's question waits on the officer the stage's clock stops: no reminders, and the due
+    # time moves on by the time spent waiting once the officer answers.
+    pause_while_awaiting_officer: bool = True
 
     def for_stage(self, stage_id: str, urgency: str) -> Duration:
         override = self.stages.get(stage_id)

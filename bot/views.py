@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -602,15 +602,21 @@ def actions(block_id: str, *elements: dict[str, Any]) -> Block:
     return {"type": "actions", "block_id": block_id[:255], "elements": list(elements)}
 
 
-def officer_buttons(request: FrRequest) -> Block | None:
+def officer_buttons(request: FrRequest, now: datetime | None = None) -> Block | None:
     """What the officer can do next with their request, as buttons (None when nothing is left to do)."""
+    now = now or datetime.now(UTC)
     rid = str(request.id)
     elements: list[dict[str, Any]] = []
     if request.status == RequestStatus.PENDING:
         elements.append(button("Withdraw", WITHDRAW_ACTION, rid, confirm=WITHDRAW_CONFIRM))
     if request.status == RequestStatus.APPROVED and request.closed_at is None:
         elements.append(button("Record search outcome", RECORD_USE_ACTION, rid, style="primary"))
-    if request.status in (RequestStatus.REJECTED, RequestStatus.WITHDRAWN, RequestStatus.EXPIRED):
+    ended = (
+        request.status == RequestStatus.APPROVED
+        and request.valid_until is not None
+        and request.valid_until <= now
+    )
+    if request.status in (RequestStatus.REJECTED, RequestStatus.WITHDRAWN, RequestStatus.EXPIRED) or ended:
         elements.append(button("Re-request", REREQUEST_ACTION, rid))
     if not elements:
         return None
@@ -1076,6 +1082,23 @@ def expiry_warning_dm(request: FrRequest, policy: Policy, now: datetime) -> dict
             context("After that the search may not be run without a new request."),
         ],
     )
+
+
+def post_use_reminder_dm(request: FrRequest, days: int, now: datetime) -> dict[str, Any]:
+    """The daily nudge after an approval ends until the officer records what the search did."""
+    blocks = [
+        section(
+            f":clipboard: The approval for *{request.reference}* has ended. Record whether you ran the "
+            "search, what it returned and what happened to the probe image and results: the request stays "
+            "open until you do."
+        )
+    ]
+    follow_up = officer_buttons(request, now)
+    if follow_up is not None:
+        blocks.append(follow_up)
+    if days:
+        blocks.append(context(f"Reminder {days + 1}: this goes on daily until the outcome is recorded."))
+    return _dm(request, f"Record the outcome of FR request {request.reference}.", blocks)
 
 
 @dataclass(frozen=True)

@@ -622,6 +622,7 @@ class Workflow:
             info.answer, info.answered_at = answer, now
             request.updated_at = now
             stage = next(s for s in request.stages if s.id == info.stage_review_id)
+            self._resume_clock(stage, info, now)
             audit(
                 session,
                 user_id,
@@ -639,6 +640,16 @@ class Workflow:
             result = Answered(request.reference)
         self._on_outbox()
         return result
+
+    def _resume_clock(self, stage: StageReview, answered: InfoRequest, now: datetime) -> None:
+        """The stage's deadline stood still while it waited on the officer: move it on by that wait."""
+        if not self.policy.review_deadlines.pause_while_awaiting_officer or stage.due_at is None:
+            return
+        if any(i.answer is None and i.id != answered.id for i in stage.info_requests):
+            return  # still waiting on another question: the clock stays stopped
+        waited = now - answered.created_at
+        stage.due_at = stage.due_at + waited
+        stage.next_check_at = None
 
     def question(self, info_id: int) -> tuple[FrRequest, InfoRequest] | None:
         with transaction(self.db, read_only=True) as session:

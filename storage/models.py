@@ -354,6 +354,7 @@ class NoticeKind:
     ESCALATION = "escalation"  # subject: stage review; sequence 0
     EXPIRY_WARNING = "expiry_warning"  # subject: request; sequence 0
     RATIFICATION = "ratification"  # subject: request; sequence 0
+    POST_USE = "post_use_reminder"  # subject: request; sequence: whole days since the approval ended
 
 
 class ScheduledNotice(Base):

@@ -529,3 +529,76 @@ def test_escalations_from_several_channels_make_one_message_to_the_leads(
     assert "2 overdue FR reviews" in escalation.args["text"]
     assert reference(workflow, urgent) in blocks_text(escalation)
     assert reference(workflow, ttl) in blocks_text(escalation)
+
+
+def test_the_clock_stops_while_a_question_waits_on_the_officer(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub
+) -> None:
+    request_id = submit(workflow, "V1", urgency="urgent", urgency_justification=WHY)
+    due = MONDAY + timedelta(hours=8)
+    clock.now = MONDAY + timedelta(hours=2)
+    workflow.request_info(request_id, 0, "USUP1", "Which exhibit is the still from?", "VQ1")
+    clock.now = due + timedelta(hours=1)  # past the original due time, but waiting on the officer
+    assert sweep(workflow, clock).reminders == 0
+    request = workflow.load(request_id)
+    assert request is not None
+    info = request.stages[0].info_requests[0]
+    clock.now = MONDAY + timedelta(hours=10)  # answered after 8 hours of waiting
+    workflow.answer_info(info.id, OFFICER, "Exhibit JS/1, camera 3")
+    with transaction(workflow.db) as session:
+        stage = session.scalars(select(StageReview)).one()
+        assert stage.due_at == due + timedelta(hours=8)
+    clock.now = due + timedelta(hours=8) - timedelta(minutes=1)
+    assert sweep(workflow, clock).reminders == 0
+    clock.now = due + timedelta(hours=8)
+    assert sweep(workflow, clock).reminders == 1
+
+
+def test_officer_is_reminded_daily_until_the_outcome_is_recorded(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub
+) -> None:
+    from bot.forms import PostUseForm
+
+    request_id = submit(workflow, "V1")
+    workflow.decide(request_id, 0, "USUP1", "approve", APPROVE)
+    request = workflow.load(request_id)
+    assert request is not None and request.valid_until is not None
+    clock.now = request.valid_until - timedelta(minutes=1)
+    assert sweep(workflow, clock).post_use_reminders == 0
+    clock.now = request.valid_until
+    assert sweep(workflow, clock).post_use_reminders == 1
+    clock.now += timedelta(hours=12)
+    assert sweep(workflow, clock).post_use_reminders == 0  # once a day
+    clock.now += timedelta(hours=12)
+    assert sweep(workflow, clock).post_use_reminders == 1
+    deliver(workflow, stub, clock)
+    reminders = [c for c in posts(stub, "D" + OFFICER) if "Record the outcome" in c.args["text"]]
+    assert len(reminders) == 2
+    assert views.RECORD_USE_ACTION in blocks_text(reminders[-1])
+    assert views.REREQUEST_ACTION in blocks_text(reminders[-1])  # the approval has ended
+    form = PostUseForm(search_run=False, result="not_run", handling="deleted", authority="Never downloaded")
+    workflow.record_post_use(request_id, OFFICER, form)
+    clock.now += timedelta(days=1)
+    assert sweep(workflow, clock).post_use_reminders == 0
+    assert audit_count(workflow, "post_use_reminder_sent") == 2
+
+
+def test_scheduler_jobs_have_stable_ids_and_purge_runs_retention(
+    workflow: Workflow, clock: FakeClock
+) -> None:
+    from bot.scheduler import DIGEST_JOB_ID, RETENTION_JOB_ID, SWEEP_JOB_ID, SweepScheduler
+
+    scheduler = SweepScheduler(workflow.db, workflow.policy, clock, interval_seconds=3600)
+    scheduler.start()
+    try:
+        jobs = {job.id: job for job in scheduler._scheduler.get_jobs()}
+        assert set(jobs) == {SWEEP_JOB_ID, DIGEST_JOB_ID, RETENTION_JOB_ID}
+        assert all(job.coalesce and job.max_instances == 1 for job in jobs.values())
+    finally:
+        scheduler.stop()
+    request_id = submit(workflow, "V1")
+    workflow.withdraw(request_id, OFFICER)
+    clock.advance(days=workflow.policy.retention_days.withdrawn + 1)
+    assert scheduler.purge() == 1
+    request = workflow.load(request_id)
+    assert request is not None and request.redacted_at is not None
