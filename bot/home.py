@@ -35,6 +35,7 @@ class HomePublisher:
             delegations=workflow.my_delegations(user_id),
             policy=workflow.policy,
             overview=workflow.overview() if workflow.is_lead(user_id) else None,
+            now=workflow.clock(),
         )
 
     def opened(self, user_id: str) -> None:

@@ -529,7 +529,7 @@ def decision_dm(
         )
     if form.conditions:
         blocks.append(section(f"*Conditions you must follow*\n{esc(form.conditions, 2900)}"))
-    follow_up = officer_buttons(request)
+    follow_up = officer_buttons(request, request.updated_at)
     if follow_up is not None:
         blocks.append(follow_up)
     return _dm(request, text, blocks)
@@ -638,7 +638,7 @@ def withdrawn_dm(request: FrRequest) -> dict[str, Any]:
             f":leftwards_arrow_with_hook: You withdrew *{request.reference}*. The reviewers have been told."
         )
     ]
-    follow_up = officer_buttons(request)
+    follow_up = officer_buttons(request, request.updated_at)
     if follow_up is not None:
         blocks.append(follow_up)
     return _dm(request, f"You withdrew FR request {request.reference}.", blocks)
@@ -853,6 +853,7 @@ def home_view(
     delegations: list[Delegation],
     policy: Policy,
     overview: Any | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """App Home: the user's requests, what awaits their decision, delegations, and for leads an overview."""
     blocks: list[Block] = [
@@ -882,7 +883,7 @@ def home_view(
         blocks.append(context("You have no FR requests yet."))
     for request in mine:
         blocks.append(section(_request_line(request, policy)))
-        follow_up = officer_buttons(request) or actions(
+        follow_up = officer_buttons(request, now) or actions(
             f"officer:{request.id}", button("Details", DETAILS_ACTION, str(request.id))
         )
         blocks.append(follow_up)

@@ -304,12 +304,13 @@ def test_two_processes_on_a_test_clock_over_two_days(
         workflow.decide(ttl, 0, "UAUTH1", "approve", approve)
         workflow.decide(ttl, 0, "UAUTH2", "approve", approve)  # valid for 6 hours
         step(monday + timedelta(hours=5, minutes=45), 4, 1)  # expiry warning to the officer
-        step(monday + timedelta(hours=8), 6, 1)  # both urgent reviews due: one consolidated reminder
-        step(monday + timedelta(hours=12), 10, 1)  # third reminders and the escalations
-        step(monday + timedelta(hours=13, minutes=45), 11, 1)  # ratification reminder, 12 h after approval
-        step(monday + timedelta(hours=23), 13, 2)  # Tuesday 08:00: the digest and the latest reminders
+        step(monday + timedelta(hours=8), 7, 1)  # both urgent reviews due: one consolidated reminder; the
+        # approval ended at 07:45, so the officer is asked to record the search outcome
+        step(monday + timedelta(hours=12), 11, 1)  # third reminders and the escalations
+        step(monday + timedelta(hours=13, minutes=45), 12, 1)  # ratification reminder, 12 h after approval
+        step(monday + timedelta(hours=23), 14, 2)  # Tuesday 08:00: the digest and the latest reminders
         time.sleep(2.0)  # several more sweep intervals, in which a duplicate would show
-        assert db_state(postgres_url) == (13, 2, 0)
+        assert db_state(postgres_url) == (14, 2, 0)
     finally:
         codes = [process.stop() for process in processes]
         engine.dispose()
@@ -318,5 +319,5 @@ def test_two_processes_on_a_test_clock_over_two_days(
         "C0SUPER": 2 + 3,  # review posts, then three consolidated reminders
         "C0AUTH": 1 + 2,
         "C0LEADS": 2 + 2 + 1,  # two digests, two escalation messages, one ratification reminder
-        "D" + OFFICER: 3 + 2 + 1,  # submitted, the two decisions, the expiry warning
+        "D" + OFFICER: 3 + 2 + 1 + 1,  # submitted, two decisions, the expiry warning, the post-use reminder
     }
