@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any
 
 from slack_bolt import App, BoltResponse
@@ -20,6 +21,7 @@ def create_app(
     allowed_team_id: str | None = None,
     allowed_app_id: str | None = None,
     verify_token: bool = True,
+    listener_executor: Executor | None = None,
 ) -> App:
     app = App(
         client=services.client,
@@ -29,6 +31,8 @@ def create_app(
         process_before_response=False,
         # Bolt's default reply to an unmatched request is a bare 404, which is what Slack needs.
         raise_error_for_unhandled_request=False,
+        # Passed in so shutdown can wait for listeners still running after their ack.
+        listener_executor=listener_executor,
     )
 
     @app.middleware

@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from slack_bolt.error import BoltError
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from bot import logs
 from bot.config import Settings, SettingsError, load_settings
@@ -22,6 +25,7 @@ from bot.policy import PolicyError, load_policy
 from storage.db import migrate
 
 log = logging.getLogger("fr-bot")
+T = TypeVar("T")
 EXIT_CONFIG = 2
 
 
@@ -73,8 +77,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bot.services import build_services
 
     services = build_services(
-        settings.database_url, policy, make_client(settings), outbox_poll_seconds=settings.outbox_poll_seconds
+        settings.database_url,
+        policy,
+        make_client(settings),
+        outbox_poll_seconds=settings.outbox_poll_seconds,
+        approver_cache_seconds=settings.approver_cache_seconds,
+        outbox_lease_seconds=settings.outbox_lease_seconds,
     )
+    listeners = ThreadPoolExecutor(max_workers=settings.http_threads, thread_name_prefix="listener")
     try:
         app = create_app(
             services,
@@ -83,6 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             else None,
             allowed_team_id=settings.allowed_team_id,
             allowed_app_id=settings.allowed_app_id,
+            listener_executor=listeners,
         )
     except BoltError as exc:
         services.close()
@@ -96,6 +107,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             assert settings.slack_app_token is not None
             serve_socket(app, settings.slack_app_token.get_secret_value())
     finally:
+        # Shutdown order: no new requests (above), listeners finish their work after ack, then the
+        # dispatcher finishes the row it is sending; what is left in the outbox goes out after restart.
+        listeners.shutdown(wait=True)
         services.close()
         log.info("stopped")
     return 0
@@ -119,6 +133,59 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outbox_list(args: argparse.Namespace) -> int:
+    from bot.outbox import list_outbox
+
+    entries = _with_database(lambda db: list_outbox(db, args.status))
+    if not entries:
+        print(f"no {args.status if args.status != 'all' else 'unsent'} outbox messages")
+        return 0
+    print(f"{'ID':>6}  {'STATUS':<7}  {'KIND':<15}  {'TO':<12}  {'REQUEST':>7}  {'TRIES':>5}  LAST ERROR")
+    for e in entries:
+        tries = f"{e.attempts}" + (f"/{e.doubtful_attempts}?" if e.doubtful_attempts else "")
+        print(
+            f"{e.id:>6}  {e.status:<7}  {e.kind:<15}  {e.target:<12}  {e.request_id or '-':>7}  "
+            f"{tries:>5}  {e.last_error or ''}"
+        )
+    if any(e.status == "dead" for e in entries):
+        print("Fix the cause named in LAST ERROR, then: fr-bot outbox retry ID (or --all-dead)")
+    return 0
+
+
+def cmd_outbox_retry(args: argparse.Namespace) -> int:
+    import getpass
+
+    from bot.outbox import retry_outbox
+
+    if not args.ids and not args.all_dead:
+        raise CliError("outbox retry: give message IDs or --all-dead")
+    actor = f"cli:{getpass.getuser()}"
+    requeued = _with_database(lambda db: retry_outbox(db, args.ids, all_dead=args.all_dead, actor=actor))
+    missing = sorted(set(args.ids) - set(requeued))
+    if requeued:
+        listed = ", ".join(map(str, requeued))
+        print(f"requeued {len(requeued)} message(s): {listed}; the running bot sends them")
+    if missing:
+        raise CliError(f"outbox retry: not dead or not found: {', '.join(map(str, missing))}")
+    if not requeued:
+        print("no dead outbox messages")
+    return 0
+
+
+def _with_database(work: Callable[[sessionmaker[Session]], T]) -> T:
+    from storage.db import DatabaseUnavailable, make_engine, make_session_factory
+
+    settings = load_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        return work(make_session_factory(engine))
+    except (DatabaseUnavailable, SQLAlchemyError) as exc:
+        first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise CliError(f"FRBOT_DATABASE_URL ({_safe_url(settings.database_url)}): {first}") from None
+    finally:
+        engine.dispose()
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -138,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="create or upgrade the database schema").set_defaults(
         func=cmd_migrate
     )
+
+    outbox = commands.add_parser("outbox", help="list or replay Slack messages the bot still owes")
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
+    listing = outbox_commands.add_parser("list", help="list dead (default), pending or all unsent messages")
+    listing.add_argument("--status", choices=["dead", "pending", "all"], default="dead")
+    listing.set_defaults(func=cmd_outbox_list)
+    retry = outbox_commands.add_parser("retry", help="send dead messages again once the cause is fixed")
+    retry.add_argument("ids", nargs="*", type=int, metavar="ID")
+    retry.add_argument("--all-dead", action="store_true", help="every dead message")
+    retry.set_defaults(func=cmd_outbox_retry)
 
     check = commands.add_parser("check-policy", help="validate a policy file and exit")
     check.add_argument("path", nargs="?", help="policy file (default: FRBOT_POLICY_FILE)")

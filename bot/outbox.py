@@ -4,14 +4,30 @@ Rows are claimed with a short lease (a conditional UPDATE, which works the same 
 sent outside any transaction, then marked sent. Per request, rows go out strictly in order: a row waits
 while an earlier row of the same request is still pending. Reviewer messages are rendered from the
 database at send time, so a late or retried update always shows the current state.
+
+Delivery guarantee (README, "Reliability"):
+- Every row is sent until Slack accepts it, or it is parked as DEAD for an admin (`fr-bot outbox`).
+- Before each Slack call the claim commits `attempt_started_at`; the outcome clears it. A failure Slack
+  reports (429, an `ok: false` error, a refused connection) means Slack did nothing, so a retry cannot
+  duplicate anything. Updates (`chat.update`) are idempotent and are simply redone.
+- A post whose outcome is unknown (the process died mid-call, the connection broke after the request
+  was sent, Slack answered 5xx) is sent again once its lease runs out: a lost reviewer message would stall
+  a request unseen, a second copy is harmless (decisions go by request and stage, the database keeps one).
+  That is the one case where Slack may show a message twice; the row's `doubtful_attempts` counts it,
+  every post carries `metadata` naming its outbox row, and a click on a stale copy of a reviewer message
+  brings that copy up to date. Slack's API offers no idempotency key for posts and the methods this bot
+  may call cannot search a channel, so true exactly-once is not possible for that case.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import socket
 import threading
-from collections.abc import Callable
+import time
+import urllib.error
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +38,7 @@ from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from bot import views
+from bot.pacing import UPDATE_KEY, Pacer, post_key
 from bot.policy import Policy
 from storage.db import DatabaseUnavailable, transaction
 from storage.models import FrRequest, OutboxMessage, OutboxStatus, StageReview, utcnow
@@ -48,6 +65,8 @@ PERMANENT_ERRORS = {
     "missing_scope": "the app lacks a scope: reinstall it from manifest.yml",
 }
 MAX_BACKOFF_SECONDS = 300.0
+METADATA_EVENT_TYPE = "fr_bot_outbox"
+FINISH_TRIES = 5  # a sent row whose outcome cannot be saved would be sent again: try hard to save it
 
 
 class PermanentFailure(Exception):
@@ -57,10 +76,12 @@ class PermanentFailure(Exception):
 
 
 class RetryLater(Exception):
-    def __init__(self, error: str, delay: float) -> None:
+    def __init__(self, error: str, delay: float, doubtful: bool = False) -> None:
         super().__init__(error)
         self.error = error
         self.delay = delay
+        # True when Slack may have acted on the call although we saw a failure.
+        self.doubtful = doubtful
 
 
 @dataclass(frozen=True)
@@ -75,6 +96,14 @@ def backoff(attempts: int) -> float:
     return min(MAX_BACKOFF_SECONDS, 2.0 ** min(attempts, 10)) * random.uniform(0.75, 1.25)
 
 
+def dispatcher_client(client: WebClient, timeout: float) -> WebClient:
+    """A client of its own for the dispatcher: no built-in retries (they would sleep on Retry-After with
+    every other channel waiting, and retry posts blindly); the dispatcher retries by itself."""
+    own = WebClient(token=client.token, base_url=client.base_url, timeout=int(max(1, timeout)))
+    own.retry_handlers = []
+    return own
+
+
 class OutboxDispatcher:
     def __init__(
         self,
@@ -85,6 +114,7 @@ class OutboxDispatcher:
         poll_seconds: float = 1.0,
         lease_seconds: float = 60.0,
         batch_size: int = 50,
+        pacer: Pacer | None = None,
     ) -> None:
         self.db = db
         self.client = client
@@ -93,9 +123,13 @@ class OutboxDispatcher:
         self.poll_seconds = poll_seconds
         self.lease = timedelta(seconds=lease_seconds)
         self.batch_size = batch_size
+        self.pacer = pacer or Pacer()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._targets: dict[int, str] = {}  # row id -> channel or user it posts to (rows never change)
+        self._paced_wait: float | None = None  # soonest a row skipped for pacing may go
+        self._calling: str = UPDATE_KEY  # the rate-limit key of the Slack call in progress
 
     # --- Lifecycle --------------------------------------------------------------------------------
 
@@ -105,14 +139,18 @@ class OutboxDispatcher:
     def start(self) -> None:
         if self._thread is not None:
             return
+        self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="outbox-dispatcher", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the row being sent (so its outcome is recorded), then stop."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(timeout if timeout is not None else self.lease.total_seconds())
+            if self._thread.is_alive():
+                log.warning("outbox: dispatcher still busy at shutdown; its row is retried after the lease")
             self._thread = None
 
     def _loop(self) -> None:
@@ -126,25 +164,42 @@ class OutboxDispatcher:
                 log.exception("outbox: unexpected error; continuing")
                 sent = 0
             if sent == 0:
-                self._wake.wait(self.poll_seconds)
+                wait = self.poll_seconds
+                if self._paced_wait is not None:
+                    wait = min(wait, max(self._paced_wait, 0.01))
+                self._wake.wait(wait)
                 self._wake.clear()
 
     # --- One pass ---------------------------------------------------------------------------------
 
     def run_once(self) -> int:
-        """Send what is due now; return how many rows were handled."""
+        """Send what is due now and allowed by the pace; return how many rows were handled."""
         handled = 0
-        for row_id in self._due_ids():
-            if self._stop.is_set():
+        skipped: set[int] = set()
+        self._paced_wait = None
+        while not self._stop.is_set():
+            due = self._due(exclude=skipped)
+            if not due:
                 break
-            row = self._claim(row_id)
-            if row is None:
-                continue  # another dispatcher took it
-            self._deliver(row)
-            handled += 1
+            for row_id, kind, payload in due:
+                if self._stop.is_set():
+                    break
+                keys = self._pace_keys(row_id, kind, payload)
+                wait = self.pacer.ready_in(keys)
+                if wait > 0:
+                    skipped.add(row_id)
+                    self._paced_wait = wait if self._paced_wait is None else min(self._paced_wait, wait)
+                    continue
+                row = self._claim(row_id)
+                if row is None:
+                    skipped.add(row_id)  # another dispatcher took it
+                    continue
+                self.pacer.take(keys)
+                self._deliver(row)
+                handled += 1
         return handled
 
-    def _due_ids(self) -> list[int]:
+    def _due(self, exclude: set[int]) -> list[tuple[int, str, dict[str, Any]]]:
         now = self.clock()
         earlier = aliased(OutboxMessage)
         blocked = exists().where(
@@ -155,7 +210,7 @@ class OutboxDispatcher:
             )
         )
         query = (
-            select(OutboxMessage.id)
+            select(OutboxMessage.id, OutboxMessage.kind, OutboxMessage.payload)
             .where(
                 OutboxMessage.status == OutboxStatus.PENDING,
                 OutboxMessage.next_attempt_at <= now,
@@ -165,10 +220,33 @@ class OutboxDispatcher:
             .order_by(OutboxMessage.id)
             .limit(self.batch_size)
         )
+        if exclude:
+            query = query.where(OutboxMessage.id.not_in(exclude))
         with transaction(self.db) as session:
-            return list(session.scalars(query))
+            return [(row.id, row.kind, row.payload) for row in session.execute(query)]
+
+    def _pace_keys(self, row_id: int, kind: str, payload: dict[str, Any]) -> list[str]:
+        if kind == "refresh_reviews":
+            return [UPDATE_KEY]
+        target = self._targets.get(row_id)
+        if target is None:
+            if kind == "dm":
+                target = str(payload.get("user", ""))
+            elif kind == "post_review":
+                with transaction(self.db) as session:
+                    target = session.scalar(
+                        select(StageReview.channel_id).where(
+                            StageReview.id == int(payload.get("stage_review_id", 0))
+                        )
+                    )
+                target = target or ""
+            else:
+                return []
+            self._targets[row_id] = target
+        return [post_key(target)]
 
     def _claim(self, row_id: int) -> OutboxMessage | None:
+        """Lease the row and record that a send is starting, in one committed transaction."""
         now = self.clock()
         with transaction(self.db) as session:
             claimed = session.execute(
@@ -182,7 +260,31 @@ class OutboxDispatcher:
             ).rowcount
             if claimed != 1:
                 return None
-            return session.get(OutboxMessage, row_id)
+            row = session.get(OutboxMessage, row_id)
+            assert row is not None
+            if row.attempt_started_at is not None:
+                # The last send began and never recorded an outcome: the process died during it.
+                row.doubtful_attempts += 1
+                log.warning(
+                    "outbox row %s (%s, request %s): the send started at %s was cut off; Slack may "
+                    "already have it, sending again%s",
+                    row.id,
+                    row.kind,
+                    row.request_id,
+                    row.attempt_started_at.isoformat(),
+                    "" if row.kind == "refresh_reviews" else " (a second copy may appear)",
+                )
+            row.attempt_started_at = now
+            return row
+
+    def _renew(self, row_id: int) -> None:
+        """Extend the lease before another Slack call of a multi-call row."""
+        with transaction(self.db) as session:
+            session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == row_id)
+                .values(claimed_until=self.clock() + self.lease)
+            )
 
     def _deliver(self, row: OutboxMessage) -> None:
         try:
@@ -190,10 +292,11 @@ class OutboxDispatcher:
         except PermanentFailure as exc:
             advice = PERMANENT_ERRORS.get(exc.error, "see the Slack error code")
             log.error(
-                "outbox row %s (%s, request %s) failed for good: %s: %s. "
+                "outbox row %s (%s to %s, request %s) failed for good: %s: %s. "
                 "Fix it, then run `fr-bot outbox retry %s`.",
                 row.id,
                 row.kind,
+                self._targets.get(row.id, "Slack"),
                 row.request_id,
                 exc.error,
                 advice,
@@ -202,7 +305,9 @@ class OutboxDispatcher:
             self._finish(row.id, OutboxStatus.DEAD, error=f"{exc.error}: {advice}")
         except RetryLater as exc:
             log.warning("outbox row %s (%s): %s; retrying in %.1fs", row.id, row.kind, exc.error, exc.delay)
-            self._finish(row.id, OutboxStatus.PENDING, error=exc.error, retry_in=exc.delay)
+            self._finish(
+                row.id, OutboxStatus.PENDING, error=exc.error, retry_in=exc.delay, doubtful=exc.doubtful
+            )
         else:
             self._finish(row.id, OutboxStatus.SENT, sent=sent)
 
@@ -213,6 +318,31 @@ class OutboxDispatcher:
         error: str | None = None,
         retry_in: float | None = None,
         sent: Sent | None = None,
+        doubtful: bool = False,
+    ) -> None:
+        for attempt in range(1, FINISH_TRIES + 1):
+            try:
+                self._record_outcome(row_id, status, error, retry_in, sent, doubtful)
+                return
+            except DatabaseUnavailable as exc:
+                if attempt == FINISH_TRIES:
+                    log.error(
+                        "outbox row %s: sent but the database is unavailable to record it (%s); "
+                        "it will be treated as a doubtful send after its lease",
+                        row_id,
+                        exc,
+                    )
+                    raise
+                time.sleep(min(2.0**attempt, 8.0))
+
+    def _record_outcome(
+        self,
+        row_id: int,
+        status: str,
+        error: str | None,
+        retry_in: float | None,
+        sent: Sent | None,
+        doubtful: bool,
     ) -> None:
         now = self.clock()
         with transaction(self.db) as session:
@@ -221,8 +351,11 @@ class OutboxDispatcher:
                 return
             row.status = status
             row.claimed_until = None
+            row.attempt_started_at = None
             row.attempts += 1
             row.last_error = error
+            if doubtful:
+                row.doubtful_attempts += 1
             if status == OutboxStatus.SENT:
                 row.sent_at = now
             if retry_in is not None:
@@ -237,21 +370,32 @@ class OutboxDispatcher:
     def _send(self, row: OutboxMessage) -> Sent:
         try:
             if row.kind == "post_review":
-                return self._post_review(int(row.payload["stage_review_id"]))
+                return self._post_review(row, int(row.payload["stage_review_id"]))
             if row.kind == "refresh_reviews":
-                self._refresh_reviews(int(row.payload["request_id"]))
+                self._refresh_reviews(row.id, int(row.payload["request_id"]))
                 return Sent()
             if row.kind == "dm":
                 payload = row.payload
+                self._calling = post_key(str(payload["user"]))
                 self.client.chat_postMessage(
-                    channel=payload["user"], text=payload["text"], blocks=payload["blocks"]
+                    channel=payload["user"],
+                    text=payload["text"],
+                    blocks=payload["blocks"],
+                    metadata=_metadata(row),
                 )
                 return Sent()
             raise PermanentFailure(f"unknown outbox kind {row.kind}")
         except SlackApiError as exc:
-            raise classify(exc, row.attempts) from None
+            failure = classify(exc, row.attempts)
+            if isinstance(failure, RetryLater) and exc.response.status_code == 429:
+                self.pacer.hold(self._calling, failure.delay)
+            raise failure from None
         except (OSError, TimeoutError) as exc:  # connection refused, reset, DNS, timeouts
-            raise RetryLater(f"connection error: {type(exc).__name__}", backoff(row.attempts)) from None
+            raise RetryLater(
+                f"connection error: {type(exc).__name__}",
+                backoff(row.attempts),
+                doubtful=not _refused(exc),
+            ) from None
         except (PermanentFailure, RetryLater, DatabaseUnavailable):
             raise
         except Exception as exc:
@@ -267,35 +411,57 @@ class OutboxDispatcher:
                 return None
             return request, request.stages[stage.position]
 
-    def _post_review(self, stage_review_id: int) -> Sent:
+    def _post_review(self, row: OutboxMessage, stage_review_id: int) -> Sent:
         loaded = self._load_stage(stage_review_id)
         if loaded is None:
             raise PermanentFailure("stage review no longer exists")
         request, stage = loaded
         message = views.review_message(request, stage, self.policy)
         if stage.message_ts:  # posted before a crash stopped us marking it: edit, never post twice
+            self._calling = UPDATE_KEY
             self.client.chat_update(
                 channel=stage.message_channel or stage.channel_id, ts=stage.message_ts, **_body(message)
             )
             return Sent()
-        response = self.client.chat_postMessage(channel=stage.channel_id, **_body(message))
+        self._calling = post_key(stage.channel_id)
+        response = self.client.chat_postMessage(
+            channel=stage.channel_id, metadata=_metadata(row), **_body(message)
+        )
         return Sent(stage_review_id=stage.id, channel=response["channel"], ts=response["ts"])
 
-    def _refresh_reviews(self, request_id: int) -> None:
+    def _refresh_reviews(self, row_id: int, request_id: int) -> None:
         with transaction(self.db) as session:
             request = request_with_history(session, request_id)
         if request is None:
             raise PermanentFailure("request no longer exists")
-        for stage in request.stages:
-            if stage.message_ts:
-                message = views.review_message(request, stage, self.policy)
-                self.client.chat_update(
-                    channel=stage.message_channel or stage.channel_id, ts=stage.message_ts, **_body(message)
-                )
+        posted = [stage for stage in request.stages if stage.message_ts]
+        for index, stage in enumerate(posted):
+            if index:
+                self._renew(row_id)
+                self.pacer.take([UPDATE_KEY])
+            message = views.review_message(request, stage, self.policy)
+            self._calling = UPDATE_KEY
+            self.client.chat_update(
+                channel=stage.message_channel or stage.channel_id, ts=stage.message_ts, **_body(message)
+            )
 
 
 def _body(message: dict[str, Any]) -> dict[str, Any]:
     return {"text": message["text"], "blocks": message["blocks"]}
+
+
+def _metadata(row: OutboxMessage) -> dict[str, Any]:
+    """Tags each post with its outbox row, so any copy in Slack can be traced to the row that made it."""
+    return {
+        "event_type": METADATA_EVENT_TYPE,
+        "event_payload": {"outbox_id": row.id, "request_id": row.request_id, "kind": row.kind},
+    }
+
+
+def _refused(exc: BaseException) -> bool:
+    """True when the connection was never made, so Slack cannot have seen the call."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    return isinstance(reason, (ConnectionRefusedError, socket.gaierror))
 
 
 def classify(exc: SlackApiError, attempts: int) -> Exception:
@@ -310,4 +476,94 @@ def classify(exc: SlackApiError, attempts: int) -> Exception:
         return RetryLater("rate limited", max(delay, 1.0))
     if error in PERMANENT_ERRORS:
         return PermanentFailure(error)
-    return RetryLater(error, backoff(attempts))
+    # Slack documents that a 5xx may come after part of the work was done.
+    return RetryLater(error, backoff(attempts), doubtful=response.status_code >= 500)
+
+
+# --- Administration: the dead-letter list and replay (`fr-bot outbox`) ------------------------------
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    id: int
+    request_id: int | None
+    kind: str
+    target: str
+    status: str
+    attempts: int
+    doubtful_attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+
+
+def _target(session: Session, row: OutboxMessage) -> str:
+    if row.kind == "dm":
+        return str(row.payload.get("user", ""))
+    if row.kind == "post_review":
+        channel = session.scalar(
+            select(StageReview.channel_id).where(StageReview.id == int(row.payload.get("stage_review_id", 0)))
+        )
+        return channel or "?"
+    return "reviewer messages"
+
+
+def list_outbox(db: sessionmaker[Session], status: str = OutboxStatus.DEAD) -> list[OutboxEntry]:
+    """Rows with `status` (pending, dead, sent) or every row not yet sent for "all"."""
+    query = select(OutboxMessage).order_by(OutboxMessage.id)
+    if status == "all":
+        query = query.where(OutboxMessage.status != OutboxStatus.SENT)
+    else:
+        query = query.where(OutboxMessage.status == status)
+    with transaction(db) as session:
+        return [
+            OutboxEntry(
+                id=row.id,
+                request_id=row.request_id,
+                kind=row.kind,
+                target=_target(session, row),
+                status=row.status,
+                attempts=row.attempts,
+                doubtful_attempts=row.doubtful_attempts,
+                next_attempt_at=row.next_attempt_at,
+                last_error=row.last_error,
+            )
+            for row in session.scalars(query)
+        ]
+
+
+def retry_outbox(
+    db: sessionmaker[Session],
+    ids: Iterable[int] = (),
+    all_dead: bool = False,
+    actor: str = "admin",
+    clock: Callable[[], datetime] = utcnow,
+) -> list[int]:
+    """Put dead rows back in the queue, due now; returns the ids requeued. Each replay is audited."""
+    from bot.workflow import audit  # the workflow imports this module's neighbours; import late
+
+    now = clock()
+    query = select(OutboxMessage).where(OutboxMessage.status == OutboxStatus.DEAD)
+    if not all_dead:
+        wanted = list(ids)
+        if not wanted:
+            return []
+        query = query.where(OutboxMessage.id.in_(wanted))
+    requeued: list[int] = []
+    with transaction(db) as session:
+        for row in session.scalars(query.order_by(OutboxMessage.id).with_for_update()):
+            audit(
+                session,
+                actor,
+                "outbox_retried",
+                row.request_id,
+                now,
+                outbox_id=row.id,
+                kind=row.kind,
+                last_error=row.last_error,
+            )
+            row.status = OutboxStatus.PENDING
+            row.next_attempt_at = now
+            row.claimed_until = None
+            row.attempts = 0  # a fresh start: no backoff carried over from before the fix
+            requeued.append(row.id)
+    return requeued

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -52,8 +53,14 @@ def on_termination(stop: Callable[[], None]) -> None:
 
 
 def serve_http(
-    app: App, host: str, port: int, threads: int, ready: Callable[[int], None] | None = None
+    app: App,
+    host: str,
+    port: int,
+    threads: int,
+    ready: Callable[[int], None] | None = None,
+    drain_seconds: float = 20.0,
 ) -> None:
+    """Serve until SIGTERM/SIGINT, then stop listening and let in-flight requests finish."""
     from waitress.server import create_server
 
     server = create_server(
@@ -67,12 +74,49 @@ def serve_http(
     )
     bound_port = server.effective_port  # type: ignore[union-attr]
     log.info("HTTP mode: listening on %s:%s%s", host, bound_port, EVENTS_PATH)
-    on_termination(server.close)
+    stopping = threading.Event()
+    on_termination(stopping.set)
     if ready:
         ready(int(bound_port))
-    # Closing the server from the signal handler ends its loop with one of these.
+    _run_until(server, stopping)
+    _drain(server, drain_seconds)
+
+
+def _poll(server: Any, timeout: float) -> None:
+    server.asyncore.loop(timeout=timeout, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1)
+
+
+def _run_until(server: Any, stopping: threading.Event) -> None:
+    # waitress's own run() loops until the process ends; polling here lets the signal handler only set a
+    # flag, so shutdown happens in this thread at a point where no socket is half-handled.
+    while not stopping.is_set():
+        _poll(server, 0.2)
+
+
+def _drain(server: Any, drain_seconds: float) -> None:
+    from waitress import wasyncore
+    from waitress.channel import HTTPChannel
+
+    wasyncore.dispatcher.close(server)  # stop accepting; keep the trigger that wakes us for responses
+
+    def busy() -> bool:
+        return any(
+            channel.requests or channel.total_outbufs_len
+            for channel in list(server._map.values())
+            if isinstance(channel, HTTPChannel)
+        )
+
+    deadline = time.monotonic() + drain_seconds
+    while busy() and time.monotonic() < deadline:
+        _poll(server, 0.05)
+    if busy():
+        log.warning("stopping with requests still in flight after %.0fs", drain_seconds)
+    server.task_dispatcher.shutdown(timeout=1)
     with contextlib.suppress(OSError, ValueError):
-        server.run()
+        server.close()
+    for channel in list(server._map.values()):
+        with contextlib.suppress(OSError, ValueError):
+            channel.close()
 
 
 def serve_socket(app: App, app_token: str) -> None:

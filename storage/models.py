@@ -236,3 +236,8 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Set (and committed) before each Slack call, cleared with its outcome: a row claimed again with this
+    # still set had a send cut off by a crash, so Slack may or may not have it.
+    attempt_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # How many sends of this row ended without knowing whether Slack acted on them.
+    doubtful_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -284,8 +284,16 @@ def test_multi_stage_route_with_reject_reason(slack: SlackDriver, stub: SlackStu
         reason_code="alternatives_not_exhausted",
     )
     assert body["response_action"] == "update"
-    stub.wait_for(lambda c: c.method == "chat.update" and c.ok and c.args["channel"] == "C0AUTH")
-    stub.wait_for(lambda c: c.method == "chat.update" and c.ok and c.args["channel"] == "C0SUPER")
+    # Wait for the updates that show the rejection: the approval's own refresh may still arrive late.
+    for channel in ("C0AUTH", "C0SUPER"):
+        stub.wait_for(
+            lambda c, channel=channel: (
+                c.method == "chat.update"
+                and c.ok
+                and c.args["channel"] == channel
+                and "Rejected" in json.dumps(c.args.get("blocks"))
+            )
+        )
     for channel, ts in ((first["channel"], first["ts"]), (second["channel"], second["ts"])):
         assert buttons(stub.message(channel, ts)) == []
         assert "Rejected" in json.dumps(stub.message(channel, ts)["blocks"])
