@@ -13,10 +13,10 @@ Delivery guarantee (README, "Reliability"):
 - A post whose outcome is unknown (the process died mid-call, the connection broke after the request
   was sent, Slack answered 5xx) is sent again once its lease runs out: a lost reviewer message would stall
   a request unseen, a second copy is harmless (decisions go by request and stage, the database keeps one).
-  That is the one case where Slack may show a message twice; the row's `doubtful_attempts` counts it,
-  every post carries `metadata` naming its outbox row, and a click on a stale copy of a reviewer message
-  brings that copy up to date. Slack's API offers no idempotency key for posts and the methods this bot
-  may call cannot search a channel, so true exactly-once is not possible for that case.
+  That is the one case where Slack may show a message twice; the row's `doubtful_attempts` counts it and
+  every post carries `metadata` naming its outbox row, so a copy can be traced. Slack's API offers no
+  idempotency key for posts and the methods this bot may call cannot search a channel, so exactly-once
+  is not possible for that case. A clean shutdown (SIGTERM) never leaves a send in doubt.
 """
 
 from __future__ import annotations
@@ -176,6 +176,7 @@ class OutboxDispatcher:
         """Send what is due now and allowed by the pace; return how many rows were handled."""
         handled = 0
         skipped: set[int] = set()
+        paced: set[str] = set()  # keys found busy in this pass: later rows for them wait, keeping order
         self._paced_wait = None
         while not self._stop.is_set():
             due = self._due(exclude=skipped)
@@ -186,8 +187,9 @@ class OutboxDispatcher:
                     break
                 keys = self._pace_keys(row_id, kind, payload)
                 wait = self.pacer.ready_in(keys)
-                if wait > 0:
+                if wait > 0 or paced.intersection(keys):
                     skipped.add(row_id)
+                    paced.update(keys)
                     self._paced_wait = wait if self._paced_wait is None else min(self._paced_wait, wait)
                     continue
                 row = self._claim(row_id)
