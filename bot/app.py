@@ -9,6 +9,7 @@ from typing import Any
 
 from slack_bolt import App, BoltResponse
 
+from bot import guard
 from bot.services import Services
 from handlers import register_all
 
@@ -49,5 +50,7 @@ def create_app(
             return BoltResponse(status=403, body="")
         return next()
 
+    app.middleware(guard.EventDeduplicator().middleware)
+    app.error(guard.quiet_errors)
     register_all(app, services)
     return app

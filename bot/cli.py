@@ -85,12 +85,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         outbox_lease_seconds=settings.outbox_lease_seconds,
     )
     listeners = ThreadPoolExecutor(max_workers=settings.http_threads, thread_name_prefix="listener")
+    signing_secret = (
+        settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
+    )
     try:
         app = create_app(
             services,
-            signing_secret=settings.slack_signing_secret.get_secret_value()
-            if settings.slack_signing_secret
-            else None,
+            signing_secret=signing_secret,
             allowed_team_id=settings.allowed_team_id,
             allowed_app_id=settings.allowed_app_id,
             listener_executor=listeners,
@@ -102,7 +103,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("policy %s (version %s) loaded; database ready", policy.path, policy.version)
     try:
         if settings.mode == "http":
-            serve_http(app, settings.http_host, settings.http_port, settings.http_threads)
+            serve_http(
+                app,
+                settings.http_host,
+                settings.http_port,
+                settings.http_threads,
+                signing_secret=signing_secret,
+            )
         else:
             assert settings.slack_app_token is not None
             serve_socket(app, settings.slack_app_token.get_secret_value())
