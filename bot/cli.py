@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from slack_bolt.error import BoltError
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -43,6 +45,26 @@ def make_client(settings: Settings) -> WebClient:
         RateLimitErrorRetryHandler(max_retry_count=1),
     ]
     return client
+
+
+def wait_for_slack(client: WebClient, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Check the token with auth.test; while Slack is down or busy, wait and try again rather than exit."""
+    delay = 1.0
+    while True:
+        try:
+            client.auth_test()
+            return
+        except SlackApiError as exc:
+            status = exc.response.status_code
+            if status != 429 and status < 500:
+                error = exc.response.get("error")
+                raise CliError(f"FRBOT_SLACK_BOT_TOKEN: Slack refused the token ({error})") from None
+            reason = f"HTTP {status}"
+        except (OSError, SlackClientError) as exc:
+            reason = type(exc).__name__
+        log.warning("Slack is not reachable (%s); trying again in %.0fs", reason, delay)
+        sleep(delay)
+        delay = min(delay * 2, 30.0)
 
 
 def _prepare_database(url: str) -> None:
@@ -84,6 +106,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         approver_cache_seconds=settings.approver_cache_seconds,
         outbox_lease_seconds=settings.outbox_lease_seconds,
     )
+    try:
+        wait_for_slack(services.client)
+    except CliError:
+        services.close()
+        raise
     listeners = ThreadPoolExecutor(max_workers=settings.http_threads, thread_name_prefix="listener")
     signing_secret = (
         settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None

@@ -445,3 +445,27 @@ def test_approver_removed_from_group_loses_the_right_within_the_cache_time(world
         ("USUP3", "not_approver", "approve"),
         ("USUP3", "not_approver", "approve"),
     ]
+
+
+# --- Slack down when the bot starts -----------------------------------------------------------------
+
+
+def test_bot_started_while_slack_is_down_waits_for_it(world: World) -> None:
+    world.stub.fail_next("auth.test", status=503, count=1)
+    world.stub.fail_next("auth.test", retry_after=1, count=1)
+    with running(world.bot()) as bot:
+        slack = world.driver(bot)
+        assert submit(world, slack, "UOFFICER9")[0] == 200
+        wait_until(lambda: all_sent(world), what="notifications")
+        assert bot.stop() == 0
+        assert "Slack is not reachable (HTTP 503); trying again" in bot.log()
+    assert not world.stub.pending_faults
+
+
+def test_wait_for_slack_refuses_a_bad_token_without_echoing_it(world: World) -> None:
+    from bot.cli import CliError, wait_for_slack
+
+    client = world.stub.client(token="xoxb-wrong-SECRETPART")
+    with pytest.raises(CliError) as refused:
+        wait_for_slack(client, sleep=lambda _: None)
+    assert "invalid_auth" in str(refused.value) and "SECRETPART" not in str(refused.value)
