@@ -421,7 +421,8 @@ def info_modal(request: FrRequest, policy: Policy, ctx: ReviewContext) -> dict[s
 
 
 def _dm(request: FrRequest, text: str, blocks: list[Block]) -> dict[str, Any]:
-    return {"user": request.requester_id, "text": clip(text, 300), "blocks": blocks}
+    # The notification text is parsed as mrkdwn too; stage and tool names come from the policy file.
+    return {"user": request.requester_id, "text": clip(escape(text), 300), "blocks": blocks}
 
 
 def submitted_dm(request: FrRequest, policy: Policy) -> dict[str, Any]:
