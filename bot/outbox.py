@@ -112,7 +112,7 @@ class OutboxDispatcher:
         policy: Policy,
         clock: Callable[[], datetime] = utcnow,
         poll_seconds: float = 1.0,
-        lease_seconds: float = 60.0,
+        lease_seconds: float = 30.0,
         batch_size: int = 50,
         pacer: Pacer | None = None,
     ) -> None:
@@ -305,6 +305,7 @@ class OutboxDispatcher:
                 row.id,
             )
             self._finish(row.id, OutboxStatus.DEAD, error=f"{exc.error}: {advice}")
+            self._targets.pop(row.id, None)
         except RetryLater as exc:
             log.warning("outbox row %s (%s): %s; retrying in %.1fs", row.id, row.kind, exc.error, exc.delay)
             self._finish(
@@ -312,6 +313,7 @@ class OutboxDispatcher:
             )
         else:
             self._finish(row.id, OutboxStatus.SENT, sent=sent)
+            self._targets.pop(row.id, None)  # done with for good; a replayed dead row looks it up again
 
     def _finish(
         self,
@@ -382,7 +384,7 @@ class OutboxDispatcher:
                 self.client.chat_postMessage(
                     channel=payload["user"],
                     text=payload["text"],
-                    blocks=payload["blocks"],
+                    blocks=_owning_up(row, payload["blocks"]),
                     metadata=_metadata(row),
                 )
                 return Sent()
@@ -426,6 +428,7 @@ class OutboxDispatcher:
             )
             return Sent()
         self._calling = post_key(stage.channel_id)
+        message["blocks"] = _owning_up(row, message["blocks"])
         response = self.client.chat_postMessage(
             channel=stage.channel_id, metadata=_metadata(row), **_body(message)
         )
@@ -458,6 +461,14 @@ def _metadata(row: OutboxMessage) -> dict[str, Any]:
         "event_type": METADATA_EVENT_TYPE,
         "event_payload": {"outbox_id": row.id, "request_id": row.request_id, "kind": row.kind},
     }
+
+
+def _owning_up(row: OutboxMessage, blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A post sent again after a cut-off send says so, so a second copy explains itself."""
+    if row.doubtful_attempts == 0 or len(blocks) >= views.MESSAGE_BLOCK_LIMIT:
+        return blocks
+    note = "Sent again after an interruption: if you already have this message, the two are the same."
+    return [*blocks, views.context(note)]
 
 
 def _refused(exc: BaseException) -> bool:

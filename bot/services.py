@@ -39,7 +39,7 @@ def build_services(
     clock: Callable[[], datetime] = utcnow,
     outbox_poll_seconds: float = 1.0,
     approver_cache_seconds: float = 60.0,
-    outbox_lease_seconds: float = 60.0,
+    outbox_lease_seconds: float = 30.0,
 ) -> Services:
     engine = make_engine(database_url)
     db = make_session_factory(engine)

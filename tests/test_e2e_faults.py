@@ -9,6 +9,7 @@ whose send was cut off mid-call (its row's `doubtful_attempts` says so).
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sqlite3
 import threading
@@ -209,6 +210,13 @@ def test_sigkill_mid_slack_call_then_restart_delivers_everything(world: World, k
     cut_off = next(row for row in outbox(world) if row.kind == killed_during)
     assert cut_off.doubtful_attempts == 1
     assert_consistent(world)
+    copies = [
+        m
+        for m in world.stub.messages.values()
+        if (m.get("metadata") or {}).get("event_payload", {}).get("outbox_id") == cut_off.id
+    ]
+    if len(copies) == 2:  # the dead bot's call reached the stand-in: the second copy says it was sent again
+        assert "Sent again after an interruption" in json.dumps(copies[1]["blocks"])
     if killed_during == "refresh_reviews":
         request = request_of(world, officer)
         assert request.status == RequestStatus.APPROVED
