@@ -19,7 +19,7 @@ from bot.workflow import Workflow, enqueue
 from storage.db import transaction
 from storage.models import AuditEvent, OutboxMessage, OutboxStatus, StageReview, utcnow
 from tests.conftest import FakeClock, valid_form_values
-from tests.slackstub import RecordedCall, SlackStub
+from tests.slackstub import DROP, RecordedCall, SlackStub
 
 APPROVE = DecisionForm(rationale="Necessary and proportionate for this robbery.")
 
@@ -85,6 +85,7 @@ def test_outage_of_minutes_loses_nothing_duplicates_nothing_keeps_order(
         clock.advance(seconds=30)
     assert all(row.status == OutboxStatus.PENDING and row.attempts > 0 for row in rows(workflow)[:1])
     dispatcher.client.base_url = stub.base_url
+    stub.fail_next("*", status=DROP, count=5)  # then connections are accepted and dropped unanswered
     stub.fail_next("*", status=503, count=10)
     stub.fail_next("*", retry_after=3, count=5)
     for _ in range(10):

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 Json = dict[str, Any]
 MessageKey = tuple[str, str]  # (channel id, ts)
+DROP = -1  # fail_next(status=DROP): close the connection without answering, like a broken proxy
 
 
 class _FromEnv:
@@ -457,9 +458,15 @@ class SlackStub:
         `method` is a Web API method, "*" for any of them, or "response_url" for posts to response URLs.
         - fail_next(m) / fail_next(m, retry_after=0): HTTP 429 with Retry-After and error "ratelimited";
         - fail_next(m, status=503): HTTP 503 with error "internal_error" (any status >= 500 works);
-        - fail_next(m, error="channel_not_found"): HTTP 200, {"ok": false, "error": ...}.
+        - fail_next(m, error="channel_not_found"): HTTP 200, {"ok": false, "error": ...};
+        - fail_next(m, status=DROP): the connection is closed without an answer (nothing is done).
         Returns the Fault; its `remaining` shows how many calls it still has to hit.
         """
+        if status == DROP:
+            fault = Fault(method=method, error="dropped", status=DROP, retry_after=None, remaining=count)
+            with self._lock:
+                self._faults.append(fault)
+            return fault
         if status is None:
             status = 429 if error in (None, "ratelimited") else 200
         if error is None:
@@ -1294,6 +1301,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if url.path.startswith("/api/"):
             method = url.path[len("/api/") :].strip("/")
             status, extra, payload = self.stub.handle_api(method, verb, headers, url.query, body)
+            if status == DROP:
+                self.close_connection = True
+                return
         elif url.path.startswith("/hooks/") and verb == "POST":
             status, payload = self.stub.handle_response_url(url.path, headers, body)
         else:
