@@ -130,6 +130,7 @@ class OutboxDispatcher:
         self._targets: dict[int, str] = {}  # row id -> channel or user it posts to (rows never change)
         self._paced_wait: float | None = None  # soonest a row skipped for pacing may go
         self._calling: str = UPDATE_KEY  # the rate-limit key of the Slack call in progress
+        self._failing = False  # a send failed since the last success: Slack may be down
 
     # --- Lifecycle --------------------------------------------------------------------------------
 
@@ -308,11 +309,15 @@ class OutboxDispatcher:
             self._targets.pop(row.id, None)
         except RetryLater as exc:
             log.warning("outbox row %s (%s): %s; retrying in %.1fs", row.id, row.kind, exc.error, exc.delay)
+            self._failing = True
             self._finish(
                 row.id, OutboxStatus.PENDING, error=exc.error, retry_in=exc.delay, doubtful=exc.doubtful
             )
         else:
             self._finish(row.id, OutboxStatus.SENT, sent=sent)
+            if self._failing:
+                self._failing = False
+                self._end_backoff()
             self._targets.pop(row.id, None)  # done with for good; a replayed dead row looks it up again
 
     def _finish(
@@ -338,6 +343,24 @@ class OutboxDispatcher:
                     )
                     raise
                 time.sleep(min(2.0**attempt, 8.0))
+
+    def _end_backoff(self) -> None:
+        """Slack answers again after failures: rows backing off from the outage are due now, not minutes
+        later. Rows waiting out a rate limit keep their Retry-After."""
+        now = self.clock()
+        with transaction(self.db) as session:
+            released = session.execute(
+                update(OutboxMessage)
+                .where(
+                    OutboxMessage.status == OutboxStatus.PENDING,
+                    OutboxMessage.next_attempt_at > now,
+                    OutboxMessage.attempts > 0,
+                    or_(OutboxMessage.last_error.is_(None), OutboxMessage.last_error != "rate limited"),
+                )
+                .values(next_attempt_at=now)
+            ).rowcount
+        if released:
+            log.info("outbox: Slack is answering again; %s delayed message(s) are due now", released)
 
     def _record_outcome(
         self,

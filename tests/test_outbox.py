@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -112,6 +113,32 @@ def test_outage_of_minutes_loses_nothing_duplicates_nothing_keeps_order(
         message = stub.message(stage.message_channel, stage.message_ts)
         has_buttons = any(block["type"] == "actions" for block in message["blocks"])
         assert has_buttons == (stage.status == "pending")
+
+
+def test_after_an_outage_the_first_success_ends_every_backoff(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock
+) -> None:
+    unpaced = SlackLimits(post_per_channel=Rate(0.001, burst=100))  # pacing is not what this tests
+    dispatcher = make_dispatcher(workflow, stub, clock, unpaced)
+    for n in range(3):
+        submit(workflow, f"V{n}")
+    first, backing_off, rate_limited = (row for row in rows(workflow) if row.kind == "post_review")
+    later = clock.now + timedelta(minutes=5)
+    with transaction(workflow.db) as session:  # as an outage leaves them: failed, waiting
+        for row, error, due in (
+            (first, "internal_error", clock.now),
+            (backing_off, "internal_error", later),
+            (rate_limited, "rate limited", later),
+        ):
+            stored = session.get(OutboxMessage, row.id)
+            stored.attempts, stored.last_error, stored.next_attempt_at = 5, error, due
+    stub.fail_next("chat.postMessage", status=503)  # still down for the first try
+    dispatcher.run_once()
+    clock.advance(seconds=2)
+    dispatcher.run_once()  # the first row goes through: Slack is back
+    status = {row.id: row.status for row in rows(workflow)}
+    assert status[first.id] == status[backing_off.id] == OutboxStatus.SENT  # due at once, not in 5 minutes
+    assert status[rate_limited.id] == OutboxStatus.PENDING  # Slack's Retry-After still holds
 
 
 def test_rate_limit_honours_retry_after_and_holds_the_channel(
