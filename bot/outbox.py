@@ -14,7 +14,8 @@ Delivery guarantee (README, "Reliability"):
   was sent, Slack answered 5xx) is sent again once its lease runs out: a lost reviewer message would stall
   a request unseen, a second copy is harmless (decisions go by request and stage, the database keeps one).
   That is the one case where Slack may show a message twice; the row's `doubtful_attempts` counts it and
-  every post carries `metadata` naming its outbox row, so a copy can be traced. Slack's API offers no
+  every post carries `metadata` naming its outbox row, the second copy says it was sent again, and a click
+  on a stray reviewer copy turns it into a button-less note (bot/copies.py). Slack's API offers no
   idempotency key for posts and the methods this bot may call cannot search a channel, so exactly-once
   is not possible for that case. A clean shutdown (SIGTERM) never leaves a send in doubt.
 """
@@ -38,6 +39,7 @@ from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from bot import views
+from bot.copies import RETIRE_COPY
 from bot.pacing import UPDATE_KEY, Pacer, post_key
 from bot.policy import Policy
 from storage.db import DatabaseUnavailable, transaction
@@ -229,7 +231,7 @@ class OutboxDispatcher:
             return [(row.id, row.kind, row.payload) for row in session.execute(query)]
 
     def _pace_keys(self, row_id: int, kind: str, payload: dict[str, Any]) -> list[str]:
-        if kind == "refresh_reviews":
+        if kind in ("refresh_reviews", RETIRE_COPY):
             return [UPDATE_KEY]
         target = self._targets.get(row_id)
         if target is None:
@@ -401,6 +403,9 @@ class OutboxDispatcher:
             if row.kind == "refresh_reviews":
                 self._refresh_reviews(row.id, int(row.payload["request_id"]))
                 return Sent()
+            if row.kind == RETIRE_COPY:
+                self._retire_copy(row.payload)
+                return Sent()
             if row.kind == "dm":
                 payload = row.payload
                 self._calling = post_key(str(payload["user"]))
@@ -456,6 +461,15 @@ class OutboxDispatcher:
             channel=stage.channel_id, metadata=_metadata(row), **_body(message)
         )
         return Sent(stage_review_id=stage.id, channel=response["channel"], ts=response["ts"])
+
+    def _retire_copy(self, payload: dict[str, Any]) -> None:
+        loaded = self._load_stage(int(payload["stage_review_id"]))
+        if loaded is None:
+            raise PermanentFailure("stage review no longer exists")
+        request, stage = loaded
+        message = views.retired_copy_message(request, stage, self.policy)
+        self._calling = UPDATE_KEY
+        self.client.chat_update(channel=payload["channel"], ts=payload["ts"], **_body(message))
 
     def _refresh_reviews(self, row_id: int, request_id: int) -> None:
         with transaction(self.db) as session:

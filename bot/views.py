@@ -502,3 +502,20 @@ HELP_TEXT = (
     "proportionate and fair. It then goes to the reviewers the force policy names; you get a direct "
     "message at each decision. Do not run a search before it is approved, and never attach an image."
 )
+
+
+# --- Reliability: a stray copy of a reviewer message (bot/copies.py) ----------------------------------
+
+
+def retired_copy_message(request: FrRequest, stage: StageReview, policy: Policy) -> dict[str, Any]:
+    """The request as it stands, without buttons, saying that decisions are taken on the other copy."""
+    message = review_message(request, stage, policy)
+    blocks = [block for block in message["blocks"] if block.get("type") != "actions"]
+    blocks = blocks[: MESSAGE_BLOCK_LIMIT - 1]
+    blocks.append(
+        context(
+            ":information_source: A second copy of this message was posted after an interruption. "
+            "This one is no longer updated: use the other copy in this channel."
+        )
+    )
+    return {**message, "blocks": blocks}

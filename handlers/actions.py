@@ -11,6 +11,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import views
+from bot.copies import note_clicked_message
 from bot.services import Services
 from bot.workflow import Refusal
 from storage.db import DatabaseUnavailable
@@ -33,7 +34,13 @@ def register(app: App, services: Services) -> None:
             _ephemeral(client, body, user_id, "That button is not valid any more.")
             return
         request_id, position = int(match[1]), int(match[2])
+        container = body.get("container") or {}
         try:
+            # A click on a stray duplicate of the reviewer message retires that copy (bot/copies.py).
+            if note_clicked_message(
+                services.db, (request_id, position), container.get("channel_id"), container.get("message_ts")
+            ):
+                services.dispatcher.wake()
             refusal = workflow.authorise(request_id, position, user_id, kind)
             request = workflow.load(request_id) if refusal is None else None
         except DatabaseUnavailable:
@@ -49,7 +56,6 @@ def register(app: App, services: Services) -> None:
                 client, body, user_id, (refusal or Refusal("gone", "That request no longer exists.")).message
             )
             return
-        container = body.get("container") or {}
         ctx = views.ReviewContext(
             request_id=request_id,
             position=position,

@@ -217,6 +217,17 @@ def test_sigkill_mid_slack_call_then_restart_delivers_everything(world: World, k
     ]
     if len(copies) == 2:  # the dead bot's call reached the stand-in: the second copy says it was sent again
         assert "Sent again after an interruption" in json.dumps(copies[1]["blocks"])
+    if len(copies) == 2 and killed_during == "post_review":
+        # A reviewer clicks the stray first copy: the click works, and that copy loses its buttons.
+        stray = copies[0]
+        with running(world.bot()) as bot:
+            world.driver(bot).block_action("USUP1", views.APPROVE_ACTION, message=stray)
+            world.stub.wait_for(lambda c: c.method == "chat.update" and c.args["ts"] == stray["ts"])
+            assert world.stub.wait_for("views.open").ok
+            assert bot.stop() == 0
+        retired = world.stub.message(stray["channel"], stray["ts"])
+        assert not any(block["type"] == "actions" for block in retired["blocks"])
+        assert_consistent(world)
     if killed_during == "refresh_reviews":
         request = request_of(world, officer)
         assert request.status == RequestStatus.APPROVED

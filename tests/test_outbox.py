@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bot import cli
+from bot.copies import note_clicked_message
 from bot.forms import DecisionForm, check_request
 from bot.outbox import OutboxDispatcher, dispatcher_client, list_outbox, retry_outbox
 from bot.pacing import Pacer, Rate, SlackLimits, post_key
@@ -237,6 +238,30 @@ def test_post_review_of_a_stage_already_posted_edits_instead_of_posting(
     drain(dispatcher, clock)
     assert [c.args["channel"] for c in delivered(stub)].count("C0SUPER") == 1
     assert stub.calls_to("chat.update")[0].ok
+
+
+def test_a_click_on_a_stray_copy_retires_it(workflow: Workflow, stub: SlackStub, clock: FakeClock) -> None:
+    dispatcher = make_dispatcher(workflow, stub, clock)
+    request_id = submit(workflow, "V1")
+    drain(dispatcher, clock)
+    with transaction(workflow.db) as session:
+        stage = session.scalars(select(StageReview).where(StageReview.request_id == request_id)).one()
+    canonical = stub.message(stage.message_channel, stage.message_ts)
+    # The copy a cut-off send left behind: the same message, posted by the bot, at another ts.
+    stray_ts = stub.add_message(
+        "C0SUPER", canonical["text"], user=stub.bot_user_id, blocks=canonical["blocks"]
+    )
+    assert not note_clicked_message(workflow.db, (request_id, 0), stage.message_channel, stage.message_ts)
+    assert not note_clicked_message(workflow.db, (request_id, 0), "C0ELSEWHERE", stray_ts)
+    assert note_clicked_message(workflow.db, (request_id, 0), "C0SUPER", stray_ts, clock=clock)
+    drain(dispatcher, clock)
+    stray = stub.message("C0SUPER", stray_ts)
+    assert not any(block["type"] == "actions" for block in stray["blocks"])
+    assert "use the other copy" in str(stray["blocks"])
+    assert any(
+        block["type"] == "actions"
+        for block in stub.message(stage.message_channel, stage.message_ts)["blocks"]
+    )
 
 
 def test_pacer_spaces_posts_per_channel_and_honours_holds() -> None:
