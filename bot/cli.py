@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from slack_bolt.error import BoltError
 from slack_sdk import WebClient
@@ -47,10 +48,12 @@ def make_client(settings: Settings) -> WebClient:
     return client
 
 
-def wait_for_slack(client: WebClient, sleep: Callable[[float], None] = time.sleep) -> None:
+def wait_for_slack(
+    client: WebClient, sleep: Callable[[float], Any] = time.sleep, stopping: threading.Event | None = None
+) -> None:
     """Check the token with auth.test; while Slack is down or busy, wait and try again rather than exit."""
     delay = 1.0
-    while True:
+    while stopping is None or not stopping.is_set():
         try:
             client.auth_test()
             return
@@ -95,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _prepare_database(settings.database_url)
 
     from bot.app import create_app
-    from bot.server import serve_http, serve_socket
+    from bot.server import on_termination, serve_http, serve_socket
     from bot.services import build_services
 
     services = build_services(
@@ -106,11 +109,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         approver_cache_seconds=settings.approver_cache_seconds,
         outbox_lease_seconds=settings.outbox_lease_seconds,
     )
+    stopping = threading.Event()  # SIGTERM while waiting for Slack is a clean stop too
+    on_termination(stopping.set)
     try:
-        wait_for_slack(services.client)
+        wait_for_slack(services.client, sleep=stopping.wait, stopping=stopping)
     except CliError:
         services.close()
         raise
+    if stopping.is_set():
+        services.close()
+        log.info("stopped before Slack answered")
+        return 0
     listeners = ThreadPoolExecutor(max_workers=settings.http_threads, thread_name_prefix="listener")
     signing_secret = (
         settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None

@@ -12,6 +12,8 @@ import contextlib
 import json
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -488,3 +490,23 @@ def test_wait_for_slack_refuses_a_bad_token_without_echoing_it(world: World) -> 
     with pytest.raises(CliError) as refused:
         wait_for_slack(client, sleep=lambda _: None)
     assert "invalid_auth" in str(refused.value) and "SECRETPART" not in str(refused.value)
+
+
+def test_sigterm_while_waiting_for_slack_at_start_exits_0(world: World) -> None:
+    world.stub.fail_next("auth.test", status=503, count=1000)
+    bot = world.bot()
+    with bot.log_path.open("ab") as log:  # BotProcess.start() would wait for a health check that never comes
+        bot.process = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "run"], cwd=bot.workdir, env=bot.env, stdout=log, stderr=log
+        )
+    try:
+        wait_until(lambda: world.stub.calls_to("auth.test"), what="the first auth.test")
+        bot.process.send_signal(signal.SIGTERM)
+        assert bot.process.wait(15) == 0, bot.log()
+        assert "stopped before Slack answered" in bot.log()
+    finally:
+        if bot.process.poll() is None:
+            bot.process.kill()
+        bot.process.wait()
+        bot.process = None
+    world.stub.clear_faults()
