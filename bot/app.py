@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import Any
 
 from slack_bolt import App, BoltResponse
 
+from bot import guard
 from bot.services import Services
 from handlers import register_all
 
@@ -21,7 +22,7 @@ def create_app(
     allowed_team_id: str | None = None,
     allowed_app_id: str | None = None,
     verify_token: bool = True,
-    listener_threads: int = 32,
+    listener_executor: Executor | None = None,
 ) -> App:
     app = App(
         client=services.client,
@@ -31,8 +32,8 @@ def create_app(
         process_before_response=False,
         # Bolt's default reply to an unmatched request is a bare 404, which is what Slack needs.
         raise_error_for_unhandled_request=False,
-        # Bolt's default pool of 5 would queue acks behind slow listeners under load.
-        listener_executor=ThreadPoolExecutor(max_workers=listener_threads, thread_name_prefix="listener"),
+        # Passed in so shutdown can wait for listeners still running after their ack.
+        listener_executor=listener_executor,
     )
 
     @app.middleware
@@ -49,5 +50,7 @@ def create_app(
             return BoltResponse(status=403, body="")
         return next()
 
+    app.middleware(guard.EventDeduplicator().middleware)
+    app.error(guard.quiet_errors)
     register_all(app, services)
     return app

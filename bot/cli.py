@@ -9,14 +9,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from slack_bolt.error import BoltError
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from bot import logs
 from bot.config import Settings, SettingsError, load_settings
@@ -28,6 +33,7 @@ if TYPE_CHECKING:
     from bot.services import Services
 
 log = logging.getLogger("fr-bot")
+T = TypeVar("T")
 EXIT_CONFIG = 2
 
 
@@ -45,6 +51,28 @@ def make_client(settings: Settings) -> WebClient:
         RateLimitErrorRetryHandler(max_retry_count=1),
     ]
     return client
+
+
+def wait_for_slack(
+    client: WebClient, sleep: Callable[[float], Any] = time.sleep, stopping: threading.Event | None = None
+) -> None:
+    """Check the token with auth.test; while Slack is down or busy, wait and try again rather than exit."""
+    delay = 1.0
+    while stopping is None or not stopping.is_set():
+        try:
+            client.auth_test()
+            return
+        except SlackApiError as exc:
+            status = exc.response.status_code
+            if status != 429 and status < 500:
+                error = exc.response.get("error")
+                raise CliError(f"FRBOT_SLACK_BOT_TOKEN: Slack refused the token ({error})") from None
+            reason = f"HTTP {status}"
+        except (OSError, SlackClientError) as exc:
+            reason = type(exc).__name__
+        log.warning("Slack is not reachable (%s); trying again in %.0fs", reason, delay)
+        sleep(delay)
+        delay = min(delay * 2, 30.0)
 
 
 def _prepare_database(url: str) -> None:
@@ -75,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _prepare_database(settings.database_url)
 
     from bot.app import create_app
-    from bot.server import serve_http, serve_socket
+    from bot.server import on_termination, serve_http, serve_socket
     from bot.services import build_services
 
     services = build_services(
@@ -84,16 +112,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         make_client(settings),
         clock=_clock(),
         outbox_poll_seconds=settings.outbox_poll_seconds,
+        approver_cache_seconds=settings.approver_cache_seconds,
+        outbox_lease_seconds=settings.outbox_lease_seconds,
+    )
+    stopping = threading.Event()  # SIGTERM while waiting for Slack is a clean stop too
+    on_termination(stopping.set)
+    try:
+        wait_for_slack(services.client, sleep=stopping.wait, stopping=stopping)
+    except CliError:
+        services.close()
+        raise
+    if stopping.is_set():
+        services.close()
+        log.info("stopped before Slack answered")
+        return 0
+    listeners = ThreadPoolExecutor(
+        # Bolt's default pool of 5 would queue acks behind slow listeners under load.
+        max_workers=settings.http_threads * 2,
+        thread_name_prefix="listener",
+    )
+    signing_secret = (
+        settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
     )
     try:
         app = create_app(
             services,
-            signing_secret=settings.slack_signing_secret.get_secret_value()
-            if settings.slack_signing_secret
-            else None,
+            signing_secret=signing_secret,
             allowed_team_id=settings.allowed_team_id,
             allowed_app_id=settings.allowed_app_id,
-            listener_threads=settings.http_threads * 2,
+            listener_executor=listeners,
         )
     except BoltError as exc:
         services.close()
@@ -103,11 +150,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("policy %s (version %s) loaded; database ready", policy.path, policy.version)
     try:
         if settings.mode == "http":
-            serve_http(app, settings.http_host, settings.http_port, settings.http_threads)
+            serve_http(
+                app,
+                settings.http_host,
+                settings.http_port,
+                settings.http_threads,
+                signing_secret=signing_secret,
+            )
         else:
             assert settings.slack_app_token is not None
             serve_socket(app, settings.slack_app_token.get_secret_value())
     finally:
+        # Shutdown order: no new requests (above), listeners finish their work after ack, then the
+        # dispatcher finishes the row it is sending; what is left in the outbox goes out after restart.
+        listeners.shutdown(wait=True)
         if scheduler is not None:
             scheduler.stop()
         services.close()
@@ -131,6 +187,59 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
         f"{len(policy.routes)} routing rules plus the default route"
     )
     return 0
+
+
+def cmd_outbox_list(args: argparse.Namespace) -> int:
+    from bot.outbox import list_outbox
+
+    entries = _with_database(lambda db: list_outbox(db, args.status))
+    if not entries:
+        print(f"no {args.status if args.status != 'all' else 'unsent'} outbox messages")
+        return 0
+    print(f"{'ID':>6}  {'STATUS':<7}  {'KIND':<15}  {'TO':<12}  {'REQUEST':>7}  {'TRIES':>5}  LAST ERROR")
+    for e in entries:
+        tries = f"{e.attempts}" + (f"/{e.doubtful_attempts}?" if e.doubtful_attempts else "")
+        print(
+            f"{e.id:>6}  {e.status:<7}  {e.kind:<15}  {e.target:<12}  {e.request_id or '-':>7}  "
+            f"{tries:>5}  {e.last_error or ''}"
+        )
+    if any(e.status == "dead" for e in entries):
+        print("Fix the cause named in LAST ERROR, then: fr-bot outbox retry ID (or --all-dead)")
+    return 0
+
+
+def cmd_outbox_retry(args: argparse.Namespace) -> int:
+    import getpass
+
+    from bot.outbox import retry_outbox
+
+    if not args.ids and not args.all_dead:
+        raise CliError("outbox retry: give message IDs or --all-dead")
+    actor = f"cli:{getpass.getuser()}"
+    requeued = _with_database(lambda db: retry_outbox(db, args.ids, all_dead=args.all_dead, actor=actor))
+    missing = sorted(set(args.ids) - set(requeued))
+    if requeued:
+        listed = ", ".join(map(str, requeued))
+        print(f"requeued {len(requeued)} message(s): {listed}; the running bot sends them")
+    if missing:
+        raise CliError(f"outbox retry: not dead or not found: {', '.join(map(str, missing))}")
+    if not requeued:
+        print("no dead outbox messages")
+    return 0
+
+
+def _with_database(work: Callable[[sessionmaker[Session]], T]) -> T:
+    from storage.db import DatabaseUnavailable, make_engine, make_session_factory
+
+    settings = load_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        return work(make_session_factory(engine))
+    except (DatabaseUnavailable, SQLAlchemyError) as exc:
+        first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise CliError(f"FRBOT_DATABASE_URL ({_safe_url(settings.database_url)}): {first}") from None
+    finally:
+        engine.dispose()
 
 
 def _safe_url(url: str) -> str:
@@ -168,8 +277,6 @@ def _clock() -> Callable[[], datetime]:
 def cmd_scheduler(_args: argparse.Namespace) -> int:
     """A process that only runs the scheduler (and delivers the outbox), for deployments that want the
     timing work apart from the Slack-facing processes; those then run with `--no-scheduler`."""
-    import threading
-
     from bot.server import on_termination
     from bot.services import build_services
 
@@ -185,6 +292,8 @@ def cmd_scheduler(_args: argparse.Namespace) -> int:
         make_client(settings),
         clock=_clock(),
         outbox_poll_seconds=settings.outbox_poll_seconds,
+        approver_cache_seconds=settings.approver_cache_seconds,
+        outbox_lease_seconds=settings.outbox_lease_seconds,
     )
     stopped = threading.Event()
     on_termination(stopped.set)
@@ -245,6 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "digest", help="send today's leads' digest now if it is due and not yet sent"
     ).set_defaults(func=cmd_digest)
+    outbox = commands.add_parser("outbox", help="list or replay Slack messages the bot still owes")
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
+    listing = outbox_commands.add_parser("list", help="list dead (default), pending or all unsent messages")
+    listing.add_argument("--status", choices=["dead", "pending", "all"], default="dead")
+    listing.set_defaults(func=cmd_outbox_list)
+    retry = outbox_commands.add_parser("retry", help="send dead messages again once the cause is fixed")
+    retry.add_argument("ids", nargs="*", type=int, metavar="ID")
+    retry.add_argument("--all-dead", action="store_true", help="every dead message")
+    retry.set_defaults(func=cmd_outbox_retry)
 
     check = commands.add_parser("check-policy", help="validate a policy file and exit")
     check.add_argument("path", nargs="?", help="policy file (default: FRBOT_POLICY_FILE)")

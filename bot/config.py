@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     # How often the scheduler looks for overdue reviews, expiring approvals and a due digest.
     scheduler_interval_seconds: float = Field(60.0, gt=0, le=3600)
     outbox_poll_seconds: float = Field(1.0, gt=0, le=60)
+    # How long a dispatcher owns a row it is sending; a crashed dispatcher's row is retried after it.
+    outbox_lease_seconds: float = Field(30.0, ge=2, le=3600)
+    # Members of approver user groups are re-read from Slack after this long.
+    approver_cache_seconds: float = Field(60.0, ge=0, le=3600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("slack_api_url")

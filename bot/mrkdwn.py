@@ -11,7 +11,8 @@ import re
 import unicodedata
 
 ZWJ = "\u2060"  # WORD JOINER: invisible, and breaks Slack's pattern matching
-_BROADCAST = re.compile(r"@(?=(channel|here|everyone)\b)", re.IGNORECASE)
+# No word boundary required: in "@channel_x" the "_" gets joiners too, which would leave "@channel" bare.
+_BROADCAST = re.compile(r"@(?=(channel|here|everyone))", re.IGNORECASE)
 _FORMATTING = re.compile(r"([*_~`])")
 
 

@@ -4,14 +4,31 @@ Rows are claimed with a short lease (a conditional UPDATE, which works the same 
 sent outside any transaction, then marked sent. Per request, rows go out strictly in order: a row waits
 while an earlier row of the same request is still pending. Reviewer messages are rendered from the
 database at send time, so a late or retried update always shows the current state.
+
+Delivery guarantee (README, "Reliability"):
+- Every row is sent until Slack accepts it, or it is parked as DEAD for an admin (`fr-bot outbox`).
+- Before each Slack call the claim commits `attempt_started_at`; the outcome clears it. A failure Slack
+  reports (429, an `ok: false` error, a refused connection) means Slack did nothing, so a retry cannot
+  duplicate anything. Updates (`chat.update`) are idempotent and are simply redone.
+- A post whose outcome is unknown (the process died mid-call, the connection broke after the request
+  was sent, Slack answered 5xx) is sent again once its lease runs out: a lost reviewer message would stall
+  a request unseen, a second copy is harmless (decisions go by request and stage, the database keeps one).
+  That is the one case where Slack may show a message twice; the row's `doubtful_attempts` counts it and
+  every post carries `metadata` naming its outbox row, the second copy says it was sent again, and a click
+  on a stray reviewer copy turns it into a button-less note (bot/copies.py). Slack's API offers no
+  idempotency key for posts and the methods this bot may call cannot search a channel, so exactly-once
+  is not possible for that case. A clean shutdown (SIGTERM) never leaves a send in doubt.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import socket
 import threading
-from collections.abc import Callable
+import time
+import urllib.error
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +39,8 @@ from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from bot import views
+from bot.copies import RETIRE_COPY
+from bot.pacing import UPDATE_KEY, Pacer, post_key
 from bot.policy import Policy
 from storage.db import DatabaseUnavailable, transaction
 from storage.models import FrRequest, OutboxMessage, OutboxStatus, StageReview, utcnow
@@ -48,6 +67,8 @@ PERMANENT_ERRORS = {
     "missing_scope": "the app lacks a scope: reinstall it from manifest.yml",
 }
 MAX_BACKOFF_SECONDS = 300.0
+METADATA_EVENT_TYPE = "fr_bot_outbox"
+FINISH_TRIES = 5  # a sent row whose outcome cannot be saved would be sent again: try hard to save it
 
 
 class PermanentFailure(Exception):
@@ -57,10 +78,12 @@ class PermanentFailure(Exception):
 
 
 class RetryLater(Exception):
-    def __init__(self, error: str, delay: float) -> None:
+    def __init__(self, error: str, delay: float, doubtful: bool = False) -> None:
         super().__init__(error)
         self.error = error
         self.delay = delay
+        # True when Slack may have acted on the call although we saw a failure.
+        self.doubtful = doubtful
 
 
 @dataclass(frozen=True)
@@ -76,6 +99,14 @@ def backoff(attempts: int) -> float:
     return min(MAX_BACKOFF_SECONDS, 2.0 ** min(attempts, 10)) * random.uniform(0.75, 1.25)
 
 
+def dispatcher_client(client: WebClient, timeout: float) -> WebClient:
+    """A client of its own for the dispatcher: no built-in retries (they would sleep on Retry-After with
+    every other channel waiting, and retry posts blindly); the dispatcher retries by itself."""
+    own = WebClient(token=client.token, base_url=client.base_url, timeout=int(max(1, timeout)))
+    own.retry_handlers = []
+    return own
+
+
 class OutboxDispatcher:
     def __init__(
         self,
@@ -84,8 +115,9 @@ class OutboxDispatcher:
         policy: Policy,
         clock: Callable[[], datetime] = utcnow,
         poll_seconds: float = 1.0,
-        lease_seconds: float = 60.0,
+        lease_seconds: float = 30.0,
         batch_size: int = 50,
+        pacer: Pacer | None = None,
         senders: dict[str, Callable[[dict[str, Any]], None]] | None = None,
     ) -> None:
         self.db = db
@@ -95,11 +127,16 @@ class OutboxDispatcher:
         self.poll_seconds = poll_seconds
         self.lease = timedelta(seconds=lease_seconds)
         self.batch_size = batch_size
+        self.pacer = pacer or Pacer()
         # Extra outbox kinds delivered by other modules (e.g. App Home publishing), by kind.
         self.senders = dict(senders or {})
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._targets: dict[int, str] = {}  # row id -> channel or user it posts to (rows never change)
+        self._paced_wait: float | None = None  # soonest a row skipped for pacing may go
+        self._calling: str = UPDATE_KEY  # the rate-limit key of the Slack call in progress
+        self._failing = False  # a send failed since the last success: Slack may be down
 
     # --- Lifecycle --------------------------------------------------------------------------------
 
@@ -109,14 +146,18 @@ class OutboxDispatcher:
     def start(self) -> None:
         if self._thread is not None:
             return
+        self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="outbox-dispatcher", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the row being sent (so its outcome is recorded), then stop."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(timeout if timeout is not None else self.lease.total_seconds())
+            if self._thread.is_alive():
+                log.warning("outbox: dispatcher still busy at shutdown; its row is retried after the lease")
             self._thread = None
 
     def _loop(self) -> None:
@@ -130,25 +171,44 @@ class OutboxDispatcher:
                 log.exception("outbox: unexpected error; continuing")
                 sent = 0
             if sent == 0:
-                self._wake.wait(self.poll_seconds)
+                wait = self.poll_seconds
+                if self._paced_wait is not None:
+                    wait = min(wait, max(self._paced_wait, 0.01))
+                self._wake.wait(wait)
                 self._wake.clear()
 
     # --- One pass ---------------------------------------------------------------------------------
 
     def run_once(self) -> int:
-        """Send what is due now; return how many rows were handled."""
+        """Send what is due now and allowed by the pace; return how many rows were handled."""
         handled = 0
-        for row_id in self._due_ids():
-            if self._stop.is_set():
+        skipped: set[int] = set()
+        paced: set[str] = set()  # keys found busy in this pass: later rows for them wait, keeping order
+        self._paced_wait = None
+        while not self._stop.is_set():
+            due = self._due(exclude=skipped)
+            if not due:
                 break
-            row = self._claim(row_id)
-            if row is None:
-                continue  # another dispatcher took it
-            self._deliver(row)
-            handled += 1
+            for row_id, kind, payload in due:
+                if self._stop.is_set():
+                    break
+                keys = self._pace_keys(row_id, kind, payload)
+                wait = self.pacer.ready_in(keys)
+                if wait > 0 or paced.intersection(keys):
+                    skipped.add(row_id)
+                    paced.update(keys)
+                    self._paced_wait = wait if self._paced_wait is None else min(self._paced_wait, wait)
+                    continue
+                row = self._claim(row_id)
+                if row is None:
+                    skipped.add(row_id)  # another dispatcher took it
+                    continue
+                self.pacer.take(keys)
+                self._deliver(row)
+                handled += 1
         return handled
 
-    def _due_ids(self) -> list[int]:
+    def _due(self, exclude: set[int]) -> list[tuple[int, str, dict[str, Any]]]:
         now = self.clock()
         earlier = aliased(OutboxMessage)
         blocked = exists().where(
@@ -159,7 +219,7 @@ class OutboxDispatcher:
             )
         )
         query = (
-            select(OutboxMessage.id)
+            select(OutboxMessage.id, OutboxMessage.kind, OutboxMessage.payload)
             .where(
                 OutboxMessage.status == OutboxStatus.PENDING,
                 OutboxMessage.next_attempt_at <= now,
@@ -169,10 +229,35 @@ class OutboxDispatcher:
             .order_by(OutboxMessage.id)
             .limit(self.batch_size)
         )
+        if exclude:
+            query = query.where(OutboxMessage.id.not_in(exclude))
         with transaction(self.db, read_only=True) as session:
-            return list(session.scalars(query))
+            return [(row.id, row.kind, row.payload) for row in session.execute(query)]
+
+    def _pace_keys(self, row_id: int, kind: str, payload: dict[str, Any]) -> list[str]:
+        if kind in ("refresh_reviews", RETIRE_COPY):
+            return [UPDATE_KEY]
+        target = self._targets.get(row_id)
+        if target is None:
+            if kind == "dm":
+                target = str(payload.get("user", ""))
+            elif kind == "channel_post":
+                target = str(payload.get("channel", ""))
+            elif kind in ("post_review", "stage_note"):
+                with transaction(self.db, read_only=True) as session:
+                    target = session.scalar(
+                        select(StageReview.channel_id).where(
+                            StageReview.id == int(payload.get("stage_review_id", 0))
+                        )
+                    )
+                target = target or ""
+            else:
+                return []
+            self._targets[row_id] = target
+        return [post_key(target)]
 
     def _claim(self, row_id: int) -> OutboxMessage | None:
+        """Lease the row and record that a send is starting, in one committed transaction."""
         now = self.clock()
         with transaction(self.db) as session:
             claimed = session.execute(
@@ -186,7 +271,31 @@ class OutboxDispatcher:
             ).rowcount
             if claimed != 1:
                 return None
-            return session.get(OutboxMessage, row_id)
+            row = session.get(OutboxMessage, row_id)
+            assert row is not None
+            if row.attempt_started_at is not None:
+                # The last send began and never recorded an outcome: the process died during it.
+                row.doubtful_attempts += 1
+                log.warning(
+                    "outbox row %s (%s, request %s): the send started at %s was cut off; Slack may "
+                    "already have it, sending again%s",
+                    row.id,
+                    row.kind,
+                    row.request_id,
+                    row.attempt_started_at.isoformat(),
+                    "" if row.kind == "refresh_reviews" else " (a second copy may appear)",
+                )
+            row.attempt_started_at = now
+            return row
+
+    def _renew(self, row_id: int) -> None:
+        """Extend the lease before another Slack call of a multi-call row."""
+        with transaction(self.db) as session:
+            session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == row_id)
+                .values(claimed_until=self.clock() + self.lease)
+            )
 
     def _deliver(self, row: OutboxMessage) -> None:
         try:
@@ -194,21 +303,30 @@ class OutboxDispatcher:
         except PermanentFailure as exc:
             advice = PERMANENT_ERRORS.get(exc.error, "see the Slack error code")
             log.error(
-                "outbox row %s (%s, request %s) failed for good: %s: %s. "
+                "outbox row %s (%s to %s, request %s) failed for good: %s: %s. "
                 "Fix it, then run `fr-bot outbox retry %s`.",
                 row.id,
                 row.kind,
+                self._targets.get(row.id, "Slack"),
                 row.request_id,
                 exc.error,
                 advice,
                 row.id,
             )
             self._finish(row.id, OutboxStatus.DEAD, error=f"{exc.error}: {advice}")
+            self._targets.pop(row.id, None)
         except RetryLater as exc:
             log.warning("outbox row %s (%s): %s; retrying in %.1fs", row.id, row.kind, exc.error, exc.delay)
-            self._finish(row.id, OutboxStatus.PENDING, error=exc.error, retry_in=exc.delay)
+            self._failing = True
+            self._finish(
+                row.id, OutboxStatus.PENDING, error=exc.error, retry_in=exc.delay, doubtful=exc.doubtful
+            )
         else:
             self._finish(row.id, OutboxStatus.SENT, sent=sent)
+            if self._failing:
+                self._failing = False
+                self._end_backoff()
+            self._targets.pop(row.id, None)  # done with for good; a replayed dead row looks it up again
 
     def _finish(
         self,
@@ -217,6 +335,49 @@ class OutboxDispatcher:
         error: str | None = None,
         retry_in: float | None = None,
         sent: Sent | None = None,
+        doubtful: bool = False,
+    ) -> None:
+        for attempt in range(1, FINISH_TRIES + 1):
+            try:
+                self._record_outcome(row_id, status, error, retry_in, sent, doubtful)
+                return
+            except DatabaseUnavailable as exc:
+                if attempt == FINISH_TRIES:
+                    log.error(
+                        "outbox row %s: sent but the database is unavailable to record it (%s); "
+                        "it will be treated as a doubtful send after its lease",
+                        row_id,
+                        exc,
+                    )
+                    raise
+                time.sleep(min(2.0**attempt, 8.0))
+
+    def _end_backoff(self) -> None:
+        """Slack answers again after failures: rows backing off from the outage are due now, not minutes
+        later. Rows waiting out a rate limit keep their Retry-After."""
+        now = self.clock()
+        with transaction(self.db) as session:
+            released = session.execute(
+                update(OutboxMessage)
+                .where(
+                    OutboxMessage.status == OutboxStatus.PENDING,
+                    OutboxMessage.next_attempt_at > now,
+                    OutboxMessage.attempts > 0,
+                    or_(OutboxMessage.last_error.is_(None), OutboxMessage.last_error != "rate limited"),
+                )
+                .values(next_attempt_at=now)
+            ).rowcount
+        if released:
+            log.info("outbox: Slack is answering again; %s delayed message(s) are due now", released)
+
+    def _record_outcome(
+        self,
+        row_id: int,
+        status: str,
+        error: str | None,
+        retry_in: float | None,
+        sent: Sent | None,
+        doubtful: bool,
     ) -> None:
         now = self.clock()
         with transaction(self.db) as session:
@@ -225,8 +386,11 @@ class OutboxDispatcher:
                 return
             row.status = status
             row.claimed_until = None
+            row.attempt_started_at = None
             row.attempts += 1
             row.last_error = error
+            if doubtful:
+                row.doubtful_attempts += 1
             if status == OutboxStatus.SENT:
                 row.sent_at = now
             if retry_in is not None:
@@ -242,30 +406,45 @@ class OutboxDispatcher:
     def _send(self, row: OutboxMessage) -> Sent:
         try:
             if row.kind == "post_review":
-                return self._post_review(int(row.payload["stage_review_id"]))
+                return self._post_review(row, int(row.payload["stage_review_id"]))
             if row.kind == "refresh_reviews":
-                self._refresh_reviews(int(row.payload["request_id"]))
+                self._refresh_reviews(row.id, int(row.payload["request_id"]))
+                return Sent()
+            if row.kind == RETIRE_COPY:
+                self._retire_copy(row.payload)
+                return Sent()
+            if row.kind == "channel_post":
+                self._channel_post(row.payload)
                 return Sent()
             if row.kind == "stage_note":
                 self._stage_note(row.payload)
                 return Sent()
             if row.kind in self.senders:
+                self._calling = f"kind:{row.kind}"
                 self.senders[row.kind](row.payload)
                 return Sent()
             if row.kind == "dm":
                 payload = row.payload
+                self._calling = post_key(str(payload["user"]))
                 self.client.chat_postMessage(
-                    channel=payload["user"], text=payload["text"], blocks=payload["blocks"]
+                    channel=payload["user"],
+                    text=payload["text"],
+                    blocks=_owning_up(row, payload["blocks"]),
+                    metadata=_metadata(row),
                 )
-                return Sent()
-            if row.kind == "channel_post":
-                self._channel_post(row.payload)
                 return Sent()
             raise PermanentFailure(f"unknown outbox kind {row.kind}")
         except SlackApiError as exc:
-            raise classify(exc, row.attempts) from None
+            failure = classify(exc, row.attempts)
+            if isinstance(failure, RetryLater) and exc.response.status_code == 429:
+                self.pacer.hold(self._calling, failure.delay)
+            raise failure from None
         except (OSError, TimeoutError) as exc:  # connection refused, reset, DNS, timeouts
-            raise RetryLater(f"connection error: {type(exc).__name__}", backoff(row.attempts)) from None
+            raise RetryLater(
+                f"connection error: {type(exc).__name__}",
+                backoff(row.attempts),
+                doubtful=not _refused(exc),
+            ) from None
         except (PermanentFailure, RetryLater, DatabaseUnavailable):
             raise
         except Exception as exc:
@@ -281,18 +460,23 @@ class OutboxDispatcher:
                 return None
             return request, request.stages[stage.position]
 
-    def _post_review(self, stage_review_id: int) -> Sent:
+    def _post_review(self, row: OutboxMessage, stage_review_id: int) -> Sent:
         loaded = self._load_stage(stage_review_id)
         if loaded is None:
             raise PermanentFailure("stage review no longer exists")
         request, stage = loaded
         message = views.review_message(request, stage, self.policy, now=self.clock())
         if stage.message_ts:  # posted before a crash stopped us marking it: edit, never post twice
+            self._calling = UPDATE_KEY
             self.client.chat_update(
                 channel=stage.message_channel or stage.channel_id, ts=stage.message_ts, **_body(message)
             )
             return Sent()
-        response = self.client.chat_postMessage(channel=stage.channel_id, **_body(message))
+        self._calling = post_key(stage.channel_id)
+        message["blocks"] = _owning_up(row, message["blocks"])
+        response = self.client.chat_postMessage(
+            channel=stage.channel_id, metadata=_metadata(row), **_body(message)
+        )
         channel, ts = response["channel"], response["ts"]
         return Sent(stage_review_id=stage.id, channel=channel, ts=ts, permalink=self._permalink(channel, ts))
 
@@ -313,11 +497,12 @@ class OutboxDispatcher:
         thread_ts = None
         stage_review_id = payload.get("thread_stage_review_id")
         if stage_review_id is not None:
-            with transaction(self.db) as session:
+            with transaction(self.db, read_only=True) as session:
                 stage = session.get(StageReview, int(stage_review_id))
                 if stage is not None and (stage.message_channel or stage.channel_id) == payload["channel"]:
                     thread_ts = stage.message_ts
         extra = {"thread_ts": thread_ts} if thread_ts else {}
+        self._calling = post_key(str(payload["channel"]))
         self.client.chat_postMessage(channel=payload["channel"], **_body(payload), **extra)
 
     def _stage_note(self, payload: dict[str, Any]) -> None:
@@ -328,25 +513,61 @@ class OutboxDispatcher:
             raise PermanentFailure("stage review no longer exists")
         thread = {"thread_ts": stage.message_ts} if stage.message_ts else {}
         channel = stage.message_channel or stage.channel_id
+        self._calling = post_key(stage.channel_id)
         self.client.chat_postMessage(
             channel=channel, text=payload["text"], blocks=payload["blocks"], **thread
         )
 
-    def _refresh_reviews(self, request_id: int) -> None:
+    def _retire_copy(self, payload: dict[str, Any]) -> None:
+        loaded = self._load_stage(int(payload["stage_review_id"]))
+        if loaded is None:
+            raise PermanentFailure("stage review no longer exists")
+        request, stage = loaded
+        message = views.retired_copy_message(request, stage, self.policy)
+        self._calling = UPDATE_KEY
+        self.client.chat_update(channel=payload["channel"], ts=payload["ts"], **_body(message))
+
+    def _refresh_reviews(self, row_id: int, request_id: int) -> None:
         with transaction(self.db, read_only=True) as session:
             request = request_with_history(session, request_id)
         if request is None:
             raise PermanentFailure("request no longer exists")
-        for stage in request.stages:
-            if stage.message_ts:
-                message = views.review_message(request, stage, self.policy, now=self.clock())
-                self.client.chat_update(
-                    channel=stage.message_channel or stage.channel_id, ts=stage.message_ts, **_body(message)
-                )
+        posted = [stage for stage in request.stages if stage.message_ts]
+        for index, stage in enumerate(posted):
+            if index:
+                self._renew(row_id)
+                self.pacer.take([UPDATE_KEY])
+            message = views.review_message(request, stage, self.policy, now=self.clock())
+            self._calling = UPDATE_KEY
+            self.client.chat_update(
+                channel=stage.message_channel or stage.channel_id, ts=stage.message_ts, **_body(message)
+            )
 
 
 def _body(message: dict[str, Any]) -> dict[str, Any]:
     return {"text": message["text"], "blocks": message["blocks"]}
+
+
+def _metadata(row: OutboxMessage) -> dict[str, Any]:
+    """Tags each post with its outbox row, so any copy in Slack can be traced to the row that made it."""
+    return {
+        "event_type": METADATA_EVENT_TYPE,
+        "event_payload": {"outbox_id": row.id, "request_id": row.request_id, "kind": row.kind},
+    }
+
+
+def _owning_up(row: OutboxMessage, blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A post sent again after a cut-off send says so, so a second copy explains itself."""
+    if row.doubtful_attempts == 0 or len(blocks) >= views.MESSAGE_BLOCK_LIMIT:
+        return blocks
+    note = "Sent again after an interruption: if you already have this message, the two are the same."
+    return [*blocks, views.context(note)]
+
+
+def _refused(exc: BaseException) -> bool:
+    """True when the connection was never made, so Slack cannot have seen the call."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    return isinstance(reason, (ConnectionRefusedError, socket.gaierror))
 
 
 def classify(exc: SlackApiError, attempts: int) -> Exception:
@@ -361,4 +582,98 @@ def classify(exc: SlackApiError, attempts: int) -> Exception:
         return RetryLater("rate limited", max(delay, 1.0))
     if error in PERMANENT_ERRORS:
         return PermanentFailure(error)
-    return RetryLater(error, backoff(attempts))
+    # Slack documents that a 5xx may come after part of the work was done.
+    return RetryLater(error, backoff(attempts), doubtful=response.status_code >= 500)
+
+
+# --- Administration: the dead-letter list and replay (`fr-bot outbox`) ------------------------------
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    id: int
+    request_id: int | None
+    kind: str
+    target: str
+    status: str
+    attempts: int
+    doubtful_attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+
+
+def _target(session: Session, row: OutboxMessage) -> str:
+    if row.kind == "dm":
+        return str(row.payload.get("user", ""))
+    if row.kind == "channel_post":
+        return str(row.payload.get("channel", ""))
+    if row.kind in ("post_review", "stage_note"):
+        channel = session.scalar(
+            select(StageReview.channel_id).where(StageReview.id == int(row.payload.get("stage_review_id", 0)))
+        )
+        return channel or "?"
+    if row.kind == "publish_home":
+        return "App Home"
+    return "reviewer messages"
+
+
+def list_outbox(db: sessionmaker[Session], status: str = OutboxStatus.DEAD) -> list[OutboxEntry]:
+    """Rows with `status` (pending, dead, sent) or every row not yet sent for "all"."""
+    query = select(OutboxMessage).order_by(OutboxMessage.id)
+    if status == "all":
+        query = query.where(OutboxMessage.status != OutboxStatus.SENT)
+    else:
+        query = query.where(OutboxMessage.status == status)
+    with transaction(db) as session:
+        return [
+            OutboxEntry(
+                id=row.id,
+                request_id=row.request_id,
+                kind=row.kind,
+                target=_target(session, row),
+                status=row.status,
+                attempts=row.attempts,
+                doubtful_attempts=row.doubtful_attempts,
+                next_attempt_at=row.next_attempt_at,
+                last_error=row.last_error,
+            )
+            for row in session.scalars(query)
+        ]
+
+
+def retry_outbox(
+    db: sessionmaker[Session],
+    ids: Iterable[int] = (),
+    all_dead: bool = False,
+    actor: str = "admin",
+    clock: Callable[[], datetime] = utcnow,
+) -> list[int]:
+    """Put dead rows back in the queue, due now; returns the ids requeued. Each replay is audited."""
+    from bot.workflow import audit  # the workflow imports this module's neighbours; import late
+
+    now = clock()
+    query = select(OutboxMessage).where(OutboxMessage.status == OutboxStatus.DEAD)
+    if not all_dead:
+        wanted = list(ids)
+        if not wanted:
+            return []
+        query = query.where(OutboxMessage.id.in_(wanted))
+    requeued: list[int] = []
+    with transaction(db) as session:
+        for row in session.scalars(query.order_by(OutboxMessage.id).with_for_update()):
+            audit(
+                session,
+                actor,
+                "outbox_retried",
+                row.request_id,
+                now,
+                outbox_id=row.id,
+                kind=row.kind,
+                last_error=row.last_error,
+            )
+            row.status = OutboxStatus.PENDING
+            row.next_attempt_at = now
+            row.claimed_until = None
+            row.attempts = 0  # a fresh start: no backoff carried over from before the fix
+            requeued.append(row.id)
+    return requeued

@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from slack_bolt import App
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk.signature import SignatureVerifier
+
+from bot.guard import check_body, shape_problem
 
 log = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
 MAX_BODY_BYTES = 1_000_000  # Slack payloads are far smaller; anything larger is refused with 413
 
 
-def wsgi_app(app: App) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
+def wsgi_app(
+    app: App, signing_secret: str | None = None
+) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
     slack = SlackRequestHandler(app, path=EVENTS_PATH)
+    # Checked here as well as by Bolt so that an unsigned request is refused before its body is examined.
+    verifier = SignatureVerifier(signing_secret) if signing_secret else None
 
     def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
@@ -31,11 +40,44 @@ def wsgi_app(app: App) -> Callable[[dict[str, Any], Callable[..., Any]], Iterabl
             if not content_type.startswith(("application/x-www-form-urlencoded", "application/json")):
                 start_response("415 Unsupported Media Type", [("Content-Type", "text/plain")])
                 return [b"unsupported content type"]
+            body = _read_body(environ)
+            if verifier is not None and not _signed(
+                verifier,
+                body,
+                environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", ""),
+                environ.get("HTTP_X_SLACK_SIGNATURE", ""),
+            ):
+                start_response("401 Unauthorized", [("Content-Type", "text/plain")])
+                return [b"invalid request signature"]
+            problem = check_body(content_type, body)
+            if problem is not None:
+                log.warning("refused a malformed request: %s", problem)
+                start_response("400 Bad Request", [("Content-Type", "text/plain")])
+                return [b"malformed request"]
+            environ["wsgi.input"] = io.BytesIO(body)  # Bolt reads the body again
             return slack(environ, start_response)
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found"]
 
     return application
+
+
+def _signed(verifier: SignatureVerifier, body: bytes, timestamp: str, signature: str) -> bool:
+    if not timestamp.isdigit() or not signature:
+        return False
+    try:
+        return bool(verifier.is_valid(body.decode("utf-8"), timestamp, signature))
+    except UnicodeDecodeError:
+        return False  # Slack signs UTF-8 text; anything else is not from Slack
+
+
+def _read_body(environ: dict[str, Any]) -> bytes:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    # waitress has already refused anything over MAX_BODY_BYTES with 413
+    return environ["wsgi.input"].read(min(max(length, 0), MAX_BODY_BYTES)) if length > 0 else b""
 
 
 def on_termination(stop: Callable[[], None]) -> None:
@@ -52,12 +94,19 @@ def on_termination(stop: Callable[[], None]) -> None:
 
 
 def serve_http(
-    app: App, host: str, port: int, threads: int, ready: Callable[[int], None] | None = None
+    app: App,
+    host: str,
+    port: int,
+    threads: int,
+    ready: Callable[[int], None] | None = None,
+    drain_seconds: float = 20.0,
+    signing_secret: str | None = None,
 ) -> None:
+    """Serve until SIGTERM/SIGINT, then stop listening and let in-flight requests finish."""
     from waitress.server import create_server
 
     server = create_server(
-        wsgi_app(app),
+        wsgi_app(app, signing_secret),
         host=host,
         port=port,
         threads=threads,
@@ -67,16 +116,70 @@ def serve_http(
     )
     bound_port = server.effective_port  # type: ignore[union-attr]
     log.info("HTTP mode: listening on %s:%s%s", host, bound_port, EVENTS_PATH)
-    on_termination(server.close)
+    stopping = threading.Event()
+    on_termination(stopping.set)
     if ready:
         ready(int(bound_port))
-    # Closing the server from the signal handler ends its loop with one of these.
+    _run_until(server, stopping)
+    _drain(server, drain_seconds)
+
+
+def _poll(server: Any, timeout: float) -> None:
+    server.asyncore.loop(timeout=timeout, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1)
+
+
+def _run_until(server: Any, stopping: threading.Event) -> None:
+    # waitress's own run() loops until the process ends; polling here lets the signal handler only set a
+    # flag, so shutdown happens in this thread at a point where no socket is half-handled.
+    while not stopping.is_set():
+        _poll(server, 0.2)
+
+
+def _drain(server: Any, drain_seconds: float) -> None:
+    from waitress import wasyncore
+    from waitress.channel import HTTPChannel
+
+    wasyncore.dispatcher.close(server)  # stop accepting; keep the trigger that wakes us for responses
+
+    def busy() -> bool:
+        return any(
+            channel.requests or channel.total_outbufs_len
+            for channel in list(server._map.values())
+            if isinstance(channel, HTTPChannel)
+        )
+
+    deadline = time.monotonic() + drain_seconds
+    while busy() and time.monotonic() < deadline:
+        _poll(server, 0.05)
+    if busy():
+        log.warning("stopping with requests still in flight after %.0fs", drain_seconds)
+    server.task_dispatcher.shutdown(timeout=1)
     with contextlib.suppress(OSError, ValueError):
-        server.run()
+        server.close()
+    for channel in list(server._map.values()):
+        with contextlib.suppress(OSError, ValueError):
+            channel.close()
+
+
+class CheckedSocketModeHandler(SocketModeHandler):
+    """Socket Mode with the same payload checks as HTTP mode: a malformed envelope is acknowledged
+    (so Slack does not redeliver it) and dropped before Bolt parses it."""
+
+    def handle(self, client: Any, req: Any) -> None:
+        if req.type in ("interactive", "slash_commands", "events_api"):
+            payload = req.payload if isinstance(req.payload, dict) else {}
+            problem = shape_problem(payload)
+            if problem is not None:
+                from slack_sdk.socket_mode.response import SocketModeResponse
+
+                log.warning("refused a malformed Socket Mode %s: %s", req.type, problem)
+                client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+                return
+        super().handle(client, req)
 
 
 def serve_socket(app: App, app_token: str) -> None:
-    handler = SocketModeHandler(app, app_token)
+    handler = CheckedSocketModeHandler(app, app_token)
     stopped = threading.Event()
     on_termination(stopped.set)
     handler.connect()

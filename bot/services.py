@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.approvers import ApproverDirectory, SlackGroupSource
 from bot.home import HomePublisher
-from bot.outbox import OutboxDispatcher
+from bot.outbox import OutboxDispatcher, dispatcher_client
 from bot.policy import LoadedPolicy
 from bot.workflow import Workflow
 from storage.db import make_engine, make_session_factory
@@ -41,12 +41,21 @@ def build_services(
     clock: Callable[[], datetime] = utcnow,
     outbox_poll_seconds: float = 1.0,
     approver_cache_seconds: float = 60.0,
+    outbox_lease_seconds: float = 30.0,
 ) -> Services:
     engine = make_engine(database_url)
     db = make_session_factory(engine)
-    dispatcher = OutboxDispatcher(db, client, policy.policy, clock=clock, poll_seconds=outbox_poll_seconds)
+    dispatcher = OutboxDispatcher(
+        db,
+        # Each Slack call must end well within the lease, or another dispatcher could take the row.
+        dispatcher_client(client, timeout=min(10.0, outbox_lease_seconds / 4)),
+        policy.policy,
+        clock=clock,
+        poll_seconds=outbox_poll_seconds,
+        lease_seconds=outbox_lease_seconds,
+    )
     approvers = ApproverDirectory(SlackGroupSource(client), ttl_seconds=approver_cache_seconds)
     workflow = Workflow(db, policy, approvers, clock=clock, on_outbox=dispatcher.wake)
-    home = HomePublisher(workflow, client)
+    home = HomePublisher(workflow, dispatcher.client)  # no blind retries, like every outbox send
     dispatcher.senders["publish_home"] = home.publish_for
     return Services(engine, db, policy, client, workflow, dispatcher, home)

@@ -462,7 +462,8 @@ def info_modal(request: FrRequest, policy: Policy, ctx: ReviewContext) -> dict[s
 
 
 def _dm(request: FrRequest, text: str, blocks: list[Block]) -> dict[str, Any]:
-    return {"user": request.requester_id, "text": clip(text, 300), "blocks": blocks}
+    # The notification text is parsed as mrkdwn too; stage and tool names come from the policy file.
+    return {"user": request.requester_id, "text": clip(escape(text), 300), "blocks": blocks}
 
 
 def submitted_dm(request: FrRequest, policy: Policy) -> dict[str, Any]:
@@ -1220,3 +1221,20 @@ def digest_message(channel: str, summary: dict[str, Any], policy: Policy) -> dic
         else "FR digest: nothing pending"
     )
     return {"channel": channel, "text": text, "blocks": blocks[:MESSAGE_BLOCK_LIMIT]}
+
+
+# --- Reliability: a stray copy of a reviewer message (bot/copies.py) ----------------------------------
+
+
+def retired_copy_message(request: FrRequest, stage: StageReview, policy: Policy) -> dict[str, Any]:
+    """The request as it stands, without buttons, saying that decisions are taken on the other copy."""
+    message = review_message(request, stage, policy)
+    blocks = [block for block in message["blocks"] if block.get("type") != "actions"]
+    blocks = blocks[: MESSAGE_BLOCK_LIMIT - 1]
+    blocks.append(
+        context(
+            ":information_source: A second copy of this message was posted after an interruption. "
+            "This one is no longer updated: use the other copy in this channel."
+        )
+    )
+    return {**message, "blocks": blocks}

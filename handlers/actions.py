@@ -13,6 +13,7 @@ from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
 from bot import views
+from bot.copies import note_clicked_message
 from bot.services import Services
 from bot.workflow import Refusal
 from handlers.replies import open_view, tell
@@ -61,6 +62,12 @@ def register(app: App, services: Services) -> None:
             tell(client, body, STALE)
             return
         request_id, position = int(match[1]), int(match[2])
+        container = body.get("container") or {}
+        # A click on a stray duplicate of the reviewer message retires that copy (bot/copies.py).
+        if note_clicked_message(
+            services.db, (request_id, position), container.get("channel_id"), container.get("message_ts")
+        ):
+            services.dispatcher.wake()
         if action["action_id"] == views.COMMENT_ACTION:
             request = workflow.load(request_id)
             if request is None or user_id == request.requester_id or not workflow.may_view(request, user_id):
@@ -74,7 +81,6 @@ def register(app: App, services: Services) -> None:
         if refusal is not None or request is None:
             tell(client, body, (refusal or Refusal("gone", "That request no longer exists.")).message)
             return
-        container = body.get("container") or {}
         ctx = views.ReviewContext(
             request_id=request_id,
             position=position,

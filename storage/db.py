@@ -11,6 +11,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.canonical import canonical_json
@@ -25,17 +26,28 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached or stayed locked; nothing was saved."""
 
 
+# A modal submission is saved before Slack's 3-second acknowledgement: waiting longer than this for a lock
+# or a connection would lose the chance to tell the user "not saved". Short waits fail fast instead.
+LOCK_WAIT_SECONDS = 2
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     # JSON columns are stored canonically, the form the audit chain hashes (storage/canonical.py).
     kwargs.setdefault("json_serializer", canonical_json)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10}, **kwargs)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": LOCK_WAIT_SECONDS}, **kwargs
+        )
         _configure_sqlite(engine)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_pre_ping", True)  # a connection broken by a database restart is replaced
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    return create_engine(url, **kwargs)
+    kwargs.setdefault("pool_timeout", LOCK_WAIT_SECONDS)
+    connect_args = kwargs.pop("connect_args", {})
+    connect_args.setdefault("connect_timeout", LOCK_WAIT_SECONDS)
+    connect_args.setdefault("options", f"-c lock_timeout={LOCK_WAIT_SECONDS * 1000}")
+    return create_engine(url, connect_args=connect_args, **kwargs)
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -46,7 +58,7 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None  # let us issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute(f"PRAGMA busy_timeout={LOCK_WAIT_SECONDS * 1000}")
         if engine.url.database not in (None, "", ":memory:"):
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
@@ -79,6 +91,9 @@ def transaction(factory: sessionmaker[Session], read_only: bool = False) -> Iter
     except OperationalError as exc:
         session.rollback()
         raise DatabaseUnavailable(_short(exc)) from exc
+    except PoolTimeout as exc:  # every connection busy for LOCK_WAIT_SECONDS
+        session.rollback()
+        raise DatabaseUnavailable("no free database connection") from exc
     except DBAPIError as exc:
         session.rollback()
         if exc.connection_invalidated:

@@ -114,7 +114,8 @@ class FrRequest(Base):
     policy_version: Mapped[str] = mapped_column(String(64))
     current_stage: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Set explicitly with the workflow's clock: an ORM onupdate would stamp the wall clock mid-transaction.
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # A re-request links to the request it was started from (after a rejection or expiry). No foreign key:
@@ -335,6 +336,11 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Set (and committed) before each Slack call, cleared with its outcome: a row claimed again with this
+    # still set had a send cut off by a crash, so Slack may or may not have it.
+    attempt_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # How many sends of this row ended without knowing whether Slack acted on them.
+    doubtful_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class AppHomeViewer(Base):

@@ -80,7 +80,7 @@ def test_post_use_record_closes_an_approved_request(workflow: Workflow) -> None:
     assert isinstance(again, Refusal) and again.code == "already_recorded"
     request = workflow.load(result.request_id)
     assert request is not None and request.closed_at is not None
-    assert views.officer_buttons(request) is None  # nothing left for the officer to do
+    assert views.officer_buttons(request, workflow.clock()) is None  # nothing left for the officer to do
 
 
 def test_deputy_decides_only_inside_the_range_and_is_recorded_as_deputy(

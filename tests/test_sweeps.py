@@ -16,6 +16,7 @@ from sqlalchemy import Engine, func, select
 from bot import sweeps, views
 from bot.forms import DecisionForm, check_request
 from bot.outbox import OutboxDispatcher
+from bot.pacing import Pacer, Rate, SlackLimits
 from bot.workflow import Workflow
 from storage.db import make_engine, make_session_factory, transaction
 from storage.models import (
@@ -51,8 +52,22 @@ def submit(workflow: Workflow, key: str, **overrides: str) -> int:
     return workflow.submit(form, OFFICER, "T0TEST", key).request_id
 
 
+UNPACED = SlackLimits(
+    post_per_channel=Rate(interval=1e-6, burst=10_000), update=Rate(interval=1e-6, burst=10_000)
+)
+
+
 def deliver(workflow: Workflow, stub: SlackStub, clock: FakeClock) -> None:
-    dispatcher = OutboxDispatcher(workflow.db, stub.client(), workflow.policy, clock=clock)
+    """Everything queued, at once: these tests are about what the sweeps queue, not about Slack's pace
+    (tests/test_outbox.py covers pacing). App Home refreshes are not what these tests look at."""
+    dispatcher = OutboxDispatcher(
+        workflow.db,
+        stub.client(),
+        workflow.policy,
+        clock=clock,
+        pacer=Pacer(UNPACED),
+        senders={"publish_home": lambda payload: None},
+    )
     while dispatcher.run_once():
         pass
 

@@ -16,11 +16,12 @@ driver.view_submission("U1", view, {"reason": {"reason_input": "case 42"}})
 """
 
 from .driver import SlackDriver
-from .server import CallLog, Fault, OpenView, RecordedCall, SlackStub, Violation, default_user
+from .server import DROP, CallLog, Fault, OpenView, RecordedCall, SlackStub, Violation, default_user
 from .signing import sign_request, verify_signature
 from .specs import SPECS_ENV, Specs, load_specs, specs_dir_from_env
 
 __all__ = [
+    "DROP",
     "SPECS_ENV",
     "CallLog",
     "Fault",

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 Json = dict[str, Any]
 MessageKey = tuple[str, str]  # (channel id, ts)
+DROP = -1  # fail_next(status=DROP): close the connection without answering, like a broken proxy
 
 
 class _FromEnv:
@@ -273,6 +274,10 @@ class SlackStub:
         self.usergroup_info: dict[str, Json] = {}  # group id -> fields overriding the generated group
         self.unknown_channels: set[str] = set()
         self.not_in_channel: set[str] = set()
+        # Optional Slack-like pace for chat.postMessage: (seconds per message, burst) per channel; faster
+        # posts get HTTP 429 with Retry-After, as Slack answers them. None: no limit.
+        self.channel_rate_limit: tuple[float, int] | None = None
+        self._channel_buckets: dict[str, tuple[float, float]] = {}  # channel -> (tokens, updated)
 
         self._lock = threading.RLock()
         self._rng = random.Random(0x51AC)  # deterministic ids make failures reproducible
@@ -453,9 +458,15 @@ class SlackStub:
         `method` is a Web API method, "*" for any of them, or "response_url" for posts to response URLs.
         - fail_next(m) / fail_next(m, retry_after=0): HTTP 429 with Retry-After and error "ratelimited";
         - fail_next(m, status=503): HTTP 503 with error "internal_error" (any status >= 500 works);
-        - fail_next(m, error="channel_not_found"): HTTP 200, {"ok": false, "error": ...}.
+        - fail_next(m, error="channel_not_found"): HTTP 200, {"ok": false, "error": ...};
+        - fail_next(m, status=DROP): the connection is closed without an answer (nothing is done).
         Returns the Fault; its `remaining` shows how many calls it still has to hit.
         """
+        if status == DROP:
+            fault = Fault(method=method, error="dropped", status=DROP, retry_after=None, remaining=count)
+            with self._lock:
+                self._faults.append(fault)
+            return fault
         if status is None:
             status = 429 if error in (None, "ratelimited") else 200
         if error is None:
@@ -568,6 +579,12 @@ class SlackStub:
             self.calls.append(call)
             return status, extra_headers, response
 
+        retry_after = self._rate_limited(method, args)
+        if retry_after is not None:
+            call.response, call.status = {"ok": False, "error": "ratelimited"}, 429
+            self.calls.append(call)
+            return 429, {"Retry-After": str(retry_after)}, call.response
+
         try:
             with self._lock:
                 call.args = args = self._prepare(method, args, token, kind, parse_error)
@@ -657,6 +674,23 @@ class SlackStub:
             k: (_loads_or_none(v) if k in JSON_ENCODED_ARGS and isinstance(v, str) else v)
             for k, v in args.items()
         }
+
+    def _rate_limited(self, method: str, args: Json) -> int | None:
+        """Retry-After seconds when this post would exceed `channel_rate_limit`, else None (and count it)."""
+        if self.channel_rate_limit is None or method != "chat.postMessage":
+            return None
+        interval, burst = self.channel_rate_limit
+        channel = str(args.get("channel", ""))
+        channel = "D" + channel if _is_user_id(channel) else channel
+        now = time.monotonic()
+        with self._lock:
+            tokens, updated = self._channel_buckets.get(channel, (float(burst), now))
+            tokens = min(float(burst), tokens + (now - updated) / interval)
+            if tokens < 1.0:
+                self._channel_buckets[channel] = (tokens, now)
+                return max(1, int(-(-((1.0 - tokens) * interval) // 1)))
+            self._channel_buckets[channel] = (tokens - 1.0, now)
+            return None
 
     def _take_fault(self, method: str) -> Fault | None:
         # "*" means any Web API method; response_url posts are only hit when named explicitly.
@@ -1267,6 +1301,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if url.path.startswith("/api/"):
             method = url.path[len("/api/") :].strip("/")
             status, extra, payload = self.stub.handle_api(method, verb, headers, url.query, body)
+            if status == DROP:
+                self.close_connection = True
+                return
         elif url.path.startswith("/hooks/") and verb == "POST":
             status, payload = self.stub.handle_response_url(url.path, headers, body)
         else:

@@ -1,0 +1,127 @@
+"""The gate in front of the listeners: malformed, foreign and replayed requests stop here.
+
+- `check_body` (HTTP mode) and `shape_problem` (both modes) refuse payloads Bolt cannot parse or that lack
+  the fields the listeners read, before Bolt sees them: Bolt indexes into payloads unchecked and would
+  answer a malformed one with a 500 and a traceback.
+- `skip_redelivered_events` acknowledges Slack's retries of an event already taken (`X-Slack-Retry-Num`)
+  without running it again; interactions are idempotent by the database's unique keys instead.
+- `quiet_errors` logs a listener failure as one line, never a traceback full of payload.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from slack_bolt import BoltRequest, BoltResponse
+
+log = logging.getLogger(__name__)
+SEEN_EVENTS = 10_000  # Slack retries within minutes; this many event ids covers far more than that
+
+
+def check_body(content_type: str, body: bytes) -> str | None:
+    """Why a body cannot be a Slack request we handle (None when it can)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "body is not UTF-8"
+    if content_type.startswith("application/json"):
+        parsed = _json(text)
+        return shape_problem(parsed) if isinstance(parsed, dict) else "body is not a JSON object"
+    try:
+        fields = parse_qs(text, keep_blank_values=True, strict_parsing=bool(text))
+    except ValueError:
+        return "body is not form-encoded"
+    if "payload" in fields:
+        parsed = _json(fields["payload"][0])
+        return shape_problem(parsed) if isinstance(parsed, dict) else "payload is not a JSON object"
+    return shape_problem({key: values[0] for key, values in fields.items()})
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _has_id(value: Any, key: str = "id") -> bool:
+    return isinstance(value, dict) and isinstance(value.get(key), str) and bool(value[key])
+
+
+def shape_problem(body: dict[str, Any]) -> str | None:
+    """What a parsed payload lacks that Bolt or the listeners rely on (None when complete)."""
+    kind = body.get("type")
+    if kind in ("view_submission", "view_closed"):
+        view = body.get("view")
+        if not _has_id(body.get("user")):
+            return "no user"
+        if not (_has_id(view) and _has_id(view, "callback_id") and _has_id(view, "type")):
+            return "no view id, type or callback_id"
+        state, metadata = view.get("state") or {}, view.get("private_metadata") or ""
+        if not isinstance(state, dict) or not isinstance(metadata, str):
+            return "malformed view"
+        return None
+    if kind == "block_actions":
+        actions = body.get("actions")
+        if not _has_id(body.get("user")):
+            return "no user"
+        if not (isinstance(actions, list) and actions and all(_has_id(a, "action_id") for a in actions)):
+            return "no actions"
+        return None
+    if kind == "event_callback":
+        event = body.get("event")
+        return None if _has_id(event, "type") and isinstance(body.get("event_id"), str) else "no event"
+    if kind == "url_verification":
+        return None
+    if kind is None and "command" in body:
+        missing = [key for key in ("command", "user_id", "trigger_id") if not body.get(key)]
+        return f"missing {', '.join(missing)}" if missing else None
+    if isinstance(kind, str) and _has_id(body.get("user")):
+        return None  # other interaction types: no listener matches, Bolt answers 404
+    return "unknown payload"
+
+
+class EventDeduplicator:
+    """Remembers recent event ids so a retried delivery of an event already taken is only acknowledged."""
+
+    def __init__(self, size: int = SEEN_EVENTS) -> None:
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def first_time(self, event_id: str) -> bool:
+        with self._lock:
+            if event_id in self._seen:
+                self._seen.move_to_end(event_id)
+                return False
+            self._seen[event_id] = None
+            if len(self._seen) > self._size:
+                self._seen.popitem(last=False)
+            return True
+
+    def middleware(self, req: BoltRequest, body: dict[str, Any], next: Callable[[], BoltResponse]) -> Any:
+        if body.get("type") != "event_callback":
+            return next()
+        event_id = str(body.get("event_id", ""))
+        if self.first_time(event_id):
+            return next()  # first delivery, or a retry of one this process never saw: run it
+        retry = (req.headers.get("x-slack-retry-num") or ["?"])[0]
+        log.info("event %s delivered again (retry %s): acknowledged, not run twice", event_id, retry)
+        return BoltResponse(status=200, body="")
+
+
+def quiet_errors(error: Exception, body: dict[str, Any], logger: logging.Logger) -> BoltResponse:
+    """A listener failed: one log line with where, no traceback or payload (which may hold user text)."""
+    frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+    where = f" at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else ""
+    log.error(
+        "listener failed for a %s request: %s%s", body.get("type") or "command", type(error).__name__, where
+    )
+    return BoltResponse(status=400, body="request could not be handled")

@@ -1,0 +1,149 @@
+"""Many approvers deciding the same stage at the same moment, with real threads on a real database.
+
+Every thread starts at a barrier and calls the workflow as a handler would. Exactly the right decisions are
+recorded, each with one audit event; every other attempt is refused with a reason and audited; nothing
+raises. Runs on PostgreSQL (row locks) and SQLite (serialised writers) alike.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from bot.forms import DecisionForm, check_request
+from bot.workflow import Decided, Refusal, Workflow
+from storage.db import transaction
+from storage.models import AuditEvent, Decision, OutboxMessage, RequestStatus, StageStatus
+from storage.queries import request_with_history
+from tests.conftest import valid_form_values
+
+THREADS = 16
+APPROVE = DecisionForm(rationale="Necessary and proportionate for this robbery.")
+REJECT = DecisionForm(
+    rationale="Alternatives have not been exhausted yet.", reason_code="alternatives_not_exhausted"
+)
+
+
+def race(workflow: Workflow, request_id: int, attempts: list[tuple[str, str]]) -> list[Any]:
+    """Run every (user, outcome) at once; return what each call returned or raised."""
+    barrier = threading.Barrier(len(attempts))
+    results: list[Any] = [None] * len(attempts)
+
+    def attempt(index: int, user: str, outcome: str) -> None:
+        form = APPROVE if outcome == "approve" else REJECT
+        barrier.wait()
+        try:
+            results[index] = workflow.decide(request_id, 0, user, outcome, form)
+        except Exception as exc:  # the assertion below names it
+            results[index] = exc
+
+    threads = [
+        threading.Thread(target=attempt, args=(i, user, outcome))
+        for i, (user, outcome) in enumerate(attempts)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def audit_counts(workflow: Workflow, request_id: int) -> Counter[str]:
+    with transaction(workflow.db) as session:
+        return Counter(session.scalars(select(AuditEvent.action).where(AuditEvent.request_id == request_id)))
+
+
+def refusal_reasons(workflow: Workflow, request_id: int) -> Counter[str]:
+    with transaction(workflow.db) as session:
+        events = session.scalars(
+            select(AuditEvent).where(
+                AuditEvent.request_id == request_id, AuditEvent.action == "action_refused"
+            )
+        )
+        return Counter(event.details["reason"] for event in events)
+
+
+def test_sixteen_deciders_on_a_single_approval_stage(workflow: Workflow) -> None:
+    form = check_request(workflow.policy, valid_form_values())
+    request_id = workflow.submit(form, "UOFFICER", "T0TEST", "V-race-1").request_id
+    approvers = ["USUP1", "USUP2", "USUP3"]  # USUP3 through the user group
+    attempts = [(approvers[i % 3], "approve" if i % 2 else "reject") for i in range(12)]
+    attempts += [
+        ("USTRANGER", "approve"),
+        ("UOFFICER", "approve"),
+        ("USTRANGER2", "reject"),
+        ("UOFFICER", "reject"),
+    ]
+
+    results = race(workflow, request_id, attempts)
+
+    assert not [r for r in results if isinstance(r, Exception)], results
+    decided = [r for r in results if isinstance(r, Decided)]
+    assert len(decided) == 1  # the first to get the lock decides; the stage is then closed
+    refused = [r for r in results if isinstance(r, Refusal)]
+    assert len(refused) == THREADS - 1
+    audit = audit_counts(workflow, request_id)
+    assert audit["decision_recorded"] == 1
+    assert audit["action_refused"] == THREADS - 1
+    reasons = refusal_reasons(workflow, request_id)
+    # Strangers and the requester are refused for who they are, or because the request closed first.
+    assert set(reasons) <= {"request_closed", "not_approver", "own_request"}
+    assert reasons["request_closed"] >= THREADS - 1 - 4
+    request = workflow.load(request_id)
+    assert request is not None
+    expected = RequestStatus.APPROVED if decided[0].outcome == "approve" else RequestStatus.REJECTED
+    assert request.status == expected
+    assert len(request.stages[0].decisions) == 1
+    with transaction(workflow.db) as session:
+        dms = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "dm")).all()
+    assert len(dms) == 2  # the submission's and the one decision's
+
+
+@pytest.mark.parametrize("with_rejections", [False, True])
+def test_sixteen_deciders_on_a_two_approval_stage(workflow: Workflow, with_rejections: bool) -> None:
+    # Threat to life goes straight to the authorising officers: 2 approvals from UAUTH1..3.
+    values = valid_form_values(
+        urgency="threat_to_life", urgency_justification="Immediate risk to a child's life."
+    )
+    request_id = workflow.submit(
+        check_request(workflow.policy, values), "UOFFICER", "T0TEST", "V-race-2"
+    ).request_id
+    approvers = ["UAUTH1", "UAUTH2", "UAUTH3"]
+    attempts = [(approvers[i % 3], "approve") for i in range(12)]
+    if with_rejections:
+        attempts[5] = ("UAUTH3", "reject")
+    attempts += [
+        ("USUP1", "approve"),
+        ("UOFFICER", "approve"),
+        ("USTRANGER", "approve"),
+        ("UAUTH1", "approve"),
+    ]
+
+    results = race(workflow, request_id, attempts)
+
+    assert not [r for r in results if isinstance(r, Exception)], results
+    decided = [r for r in results if isinstance(r, Decided)]
+    request = workflow.load(request_id)
+    assert request is not None
+    stage = request.stages[0]
+    with transaction(workflow.db) as session:
+        decisions = session.scalars(select(Decision).where(Decision.request_id == request_id)).all()
+    assert len(decided) == len(decisions) == len(stage.decisions)
+    assert len({d.approver_id for d in decisions}) == len(decisions)  # never twice by one approver
+    if request.status == RequestStatus.APPROVED:
+        assert [d.outcome for d in decisions] == ["approve", "approve"]
+        assert stage.status == StageStatus.APPROVED
+    else:  # a rejection came first or second and closed the request
+        assert with_rejections and request.status == RequestStatus.REJECTED
+        assert decisions[-1].outcome == "reject" and len(decisions) <= 2
+    audit = audit_counts(workflow, request_id)
+    assert audit["decision_recorded"] == len(decisions)
+    assert audit["action_refused"] == THREADS - len(decisions)
+    assert audit["request_approved"] + audit["request_rejected"] == 1
+    with transaction(workflow.db) as session:
+        loaded = request_with_history(session, request_id)
+        assert loaded is not None and loaded.current_stage is None

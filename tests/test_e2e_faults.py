@@ -1,0 +1,512 @@
+"""Faults with real processes: the bot killed (SIGKILL) at several points and restarted, stopped with SIGTERM
+mid-work, its database made unavailable or locked, approvers removed from a user group.
+
+After each, the database is consistent, Slack shows what the database holds, every notification owed is
+delivered, and none twice, except where the outbox's documented guarantee allows one second copy: a post
+whose send was cut off mid-call (its row's `doubtful_attempts` says so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot import forms, views
+from bot.policy import Policy, parse_policy
+from storage.db import make_engine, make_session_factory, transaction
+from storage.models import (
+    AuditEvent,
+    Decision,
+    FrRequest,
+    OutboxMessage,
+    OutboxStatus,
+    RequestStatus,
+    StageStatus,
+)
+from storage.queries import request_with_history
+from tests.botprocess import SIGNING_SECRET, BotProcess
+from tests.conftest import GROUPS, TEST_POLICY, slack_state, valid_form_values
+from tests.slackstub import SlackDriver, SlackStub
+
+LEASE = "4"  # seconds: a killed bot's in-flight row is retried this soon after restart
+RATIONALE = "Necessary and proportionate: no other way to identify."
+
+
+@dataclass
+class World:
+    url: str
+    stub: SlackStub
+    db: sessionmaker[Session]
+    policy: Policy
+    workdir: Path
+    policy_file: Path
+
+    def bot(self, **env: str) -> BotProcess:
+        settings = {"FRBOT_OUTBOX_LEASE_SECONDS": LEASE, "FRBOT_OUTBOX_POLL_SECONDS": "0.1", **env}
+        return BotProcess(self.url, self.policy_file, self.stub.base_url, self.workdir, **settings)
+
+    def driver(self, bot: BotProcess) -> SlackDriver:
+        return SlackDriver(bot.url, SIGNING_SECRET, stub=self.stub)
+
+
+@pytest.fixture
+def world(database_url: str, tmp_path: Path) -> Iterator[World]:
+    policy_file = tmp_path / "policy.yml"
+    policy_file.write_text(TEST_POLICY)
+    engine = make_engine(database_url)
+    with SlackStub() as stub:
+        for group, members in GROUPS.items():
+            stub.add_usergroup(group, sorted(members))
+        yield World(
+            database_url,
+            stub,
+            make_session_factory(engine),
+            parse_policy(TEST_POLICY).policy,
+            tmp_path,
+            policy_file,
+        )
+        stub.assert_no_violations()
+    engine.dispose()
+
+
+@contextlib.contextmanager
+def running(bot: BotProcess) -> Iterator[BotProcess]:
+    bot.start()
+    try:
+        yield bot
+    finally:
+        if bot.process is not None:
+            bot.stop(signal.SIGKILL)
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def outbox(world: World) -> list[OutboxMessage]:
+    with transaction(world.db) as session:
+        return list(session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)))
+
+
+def in_flight(world: World, kind: str) -> OutboxMessage | None:
+    return next((r for r in outbox(world) if r.kind == kind and r.attempt_started_at is not None), None)
+
+
+def all_sent(world: World) -> bool:
+    rows = outbox(world)
+    return bool(rows) and all(row.status == OutboxStatus.SENT for row in rows)
+
+
+def submit(
+    world: World, slack: SlackDriver, user: str, view: dict[str, Any] | None = None
+) -> tuple[int, Any]:
+    return slack.view_submission(
+        user, view or views.request_modal(world.policy), slack_state(valid_form_values())
+    )
+
+
+def request_of(world: World, requester: str) -> FrRequest:
+    with transaction(world.db) as session:
+        found = session.scalars(select(FrRequest).where(FrRequest.requester_id == requester)).one()
+        loaded = request_with_history(session, found.id)
+        assert loaded is not None
+        return loaded
+
+
+def decide(
+    world: World, slack: SlackDriver, user: str, request: FrRequest, position: int = 0
+) -> tuple[int, Any]:
+    """Submit a decision form as Slack would after the approver clicked Approve."""
+    ctx = views.ReviewContext(request_id=request.id, position=position, action="approve")
+    form = views.decision_modal(request, world.policy, ctx)
+    state = {forms.RATIONALE.block_id: {forms.ACTION_ID: {"type": "plain_text_input", "value": RATIONALE}}}
+    return slack.view_submission(user, form, state)
+
+
+def posts_by_row(stub: SlackStub) -> Counter[int]:
+    """How many messages in Slack each outbox row made (posts carry their row id in metadata)."""
+    return Counter(
+        int(message["metadata"]["event_payload"]["outbox_id"])
+        for message in stub.messages.values()
+        if isinstance(message.get("metadata"), dict)
+    )
+
+
+def assert_consistent(world: World) -> None:
+    """The database's invariants, and Slack showing what the database holds."""
+    with transaction(world.db) as session:
+        requests = [request_with_history(session, rid) for rid in session.scalars(select(FrRequest.id))]
+        audit = Counter(
+            (row.request_id, row.action)
+            for row in session.execute(select(AuditEvent.request_id, AuditEvent.action))
+        )
+    for request in requests:
+        assert request is not None and request.stages
+        assert audit[(request.id, "request_submitted")] == 1
+        decisions = [d for stage in request.stages for d in stage.decisions]
+        assert audit[(request.id, "decision_recorded")] == len(decisions)
+        for stage in request.stages:
+            assert len(stage.approvals) <= stage.required_approvals
+        if request.status == RequestStatus.PENDING:
+            assert request.current is not None and request.current.status == StageStatus.PENDING
+        for stage in request.stages:
+            if stage.message_ts is None:
+                continue
+            message = world.stub.message(stage.message_channel, stage.message_ts)
+            has_buttons = any(block["type"] == "actions" for block in message["blocks"])
+            assert has_buttons == (stage.status == StageStatus.PENDING), (request.reference, stage.status)
+    rows = outbox(world)
+    assert all(row.status == OutboxStatus.SENT and row.attempt_started_at is None for row in rows)
+    sent = posts_by_row(world.stub)
+    for row in rows:
+        if row.kind in ("dm", "post_review") and not (row.kind == "post_review" and sent[row.id] == 0):
+            # A second copy only for a send that was cut off; a post_review may be an edit (sent 0).
+            assert 1 <= sent[row.id] <= 1 + row.doubtful_attempts, (row.id, row.kind, sent[row.id])
+
+
+# --- SIGKILL -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("killed_during", ["post_review", "dm", "refresh_reviews"])
+def test_sigkill_mid_slack_call_then_restart_delivers_everything(world: World, killed_during: str) -> None:
+    officer = "UOFFICER1"
+    with running(world.bot()) as bot:
+        slack = world.driver(bot)
+        if killed_during == "refresh_reviews":
+            submit(world, slack, officer)
+            wait_until(lambda: all_sent(world), what="the submission's notifications")
+            world.stub.latency = 0.8
+            assert decide(world, slack, "USUP1", request_of(world, officer))[0] == 200
+        else:
+            world.stub.latency = 0.8
+            assert submit(world, slack, officer)[0] == 200
+        wait_until(lambda: in_flight(world, killed_during), what=f"a {killed_during} send")
+        bot.stop(signal.SIGKILL)  # mid-call: the stand-in is still sleeping on the request
+    time.sleep(1.3)  # let the stand-in finish the call the dead bot made, as Slack would
+    world.stub.latency = 0.0
+    with running(world.bot()) as bot:
+        wait_until(lambda: all_sent(world), what="every notification after restart")
+        assert bot.stop() == 0
+    cut_off = next(row for row in outbox(world) if row.kind == killed_during)
+    assert cut_off.doubtful_attempts == 1
+    assert_consistent(world)
+    copies = [
+        m
+        for m in world.stub.messages.values()
+        if (m.get("metadata") or {}).get("event_payload", {}).get("outbox_id") == cut_off.id
+    ]
+    if len(copies) == 2:  # the dead bot's call reached the stand-in: the second copy says it was sent again
+        assert "Sent again after an interruption" in json.dumps(copies[1]["blocks"])
+    if len(copies) == 2 and killed_during == "post_review":
+        # A reviewer clicks the stray first copy: the click works, and that copy loses its buttons.
+        stray = copies[0]
+        with running(world.bot()) as bot:
+            world.driver(bot).block_action("USUP1", views.APPROVE_ACTION, message=stray)
+            world.stub.wait_for(lambda c: c.method == "chat.update" and c.args["ts"] == stray["ts"])
+            assert world.stub.wait_for("views.open").ok
+            assert bot.stop() == 0
+        retired = world.stub.message(stray["channel"], stray["ts"])
+        assert not any(block["type"] == "actions" for block in retired["blocks"])
+        assert_consistent(world)
+    if killed_during == "refresh_reviews":
+        request = request_of(world, officer)
+        assert request.status == RequestStatus.APPROVED
+        assert len(request.stages[0].decisions) == 1
+
+
+def test_sigkill_with_notifications_pending_loses_none_and_duplicates_none(world: World) -> None:
+    with running(world.bot()) as bot:
+        world.stub.fail_next("*", status=503, count=100_000)  # Slack is down
+        slack = world.driver(bot)
+        for officer in ("UOFFICER1", "UOFFICER2"):
+            assert submit(world, slack, officer)[0] == 200
+        status, body = decide(world, slack, "USUP2", request_of(world, "UOFFICER1"))
+        assert status == 200 and "Decision recorded" in str(body)
+        wait_until(lambda: all(row.attempts > 0 for row in outbox(world)[:1]), what="failed attempts")
+        bot.stop(signal.SIGKILL)
+    world.stub.clear_faults()
+    with running(world.bot()) as bot:
+        wait_until(lambda: all_sent(world), what="every notification after restart")
+        assert bot.stop() == 0
+    assert_consistent(world)
+    rows = outbox(world)
+    sent = posts_by_row(world.stub)
+    assert [sent[row.id] for row in rows if row.kind == "dm"] == [1, 1, 1]  # none lost, none twice
+    assert sorted(c.args["channel"] for c in world.stub.calls_to("chat.postMessage") if c.ok) == [
+        "C0SUPER",
+        "C0SUPER",
+        "UOFFICER1",
+        "UOFFICER1",
+        "UOFFICER2",
+    ]
+
+
+@contextlib.contextmanager
+def database_locked(world: World) -> Iterator[None]:
+    """Another connection holds the write lock the bot needs (SQLite) or the tables it writes (PostgreSQL)."""
+    url = make_url(world.url)
+    if url.get_backend_name() == "sqlite":
+        connection = sqlite3.connect(url.database or "", isolation_level=None)
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            connection.execute("ROLLBACK")
+            connection.close()
+        return
+    engine = create_engine(world.url)
+    with engine.connect() as connection:
+        transaction_ = connection.begin()
+        connection.execute(text("LOCK TABLE fr_requests, reference_counters IN ACCESS EXCLUSIVE MODE"))
+        try:
+            yield
+        finally:
+            transaction_.rollback()
+    engine.dispose()
+
+
+@pytest.mark.parametrize("killed_during", ["submission", "decision"])
+def test_sigkill_while_saving_leaves_nothing_half_written(world: World, killed_during: str) -> None:
+    officer = "UOFFICER3"
+    view = SlackDriver("http://unused", SIGNING_SECRET, stub=world.stub)._full_view(
+        views.request_modal(world.policy), {}
+    )
+    with running(world.bot()) as bot:
+        slack = world.driver(bot)
+        if killed_during == "decision":
+            submit(world, slack, officer, view)
+            wait_until(lambda: all_sent(world), what="the submission's notifications")
+        request = request_of(world, officer) if killed_during == "decision" else None
+
+        def save() -> None:
+            with contextlib.suppress(OSError):  # the bot dies before it answers
+                if request is not None:
+                    decide(world, slack, "USUP1", request)
+                else:
+                    submit(world, slack, officer, view)
+
+        with database_locked(world):
+            saving = threading.Thread(target=save, daemon=True)
+            saving.start()
+            time.sleep(0.7)  # the bot is now waiting for the lock, inside its transaction
+            bot.stop(signal.SIGKILL)
+        saving.join(5)
+    with transaction(world.db) as session:
+        requests = session.scalar(select(func.count()).select_from(FrRequest))
+        decisions = session.scalar(select(func.count()).select_from(Decision))
+    assert (requests, decisions) == ((0, 0) if killed_during == "submission" else (1, 0))
+    # The user's retry after the restart is saved once.
+    with running(world.bot()) as bot:
+        slack = world.driver(bot)
+        if request is None:
+            status, body = submit(world, slack, officer, view)
+            assert status == 200 and "Request recorded" in str(body)
+        else:
+            status, body = decide(world, slack, "USUP1", request)
+            assert status == 200 and "Decision recorded" in str(body)
+        wait_until(lambda: all_sent(world), what="the notifications after restart")
+        assert bot.stop() == 0
+    assert_consistent(world)
+
+
+# --- SIGTERM -----------------------------------------------------------------------------------------
+
+
+def test_sigterm_finishes_in_flight_work_and_exits_0(world: World) -> None:
+    first, second = "UOFFICER4", "UOFFICER5"
+    with running(world.bot()) as bot:
+        slack = world.driver(bot)
+        submit(world, slack, first)
+        wait_until(lambda: all_sent(world), what="the first request's notifications")
+        stage = request_of(world, first).stages[0]
+        message = world.stub.message(stage.message_channel, stage.message_ts)
+        world.stub.clear()
+        world.stub.latency = 0.6  # within the bot's Slack timeout (a quarter of the lease)
+        answers: list[tuple[int, Any]] = []
+        with database_locked(world):
+            # A submission waiting for the database when SIGTERM arrives: an HTTP request in flight.
+            waiting = threading.Thread(target=lambda: answers.append(submit(world, slack, second)))
+            waiting.start()
+            # A click acknowledged at once whose listener then opens a form (1 s at the stand-in).
+            assert slack.block_action("USUP1", views.APPROVE_ACTION, message=message)[0] == 200
+            time.sleep(0.3)
+            bot.process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+        waiting.join(20)
+        code = bot.process.wait(30)
+        log = bot.log()
+        bot.process = None
+    assert code == 0, log
+    assert "stopped" in log and "Traceback" not in log
+    assert answers and answers[0][0] == 200 and "Request recorded" in str(answers[0][1]), answers
+    assert world.stub.wait_for("views.open", timeout=1).ok  # the listener finished before exit
+    # No send left in doubt.
+    assert [row.id for row in outbox(world) if row.attempt_started_at is not None] == []
+    world.stub.latency = 0.0
+    with running(world.bot()) as bot:
+        wait_until(lambda: all_sent(world), what="what was left after the clean stop")
+        assert bot.stop() == 0
+    assert_consistent(world)
+    assert all(row.doubtful_attempts == 0 for row in outbox(world))
+
+
+# --- Database unavailable or locked -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def database_unavailable(world: World) -> Iterator[None]:
+    """PostgreSQL refuses connections to this test database (only ours: the server stays up)."""
+    url = make_url(world.url)
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    name = url.database
+    with admin.connect() as connection:
+        connection.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+        connection.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": name},
+        )
+    try:
+        yield
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+
+
+def test_database_down_or_locked_says_not_saved_and_recovers_without_restart(world: World) -> None:
+    officer = "UOFFICER6"
+    outages: list[Callable[[World], contextlib.AbstractContextManager[None]]] = [database_locked]
+    if make_url(world.url).get_backend_name() == "postgresql":
+        outages.append(database_unavailable)
+    with running(world.bot()) as bot:
+        slack = world.driver(bot)
+        submit(world, slack, "UOFFICER7")
+        wait_until(lambda: all_sent(world), what="a first request's notifications")
+        reviewer = request_of(world, "UOFFICER7").stages[0]
+        message = world.stub.message(reviewer.message_channel, reviewer.message_ts)
+        view = slack._full_view(views.request_modal(world.policy), {})
+        for outage in outages:
+            world.stub.clear()
+            with outage(world):
+                status, body = submit(world, slack, officer, view)
+                assert status == 200 and body["response_action"] == "errors", body
+                assert "Not saved" in body["errors"][forms.TOOL.block_id]
+                slack.block_action("USUP1", views.APPROVE_ACTION, message=message)
+                told = world.stub.wait_for("chat.postEphemeral")
+                assert "cannot reach its database" in told.args["text"]
+            with transaction(world.db) as session:
+                assert (
+                    session.scalar(select(func.count()).select_from(FrRequest)) == 1
+                )  # nothing half-written
+        # The database is back: the same form goes through, and the outbox carries on, no restart needed.
+        status, body = submit(world, slack, officer, view)
+        assert status == 200 and "Request recorded" in str(body), body
+        wait_until(lambda: all_sent(world), what="notifications after the outage")
+        assert bot.stop() == 0
+        assert "Traceback" not in bot.log()
+    assert_consistent(world)
+
+
+# --- Approvers removed from a user group ------------------------------------------------------------
+
+
+def test_approver_removed_from_group_loses_the_right_within_the_cache_time(world: World) -> None:
+    officer = "UOFFICER8"
+    with running(world.bot(FRBOT_APPROVER_CACHE_SECONDS="1")) as bot:
+        slack = world.driver(bot)
+        submit(world, slack, officer)
+        wait_until(lambda: all_sent(world), what="the reviewer message")
+        stage = request_of(world, officer).stages[0]
+        message = world.stub.message(stage.message_channel, stage.message_ts)
+        slack.block_action("USUP3", views.APPROVE_ACTION, message=message)  # a member of S0SUPERS
+        opened = world.stub.wait_for("views.open")
+        assert opened.ok
+        world.stub.add_usergroup("S0SUPERS", [])  # removed from the group in Slack
+        time.sleep(1.2)  # the configured cache time
+        world.stub.clear()
+        slack.block_action("USUP3", views.APPROVE_ACTION, message=message)
+        assert "not an approver" in world.stub.wait_for("chat.postEphemeral").args["text"]
+        state = {
+            forms.RATIONALE.block_id: {forms.ACTION_ID: {"type": "plain_text_input", "value": RATIONALE}}
+        }
+        status, body = slack.view_submission(
+            "USUP3", opened.response["view"], state
+        )  # the form opened before
+        assert status == 200 and "Not recorded" in str(body)
+        assert bot.stop() == 0
+    with transaction(world.db) as session:
+        refused = session.scalars(select(AuditEvent).where(AuditEvent.action == "action_refused")).all()
+        assert session.scalar(select(func.count()).select_from(Decision)) == 0
+    assert [(e.actor_id, e.details["reason"], e.details["attempted"]) for e in refused] == [
+        ("USUP3", "not_approver", "approve"),
+        ("USUP3", "not_approver", "approve"),
+    ]
+
+
+# --- Slack down when the bot starts -----------------------------------------------------------------
+
+
+def test_bot_started_while_slack_is_down_waits_for_it(world: World) -> None:
+    world.stub.fail_next("auth.test", status=503, count=1)
+    world.stub.fail_next("auth.test", retry_after=1, count=1)
+    with running(world.bot()) as bot:
+        slack = world.driver(bot)
+        assert submit(world, slack, "UOFFICER9")[0] == 200
+        wait_until(lambda: all_sent(world), what="notifications")
+        assert bot.stop() == 0
+        assert "Slack is not reachable (HTTP 503); trying again" in bot.log()
+    assert not world.stub.pending_faults
+
+
+def test_wait_for_slack_refuses_a_bad_token_without_echoing_it(world: World) -> None:
+    from bot.cli import CliError, wait_for_slack
+
+    client = world.stub.client(token="xoxb-wrong-SECRETPART")
+    with pytest.raises(CliError) as refused:
+        wait_for_slack(client, sleep=lambda _: None)
+    assert "invalid_auth" in str(refused.value) and "SECRETPART" not in str(refused.value)
+
+
+def test_sigterm_while_waiting_for_slack_at_start_exits_0(world: World) -> None:
+    world.stub.fail_next("auth.test", status=503, count=1000)
+    bot = world.bot()
+    with bot.log_path.open("ab") as log:  # BotProcess.start() would wait for a health check that never comes
+        bot.process = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "run"], cwd=bot.workdir, env=bot.env, stdout=log, stderr=log
+        )
+    try:
+        wait_until(lambda: world.stub.calls_to("auth.test"), what="the first auth.test")
+        bot.process.send_signal(signal.SIGTERM)
+        assert bot.process.wait(15) == 0, bot.log()
+        assert "stopped before Slack answered" in bot.log()
+    finally:
+        if bot.process.poll() is None:
+            bot.process.kill()
+        bot.process.wait()
+        bot.process = None
+    world.stub.clear_faults()

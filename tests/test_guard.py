@@ -1,0 +1,110 @@
+"""The request gate without a server: body and payload checks, redelivered events, Socket Mode envelopes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from slack_bolt import App, BoltResponse
+from slack_sdk.socket_mode.request import SocketModeRequest
+
+from bot.guard import EventDeduplicator, check_body, quiet_errors, shape_problem
+from bot.server import CheckedSocketModeHandler
+
+FORM = "application/x-www-form-urlencoded"
+SUBMISSION = {
+    "type": "view_submission",
+    "user": {"id": "U1"},
+    "view": {"id": "V1", "type": "modal", "callback_id": "fr_request_submit", "state": {"values": {}}},
+}
+
+
+def form_body(**fields: str) -> bytes:
+    return urlencode(fields).encode()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "problem"),
+    [
+        (FORM, form_body(payload=json.dumps(SUBMISSION)), None),
+        (FORM, form_body(command="/fr-request", user_id="U1", trigger_id="1.2.3"), None),
+        ("application/json", json.dumps({"type": "url_verification", "challenge": "x"}).encode(), None),
+        (FORM, form_body(payload="{not json"), "payload is not a JSON object"),
+        (FORM, form_body(command="/fr-request"), "missing user_id, trigger_id"),
+        (FORM, b"\xff\xfe", "body is not UTF-8"),
+        ("application/json", b"[1]", "body is not a JSON object"),
+        (FORM, b"", "unknown payload"),
+    ],
+)
+def test_check_body(content_type: str, body: bytes, problem: str | None) -> None:
+    assert check_body(content_type, body) == problem
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {**SUBMISSION, "user": None},
+        {**SUBMISSION, "view": {**SUBMISSION["view"], "type": None}},
+        {**SUBMISSION, "view": {**SUBMISSION["view"], "state": "x"}},
+        {**SUBMISSION, "view": {**SUBMISSION["view"], "private_metadata": {"a": 1}}},
+        {"type": "block_actions", "user": {"id": "U1"}, "actions": []},
+        {"type": "block_actions", "user": {"id": "U1"}, "actions": [{"value": "1:0"}]},
+        {"type": "event_callback", "event": {"type": "app_home_opened"}},
+        {"type": "event_callback", "event_id": "Ev1", "event": "x"},
+        {"type": 7},
+    ],
+)
+def test_shape_problem_names_what_is_missing(payload: dict[str, Any]) -> None:
+    assert shape_problem(payload) is not None
+
+
+def test_redelivered_event_is_acknowledged_not_run_again() -> None:
+    dedupe = EventDeduplicator(size=2)
+    runs: list[str] = []
+
+    def deliver(event_id: str, retry: str | None = None) -> Any:
+        headers = {"x-slack-retry-num": [retry]} if retry else {}
+        body = {"type": "event_callback", "event_id": event_id, "event": {"type": "app_home_opened"}}
+        return dedupe.middleware(SimpleNamespace(headers=headers), body, lambda: runs.append(event_id))
+
+    deliver("Ev1")
+    response = deliver("Ev1", retry="1")
+    assert isinstance(response, BoltResponse) and response.status == 200
+    deliver("Ev2")
+    deliver("Ev3")
+    deliver("Ev1", retry="2")  # forgotten after 2 newer events: a retry this process never ran is run
+    assert runs == ["Ev1", "Ev2", "Ev3", "Ev1"]
+    dedupe.middleware(SimpleNamespace(headers={}), {"type": "block_actions"}, lambda: runs.append("action"))
+    assert runs[-1] == "action"  # interactions are not deduplicated here (the database keys do that)
+
+
+def test_listener_errors_are_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    try:
+        {}["user"]
+    except KeyError as exc:
+        error = exc
+    with caplog.at_level(logging.ERROR):
+        response = quiet_errors(error, {"type": "view_submission"}, logging.getLogger("test"))
+    assert response.status == 400
+    assert caplog.records[0].exc_info is None
+    assert "view_submission request: KeyError at test_guard.py" in caplog.text
+
+
+def test_socket_mode_drops_malformed_envelopes_before_bolt(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = App(token="xoxb-x", signing_secret="s", token_verification_enabled=False)
+    handler = CheckedSocketModeHandler(app, "xapp-1-test")
+    passed: list[str] = []
+    monkeypatch.setattr(
+        "slack_bolt.adapter.socket_mode.SocketModeHandler.handle",
+        lambda self, client, req: passed.append(req.envelope_id),
+    )
+    acked: list[str] = []
+    client = SimpleNamespace(send_socket_mode_response=lambda response: acked.append(response.envelope_id))
+    broken = SocketModeRequest(type="interactive", envelope_id="bad", payload={"type": "view_submission"})
+    handler.handle(client, broken)
+    handler.handle(client, SocketModeRequest(type="interactive", envelope_id="good", payload=SUBMISSION))
+    assert acked == ["bad"] and passed == ["good"]

@@ -1,0 +1,323 @@
+"""The outbox dispatcher against the Slack stand-in over real HTTP: outages, rate limits, dead letters,
+cut-off sends and pacing. Time is the test's FakeClock (the pacer reads it too), except in the burst test,
+which runs the dispatcher thread for real against a stand-in that rate-limits like Slack."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from bot import cli
+from bot.copies import note_clicked_message
+from bot.forms import DecisionForm, check_request
+from bot.outbox import OutboxDispatcher, dispatcher_client, list_outbox, retry_outbox
+from bot.pacing import Pacer, Rate, SlackLimits, post_key
+from bot.workflow import Workflow, enqueue
+from storage.db import transaction
+from storage.models import AuditEvent, OutboxMessage, OutboxStatus, StageReview, utcnow
+from tests.conftest import FakeClock, valid_form_values
+from tests.slackstub import DROP, RecordedCall, SlackStub
+
+APPROVE = DecisionForm(rationale="Necessary and proportionate for this robbery.")
+
+
+@pytest.fixture
+def stub() -> Iterator[SlackStub]:
+    with SlackStub() as running:
+        yield running
+    running.assert_no_violations()
+
+
+def make_dispatcher(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock, limits: SlackLimits | None = None
+) -> OutboxDispatcher:
+    pacer = Pacer(limits, monotonic=lambda: clock.now.timestamp())
+    client = dispatcher_client(stub.client(), timeout=5)
+    # App Home refreshes are delivered by bot.home in the bot; here they only need to leave the queue.
+    senders = {"publish_home": lambda payload: None}
+    return OutboxDispatcher(
+        workflow.db, client, workflow.policy, clock=clock, pacer=pacer, lease_seconds=30, senders=senders
+    )
+
+
+def submit(workflow: Workflow, key: str, **overrides: str) -> int:
+    form = check_request(workflow.policy, valid_form_values(**overrides))
+    return workflow.submit(form, "UOFFICER", "T0TEST", key).request_id
+
+
+def rows(workflow: Workflow) -> list[OutboxMessage]:
+    with transaction(workflow.db) as session:
+        return list(session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)))
+
+
+def drain(dispatcher: OutboxDispatcher, clock: FakeClock, step: float = 2.0, passes: int = 400) -> None:
+    """Run passes, moving the clock on, until nothing is pending."""
+    for _ in range(passes):
+        dispatcher.run_once()
+        if all(row.status != OutboxStatus.PENDING for row in rows_of(dispatcher)):
+            return
+        clock.advance(seconds=step)
+    raise AssertionError("outbox did not drain")
+
+
+def rows_of(dispatcher: OutboxDispatcher) -> list[OutboxMessage]:
+    with transaction(dispatcher.db) as session:
+        return list(session.scalars(select(OutboxMessage)))
+
+
+def delivered(stub: SlackStub) -> list[RecordedCall]:
+    """Successful posts, in the order Slack accepted them."""
+    return [c for c in stub.calls_to("chat.postMessage") if c.ok]
+
+
+def outbox_id(call: RecordedCall) -> int:
+    return int(call.args["metadata"]["event_payload"]["outbox_id"])
+
+
+def test_outage_of_minutes_loses_nothing_duplicates_nothing_keeps_order(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock
+) -> None:
+    dispatcher = make_dispatcher(workflow, stub, clock)
+    requests = [submit(workflow, f"V{n}", tool="engine-a") for n in range(3)]
+    # Slack is down: first nothing answers at all, then it answers 503, then it rate-limits.
+    dispatcher.client.base_url = "http://127.0.0.1:9/api/"
+    for _ in range(5):
+        dispatcher.run_once()
+        clock.advance(seconds=30)
+    assert all(row.status == OutboxStatus.PENDING and row.attempts > 0 for row in rows(workflow)[:1])
+    dispatcher.client.base_url = stub.base_url
+    stub.fail_next("*", status=DROP, count=5)  # then connections are accepted and dropped unanswered
+    stub.fail_next("*", status=503, count=10)
+    stub.fail_next("*", retry_after=3, count=5)
+    for _ in range(10):
+        dispatcher.run_once()
+        clock.advance(seconds=20)
+    # Decisions keep happening during the outage.
+    for request_id in requests[:2]:
+        workflow.decide(request_id, 0, "USUP1", "approve", APPROVE)
+    drain(dispatcher, clock)
+
+    assert not stub.pending_faults
+    assert {row.status for row in rows(workflow)} == {OutboxStatus.SENT}
+    ids = [outbox_id(call) for call in delivered(stub)]
+    expected = [row.id for row in rows(workflow) if row.kind in ("dm", "post_review")]
+    assert sorted(ids) == expected  # every post once, none twice
+    by_request: dict[int, list[int]] = defaultdict(list)
+    for call in delivered(stub):
+        by_request[call.args["metadata"]["event_payload"]["request_id"]].append(outbox_id(call))
+    assert all(sent == sorted(sent) for sent in by_request.values())  # in order per request
+    with transaction(workflow.db) as session:
+        posted = session.scalars(select(StageReview).where(StageReview.message_ts.is_not(None))).all()
+        assert {s.request_id for s in posted} == set(requests)
+    for stage in posted:  # reviewer messages show the database's state
+        message = stub.message(stage.message_channel, stage.message_ts)
+        has_buttons = any(block["type"] == "actions" for block in message["blocks"])
+        assert has_buttons == (stage.status == "pending")
+
+
+def test_after_an_outage_the_first_success_ends_every_backoff(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock
+) -> None:
+    unpaced = SlackLimits(post_per_channel=Rate(0.001, burst=100))  # pacing is not what this tests
+    dispatcher = make_dispatcher(workflow, stub, clock, unpaced)
+    for n in range(3):
+        submit(workflow, f"V{n}")
+    first, backing_off, rate_limited = (row for row in rows(workflow) if row.kind == "post_review")
+    later = clock.now + timedelta(minutes=5)
+    with transaction(workflow.db) as session:  # as an outage leaves them: failed, waiting
+        for row, error in ((backing_off, "internal_error"), (rate_limited, "rate limited")):
+            stored = session.get(OutboxMessage, row.id)
+            stored.attempts, stored.last_error, stored.next_attempt_at = 5, error, later
+    stub.fail_next("chat.postMessage", status=503)  # still down for the first try
+    dispatcher.run_once()
+    clock.advance(seconds=2)
+    dispatcher.run_once()  # the first row goes through: Slack is back
+    status = {row.id: row.status for row in rows(workflow)}
+    assert status[first.id] == status[backing_off.id] == OutboxStatus.SENT  # due at once, not in 5 minutes
+    assert status[rate_limited.id] == OutboxStatus.PENDING  # Slack's Retry-After still holds
+
+
+def test_rate_limit_honours_retry_after_and_holds_the_channel(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock
+) -> None:
+    dispatcher = make_dispatcher(workflow, stub, clock)
+    submit(workflow, "V1")
+    stub.fail_next("chat.postMessage", retry_after=7)
+    dispatcher.run_once()
+    review = rows(workflow)[0]
+    assert review.status == OutboxStatus.PENDING and review.last_error == "rate limited"
+    assert (review.next_attempt_at - clock.now).total_seconds() == pytest.approx(7)
+    assert dispatcher.pacer.ready_in([post_key("C0SUPER")]) == pytest.approx(7)
+    clock.advance(seconds=6)
+    dispatcher.run_once()
+    assert len(delivered(stub)) <= 1  # at most the DM, to another channel
+    clock.advance(seconds=2)
+    drain(dispatcher, clock)
+    assert [c.args["channel"] for c in delivered(stub)].count("C0SUPER") == 1
+
+
+def test_permanent_error_is_dead_lettered_with_advice_then_replayed(
+    workflow: Workflow,
+    stub: SlackStub,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dispatcher = make_dispatcher(workflow, stub, clock)
+    stub.not_in_channel.add("C0SUPER")
+    request_id = submit(workflow, "V1")
+    with caplog.at_level(logging.ERROR, logger="bot.outbox"):
+        drain(dispatcher, clock)
+    review, dm, _home = rows(workflow)
+    assert review.status == OutboxStatus.DEAD and dm.status == OutboxStatus.SENT  # the DM is not held up
+    assert "/invite @FR Request Bot" in (review.last_error or "")
+    assert f"fr-bot outbox retry {review.id}" in caplog.text and "C0SUPER" in caplog.text
+
+    monkeypatch.setenv("FRBOT_DATABASE_URL", database_url)
+    assert cli.main(["outbox", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert f"{review.id:>6}  dead" in listing and "C0SUPER" in listing and "not_in_channel" in listing
+    assert cli.main(["outbox", "retry", str(dm.id)]) == cli.EXIT_CONFIG  # sent rows are not replayed
+    assert f"not dead or not found: {dm.id}" in capsys.readouterr().err
+
+    stub.not_in_channel.clear()  # the admin invited the bot
+    assert cli.main(["outbox", "retry", "--all-dead"]) == 0
+    assert f"requeued 1 message(s): {review.id}" in capsys.readouterr().out
+    clock.now = utcnow()  # the command stamps the replay with the wall clock
+    drain(dispatcher, clock)
+    assert rows(workflow)[0].status == OutboxStatus.SENT
+    assert list_outbox(workflow.db, "dead") == []
+    assert [c.args["channel"] for c in delivered(stub)] == ["UOFFICER", "C0SUPER"]
+    with transaction(workflow.db) as session:
+        replay = session.scalars(select(AuditEvent).where(AuditEvent.action == "outbox_retried")).one()
+    assert replay.request_id == request_id and replay.actor_id.startswith("cli:")
+    assert replay.details["outbox_id"] == review.id
+
+
+def test_replay_of_nothing_and_listing_pending(workflow: Workflow, stub: SlackStub) -> None:
+    assert retry_outbox(workflow.db, all_dead=True) == []
+    submit(workflow, "V1")
+    pending = list_outbox(workflow.db, "pending")
+    assert [(e.kind, e.target) for e in pending] == [
+        ("post_review", "C0SUPER"),
+        ("dm", "UOFFICER"),
+        ("publish_home", "App Home"),
+    ]
+    assert list_outbox(workflow.db, "all") == pending
+
+
+def test_send_cut_off_by_a_crash_is_redone_after_the_lease(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock
+) -> None:
+    first = make_dispatcher(workflow, stub, clock)
+    request_id = submit(workflow, "V1")
+    drain(first, clock)
+    workflow.decide(request_id, 0, "USUP1", "approve", APPROVE)
+    refresh = next(row for row in rows(workflow) if row.kind == "refresh_reviews")
+    # A dispatcher claims the refresh and dies before recording anything.
+    assert first._claim(refresh.id) is not None
+    second = make_dispatcher(workflow, stub, clock)
+    assert second.run_once() == 0  # the lease still holds the row (and the rows behind it)
+    clock.advance(seconds=31)
+    drain(second, clock)
+    redone = next(row for row in rows(workflow) if row.id == refresh.id)
+    assert redone.status == OutboxStatus.SENT and redone.doubtful_attempts == 1
+    assert redone.attempt_started_at is None
+    update = stub.wait_for("chat.update")
+    assert "Approved" in str(stub.message(update.args["channel"], update.args["ts"])["blocks"])
+
+
+def test_post_review_of_a_stage_already_posted_edits_instead_of_posting(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock
+) -> None:
+    dispatcher = make_dispatcher(workflow, stub, clock)
+    submit(workflow, "V1")
+    drain(dispatcher, clock)
+    review = rows(workflow)[0]
+    with transaction(workflow.db) as session:  # as if the row was posted but not marked before a crash
+        session.get(OutboxMessage, review.id).status = OutboxStatus.PENDING
+    drain(dispatcher, clock)
+    assert [c.args["channel"] for c in delivered(stub)].count("C0SUPER") == 1
+    assert stub.calls_to("chat.update")[0].ok
+
+
+def test_a_click_on_a_stray_copy_retires_it(workflow: Workflow, stub: SlackStub, clock: FakeClock) -> None:
+    dispatcher = make_dispatcher(workflow, stub, clock)
+    request_id = submit(workflow, "V1")
+    drain(dispatcher, clock)
+    with transaction(workflow.db) as session:
+        stage = session.scalars(select(StageReview).where(StageReview.request_id == request_id)).one()
+    canonical = stub.message(stage.message_channel, stage.message_ts)
+    # The copy a cut-off send left behind: the same message, posted by the bot, at another ts.
+    stray_ts = stub.add_message(
+        "C0SUPER", canonical["text"], user=stub.bot_user_id, blocks=canonical["blocks"]
+    )
+    assert not note_clicked_message(workflow.db, (request_id, 0), stage.message_channel, stage.message_ts)
+    assert not note_clicked_message(workflow.db, (request_id, 0), "C0ELSEWHERE", stray_ts)
+    assert note_clicked_message(workflow.db, (request_id, 0), "C0SUPER", stray_ts, clock=clock)
+    drain(dispatcher, clock)
+    stray = stub.message("C0SUPER", stray_ts)
+    assert not any(block["type"] == "actions" for block in stray["blocks"])
+    assert "use the other copy" in str(stray["blocks"])
+    assert any(
+        block["type"] == "actions"
+        for block in stub.message(stage.message_channel, stage.message_ts)["blocks"]
+    )
+
+
+def test_pacer_spaces_posts_per_channel_and_honours_holds() -> None:
+    now = [0.0]
+    limits = SlackLimits(post_per_channel=Rate(1.0), update=Rate(1.2, burst=2))
+    pacer = Pacer(limits, monotonic=lambda: now[0])
+    busy, other = post_key("C1"), post_key("C2")
+    assert pacer.ready_in([busy]) == 0
+    pacer.take([busy])
+    assert pacer.ready_in([busy]) == pytest.approx(1.0)
+    assert pacer.ready_in([other]) == 0  # another channel is not held up
+    now[0] = 1.0
+    assert pacer.ready_in([busy]) == 0
+    pacer.hold(busy, 30)
+    assert pacer.ready_in([busy]) == pytest.approx(30)
+    pacer.take(["update"], count=2)
+    assert pacer.ready_in(["update"]) == pytest.approx(1.2)
+
+
+def test_burst_of_200_to_one_channel_is_paced_not_rejected(workflow: Workflow, stub: SlackStub) -> None:
+    # Slack's 1 message per second per channel, scaled down 40x so the test is quick: the stand-in
+    # refuses more than one post per 20 ms per channel (burst 2); the bot paces to one per 25 ms.
+    stub.channel_rate_limit = (0.02, 2)
+    limits = SlackLimits(post_per_channel=Rate(0.025))
+    pacer = Pacer(limits)
+    client = dispatcher_client(stub.client(), timeout=5)
+    dispatcher = OutboxDispatcher(workflow.db, client, workflow.policy, pacer=pacer, poll_seconds=0.05)
+    block = [{"type": "section", "text": {"type": "mrkdwn", "text": "burst"}}]
+    with transaction(workflow.db) as session:
+        for n in range(200):
+            enqueue(session, "dm", {"user": "UBURST", "text": f"n{n}", "blocks": block}, None, utcnow())
+        enqueue(session, "dm", {"user": "UOTHER", "text": "other", "blocks": block}, None, utcnow())
+
+    def all_sent(call: RecordedCall) -> bool:
+        return len(delivered(stub)) == 201
+
+    dispatcher.start()
+    try:
+        stub.wait_for(all_sent, timeout=60)
+    finally:
+        dispatcher.stop()
+    posts = stub.calls_to("chat.postMessage")
+    assert [c.status for c in posts if not c.ok] == []  # not one 429
+    texts = [c.args["text"] for c in posts]
+    assert texts.index("other") < 3  # the other channel went out at once, not after the burst
+    assert [t for t in texts if t != "other"] == [f"n{n}" for n in range(200)]
+    with transaction(workflow.db) as session:
+        unsent = session.scalar(
+            select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status != OutboxStatus.SENT)
+        )
+    assert unsent == 0
