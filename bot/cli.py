@@ -83,6 +83,29 @@ def _prepare_database(url: str) -> None:
         raise CliError(f"FRBOT_DATABASE_URL: cannot open or migrate the database: {first}") from None
 
 
+def _bootstrap(settings: Settings) -> Services:
+    """What every long-running process does first: secret-safe logging, the policy, the schema, services."""
+    from bot.services import build_services
+
+    secrets = [
+        s.get_secret_value()
+        for s in (settings.slack_bot_token, settings.slack_app_token, settings.slack_signing_secret)
+        if s
+    ]
+    logs.configure(settings.log_level, secrets)
+    policy = load_policy(settings.policy_file)
+    _prepare_database(settings.database_url)
+    return build_services(
+        settings.database_url,
+        policy,
+        make_client(settings),
+        clock=_clock(),
+        outbox_poll_seconds=settings.outbox_poll_seconds,
+        approver_cache_seconds=settings.approver_cache_seconds,
+        outbox_lease_seconds=settings.outbox_lease_seconds,
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     overrides: dict[str, object] = {}
     if args.mode:
@@ -93,28 +116,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["scheduler_enabled"] = False
     settings = load_settings(**overrides)
     settings.require_slack_credentials()
-    secrets = [
-        s.get_secret_value()
-        for s in (settings.slack_bot_token, settings.slack_app_token, settings.slack_signing_secret)
-        if s
-    ]
-    logs.configure(settings.log_level, secrets)
-    policy = load_policy(settings.policy_file)
-    _prepare_database(settings.database_url)
+    services = _bootstrap(settings)
+    policy = services.policy
 
     from bot.app import create_app
     from bot.server import on_termination, serve_http, serve_socket
-    from bot.services import build_services
 
-    services = build_services(
-        settings.database_url,
-        policy,
-        make_client(settings),
-        clock=_clock(),
-        outbox_poll_seconds=settings.outbox_poll_seconds,
-        approver_cache_seconds=settings.approver_cache_seconds,
-        outbox_lease_seconds=settings.outbox_lease_seconds,
-    )
     stopping = threading.Event()  # SIGTERM while waiting for Slack is a clean stop too
     on_termination(stopping.set)
     try:
@@ -278,23 +285,12 @@ def cmd_scheduler(_args: argparse.Namespace) -> int:
     """A process that only runs the scheduler (and delivers the outbox), for deployments that want the
     timing work apart from the Slack-facing processes; those then run with `--no-scheduler`."""
     from bot.server import on_termination
-    from bot.services import build_services
 
     settings = load_settings()
     if not settings.slack_bot_token or not settings.slack_bot_token.get_secret_value().strip():
         raise SettingsError("FRBOT_SLACK_BOT_TOKEN is not set: see README.md, 'Create the Slack app'.")
-    logs.configure(settings.log_level, [settings.slack_bot_token.get_secret_value()])
-    policy = load_policy(settings.policy_file)
-    _prepare_database(settings.database_url)
-    services = build_services(
-        settings.database_url,
-        policy,
-        make_client(settings),
-        clock=_clock(),
-        outbox_poll_seconds=settings.outbox_poll_seconds,
-        approver_cache_seconds=settings.approver_cache_seconds,
-        outbox_lease_seconds=settings.outbox_lease_seconds,
-    )
+    services = _bootstrap(settings)
+    policy = services.policy
     stopped = threading.Event()
     on_termination(stopped.set)
     services.dispatcher.start()

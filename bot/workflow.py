@@ -561,7 +561,7 @@ class Workflow:
         payload = {"users": [request.requester_id], "principals": list(principals)}
         enqueue(session, "publish_home", payload, request.id, now)
 
-    def withdraw(self, request_id: int, user_id: str) -> Withdrawn | Refusal:
+    def withdraw(self, request_id: int, user_id: str) -> Recorded | Refusal:
         with transaction(self.db) as session:
             request = request_with_history(session, request_id, lock=True)
             refusal = None
@@ -595,11 +595,11 @@ class Workflow:
             enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
             enqueue(session, "dm", views.withdrawn_dm(request), request.id, now)
             self._touch_homes(session, request, now)
-            result = Withdrawn(request.reference)
+            result = Recorded(request.reference)
         self._on_outbox()
         return result
 
-    def answer_info(self, info_id: int, user_id: str, answer: str) -> Answered | Refusal:
+    def answer_info(self, info_id: int, user_id: str, answer: str) -> Recorded | Refusal:
         with transaction(self.db) as session:
             info = session.get(InfoRequest, info_id)
             request = request_with_history(session, info.request_id, lock=True) if info else None
@@ -637,7 +637,7 @@ class Workflow:
             note = views.answer_note(request, info)
             enqueue(session, "stage_note", {"stage_review_id": stage.id, **note}, request.id, now)
             self._touch_homes(session, request, now)
-            result = Answered(request.reference)
+            result = Recorded(request.reference)
         self._on_outbox()
         return result
 
@@ -719,7 +719,7 @@ class Workflow:
             post_use = session.scalar(select(PostUseRecord).where(PostUseRecord.request_id == request.id))
             return RequestView(request, events, comments, post_use)
 
-    def comment(self, request_id: int, user_id: str, text: str, submission_key: str) -> Commented | Refusal:
+    def comment(self, request_id: int, user_id: str, text: str, submission_key: str) -> Recorded | Refusal:
         with transaction(self.db) as session:
             request = request_with_history(session, request_id)
             if request is None or user_id == request.requester_id or not self.may_view(request, user_id):
@@ -729,7 +729,7 @@ class Workflow:
                 self._record_refusal(session, request, -1, user_id, "comment", refusal)
                 return refusal
             if session.scalar(select(Comment.id).where(Comment.submission_key == submission_key)) is not None:
-                return Commented(request.reference)
+                return Recorded(request.reference)
             now = self.clock()
             session.add(
                 Comment(
@@ -742,11 +742,11 @@ class Workflow:
             )
             audit(session, user_id, "comment_added", request.id, now, comment=text)
             enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
-            result = Commented(request.reference)
+            result = Recorded(request.reference)
         self._on_outbox()
         return result
 
-    def record_post_use(self, request_id: int, user_id: str, form: PostUseForm) -> PostUseRecorded | Refusal:
+    def record_post_use(self, request_id: int, user_id: str, form: PostUseForm) -> Recorded | Refusal:
         with transaction(self.db) as session:
             request = request_with_history(session, request_id, lock=True)
             refusal = None
@@ -779,7 +779,7 @@ class Workflow:
             audit(session, user_id, "post_use_recorded", request.id, now, **form.model_dump())
             enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
             self._touch_homes(session, request, now)
-            result = PostUseRecorded(request.reference)
+            result = Recorded(request.reference)
         self._on_outbox()
         return result
 
@@ -947,22 +947,9 @@ class Workflow:
 
 
 @dataclass(frozen=True)
-class Withdrawn:
-    reference: str
+class Recorded:
+    """An everyday action (withdraw, answer, comment, post-use record) was saved for this request."""
 
-
-@dataclass(frozen=True)
-class Answered:
-    reference: str
-
-
-@dataclass(frozen=True)
-class Commented:
-    reference: str
-
-
-@dataclass(frozen=True)
-class PostUseRecorded:
     reference: str
 
 

@@ -7,6 +7,7 @@ a database outage can be shown in the modal instead of being lost.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -161,69 +162,73 @@ def _finish(ack: Ack, result: Any, title: str, text: str) -> None:
         ack(response_action="update", view=views.notice_modal(title, text))
 
 
+def _small_modal(
+    ack: Ack,
+    view: dict[str, Any],
+    block_ids: tuple[str, ...],
+    check: Callable[[dict[str, str]], Any],
+    target: object | None,
+    save: Callable[[Any], Any],
+    done: Callable[[Any], tuple[str, str]],
+) -> None:
+    """What every small modal does: check its fields, check what it acts on, save, then confirm or explain.
+
+    `done` turns the checked value into the confirmation's title and text.
+    """
+    try:
+        value = check(forms.read_fields(_state(view), block_ids))
+    except forms.FormErrors as exc:
+        ack(response_action="errors", errors=exc.errors)
+        return
+    if target is None:
+        stale = views.notice_modal("Not recorded", "This form is not valid any more.")
+        ack(response_action="update", view=stale)
+        return
+    try:
+        result = save(value)
+    except DatabaseUnavailable as exc:
+        log.error("not saved: %s", exc)
+        ack(response_action="errors", errors={block_ids[0]: NOT_SAVED})
+        return
+    _finish(ack, result, *done(value))
+
+
 def register_everyday(app: App, services: Services) -> None:
     workflow = services.workflow
     policy = services.policy.policy
 
-    def saving(ack: Ack, first_block: str, action: Any) -> Any:
-        """Run a save; a database outage shows in the modal and nothing is written."""
-        try:
-            return action()
-        except DatabaseUnavailable as exc:
-            log.error("not saved: %s", exc)
-            ack(response_action="errors", errors={first_block: NOT_SAVED})
-            return None
-
     @app.view(views.ANSWER_CALLBACK)
     def answer_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
-        item = _item(view)
-        try:
-            answer = forms.check_answer(forms.read_fields(_state(view), (forms.ANSWER.block_id,)))
-        except forms.FormErrors as exc:
-            ack(response_action="errors", errors=exc.errors)
-            return
-        if item.info_id is None:
-            ack(
-                response_action="update",
-                view=views.notice_modal("Not sent", "This form is not valid any more."),
-            )
-            return
-        result = saving(
-            ack, forms.ANSWER.block_id, lambda: workflow.answer_info(item.info_id, body["user"]["id"], answer)
-        )
-        if result is not None:
-            _finish(
-                ack,
-                result,
+        info_id, user_id = _item(view).info_id, body["user"]["id"]
+        _small_modal(
+            ack,
+            view,
+            (forms.ANSWER.block_id,),
+            forms.check_answer,
+            info_id,
+            lambda answer: workflow.answer_info(info_id, user_id, answer),  # type: ignore[arg-type]
+            lambda _: (
                 "Answer sent",
                 ":speech_balloon: Your answer is recorded and the reviewers have been told.",
-            )
+            ),
+        )
 
     @app.view(views.COMMENT_CALLBACK)
     def comment_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
-        item = _item(view)
-        try:
-            text = forms.check_comment(forms.read_fields(_state(view), (forms.COMMENT.block_id,)))
-        except forms.FormErrors as exc:
-            ack(response_action="errors", errors=exc.errors)
-            return
-        if item.request_id is None:
-            ack(
-                response_action="update",
-                view=views.notice_modal("Not added", "This form is not valid any more."),
-            )
-            return
-        result = saving(
+        request_id, user_id = _item(view).request_id, body["user"]["id"]
+        _small_modal(
             ack,
-            forms.COMMENT.block_id,
-            lambda: workflow.comment(item.request_id, body["user"]["id"], text, str(view["id"])),
+            view,
+            (forms.COMMENT.block_id,),
+            forms.check_comment,
+            request_id,
+            lambda text: workflow.comment(request_id, user_id, text, str(view["id"])),  # type: ignore[arg-type]
+            lambda _: ("Comment added", ":memo: Your comment is in the request's timeline."),
         )
-        if result is not None:
-            _finish(ack, result, "Comment added", ":memo: Your comment is in the request's timeline.")
 
     @app.view(views.POST_USE_CALLBACK)
     def post_use_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
-        item = _item(view)
+        request_id, user_id = _item(view).request_id, body["user"]["id"]
         fields = (
             forms.SEARCH_RUN.block_id,
             forms.SEARCH_RESULT.block_id,
@@ -231,44 +236,33 @@ def register_everyday(app: App, services: Services) -> None:
             forms.HANDLING_AUTHORITY.block_id,
             forms.POST_USE_NOTES.block_id,
         )
-        try:
-            form = forms.check_post_use(forms.read_fields(_state(view), fields))
-        except forms.FormErrors as exc:
-            ack(response_action="errors", errors=exc.errors)
-            return
-        if item.request_id is None:
-            ack(
-                response_action="update",
-                view=views.notice_modal("Not recorded", "This form is not valid any more."),
-            )
-            return
-        result = saving(
+        _small_modal(
             ack,
-            forms.SEARCH_RUN.block_id,
-            lambda: workflow.record_post_use(item.request_id, body["user"]["id"], form),
-        )
-        if result is not None:
-            _finish(
-                ack,
-                result,
+            view,
+            fields,
+            forms.check_post_use,
+            request_id,
+            lambda form: workflow.record_post_use(request_id, user_id, form),  # type: ignore[arg-type]
+            lambda _: (
                 "Outcome recorded",
                 ":white_check_mark: The outcome is recorded and the request is closed.",
-            )
+            ),
+        )
 
     @app.view(views.DELEGATE_CALLBACK)
     def delegation_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
         user_id = body["user"]["id"]
-        fields = (forms.DEPUTY.block_id, forms.STARTS_ON.block_id, forms.ENDS_ON.block_id)
         today = workflow.clock().astimezone(policy.zone).date()
-        try:
-            form = forms.check_delegation(forms.read_fields(_state(view), fields), user_id, today)
-        except forms.FormErrors as exc:
-            ack(response_action="errors", errors=exc.errors)
-            return
-        result = saving(ack, forms.DEPUTY.block_id, lambda: workflow.delegate(user_id, form))
-        if result is not None:
-            text = (
+        _small_modal(
+            ack,
+            view,
+            (forms.DEPUTY.block_id, forms.STARTS_ON.block_id, forms.ENDS_ON.block_id),
+            lambda raw: forms.check_delegation(raw, user_id, today),
+            user_id,
+            lambda form: workflow.delegate(user_id, form),
+            lambda form: (
+                "Deputy named",
                 f":busts_in_silhouette: {views.user(form.deputy_id)} may decide in your place from "
-                f"{form.starts_on:%d %b %Y} to {form.ends_on:%d %b %Y}."
-            )
-            _finish(ack, result, "Deputy named", text)
+                f"{form.starts_on:%d %b %Y} to {form.ends_on:%d %b %Y}.",
+            ),
+        )

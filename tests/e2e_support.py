@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bot import forms, views
-from tests.botprocess import SIGNING_SECRET, BotProcess
+from tests.botprocess import BOT_TOKEN, SIGNING_SECRET, BotProcess
 from tests.conftest import GROUPS, TEST_POLICY, _truncate_postgres, slack_state, valid_form_values
 from tests.slackstub import SlackDriver, SlackStub
 
@@ -39,15 +39,24 @@ def stub() -> Iterator[SlackStub]:
 
 
 @pytest.fixture(scope="module")
-def bot(backend_url: str, stub: SlackStub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BotProcess]:
+def bot(
+    request: pytest.FixtureRequest,
+    backend_url: str,
+    stub: SlackStub,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[BotProcess]:
+    """The real bot for this module; a module may set BOT_ENV (extra FRBOT_* settings) for its bot."""
     workdir = tmp_path_factory.mktemp("bot")
     policy = workdir / "policy.yml"
     policy.write_text(TEST_POLICY)
-    process = BotProcess(backend_url, policy, stub.base_url, workdir).start()
+    extra_env: dict[str, str] = getattr(request.module, "BOT_ENV", {})
+    process = BotProcess(backend_url, policy, stub.base_url, workdir, **extra_env).start()
     yield process
     code = process.stop()
-    assert code == 0, f"bot did not exit cleanly ({code}):\n{process.log()}"
-    assert "Traceback" not in process.log(), process.log()
+    log = process.log()
+    assert code == 0, f"bot did not exit cleanly ({code}):\n{log}"
+    assert "Traceback" not in log, log
+    assert BOT_TOKEN not in log and SIGNING_SECRET not in log
 
 
 @pytest.fixture

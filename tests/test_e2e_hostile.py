@@ -19,63 +19,19 @@ from bot import forms, views
 from bot.policy import parse_policy
 from storage.db import make_engine, make_session_factory, transaction
 from storage.models import AuditEvent, Decision, FrRequest
-from tests.botprocess import BOT_TOKEN, SIGNING_SECRET, BotProcess
-from tests.conftest import GROUPS, TEST_POLICY, _truncate_postgres, slack_state, valid_form_values
+from tests.botprocess import SIGNING_SECRET, BotProcess
+from tests.conftest import TEST_POLICY, slack_state, valid_form_values
 from tests.slackstub import SlackDriver, SlackStub, sign_request
 
 TEAM, APP = "T0TEST", "A0TEST"
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def backend_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    if request.param == "sqlite":
-        import shutil
-
-        template = request.getfixturevalue("sqlite_template")
-        path = tmp_path_factory.mktemp("hostile") / "fr-bot.db"
-        shutil.copy(template, path)
-        return f"sqlite:///{path}"
-    url = request.getfixturevalue("postgres_migrated")
-    _truncate_postgres(url)
-    return url
-
-
-@pytest.fixture(scope="module")
-def stub() -> Iterator[SlackStub]:
-    with SlackStub() as running:
-        for group, members in GROUPS.items():
-            running.add_usergroup(group, sorted(members))
-        yield running
-
-
-@pytest.fixture(scope="module")
-def bot(backend_url: str, stub: SlackStub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BotProcess]:
-    workdir = tmp_path_factory.mktemp("bot")
-    policy = workdir / "policy.yml"
-    policy.write_text(TEST_POLICY)
-    process = BotProcess(
-        backend_url,
-        policy,
-        stub.base_url,
-        workdir,
-        FRBOT_ALLOWED_TEAM_ID=TEAM,
-        FRBOT_ALLOWED_APP_ID=APP,
-        FRBOT_LOG_LEVEL="DEBUG",  # the most talkative level must still keep secrets out
-    ).start()
-    yield process
-    code = process.stop()
-    log = process.log()
-    assert code == 0, f"bot did not exit cleanly ({code}):\n{log}"
-    assert "Traceback" not in log, log
-    assert BOT_TOKEN not in log and SIGNING_SECRET not in log
-
-
-@pytest.fixture
-def slack(bot: BotProcess, stub: SlackStub) -> Iterator[SlackDriver]:
-    stub.clear()
-    yield SlackDriver(bot.url, SIGNING_SECRET, stub=stub)
-    stub.assert_no_violations()
-    assert "Traceback" not in bot.log()
+# The shared end-to-end bot (tests/e2e_support.py), with these settings for this module.
+BOT_ENV = {
+    "FRBOT_ALLOWED_TEAM_ID": TEAM,
+    "FRBOT_ALLOWED_APP_ID": APP,
+    "FRBOT_LOG_LEVEL": "DEBUG",  # the most talkative level must still keep secrets out
+}
 
 
 @pytest.fixture
