@@ -29,6 +29,7 @@ from sqlalchemy import Connection, Engine, Text, cast, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.forms import FREE_TEXT_FIELDS
 from storage.canonical import canonical_json
 from storage.db import READ_SNAPSHOT, transaction
 from storage.models import AuditChainHead, AuditEvent, AuditEventText, utcnow
@@ -41,14 +42,7 @@ REMOVED_TEXT = "[removed under the retention policy]"
 # typed text must use one of these keys (or add its key here) so that retention can remove the text.
 SEALED_KEYS = frozenset(
     {
-        "purpose_detail",
-        "image_authority",
-        "necessity",
-        "alternatives",
-        "proportionality",
-        "collateral_intrusion",
-        "equality",
-        "urgency_justification",
+        *FREE_TEXT_FIELDS,
         "rationale",
         "conditions",
         "question",

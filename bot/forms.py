@@ -118,6 +118,8 @@ TEXT_FIELDS = (
     EQUALITY,
     URGENCY_JUSTIFICATION,
 )
+# The officer's typed free text (personal data a retention purge removes); the case reference is an ID.
+FREE_TEXT_FIELDS = tuple(field.block_id for field in TEXT_FIELDS if field is not CASE_REFERENCE)
 # The order the officer sees them.
 FIELD_ORDER = (
     TOOL,
@@ -451,20 +453,20 @@ def _bounded_text(raw: dict[str, str], field: TextField, minimum: int, errors: d
     return text
 
 
-def check_answer(raw: dict[str, str]) -> str:
+def _one_text(raw: dict[str, str], field: TextField, minimum: int) -> str:
     errors: dict[str, str] = {}
-    answer = _bounded_text(raw, ANSWER, 2, errors)
+    text = _bounded_text(raw, field, minimum, errors)
     if errors:
         raise FormErrors(errors)
-    return answer
+    return text
+
+
+def check_answer(raw: dict[str, str]) -> str:
+    return _one_text(raw, ANSWER, 2)
 
 
 def check_comment(raw: dict[str, str]) -> str:
-    errors: dict[str, str] = {}
-    comment = _bounded_text(raw, COMMENT, 2, errors)
-    if errors:
-        raise FormErrors(errors)
-    return comment
+    return _one_text(raw, COMMENT, 2)
 
 
 def check_post_use(raw: dict[str, str]) -> PostUseForm:

@@ -20,6 +20,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.audit import PURGE_ACTION, REMOVED_TEXT, append_event
+from bot.forms import FREE_TEXT_FIELDS
 from bot.policy import Policy
 from bot.workflow import enqueue
 from storage.db import transaction
@@ -27,16 +28,7 @@ from storage.models import AuditEventText, FrRequest, PostUseRecord, utcnow
 from storage.queries import request_with_history
 
 # The request's typed free text; everything else on the row is a category, an ID or a time.
-REQUEST_TEXT_COLUMNS = (
-    "purpose_detail",
-    "image_authority",
-    "necessity",
-    "alternatives",
-    "proportionality",
-    "collateral_intrusion",
-    "equality",
-    "urgency_justification",
-)
+REQUEST_TEXT_COLUMNS = FREE_TEXT_FIELDS
 SYSTEM_ACTOR = "system"
 
 
