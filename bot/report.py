@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from bot.audit import GENESIS_HASH
 from bot.evidence import choice_label
 from bot.policy import SUBJECT_LABELS, URGENCY_LABELS, Policy, SubjectCategory, Urgency
-from storage.models import AuditChainHead, AuditEvent, Decision, FrRequest, StageReview
+from storage.models import AuditChainHead, AuditEvent, Decision, FrRequest, RequestStatus, StageReview
 
 
 @dataclass
@@ -60,6 +60,8 @@ class MonthReport:
     reviewers: dict[str, ReviewerStats] = field(default_factory=dict)
     prohibited_attempts: Counter[str] = field(default_factory=Counter)
     prohibited_officers: int = 0
+    # Approvals that ended by the report's generation without the officer recording what the search did.
+    overdue_post_use: list[tuple[str, datetime]] = field(default_factory=list)
     weeks: list[Week] = field(default_factory=list)
     chain_seq: int = 0
     chain_hash: str = GENESIS_HASH
@@ -149,6 +151,18 @@ def build(session: Session, policy: Policy, year: int, month: int, now: datetime
             officers.add(actor)
     report.prohibited_officers = len(officers)
 
+    overdue = session.execute(
+        select(FrRequest.reference, FrRequest.valid_until)
+        .where(
+            FrRequest.status == RequestStatus.APPROVED,
+            FrRequest.closed_at.is_(None),
+            FrRequest.valid_until <= now,
+            FrRequest.created_at < end,
+        )
+        .order_by(FrRequest.valid_until)
+    )
+    report.overdue_post_use = [(reference, valid_until) for reference, valid_until in overdue]
+
     head = session.get(AuditChainHead, 1)
     if head is not None:
         report.chain_seq, report.chain_hash = head.seq, head.hash
@@ -178,6 +192,11 @@ def rows(report: MonthReport) -> list[tuple[str, str, str, float | int | str]]:
     ):
         out += [(section, key, "count", value) for key, value in sorted(counter.items())]
     out.append(("prohibited_attempts", "distinct officers", "count", report.prohibited_officers))
+    out.append(("post_use", "overdue records", "count", len(report.overdue_post_use)))
+    out += [
+        ("post_use_overdue", ref, "approval_ended", ended.isoformat())
+        for ref, ended in report.overdue_post_use
+    ]
     all_hours = [h for values in report.decision_hours.values() for h in values]
     for key, values in [("all", all_hours), *sorted(report.decision_hours.items())]:
         out += [("decision_hours", key, metric, round(value, 2)) for metric, value in summary(values).items()]
@@ -250,6 +269,18 @@ def markdown(report: MonthReport, chart_name: str) -> str:
         "",
     ]
     lines += [f"- {tool}: {count}" for tool, count in report.prohibited_attempts.most_common()]
+    lines += [
+        "",
+        "## Overdue post-use records",
+        "",
+        f"{len(report.overdue_post_use)} approved request(s) whose approval has ended without a record of "
+        "whether the search was run, what it returned and what happened to the image and results.",
+        "",
+    ]
+    lines += [
+        f"- {reference}: approval ended {ended.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+        for reference, ended in report.overdue_post_use
+    ]
     lines += [
         "",
         "## Weekly volumes and decision times",

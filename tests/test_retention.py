@@ -205,3 +205,6 @@ def test_report_counts_and_times(workflow: Workflow, clock: FakeClock) -> None:
     )
     first_week = next(w for w in data.weeks if w.requests)
     assert first_week.start.date().isoformat() == "2026-03-02" and first_week.requests == 3
+    # Both approvals (72 hours) ended before 1 April with no outcome recorded: both are overdue.
+    assert sorted(ref for ref, _ in data.overdue_post_use) == ["FR-2026-00001", "FR-2026-00002"]
+    assert "## Overdue post-use records" in report.markdown(data, "chart.png")
