@@ -43,7 +43,7 @@ from bot.copies import RETIRE_COPY
 from bot.pacing import UPDATE_KEY, Pacer, post_key
 from bot.policy import Policy
 from storage.db import DatabaseUnavailable, transaction
-from storage.models import FrRequest, OutboxMessage, OutboxStatus, StageReview, utcnow
+from storage.models import DirectMessage, FrRequest, OutboxMessage, OutboxStatus, StageReview, utcnow
 from storage.queries import request_with_history
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ PERMANENT_ERRORS = {
 }
 MAX_BACKOFF_SECONDS = 300.0
 METADATA_EVENT_TYPE = "fr_bot_outbox"
+REDACT_DMS = "redact_dms"
 FINISH_TRIES = 5  # a sent row whose outcome cannot be saved would be sent again: try hard to save it
 
 
@@ -92,6 +93,7 @@ class Sent:
     channel: str | None = None
     ts: str | None = None
     permalink: str | None = None
+    dm_request_id: int | None = None  # a DM about this request landed at (channel, ts)
 
 
 def backoff(attempts: int) -> float:
@@ -235,7 +237,7 @@ class OutboxDispatcher:
             return [(row.id, row.kind, row.payload) for row in session.execute(query)]
 
     def _pace_keys(self, row_id: int, kind: str, payload: dict[str, Any]) -> list[str]:
-        if kind in ("refresh_reviews", RETIRE_COPY):
+        if kind in ("refresh_reviews", RETIRE_COPY, REDACT_DMS):
             return [UPDATE_KEY]
         target = self._targets.get(row_id)
         if target is None:
@@ -395,6 +397,12 @@ class OutboxDispatcher:
                 row.sent_at = now
             if retry_in is not None:
                 row.next_attempt_at = now + timedelta(seconds=retry_in)
+            if sent is not None and sent.dm_request_id is not None and sent.channel and sent.ts:
+                session.add(
+                    DirectMessage(
+                        request_id=sent.dm_request_id, channel=sent.channel, ts=sent.ts, created_at=now
+                    )
+                )
             if sent is not None and sent.stage_review_id is not None:
                 stage = session.get(StageReview, sent.stage_review_id)
                 if stage is not None:
@@ -426,12 +434,15 @@ class OutboxDispatcher:
             if row.kind == "dm":
                 payload = row.payload
                 self._calling = post_key(str(payload["user"]))
-                self.client.chat_postMessage(
+                response = self.client.chat_postMessage(
                     channel=payload["user"],
                     text=payload["text"],
                     blocks=_owning_up(row, payload["blocks"]),
                     metadata=_metadata(row),
                 )
+                return Sent(channel=response["channel"], ts=response["ts"], dm_request_id=row.request_id)
+            if row.kind == REDACT_DMS:
+                self._redact_dms(row.id, int(row.payload["request_id"]))
                 return Sent()
             raise PermanentFailure(f"unknown outbox kind {row.kind}")
         except SlackApiError as exc:
@@ -527,6 +538,25 @@ class OutboxDispatcher:
         self._calling = UPDATE_KEY
         self.client.chat_update(channel=payload["channel"], ts=payload["ts"], **_body(message))
 
+    def _redact_dms(self, row_id: int, request_id: int) -> None:
+        """After a retention purge, every DM about the request is edited down to a notice."""
+        with transaction(self.db, read_only=True) as session:
+            request = session.get(FrRequest, request_id)
+            sent = session.execute(
+                select(DirectMessage.channel, DirectMessage.ts)
+                .where(DirectMessage.request_id == request_id)
+                .order_by(DirectMessage.id)
+            ).all()
+        if request is None:
+            raise PermanentFailure("request no longer exists")
+        message = views.redacted_dm(request, self.policy)
+        for index, (channel, ts) in enumerate(sent):
+            if index:
+                self._renew(row_id)
+                self.pacer.take([UPDATE_KEY])
+            self._calling = UPDATE_KEY
+            self.client.chat_update(channel=channel, ts=ts, **_body(message))
+
     def _refresh_reviews(self, row_id: int, request_id: int) -> None:
         with transaction(self.db, read_only=True) as session:
             request = request_with_history(session, request_id)
@@ -614,6 +644,8 @@ def _target(session: Session, row: OutboxMessage) -> str:
         return channel or "?"
     if row.kind == "publish_home":
         return "App Home"
+    if row.kind == REDACT_DMS:
+        return "officer DMs"
     return "reviewer messages"
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.audit import PURGE_ACTION, REMOVED_TEXT, append_event
 from bot.forms import FREE_TEXT_FIELDS
+from bot.outbox import REDACT_DMS
 from bot.policy import Policy
 from bot.workflow import enqueue
 from storage.db import transaction
@@ -156,6 +157,7 @@ def _redact(session: Session, request_id: int, policy: Policy, now: datetime, ac
         },
     )
     enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
+    enqueue(session, REDACT_DMS, {"request_id": request.id}, request.id, now)
     return Purged(request.reference, len(redacted), removed)
 
 

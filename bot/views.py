@@ -563,6 +563,14 @@ HELP_TEXT = (
 # --- Retention --------------------------------------------------------------------------------------
 
 
+def redacted_dm(request: FrRequest, policy: Policy) -> dict[str, Any]:
+    """What an officer's earlier DMs about a purged request are edited down to."""
+    return {
+        "text": f"Details of FR request {request.reference} were removed under the retention policy.",
+        "blocks": [redacted_notice(request, policy)],
+    }
+
+
 def redacted_notice(request: FrRequest, policy: Policy) -> Block:
     """Shown in place of a purged request's free text (bot/retention.py)."""
     return section(

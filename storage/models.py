@@ -407,3 +407,16 @@ class DigestRun(Base):
     period_end: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DirectMessage(Base):
+    """Where each DM about a request landed, so a retention purge can edit them too."""
+
+    __tablename__ = "direct_messages"
+    __table_args__ = (UniqueConstraint("channel", "ts", name="uq_direct_messages_channel_ts"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("fr_requests.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    ts: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -22,7 +22,8 @@ from tests.slackstub import SlackDriver, SlackStub
 
 
 def test_purge_replaces_the_details_in_slack(slack: SlackDriver, stub: SlackStub, backend_url: str) -> None:
-    officer = "UOFFICER9"
+    # One stand-in serves both backends in this module: a different officer each, so their DMs are apart.
+    officer = "UOFFICER9S" if backend_url.startswith("sqlite") else "UOFFICER9P"
     view = open_form(slack, stub, officer)
     _, body = submit_form(slack, view, officer)
     reference = reference_of(body)
@@ -63,6 +64,21 @@ def test_purge_replaces_the_details_in_slack(slack: SlackDriver, stub: SlackStub
         assert "Details removed under the retention policy" in current
         assert "Identify the suspect" not in current
         assert "CCTV enquiries with neighbours" not in current
+        # The officer's DMs (submitted, rejected with its rationale) are edited down to the notice too.
+        dm_channel = "D" + officer
+        dms = [ts for (channel, ts) in stub.messages if channel == dm_channel]
+        assert len(dms) == 2
+        for ts in dms:
+            stub.wait_for(
+                lambda c, ts=ts: (
+                    c.method == "chat.update"
+                    and c.ok
+                    and c.args["ts"] == ts
+                    and c.args["channel"] == dm_channel
+                )
+            )
+            edited = json.dumps(stub.message(dm_channel, ts))
+            assert "retention policy" in edited and "CCTV enquiries with neighbours" not in edited
         assert verify_chain(engine).ok
     finally:
         engine.dispose()
