@@ -564,12 +564,8 @@ class Workflow:
     def withdraw(self, request_id: int, user_id: str) -> Recorded | Refusal:
         with transaction(self.db) as session:
             request = request_with_history(session, request_id, lock=True)
-            refusal = None
-            if request is None:
-                refusal = Refusal("unknown_request", "That request does not exist.")
-            elif request.requester_id != user_id:
-                refusal = Refusal("not_requester", "Only the officer who made a request can withdraw it.")
-            elif request.status != RequestStatus.PENDING:
+            refusal = _not_the_officers(request, user_id, "withdraw it")
+            if refusal is None and request is not None and request.status != RequestStatus.PENDING:
                 refusal = Refusal("request_closed", f"{request.reference} is already {request.status}.")
             if refusal is not None:
                 self._record_refusal(session, request, -1, user_id, "withdraw", refusal)
@@ -749,17 +745,14 @@ class Workflow:
     def record_post_use(self, request_id: int, user_id: str, form: PostUseForm) -> Recorded | Refusal:
         with transaction(self.db) as session:
             request = request_with_history(session, request_id, lock=True)
-            refusal = None
-            if request is None:
-                refusal = Refusal("unknown_request", "That request does not exist.")
-            elif request.requester_id != user_id:
-                refusal = Refusal("not_requester", "Only the officer who made the request records its use.")
-            elif request.status != RequestStatus.APPROVED:
-                refusal = Refusal(
-                    "not_approved", f"{request.reference} was not approved, so there is no use to record."
-                )
-            elif request.closed_at is not None:
-                refusal = Refusal("already_recorded", f"The use of {request.reference} is already recorded.")
+            refusal = _not_the_officers(request, user_id, "record its use")
+            if refusal is None and request is not None:
+                if request.status != RequestStatus.APPROVED:
+                    why = f"{request.reference} was not approved, so there is no use to record."
+                    refusal = Refusal("not_approved", why)
+                elif request.closed_at is not None:
+                    why = f"The use of {request.reference} is already recorded."
+                    refusal = Refusal("already_recorded", why)
             if refusal is not None:
                 self._record_refusal(session, request, -1, user_id, "record_post_use", refusal)
                 return refusal
@@ -944,6 +937,15 @@ class Workflow:
             pending_by_stage=[(name, int(count), oldest) for name, count, oldest in pending],
             decided_today={status: int(count) for status, count in decided},
         )
+
+
+def _not_the_officers(request: FrRequest | None, user_id: str, doing: str) -> Refusal | None:
+    """Officer-only actions: the request must exist and be the user's own."""
+    if request is None:
+        return Refusal("unknown_request", "That request does not exist.")
+    if request.requester_id != user_id:
+        return Refusal("not_requester", f"Only the officer who made the request can {doing}.")
+    return None
 
 
 @dataclass(frozen=True)
