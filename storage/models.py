@@ -116,8 +116,8 @@ class FrRequest(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Set explicitly with the workflow's clock: an ORM onupdate would stamp the wall clock mid-transaction.
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     # A re-request links to the request it was started from (after a rejection or expiry). No foreign key:
     # adding one would make SQLite rebuild this table, which its incoming foreign keys forbid.
     previous_request_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
@@ -151,7 +151,7 @@ class StageReview(Base):
     stage_name: Mapped[str] = mapped_column(String(100))
     channel_id: Mapped[str] = mapped_column(String(32))
     required_approvals: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default=StageStatus.WAITING)
+    status: Mapped[str] = mapped_column(String(16), default=StageStatus.WAITING, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Where the reviewer message lives once the dispatcher has posted it.
@@ -200,7 +200,7 @@ class InfoRequest(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     request_id: Mapped[int] = mapped_column(ForeignKey("fr_requests.id"), index=True)
-    stage_review_id: Mapped[int] = mapped_column(ForeignKey("stage_reviews.id"))
+    stage_review_id: Mapped[int] = mapped_column(ForeignKey("stage_reviews.id"), index=True)
     asked_by: Mapped[str] = mapped_column(String(32))
     question: Mapped[str] = mapped_column(Text)
     # Same idempotency idea as requests: the asking modal's view id.
@@ -270,7 +270,7 @@ class AuditEvent(Base):
     actor_id: Mapped[str] = mapped_column(String(32))
     action: Mapped[str] = mapped_column(String(64), index=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
 
