@@ -5,7 +5,8 @@ over HTTP, sent by 1, 10 and 50 concurrent simulated users. The bot does its rea
 form and commits the request before acknowledging a submission; it opens a modal after acknowledging a
 command or a click); the bare app only acknowledges. Our latency is reported as a ratio to that floor.
 
-Run: python -m bench.ack_latency [--database-url URL] [--requests N]   (writes a section of bench/RESULTS.md)
+Run: python -m bench.ack_latency [--database-url URL] [--requests N]
+(writes bench/out/ack_latency_<backend>.md; `python -m bench` gathers it into bench/RESULTS.md)
 """
 
 from __future__ import annotations
@@ -186,7 +187,8 @@ def write_results(
     lines += ["", "Resident memory (KiB): " + ", ".join(f"{k}: {v}" for k, v in memory.items()), ""]
     section = "\n".join(lines)
     print(section)
-    out = ROOT / "bench" / f"ack_latency_{backend.lower()}.md"
+    out = ROOT / "bench" / "out" / f"ack_latency_{backend.lower()}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(section)
 
 

@@ -7,6 +7,7 @@ Create Date: 2026-11-27 04:00:00
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
@@ -24,11 +25,25 @@ INDEXES = (
 )
 
 
+# The post-use reminder sweep looks for approvals without a post-use record; a partial index keeps that
+# to the few open ones (a plain valid_until index still scans every closed approval before now).
+OPEN_APPROVAL = "status = 'approved' AND closed_at IS NULL"
+
+
 def upgrade() -> None:
     for table, column in INDEXES:
         op.create_index(f"ix_{table}_{column}", table, [column], unique=False)
+    op.create_index(
+        "ix_fr_requests_open_approvals",
+        "fr_requests",
+        ["valid_until"],
+        unique=False,
+        postgresql_where=sa.text(OPEN_APPROVAL),
+        sqlite_where=sa.text(OPEN_APPROVAL),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_fr_requests_open_approvals", table_name="fr_requests")
     for table, column in reversed(INDEXES):
         op.drop_index(f"ix_{table}_{column}", table_name=table)
