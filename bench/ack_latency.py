@@ -192,6 +192,8 @@ def write_results(
     out = ROOT / "bench" / "out" / f"ack_latency_{backend.lower()}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(section)
+    # The raw samples, in the order they completed, for looking at stalls.
+    out.with_suffix(".json").write_text(json.dumps({"results": results, "memory_kib": memory}))
 
 
 if __name__ == "__main__":
