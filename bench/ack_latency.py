@@ -5,7 +5,8 @@ over HTTP, sent by 1, 10 and 50 concurrent simulated users. The bot does its rea
 form and commits the request before acknowledging a submission; it opens a modal after acknowledging a
 command or a click); the bare app only acknowledges. Our latency is reported as a ratio to that floor.
 
-Run: python -m bench.ack_latency [--database-url URL] [--requests N]   (writes a section of bench/RESULTS.md)
+Run: python -m bench.ack_latency [--database-url URL] [--requests N]
+(writes bench/out/ack_latency_<backend>.md; `python -m bench` gathers it into bench/RESULTS.md)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench.throughput import fresh
 from tests.botprocess import SIGNING_SECRET, BotProcess, free_port
 from tests.conftest import GROUPS, TEST_POLICY, slack_state, valid_form_values
 from tests.slackstub import SlackDriver, SlackStub
@@ -94,6 +96,7 @@ def main() -> None:
     policy = workdir / "policy.yml"
     policy.write_text(TEST_POLICY)
     database_url = args.database_url or f"sqlite:///{workdir / 'bench.db'}"
+    fresh(database_url)  # PostgreSQL: a throwaway database, its schema dropped
     results: dict[str, dict[str, dict[int, list[float]]]] = {"bot": {}, "bare": {}}
     memory: dict[str, int] = {}
 
@@ -186,8 +189,11 @@ def write_results(
     lines += ["", "Resident memory (KiB): " + ", ".join(f"{k}: {v}" for k, v in memory.items()), ""]
     section = "\n".join(lines)
     print(section)
-    out = ROOT / "bench" / f"ack_latency_{backend.lower()}.md"
+    out = ROOT / "bench" / "out" / f"ack_latency_{backend.lower()}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(section)
+    # The raw samples, in the order they completed, for looking at stalls.
+    out.with_suffix(".json").write_text(json.dumps({"results": results, "memory_kib": memory}))
 
 
 if __name__ == "__main__":

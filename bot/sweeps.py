@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, contains_eager, selectinload, sessionmaker
 
 from bot import deadlines, views
 from bot.policy import Policy
@@ -201,6 +201,7 @@ def _sweep_channel(
             select(StageReview)
             .join(FrRequest)
             .where(StageReview.channel_id == channel, *_due_reviews(now, policy))
+            .options(contains_eager(StageReview.request))  # already joined: no query per review
             .order_by(StageReview.due_at, StageReview.id)
             .limit(batch_size)
             .with_for_update(of=StageReview, skip_locked=True)
@@ -389,7 +390,10 @@ def _announce_escalations(
             ).rowcount:
                 claimed.append(notice.subject_id)
         stages = session.scalars(
-            select(StageReview).where(StageReview.id.in_(claimed)).order_by(StageReview.due_at)
+            select(StageReview)
+            .where(StageReview.id.in_(claimed))
+            .options(selectinload(StageReview.request))
+            .order_by(StageReview.due_at)
         ).all()
         if not stages:
             return
@@ -703,34 +707,47 @@ def digest_summary(
     )
     counts = {name: len(outcomes[name]) for name in actions.values()}
 
-    pending_stages = session.scalars(
-        select(StageReview)
-        .join(FrRequest)
-        .where(StageReview.status == StageStatus.PENDING, FrRequest.status == RequestStatus.PENDING)
-        .order_by(StageReview.due_at, StageReview.id)
-    ).all()
-    by_stage: dict[str, list[StageReview]] = defaultdict(list)
-    for stage in pending_stages:
-        by_stage[stage.stage_name].append(stage)
+    # Aggregated and limited in SQL: loading every pending review (and its request, one query each) made
+    # the digest's cost grow with the queue.
+    is_pending = and_(StageReview.status == StageStatus.PENDING, FrRequest.status == RequestStatus.PENDING)
     pending = [
         {
             "stage": name,
-            "count": len(stages),
-            "oldest_hours": max((now - (s.started_at or now)).total_seconds() / 3600 for s in stages),
+            "count": int(count),
+            "oldest_hours": (now - (oldest or now)).total_seconds() / 3600,
         }
-        for name, stages in sorted(by_stage.items())
+        for name, count, oldest in session.execute(
+            select(StageReview.stage_name, func.count(), func.min(StageReview.started_at))
+            .join(FrRequest, FrRequest.id == StageReview.request_id)
+            .where(is_pending)
+            .group_by(StageReview.stage_name)
+            .order_by(StageReview.stage_name)
+        )
     ]
     overdue = [
         {
-            "reference": stage.request.reference,
-            "stage": stage.stage_name,
-            "urgency": stage.request.urgency,
-            "due_at": stage.due_at.isoformat(),
-            "link": _link(stage),
+            "reference": reference,
+            "stage": stage_name,
+            "urgency": urgency,
+            "due_at": due_at.isoformat(),
+            "link": views.message_link(permalink, message_channel, message_ts),
         }
-        for stage in pending_stages
-        if stage.due_at is not None and stage.due_at <= now
-    ][:DIGEST_ITEMS_KEPT]
+        for reference, stage_name, urgency, due_at, permalink, message_channel, message_ts in session.execute(
+            select(
+                FrRequest.reference,
+                StageReview.stage_name,
+                FrRequest.urgency,
+                StageReview.due_at,
+                StageReview.message_permalink,
+                StageReview.message_channel,
+                StageReview.message_ts,
+            )
+            .join(FrRequest, FrRequest.id == StageReview.request_id)
+            .where(is_pending, StageReview.due_at.is_not(None), StageReview.due_at <= now)
+            .order_by(StageReview.due_at, StageReview.id)
+            .limit(DIGEST_ITEMS_KEPT)
+        )
+    ]
 
     prohibited = []
     for event in session.scalars(

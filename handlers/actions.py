@@ -76,10 +76,9 @@ def register(app: App, services: Services) -> None:
             open_view(client, body, views.comment_modal(request, policy))
             return
         kind = views.REVIEW_ACTIONS[action["action_id"]]
-        refusal = workflow.authorise(request_id, position, user_id, kind)
-        request = workflow.load(request_id) if refusal is None else None
-        if refusal is not None or request is None:
-            tell(client, body, (refusal or Refusal("gone", "That request no longer exists.")).message)
+        request = workflow.authorised_request(request_id, position, user_id, kind)
+        if isinstance(request, Refusal):
+            tell(client, body, request.message)
             return
         ctx = views.ReviewContext(
             request_id=request_id,

@@ -24,6 +24,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -81,8 +82,20 @@ class StageStatus:
     CANCELLED = "cancelled"  # the request ended before this stage decided
 
 
+# Approvals whose post-use record is still owed: a handful among the millions of closed ones.
+OPEN_APPROVAL = "status = 'approved' AND closed_at IS NULL"
+
+
 class FrRequest(Base):
     __tablename__ = "fr_requests"
+    __table_args__ = (
+        Index(
+            "ix_fr_requests_open_approvals",
+            "valid_until",
+            postgresql_where=text(OPEN_APPROVAL),
+            sqlite_where=text(OPEN_APPROVAL),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     reference: Mapped[str] = mapped_column(String(20), unique=True)
@@ -116,8 +129,8 @@ class FrRequest(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Set explicitly with the workflow's clock: an ORM onupdate would stamp the wall clock mid-transaction.
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     # A re-request links to the request it was started from (after a rejection or expiry). No foreign key:
     # adding one would make SQLite rebuild this table, which its incoming foreign keys forbid.
     previous_request_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
@@ -151,7 +164,7 @@ class StageReview(Base):
     stage_name: Mapped[str] = mapped_column(String(100))
     channel_id: Mapped[str] = mapped_column(String(32))
     required_approvals: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default=StageStatus.WAITING)
+    status: Mapped[str] = mapped_column(String(16), default=StageStatus.WAITING, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Where the reviewer message lives once the dispatcher has posted it.
@@ -200,7 +213,7 @@ class InfoRequest(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     request_id: Mapped[int] = mapped_column(ForeignKey("fr_requests.id"), index=True)
-    stage_review_id: Mapped[int] = mapped_column(ForeignKey("stage_reviews.id"))
+    stage_review_id: Mapped[int] = mapped_column(ForeignKey("stage_reviews.id"), index=True)
     asked_by: Mapped[str] = mapped_column(String(32))
     question: Mapped[str] = mapped_column(Text)
     # Same idempotency idea as requests: the asking modal's view id.
@@ -270,7 +283,7 @@ class AuditEvent(Base):
     actor_id: Mapped[str] = mapped_column(String(32))
     action: Mapped[str] = mapped_column(String(64), index=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
 

@@ -1,0 +1,157 @@
+"""Run every benchmark and write bench/RESULTS.md.
+
+    .venv/bin/python -m bench --postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/frbot_benchbig
+
+Each benchmark runs as its own process (so one's memory and threads do not disturb the next) and leaves
+its section in bench/out/ (git-ignored); RESULTS.md gathers them with the machine, the versions, the
+numbers measured before the fixes (bench/baseline/) and the notes (bench/NOTES.md). The PostgreSQL
+database's public schema is dropped: give it a throwaway one. About ten minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from sqlalchemy import text
+
+from storage.db import make_engine
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+OUT = BENCH / "out"
+PACKAGES = (
+    "slack-bolt",
+    "slack-sdk",
+    "waitress",
+    "SQLAlchemy",
+    "psycopg",
+    "alembic",
+    "pydantic",
+    "APScheduler",
+)
+
+
+def machine(postgres_url: str) -> list[str]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    mem_kib = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
+    engine = make_engine(postgres_url)
+    with engine.connect() as conn:
+        server = conn.scalar(text("SHOW server_version"))
+    engine.dispose()
+    versions = ", ".join(f"{name} {metadata.version(name)}" for name in PACKAGES)
+    return [
+        f"- Run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"- Machine: {os.cpu_count()} CPUs ({cpu}), {mem_kib / 1024 / 1024:.1f} GiB RAM, "
+        f"{platform.system()} {platform.release()}; other work was running on it",
+        f"- Python {platform.python_version()}; PostgreSQL {server} (local, default settings); SQLite "
+        f"{__import__('sqlite3').sqlite_version}",
+        f"- Packages: {versions}",
+    ]
+
+
+def run(args: list[str]) -> float:
+    started = time.perf_counter()
+    print("$", " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", *args], cwd=ROOT, check=True)
+    return time.perf_counter() - started
+
+
+def section(name: str) -> str:
+    path = OUT / name
+    return path.read_text() if path.exists() else f"(missing: {name})\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--postgres-url", required=True, help="a throwaway PostgreSQL database")
+    parser.add_argument("--requests", type=int, default=100, help="ack latency: requests per kind and level")
+    parser.add_argument("--sizes", default="100000,1000000", help="scale: request counts")
+    parser.add_argument("--skip", default="", help="comma-separated: ack,throughput,scale,audit")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    url = args.postgres_url
+    durations: dict[str, float] = {}
+    if "ack" not in skip:
+        durations["ack latency, SQLite"] = run(["bench.ack_latency", "--requests", str(args.requests)])
+        durations["ack latency, PostgreSQL"] = run(
+            ["bench.ack_latency", "--requests", str(args.requests), "--database-url", url]
+        )
+    if "throughput" not in skip:
+        durations["throughput"] = run(["bench.throughput", "--postgres-url", url])
+    if "scale" not in skip:
+        durations["scale"] = run(["bench.scale", "--url", url, "--sizes", args.sizes])
+    if "audit" not in skip:
+        audit_out = OUT / "audit_verify.txt"
+        started = time.perf_counter()
+        with audit_out.open("w") as sink:
+            subprocess.run(
+                [sys.executable, "-m", "bench.audit_verify", "--events", "200000", "--url", url],
+                cwd=ROOT,
+                check=True,
+                stdout=sink,
+            )
+        durations["audit chain, 200,000 events"] = time.perf_counter() - started
+
+    audit_lines = (
+        (OUT / "audit_verify.txt").read_text().strip() if (OUT / "audit_verify.txt").exists() else ""
+    )
+    parts = [
+        "# Benchmark results",
+        "",
+        "Written by `python -m bench` (bench/__main__.py); the sections below are the numbers of one run.",
+        "",
+        "## Machine and versions",
+        "",
+        *machine(url),
+        "- Benchmark durations: " + ", ".join(f"{k} {v:.0f}s" for k, v in durations.items()),
+        "",
+        (BENCH / "NOTES.md").read_text().strip(),
+        "",
+        "## After the fixes (this run)",
+        "",
+        section("ack_latency_sqlite.md"),
+        "",
+        section("ack_latency_postgresql.md"),
+        "",
+        section("throughput.md"),
+        "",
+        section("scale.md"),
+        "",
+        "### Audit chain (bench/audit_verify.py, PostgreSQL, 200,000 chained events)",
+        "",
+        "```",
+        audit_lines,
+        "```",
+        "",
+        "## Before the fixes (same benchmarks, earlier run on the same machine)",
+        "",
+    ]
+    for baseline in sorted((BENCH / "baseline").glob("*.md")):
+        parts += [baseline.read_text().strip(), ""]
+    (BENCH / "RESULTS.md").write_text("\n".join(parts).rstrip() + "\n")
+    print(f"wrote {BENCH / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()

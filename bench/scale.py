@@ -1,0 +1,343 @@
+"""Scale of history: the scheduler's sweeps, the digest, App Home and audit export over a large database.
+
+    .venv/bin/python -m bench.scale --url postgresql+psycopg://postgres@127.0.0.1:5432/frbot_benchbig
+
+For each size (default 100,000 and 1,000,000 stored requests) the database's public schema is dropped,
+migrated and filled by set-based SQL (`INSERT … SELECT generate_series`, no ORM): a mix of approved,
+rejected, withdrawn and expired requests with their stage reviews, decisions and audit events, and the
+same 10,000 pending requests with pending stage reviews at every size (100 of them overdue, a few
+approvals about to expire). So what changes between sizes is only the history, and the SQL statement
+count (counted by a `before_cursor_execute` listener) must stay the same: a count that grows with the
+table is an N+1 loop, a time that grows is a missing index.
+
+The audit events are not a valid hash chain (their hashes are placeholders): nothing measured here
+verifies the chain; bench/audit_verify.py measures verification on a real chain.
+
+Give it a throwaway PostgreSQL database: its public schema is dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, event, text
+
+from bot.approvers import ApproverDirectory, StaticGroupSource
+from bot.evidence import export_events
+from bot.home import HomePublisher
+from bot.policy import parse_policy
+from bot.sweeps import digest_summary, run_sweeps
+from bot.workflow import Workflow
+from storage.db import make_engine, make_session_factory, migrate, transaction
+from tests.conftest import GROUPS, TEST_POLICY
+
+ROOT = Path(__file__).resolve().parents[1]
+NOW = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)  # an hour after the 08:00 digest (London is on UTC)
+PENDING = 10_000
+OVERDUE_EVERY = 100  # one pending review in this many is past its due time
+REPEATS = 5
+
+# Request ids 1..n; the newest 2 * PENDING alternate pending and decided, so recent days hold decisions,
+# approvals still valid (some expiring within hours) and pending reviews whatever the size.
+SEED_REQUESTS = """
+INSERT INTO fr_requests (
+    id, reference, submission_key, team_id, requester_id, status, tool_id, tool_snapshot, case_reference,
+    purpose, purpose_detail, offence_category, offence_seriousness, subject_category, subject_is_child,
+    image_source, image_authority, necessity, alternatives, proportionality, collateral_intrusion, equality,
+    urgency, urgency_justification, route_name, policy_version, current_stage, created_at, updated_at,
+    decided_at, valid_until, closed_at, legal_hold)
+SELECT i, 'FR-' || lpad(i::text, 9, '0'), 'V' || i, 'T0BENCH', 'UOFF' || (i % 3000), status,
+    'force-rfr', '{"id":"force-rfr","name":"Force RFR"}'::json, 'CRIM/123456/26', 'investigation',
+    'Identify the suspect in a street robbery caught on CCTV.', 'violence', 'serious', 'suspect', false,
+    'cctv', 'Seized under s.19 PACE, exhibit JS/1', 'House-to-house and CCTV trawl have not identified them.',
+    'Circulated internally, no identification after two weeks.', 'Serious violence; one image only.',
+    'Bystanders cropped out.', 'Results treated as intelligence only.',
+    CASE WHEN i % 20 = 0 THEN 'urgent' ELSE 'routine' END, '',
+    CASE WHEN i % 4 = 0 THEN 'Two stages' ELSE 'Default' END, 'bench',
+    CASE WHEN status = 'pending' THEN (CASE WHEN i % 8 = 0 THEN 1 ELSE 0 END) END,
+    created, created,
+    CASE WHEN status <> 'pending' THEN created + interval '2 hours' END,
+    CASE WHEN status IN ('approved', 'expired') THEN created + interval '74 hours' END,
+    CASE WHEN status = 'approved' AND created + interval '74 hours' <= :now
+        THEN created + interval '3 days' END,
+    false
+FROM (
+    SELECT i, :now - (:n - i) * interval '1 minute' - interval '1 hour' AS created,
+        CASE WHEN i > :n - 2 * :p AND i % 2 = 0 THEN 'pending'
+             WHEN i % 10 < 6 THEN 'approved' WHEN i % 10 < 8 THEN 'rejected'
+             WHEN i % 10 = 8 THEN 'withdrawn' ELSE 'expired' END AS status
+    FROM generate_series(1, :n) AS i
+) AS s
+"""
+
+# Every request has a supervisor stage; one in four also an authoriser stage (the "Two stages" route).
+SEED_STAGES = """
+INSERT INTO stage_reviews (id, request_id, position, stage_id, stage_name, channel_id, required_approvals,
+    status, started_at, completed_at, message_channel, message_ts, due_at, next_check_at)
+SELECT row_number() OVER (ORDER BY r.id, p.position), r.id, p.position,
+    CASE p.position WHEN 0 THEN 'supervisor' ELSE 'authoriser' END,
+    CASE p.position WHEN 0 THEN 'Supervisor review' ELSE 'Authorising officer' END,
+    CASE p.position WHEN 0 THEN 'C0SUPER' ELSE 'C0AUTH' END,
+    CASE p.position WHEN 0 THEN 1 ELSE 2 END,
+    CASE
+        WHEN r.status = 'pending' AND p.position = r.current_stage THEN 'pending'
+        WHEN r.status = 'pending' AND p.position > r.current_stage THEN 'waiting'
+        WHEN r.status = 'pending' THEN 'approved'
+        WHEN r.status IN ('approved', 'expired') THEN 'approved'
+        WHEN r.status = 'rejected' AND p.position = 0 THEN 'rejected'
+        ELSE 'cancelled' END,
+    r.created_at,
+    CASE WHEN r.status <> 'pending' THEN r.decided_at END,
+    CASE WHEN p.position = 0 OR r.status <> 'pending' THEN 'C0SUPER' END,
+    CASE WHEN p.position = 0 OR r.status <> 'pending' THEN '1700000000.' || lpad(r.id::text, 6, '0') END,
+    CASE WHEN r.status = 'pending' AND r.id % :overdue_every = 0 THEN :now - interval '1 hour'
+         WHEN r.status = 'pending' THEN :now + interval '1 day' + (r.id % 1000) * interval '1 minute'
+         ELSE r.created_at + interval '3 days' END,
+    NULL
+FROM fr_requests AS r
+CROSS JOIN (VALUES (0), (1)) AS p (position)
+WHERE p.position = 0 OR r.id % 4 = 0
+"""
+
+SEED_DECISIONS = """
+INSERT INTO decisions (request_id, stage_review_id, approver_id, outcome, rationale, conditions,
+    policy_version, created_at)
+SELECT s.request_id, s.id, a.approver,
+    CASE WHEN s.status = 'approved' THEN 'approve' ELSE 'reject' END,
+    'Necessary and proportionate for this investigation.', '', 'bench',
+    coalesce(s.completed_at, s.started_at + interval '1 hour')
+FROM stage_reviews AS s
+JOIN (VALUES ('supervisor', 'USUP1'), ('authoriser', 'UAUTH1'), ('authoriser', 'UAUTH2'))
+    AS a (stage, approver)
+    ON a.stage = s.stage_id
+WHERE s.status IN ('approved', 'rejected') AND NOT (s.status = 'rejected' AND a.approver = 'UAUTH2')
+"""
+
+# One event when each request was submitted and one when it was decided, in time order.
+SEED_EVENTS = """
+INSERT INTO audit_events (id, seq, request_id, actor_id, action, details, created_at, prev_hash, hash)
+SELECT n, n, request_id, actor_id, action, '{}'::json, at, repeat('0', 64), md5(n::text) || md5(action)
+FROM (
+    SELECT row_number() OVER (ORDER BY at, request_id, action) AS n, * FROM (
+        SELECT id AS request_id, requester_id AS actor_id, 'request_submitted' AS action, created_at AS at
+        FROM fr_requests
+        UNION ALL
+        SELECT id, 'USUP1', 'request_' || status, decided_at FROM fr_requests WHERE decided_at IS NOT NULL
+    ) AS e
+) AS numbered
+"""
+
+
+@dataclass
+class Measured:
+    seconds: list[float] = field(default_factory=list)
+    statements: list[int] = field(default_factory=list)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.seconds) * 1000
+
+    @property
+    def statement_count(self) -> int:
+        return max(self.statements)
+
+
+class StatementCounter:
+    def __init__(self, engine: Engine) -> None:
+        self.count = 0
+        event.listen(engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, *_args: Any) -> None:
+        self.count += 1
+
+    @contextmanager
+    def measure(self, into: Measured) -> Iterator[None]:
+        before = self.count
+        started = time.perf_counter()
+        yield
+        into.seconds.append(time.perf_counter() - started)
+        into.statements.append(self.count - before)
+
+
+class NullSink(io.TextIOBase):
+    def __init__(self) -> None:
+        self.chars = 0
+
+    def write(self, data: str) -> int:
+        self.chars += len(data)
+        return len(data)
+
+
+def seed(url: str, size: int) -> dict[str, float]:
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    migrate(url)
+    timings: dict[str, float] = {}
+    params = {"n": size, "p": PENDING, "now": NOW, "overdue_every": OVERDUE_EVERY}
+    with engine.begin() as conn:
+        for name, statement in (
+            ("requests", SEED_REQUESTS),
+            ("stage reviews", SEED_STAGES),
+            ("decisions", SEED_DECISIONS),
+            ("audit events", SEED_EVENTS),
+        ):
+            started = time.perf_counter()
+            conn.execute(text(statement), params)
+            timings[name] = time.perf_counter() - started
+        conn.execute(text("UPDATE audit_chain_head SET seq = (SELECT max(seq) FROM audit_events)"))
+        for table in ("fr_requests", "stage_reviews", "decisions", "audit_events"):
+            conn.execute(
+                text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
+            )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE"))
+    engine.dispose()
+    return timings
+
+
+def table_counts(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {
+            table: int(conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
+            for table in ("fr_requests", "stage_reviews", "decisions", "audit_events")
+        } | {
+            "pending requests": int(
+                conn.scalar(text("SELECT count(*) FROM fr_requests WHERE status = 'pending'")) or 0
+            )
+        }
+
+
+def measure(url: str) -> dict[str, Measured]:
+    loaded = parse_policy(TEST_POLICY, "bench-policy.yml")
+    engine = make_engine(url)
+    counter = StatementCounter(engine)
+    db = make_session_factory(engine)
+    directory = ApproverDirectory(StaticGroupSource({k: set(v) for k, v in GROUPS.items()}))
+    workflow = Workflow(db, loaded, directory, clock=lambda: NOW)
+    home = HomePublisher(workflow, client=None)  # type: ignore[arg-type]  # view_for never calls Slack
+    results: dict[str, Measured] = {name: Measured() for name in MEASURES}
+
+    # The first sweep has work: reminders for the overdue reviews, expiry warnings and the day's digest.
+    with counter.measure(results["sweep, first run (work due)"]):
+        report = run_sweeps(db, loaded.policy, lambda: NOW)
+    print(f"  first sweep queued: {report}")
+    checks: dict[str, Callable[[], object]] = {
+        "sweep, steady state (nothing new due)": lambda: run_sweeps(db, loaded.policy, lambda: NOW),
+        "digest summary": lambda: _digest(db, loaded),
+        "App Home, approver": lambda: home.view_for("USUP1"),
+        "App Home, lead": lambda: home.view_for("ULEAD1"),
+        "audit export, one day": lambda: _export(engine),
+    }
+    for _ in range(REPEATS):
+        for name, check in checks.items():
+            with counter.measure(results[name]):
+                check()
+    engine.dispose()
+    return results
+
+
+MEASURES = (
+    "sweep, first run (work due)",
+    "sweep, steady state (nothing new due)",
+    "digest summary",
+    "App Home, approver",
+    "App Home, lead",
+    "audit export, one day",
+)
+
+
+def _digest(db: Any, loaded: Any) -> None:
+    with transaction(db, read_only=True) as session:
+        digest_summary(session, loaded.policy, NOW - timedelta(days=1), NOW - timedelta(hours=1), NOW)
+
+
+def _export(engine: Engine) -> None:
+    with engine.connect() as conn:
+        export_events(conn, NullSink(), NOW - timedelta(days=1), NOW, "jsonl", True)
+
+
+def report(url: str, sizes: list[int]) -> tuple[str, dict[str, Any]]:
+    data: dict[str, Any] = {}
+    for size in sizes:
+        print(f"seeding {size:,} requests …")
+        started = time.perf_counter()
+        timings = seed(url, size)
+        seeded = time.perf_counter() - started
+        engine = make_engine(url)
+        counts = table_counts(engine)
+        engine.dispose()
+        print(f"  seeded in {seeded:.0f}s: {counts}")
+        results = measure(url)
+        data[str(size)] = {
+            "seed_seconds": seeded,
+            "seed_steps": timings,
+            "rows": counts,
+            "results": {
+                name: {"median_ms": m.median_ms, "statements": m.statement_count, "all_ms": m.seconds}
+                for name, m in results.items()
+            },
+        }
+        for name, m in results.items():
+            print(f"  {name}: {m.median_ms:.1f} ms, {m.statement_count} statements")
+    return render(data, sizes), data
+
+
+def render(data: dict[str, Any], sizes: list[int]) -> str:
+    header = " | ".join(f"{size:,}: ms | {size:,}: SQL statements" for size in sizes)
+    lines = [
+        "### Scale of history, PostgreSQL",
+        "",
+        f"{PENDING:,} pending requests at every size ({PENDING // OVERDUE_EVERY} overdue); only the history "
+        f"grows. Median of {REPEATS} runs (the first sweep runs once).",
+        "",
+        "| rows | " + " | ".join(f"{size:,}" for size in sizes) + " |",
+        "|---|" + "---:|" * len(sizes),
+    ]
+    for table in data[str(sizes[0])]["rows"]:
+        lines.append(f"| {table} | " + " | ".join(f"{data[str(s)]['rows'][table]:,}" for s in sizes) + " |")
+    lines.append(
+        "| seeding time (s) | " + " | ".join(f"{data[str(s)]['seed_seconds']:.0f}" for s in sizes) + " |"
+    )
+    lines += ["", f"| operation | {header} |", "|---|" + "---:|---:|" * len(sizes)]
+    for name in MEASURES:
+        cells = []
+        for size in sizes:
+            result = data[str(size)]["results"][name]
+            cells += [f"{result['median_ms']:.1f}", str(result["statements"])]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--url", required=True, help="a throwaway PostgreSQL database (its schema is dropped)"
+    )
+    parser.add_argument("--sizes", default="100000,1000000", help="comma-separated request counts")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "scale.json"))
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    section, data = report(args.url, sizes)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2))
+    out.with_suffix(".md").write_text(section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()

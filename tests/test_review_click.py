@@ -1,0 +1,31 @@
+"""A reviewer's click reads the request once and writes only to record a refusal."""
+
+from __future__ import annotations
+
+from bot.workflow import Refusal, Workflow
+from storage.models import FrRequest
+from tests.test_workflow import APPROVE, audit_actions, submit
+
+
+def test_approver_gets_the_request_without_an_audit_write(workflow: Workflow) -> None:
+    result = submit(workflow)
+    before = audit_actions(workflow, result.request_id)
+    request = workflow.authorised_request(result.request_id, 0, "USUP1", "approve")
+    assert isinstance(request, FrRequest)
+    assert request.reference == result.reference and request.current is not None
+    assert audit_actions(workflow, result.request_id) == before
+
+
+def test_refusals_are_recorded_as_before(workflow: Workflow) -> None:
+    result = submit(workflow)
+    stranger = workflow.authorised_request(result.request_id, 0, "USTRANGER", "approve")
+    own = workflow.authorised_request(result.request_id, 0, "UOFFICER", "reject")
+    assert isinstance(stranger, Refusal) and isinstance(own, Refusal) and own.code == "own_request"
+    assert audit_actions(workflow, result.request_id)[-2:] == ["action_refused", "action_refused"]
+
+    workflow.decide(result.request_id, 0, "USUP1", "approve", APPROVE)
+    closed = workflow.authorised_request(result.request_id, 0, "USUP2", "approve")
+    assert isinstance(closed, Refusal) and closed.code == "request_closed"
+    missing = workflow.authorised_request(999_999, 0, "USUP2", "approve")
+    assert isinstance(missing, Refusal) and missing.code == "unknown_request"
+    assert audit_actions(workflow)[-1] == "action_refused"
