@@ -190,17 +190,20 @@ def _locked_head(session: Session) -> AuditChainHead:
     head = session.scalars(query).first()
     if head is not None:
         return head
-    if session.scalar(select(func.count()).select_from(AuditEvent)):
-        raise AuditChainError(
-            "audit_chain_head is missing although audit events exist: run `fr-bot audit verify`"
-        )
+    # Try to start the chain first: a concurrent first append may have inserted the head (and events)
+    # since our read, so "no head but events" is only a fault if our own insert of the head succeeds.
     try:
         with session.begin_nested():
             session.add(AuditChainHead(id=HEAD_ID, seq=0, hash=GENESIS_HASH))
+        started_here = True
     except IntegrityError:
-        pass  # another transaction started the chain first; lock its row below
+        started_here = False  # another transaction started the chain first; lock its row below
     head = session.scalars(query).first()
     assert head is not None
+    if started_here and session.scalar(select(func.count()).select_from(AuditEvent)):
+        raise AuditChainError(
+            "audit_chain_head is missing although audit events exist: run `fr-bot audit verify`"
+        )
     return head
 
 

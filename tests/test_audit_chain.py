@@ -379,3 +379,14 @@ def test_verification_reads_a_snapshot_without_holding_writers_off(
         result = verify_chain(reader)
     assert result.ok and result.events == count
     assert verify(engine).events == count + 1
+
+
+def test_a_deleted_chain_head_stops_appends_instead_of_restarting_the_chain(workflow: Workflow) -> None:
+    from bot.audit import AuditChainError
+
+    form = check_request(workflow.policy, valid_form_values())
+    workflow.submit(form, "UOFFICER", "T0TEST", "V1")
+    with transaction(workflow.db) as session:
+        session.execute(text("DELETE FROM audit_chain_head"))
+    with pytest.raises(AuditChainError, match="missing although audit events exist"):
+        workflow.submit(form, "UOFFICER", "T0TEST", "V2")
