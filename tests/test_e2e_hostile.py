@@ -21,6 +21,7 @@ from storage.db import make_engine, make_session_factory, transaction
 from storage.models import AuditEvent, Decision, FrRequest
 from tests.botprocess import SIGNING_SECRET, BotProcess
 from tests.conftest import TEST_POLICY, slack_state, valid_form_values
+from tests.e2e_support import reviewer_message
 from tests.slackstub import SlackDriver, SlackStub, sign_request
 
 TEAM, APP = "T0TEST", "A0TEST"
@@ -217,15 +218,7 @@ def _submission(view: dict[str, Any], user: str) -> dict[str, Any]:
 def test_double_clicked_decision_records_one_decision(slack: SlackDriver, stub: SlackStub, db: Any) -> None:
     _, body = submit(slack, "UOFFICER8")
     reference = json.dumps(body).split("*")[1]
-    post = stub.wait_for(
-        lambda c: (
-            c.method == "chat.postMessage"
-            and c.ok
-            and reference in c.args.get("text", "")
-            and c.args["channel"] == "C0SUPER"
-        )
-    )
-    message = stub.message(post.response["channel"], post.response["ts"])
+    message = reviewer_message(stub, "C0SUPER", reference)
     opened = []
     for _ in range(2):  # two clicks open two forms
         stub.clear()
@@ -263,15 +256,7 @@ def test_double_clicked_decision_records_one_decision(slack: SlackDriver, stub: 
 def test_refusals_are_audited_with_who_and_why(slack: SlackDriver, stub: SlackStub, db: Any) -> None:
     _, body = submit(slack, "UOFFICER9")
     reference = json.dumps(body).split("*")[1]
-    post = stub.wait_for(
-        lambda c: (
-            c.method == "chat.postMessage"
-            and c.ok
-            and reference in c.args.get("text", "")
-            and c.args["channel"] == "C0SUPER"
-        )
-    )
-    message = stub.message(post.response["channel"], post.response["ts"])
+    message = reviewer_message(stub, "C0SUPER", reference)
     for user in ("USTRANGER", "UOFFICER9"):
         slack.block_action(user, views.APPROVE_ACTION, message=message)
     stub.wait_for(lambda c: c.method == "chat.postEphemeral" and c.args["user"] == "UOFFICER9")

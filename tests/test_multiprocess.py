@@ -27,7 +27,7 @@ from bot import views
 from storage.db import make_engine
 from storage.models import Decision, FrRequest, OutboxMessage, OutboxStatus
 from tests.botprocess import SIGNING_SECRET, BotProcess
-from tests.conftest import GROUPS, TEST_POLICY, _truncate_postgres, slack_state, valid_form_values
+from tests.conftest import TEST_POLICY, _truncate_postgres, slack_state, valid_form_values
 from tests.e2e_support import _entry, buttons, reference_of, reviewer_message
 from tests.slackstub import SlackDriver, SlackStub
 
@@ -36,14 +36,6 @@ from tests.slackstub import SlackDriver, SlackStub
 def shared_url(postgres_migrated: str) -> str:
     _truncate_postgres(postgres_migrated)
     return postgres_migrated
-
-
-@pytest.fixture(scope="module")
-def stub() -> Iterator[SlackStub]:
-    with SlackStub() as running:
-        for group, members in GROUPS.items():
-            running.add_usergroup(group, sorted(members))
-        yield running
 
 
 @pytest.fixture(scope="module")
