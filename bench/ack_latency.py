@@ -23,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.throughput import fresh
+from storage.db import recreate_schema
 from tests.botprocess import SIGNING_SECRET, BotProcess, free_port
 from tests.conftest import GROUPS, TEST_POLICY, slack_state, valid_form_values
 from tests.slackstub import SlackDriver, SlackStub
@@ -96,7 +96,7 @@ def main() -> None:
     policy = workdir / "policy.yml"
     policy.write_text(TEST_POLICY)
     database_url = args.database_url or f"sqlite:///{workdir / 'bench.db'}"
-    fresh(database_url)  # PostgreSQL: a throwaway database, its schema dropped
+    recreate_schema(database_url)  # PostgreSQL: a throwaway database, its schema dropped
     results: dict[str, dict[str, dict[int, list[float]]]] = {"bot": {}, "bare": {}}
     memory: dict[str, int] = {}
 

@@ -20,24 +20,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from bot.audit import GENESIS_HASH, HEAD_ID, event_hash, seal, verify_chain
 from bot.evidence import export_events
 from storage.canonical import canonical_json
-from storage.db import make_engine, migrate
+from storage.db import make_engine, recreate_schema
 
 BATCH = 20_000
-
-
-def fresh_schema(url: str) -> None:
-    if url.startswith("postgresql"):
-        engine = make_engine(url)
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-        engine.dispose()
-    migrate(url)
 
 
 def generate(count: int):
@@ -141,7 +131,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         url = args.url or f"sqlite:///{Path(folder) / 'bench.db'}"
-        fresh_schema(url)
+        recreate_schema(url)
         engine = make_engine(url)
         began = time.perf_counter()
         fill(engine, args.events)

@@ -38,7 +38,7 @@ from bot.home import HomePublisher
 from bot.policy import parse_policy
 from bot.sweeps import digest_summary, run_sweeps
 from bot.workflow import Workflow
-from storage.db import make_engine, make_session_factory, migrate, transaction
+from storage.db import make_engine, make_session_factory, recreate_schema, transaction
 from tests.conftest import GROUPS, TEST_POLICY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,11 +179,8 @@ class NullSink(io.TextIOBase):
 
 
 def seed(url: str, size: int) -> dict[str, float]:
+    recreate_schema(url)
     engine = make_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    migrate(url)
     timings: dict[str, float] = {}
     params = {"n": size, "p": PENDING, "now": NOW, "overdue_every": OVERDUE_EVERY}
     with engine.begin() as conn:

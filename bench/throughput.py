@@ -19,13 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
-
 from bot.approvers import ApproverDirectory, StaticGroupSource
 from bot.forms import DecisionForm, check_request
 from bot.policy import parse_policy
 from bot.workflow import Decided, Workflow
-from storage.db import make_engine, make_session_factory, migrate
+from storage.db import make_engine, make_session_factory, recreate_schema
 from tests.conftest import GROUPS, TEST_POLICY, valid_form_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,18 +31,8 @@ THREADS = (1, 10)
 APPROVE = DecisionForm(rationale="Necessary and proportionate: serious offence, no other way found.")
 
 
-def fresh(url: str) -> None:
-    if url.startswith("postgresql"):
-        engine = make_engine(url)
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-        engine.dispose()
-    migrate(url)
-
-
 def run(url: str, requests: int) -> dict[str, dict[int, float]]:
-    fresh(url)
+    recreate_schema(url)
     loaded = parse_policy(TEST_POLICY, "bench-policy.yml")
     engine = make_engine(url)
     directory = ApproverDirectory(StaticGroupSource({k: set(v) for k, v in GROUPS.items()}))

@@ -784,9 +784,7 @@ class Workflow:
                     request_id=request.id,
                     recorded_by=user_id,
                     created_at=now,
-                    **form.model_dump(exclude={"search_run", "result"}),
-                    search_run=form.search_run,
-                    result=form.result,
+                    **form.model_dump(),
                 )
             )
             request.closed_at = request.updated_at = now

@@ -117,6 +117,19 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+def recreate_schema(url: str) -> None:
+    """Drop every table and migrate afresh. Only for throwaway test and benchmark databases."""
+    if url.startswith("postgresql"):
+        engine = make_engine(url)
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+                conn.exec_driver_sql("CREATE SCHEMA public")
+        finally:
+            engine.dispose()
+    migrate(url)
+
+
 def migrate(url: str) -> None:
     """Bring the schema to the newest revision; safe to run on every start."""
     command.upgrade(alembic_config(url), "head")

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
 from bot.approvers import ApproverDirectory, StaticGroupSource
 from bot.forms import RequestForm
 from bot.policy import LoadedPolicy, parse_policy
 from bot.workflow import Workflow
-from storage.db import make_engine, make_session_factory, migrate
+from storage.db import make_engine, make_session_factory, migrate, recreate_schema
 from storage.models import Base
 
 POSTGRES_ENV = "FRBOT_TEST_POSTGRES_URL"
@@ -150,18 +151,12 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def postgres_migrated() -> str:
     url = _postgres_url()
     assert url is not None
-    engine = make_engine(url)
     try:
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-    except Exception as exc:
+        recreate_schema(url)
+    except OperationalError as exc:
         if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
             raise
         pytest.skip(f"PostgreSQL at {POSTGRES_ENV} is not reachable: {exc}")
-    finally:
-        engine.dispose()
-    migrate(url)
     return url
 
 
