@@ -30,6 +30,9 @@ def create_app(
         token_verification_enabled=verify_token,
         # In HTTP mode Bolt answers Slack as soon as ack() is called; the listener finishes afterwards.
         process_before_response=False,
+        # Slack reports where the bot's own posts landed (message_metadata_posted, handlers/events.py):
+        # Bolt would drop those as "self events".
+        ignoring_self_events_enabled=False,
         # Bolt's default reply to an unmatched request is a bare 404, which is what Slack needs.
         raise_error_for_unhandled_request=False,
         # Passed in so shutdown can wait for listeners still running after their ack.

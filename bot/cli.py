@@ -103,6 +103,7 @@ def _bootstrap(settings: Settings) -> Services:
         outbox_poll_seconds=settings.outbox_poll_seconds,
         approver_cache_seconds=settings.approver_cache_seconds,
         outbox_lease_seconds=settings.outbox_lease_seconds,
+        outbox_landing_wait_seconds=settings.outbox_landing_wait_seconds,
     )
 
 

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     outbox_poll_seconds: float = Field(1.0, gt=0, le=60)
     # How long a dispatcher owns a row it is sending; a crashed dispatcher's row is retried after it.
     outbox_lease_seconds: float = Field(30.0, ge=2, le=3600)
+    # A post cut off by a crash is sent again no sooner than this after the cut-off send began, so Slack's
+    # event can first report whether it landed (Slack retries an undelivered event after one minute).
+    outbox_landing_wait_seconds: float = Field(75.0, ge=0, le=3600)
     # Members of approver user groups are re-read from Slack after this long.
     approver_cache_seconds: float = Field(60.0, ge=0, le=3600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -11,13 +11,14 @@ Delivery guarantee (README, "Reliability"):
   reports (429, an `ok: false` error, a refused connection) means Slack did nothing, so a retry cannot
   duplicate anything. Updates (`chat.update`) are idempotent and are simply redone.
 - A post whose outcome is unknown (the process died mid-call, the connection broke after the request
-  was sent, Slack answered 5xx) is sent again once its lease runs out: a lost reviewer message would stall
-  a request unseen, a second copy is harmless (decisions go by request and stage, the database keeps one).
-  That is the one case where Slack may show a message twice; the row's `doubtful_attempts` counts it and
-  every post carries `metadata` naming its outbox row, the second copy says it was sent again, and a click
-  on a stray reviewer copy turns it into a button-less note (bot/copies.py). Slack's API offers no
-  idempotency key for posts and the methods this bot may call cannot search a channel, so exactly-once
-  is not possible for that case. A clean shutdown (SIGTERM) never leaves a send in doubt.
+  was sent, Slack answered 5xx) may already be in Slack. Every post carries metadata naming its row, and
+  Slack's `message_metadata_posted` event reports where it landed (bot/copies.py): a row whose post is
+  reported is delivered and never posted again. A post cut off by a crash waits `landing_wait` after the
+  cut-off send began (Slack retries an undelivered event after one minute) before it is sent again,
+  because a lost reviewer message would stall a request unseen. If the event comes later still, the
+  first landing recorded stays the live message and the other copy is edited into a pointer at it; the
+  row's `doubtful_attempts` counts such sends and a repeated post says it was sent again. A clean
+  shutdown (SIGTERM) never leaves a send in doubt.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from bot import views
-from bot.copies import RETIRE_COPY
+from bot.copies import RETIRE_COPY, Landing, land, live_message, post_metadata
 from bot.pacing import UPDATE_KEY, Pacer, post_key
 from bot.policy import Policy
 from storage.db import DatabaseUnavailable, transaction
@@ -67,7 +68,8 @@ PERMANENT_ERRORS = {
     "missing_scope": "the app lacks a scope: reinstall it from manifest.yml",
 }
 MAX_BACKOFF_SECONDS = 300.0
-METADATA_EVENT_TYPE = "fr_bot_outbox"
+# Kinds that post a new message (the rest edit or publish, which a retry simply redoes).
+POST_KINDS = frozenset({"post_review", "dm", "channel_post", "stage_note"})
 REDACT_DMS = "redact_dms"
 FINISH_TRIES = 5  # a sent row whose outcome cannot be saved would be sent again: try hard to save it
 
@@ -89,11 +91,11 @@ class RetryLater(Exception):
 
 @dataclass(frozen=True)
 class Sent:
-    stage_review_id: int | None = None
+    """What a send made: where its post landed, if it posted one."""
+
     channel: str | None = None
     ts: str | None = None
     permalink: str | None = None
-    dm_request_id: int | None = None  # a DM about this request landed at (channel, ts)
 
 
 def backoff(attempts: int) -> float:
@@ -118,6 +120,7 @@ class OutboxDispatcher:
         clock: Callable[[], datetime] = utcnow,
         poll_seconds: float = 1.0,
         lease_seconds: float = 30.0,
+        landing_wait_seconds: float = 75.0,
         batch_size: int = 50,
         pacer: Pacer | None = None,
         senders: dict[str, Callable[[dict[str, Any]], None]] | None = None,
@@ -128,6 +131,7 @@ class OutboxDispatcher:
         self.clock = clock
         self.poll_seconds = poll_seconds
         self.lease = timedelta(seconds=lease_seconds)
+        self.landing_wait = timedelta(seconds=landing_wait_seconds)
         self.batch_size = batch_size
         self.pacer = pacer or Pacer()
         # Extra outbox kinds delivered by other modules (e.g. App Home publishing), by kind.
@@ -277,15 +281,29 @@ class OutboxDispatcher:
             assert row is not None
             if row.attempt_started_at is not None:
                 # The last send began and never recorded an outcome: the process died during it.
+                started, row.attempt_started_at = row.attempt_started_at, None
                 row.doubtful_attempts += 1
+                if row.kind in POST_KINDS and now < started + self.landing_wait:
+                    # Slack may have the post: give its landing event time to say so before posting again.
+                    row.next_attempt_at, row.claimed_until = started + self.landing_wait, None
+                    log.warning(
+                        "outbox row %s (%s, request %s): the send started at %s was cut off; waiting until "
+                        "%s for Slack to report whether it landed before sending again",
+                        row.id,
+                        row.kind,
+                        row.request_id,
+                        started.isoformat(),
+                        row.next_attempt_at.isoformat(),
+                    )
+                    return None
                 log.warning(
                     "outbox row %s (%s, request %s): the send started at %s was cut off; Slack may "
                     "already have it, sending again%s",
                     row.id,
                     row.kind,
                     row.request_id,
-                    row.attempt_started_at.isoformat(),
-                    "" if row.kind == "refresh_reviews" else " (a second copy may appear)",
+                    started.isoformat(),
+                    " (a second copy would be marked as such)" if row.kind in POST_KINDS else "",
                 )
             row.attempt_started_at = now
             return row
@@ -383,8 +401,14 @@ class OutboxDispatcher:
     ) -> None:
         now = self.clock()
         with transaction(self.db) as session:
-            row = session.get(OutboxMessage, row_id)
+            # Locked: Slack's landing event for this row may be recorded at the same moment (bot/copies.py).
+            row = session.get(OutboxMessage, row_id, with_for_update=True)
             if row is None:
+                return
+            if row.status == OutboxStatus.SENT and status != OutboxStatus.SENT:
+                # Slack's event already showed the post landed, although this call looked like a failure.
+                row.claimed_until = row.attempt_started_at = None
+                row.attempts += 1
                 return
             row.status = status
             row.claimed_until = None
@@ -397,17 +421,8 @@ class OutboxDispatcher:
                 row.sent_at = now
             if retry_in is not None:
                 row.next_attempt_at = now + timedelta(seconds=retry_in)
-            if sent is not None and sent.dm_request_id is not None and sent.channel and sent.ts:
-                session.add(
-                    DirectMessage(
-                        request_id=sent.dm_request_id, channel=sent.channel, ts=sent.ts, created_at=now
-                    )
-                )
-            if sent is not None and sent.stage_review_id is not None:
-                stage = session.get(StageReview, sent.stage_review_id)
-                if stage is not None:
-                    stage.message_channel, stage.message_ts = sent.channel, sent.ts
-                    stage.message_permalink = sent.permalink
+            if sent is not None and sent.channel and sent.ts:
+                land(session, row, Landing(row.id, sent.channel, sent.ts, sent.permalink), now)
 
     # --- Slack calls -------------------------------------------------------------------------------
 
@@ -419,14 +434,12 @@ class OutboxDispatcher:
                 self._refresh_reviews(row.id, int(row.payload["request_id"]))
                 return Sent()
             if row.kind == RETIRE_COPY:
-                self._retire_copy(row.payload)
+                self._retire_copy(row)
                 return Sent()
             if row.kind == "channel_post":
-                self._channel_post(row.payload)
-                return Sent()
+                return self._channel_post(row)
             if row.kind == "stage_note":
-                self._stage_note(row.payload)
-                return Sent()
+                return self._stage_note(row)
             if row.kind in self.senders:
                 self._calling = f"kind:{row.kind}"
                 self.senders[row.kind](row.payload)
@@ -438,9 +451,9 @@ class OutboxDispatcher:
                     channel=payload["user"],
                     text=payload["text"],
                     blocks=_owning_up(row, payload["blocks"]),
-                    metadata=_metadata(row),
+                    metadata=post_metadata(row),
                 )
-                return Sent(channel=response["channel"], ts=response["ts"], dm_request_id=row.request_id)
+                return Sent(channel=response["channel"], ts=response["ts"])
             if row.kind == REDACT_DMS:
                 self._redact_dms(row.id, int(row.payload["request_id"]))
                 return Sent()
@@ -486,10 +499,10 @@ class OutboxDispatcher:
         self._calling = post_key(stage.channel_id)
         message["blocks"] = _owning_up(row, message["blocks"])
         response = self.client.chat_postMessage(
-            channel=stage.channel_id, metadata=_metadata(row), **_body(message)
+            channel=stage.channel_id, metadata=post_metadata(row), **_body(message)
         )
         channel, ts = response["channel"], response["ts"]
-        return Sent(stage_review_id=stage.id, channel=channel, ts=ts, permalink=self._permalink(channel, ts))
+        return Sent(channel=channel, ts=ts, permalink=self._permalink(channel, ts))
 
     def _permalink(self, channel: str, ts: str) -> str | None:
         """Reminders and digests link to the reviewer message. The message is already posted, so a failure
@@ -502,9 +515,10 @@ class OutboxDispatcher:
             )
             return None
 
-    def _channel_post(self, payload: dict[str, Any]) -> None:
+    def _channel_post(self, row: OutboxMessage) -> Sent:
         """A scheduler notice. With `thread_stage_review_id` it is threaded under that stage's reviewer
         message, looked up now because the message may have been posted after the notice was queued."""
+        payload = row.payload
         thread_ts = None
         stage_review_id = payload.get("thread_stage_review_id")
         if stage_review_id is not None:
@@ -514,10 +528,14 @@ class OutboxDispatcher:
                     thread_ts = stage.message_ts
         extra = {"thread_ts": thread_ts} if thread_ts else {}
         self._calling = post_key(str(payload["channel"]))
-        self.client.chat_postMessage(channel=payload["channel"], **_body(payload), **extra)
+        response = self.client.chat_postMessage(
+            channel=payload["channel"], metadata=post_metadata(row), **_body(payload), **extra
+        )
+        return Sent(channel=response["channel"], ts=response["ts"])
 
-    def _stage_note(self, payload: dict[str, Any]) -> None:
+    def _stage_note(self, row: OutboxMessage) -> Sent:
         """A reply threaded under a stage's reviewer message (or in its channel if it was never posted)."""
+        payload = row.payload
         with transaction(self.db, read_only=True) as session:
             stage = session.get(StageReview, int(payload["stage_review_id"]))
         if stage is None:
@@ -525,16 +543,23 @@ class OutboxDispatcher:
         thread = {"thread_ts": stage.message_ts} if stage.message_ts else {}
         channel = stage.message_channel or stage.channel_id
         self._calling = post_key(stage.channel_id)
-        self.client.chat_postMessage(
-            channel=channel, text=payload["text"], blocks=payload["blocks"], **thread
+        response = self.client.chat_postMessage(
+            channel=channel,
+            text=payload["text"],
+            blocks=payload["blocks"],
+            metadata=post_metadata(row),
+            **thread,
         )
+        return Sent(channel=response["channel"], ts=response["ts"])
 
-    def _retire_copy(self, payload: dict[str, Any]) -> None:
-        loaded = self._load_stage(int(payload["stage_review_id"]))
-        if loaded is None:
-            raise PermanentFailure("stage review no longer exists")
-        request, stage = loaded
-        message = views.retired_copy_message(request, stage, self.policy)
+    def _retire_copy(self, row: OutboxMessage) -> None:
+        """Edit a second copy of a post down to a pointer at the live message (bot/copies.py)."""
+        payload = row.payload
+        with transaction(self.db, read_only=True) as session:
+            permalink, channel, ts = live_message(session, payload)
+            request = session.get(FrRequest, row.request_id) if row.request_id is not None else None
+        reference = request.reference if request is not None else "this notice"
+        message = views.retired_copy_message(reference, views.message_link(permalink, channel, ts))
         self._calling = UPDATE_KEY
         self.client.chat_update(channel=payload["channel"], ts=payload["ts"], **_body(message))
 
@@ -578,19 +603,11 @@ def _body(message: dict[str, Any]) -> dict[str, Any]:
     return {"text": message["text"], "blocks": message["blocks"]}
 
 
-def _metadata(row: OutboxMessage) -> dict[str, Any]:
-    """Tags each post with its outbox row, so any copy in Slack can be traced to the row that made it."""
-    return {
-        "event_type": METADATA_EVENT_TYPE,
-        "event_payload": {"outbox_id": row.id, "request_id": row.request_id, "kind": row.kind},
-    }
-
-
 def _owning_up(row: OutboxMessage, blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A post sent again after a cut-off send says so, so a second copy explains itself."""
     if row.doubtful_attempts == 0 or len(blocks) >= views.MESSAGE_BLOCK_LIMIT:
         return blocks
-    note = "Sent again after an interruption: if you already have this message, the two are the same."
+    note = "Sent again after an interruption: if an earlier copy appears, it is marked as a duplicate."
     return [*blocks, views.context(note)]
 
 

@@ -42,6 +42,7 @@ def build_services(
     outbox_poll_seconds: float = 1.0,
     approver_cache_seconds: float = 60.0,
     outbox_lease_seconds: float = 30.0,
+    outbox_landing_wait_seconds: float = 75.0,
 ) -> Services:
     engine = make_engine(database_url)
     db = make_session_factory(engine)
@@ -53,6 +54,7 @@ def build_services(
         clock=clock,
         poll_seconds=outbox_poll_seconds,
         lease_seconds=outbox_lease_seconds,
+        landing_wait_seconds=outbox_landing_wait_seconds,
     )
     approvers = ApproverDirectory(SlackGroupSource(client), ttl_seconds=approver_cache_seconds)
     workflow = Workflow(db, policy, approvers, clock=clock, on_outbox=dispatcher.wake)

@@ -1231,18 +1231,15 @@ def digest_message(channel: str, summary: dict[str, Any], policy: Policy) -> dic
     return {"channel": channel, "text": text, "blocks": blocks[:MESSAGE_BLOCK_LIMIT]}
 
 
-# --- Reliability: a stray copy of a reviewer message (bot/copies.py) ----------------------------------
+# --- Reliability: a second copy of a post (bot/landing.py) -----------------------------------------
 
 
-def retired_copy_message(request: FrRequest, stage: StageReview, policy: Policy) -> dict[str, Any]:
-    """The request as it stands, without buttons, saying that decisions are taken on the other copy."""
-    message = review_message(request, stage, policy)
-    blocks = [block for block in message["blocks"] if block.get("type") != "actions"]
-    blocks = blocks[: MESSAGE_BLOCK_LIMIT - 1]
-    blocks.append(
-        context(
-            ":information_source: A second copy of this message was posted after an interruption. "
-            "This one is no longer updated: use the other copy in this channel."
-        )
+def retired_copy_message(reference: str, live_link: str | None) -> dict[str, Any]:
+    """A second copy of a post, made when a send was cut off and repeated, cut down to a pointer at the
+    copy the bot keeps: no buttons, and no status that could go stale."""
+    where = f"the live {linked(reference, live_link)} message" if live_link else "the other copy"
+    text = (
+        f":information_source: Duplicate: this message about {esc(reference)} was posted twice after an "
+        f"interruption. Use {where}; this copy is no longer updated."
     )
-    return {**message, "blocks": blocks}
+    return {"text": f"Duplicate message about {reference}", "blocks": [section(text)]}

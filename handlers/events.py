@@ -1,4 +1,5 @@
-"""Events: App Home is rendered fresh from the database whenever someone opens it."""
+"""Events: App Home is rendered fresh from the database whenever someone opens it, and Slack's reports of
+where the bot's own posts landed are recorded against the outbox (bot/copies.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from slack_bolt import App
 from slack_sdk.errors import SlackApiError
 
+from bot.copies import LandingOutcome, landing_from_event, record_landing
 from bot.services import Services
 from storage.db import DatabaseUnavailable
 
@@ -24,3 +26,17 @@ def register(app: App, services: Services) -> None:
             services.home.opened(event["user"])
         except (SlackApiError, DatabaseUnavailable) as exc:
             log.warning("could not publish App Home for %s: %s", event["user"], exc)
+
+    @app.event("message_metadata_posted")
+    def post_landed(body: dict[str, Any], event: dict[str, Any]) -> None:
+        # Also runs for a retried delivery this process never saw: recording a landing twice is harmless.
+        landing = landing_from_event(body, event)
+        if landing is None:
+            return
+        try:
+            outcome = record_landing(services.db, landing, services.workflow.clock)
+        except DatabaseUnavailable as exc:
+            log.warning("could not record where outbox row %s landed: %s", landing.outbox_id, exc)
+            return
+        if outcome is LandingOutcome.DUPLICATE:
+            services.dispatcher.wake()  # retire the second copy now

@@ -354,6 +354,10 @@ class OutboxMessage(Base):
     attempt_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # How many sends of this row ended without knowing whether Slack acted on them.
     doubtful_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Where the row's post landed: from Slack's answer, or from the message_metadata_posted event when the
+    # answer was lost. The first landing recorded is the live message; any other copy is retired.
+    posted_channel: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    posted_ts: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class AppHomeViewer(Base):

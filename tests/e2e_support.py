@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bot import forms, views
+from bot.copies import METADATA_EVENT_TYPE
 from tests.botprocess import BOT_TOKEN, SIGNING_SECRET, BotProcess
 from tests.conftest import GROUPS, TEST_POLICY, _truncate_postgres, slack_state, valid_form_values
 from tests.slackstub import SlackDriver, SlackStub
@@ -35,7 +36,13 @@ def stub() -> Iterator[SlackStub]:
     with SlackStub() as running:
         for group, members in GROUPS.items():
             running.add_usergroup(group, sorted(members))
+        running.metadata_subscriptions = {METADATA_EVENT_TYPE}  # as manifest.yml subscribes
         yield running
+
+
+def report_landings_to(stub: SlackStub, bot: BotProcess | None) -> None:
+    """Have the stand-in report where the bot's posts landed to this bot, as Slack's Events API does."""
+    stub.event_sink = SlackDriver(bot.url, SIGNING_SECRET, stub=stub).deliver if bot is not None else None
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +58,9 @@ def bot(
     policy.write_text(TEST_POLICY)
     extra_env: dict[str, str] = getattr(request.module, "BOT_ENV", {})
     process = BotProcess(backend_url, policy, stub.base_url, workdir, **extra_env).start()
+    report_landings_to(stub, process)
     yield process
+    report_landings_to(stub, None)
     code = process.stop()
     log = process.log()
     assert code == 0, f"bot did not exit cleanly ({code}):\n{log}"

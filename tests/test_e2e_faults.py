@@ -2,8 +2,10 @@
 mid-work, its database made unavailable or locked, approvers removed from a user group.
 
 After each, the database is consistent, Slack shows what the database holds, every notification owed is
-delivered, and none twice, except where the outbox's documented guarantee allows one second copy: a post
-whose send was cut off mid-call (its row's `doubtful_attempts` says so).
+delivered, and none twice. The stand-in reports where posts landed as Slack's Events API does
+(message_metadata_posted, retried after a failed delivery), so a post cut off mid-call is adopted, not
+posted again. Only when that report never comes (the app not subscribed) or comes after the post was sent
+again can a second copy appear, and then it is marked as a duplicate of the live message.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import forms, views
+from bot.copies import METADATA_EVENT_TYPE
 from bot.policy import Policy, parse_policy
 from storage.db import make_engine, make_session_factory, transaction
 from storage.models import (
@@ -42,9 +45,12 @@ from storage.models import (
 from storage.queries import request_with_history
 from tests.botprocess import SIGNING_SECRET, BotProcess
 from tests.conftest import GROUPS, TEST_POLICY, slack_state, valid_form_values
+from tests.e2e_support import report_landings_to
 from tests.slackstub import SlackDriver, SlackStub
 
 LEASE = "4"  # seconds: a killed bot's in-flight row is retried this soon after restart
+LANDING_WAIT = "20"  # seconds: ...but a cut-off post waits this long (from its send) for Slack's report
+EVENT_RETRIES = (1.0, 4.0, 8.0)  # the stand-in redelivers a failed event after these (Slack: 1 and 5 min)
 RATIONALE = "Necessary and proportionate: no other way to identify."
 
 
@@ -56,10 +62,19 @@ class World:
     policy: Policy
     workdir: Path
     policy_file: Path
+    reports_landings: bool = True  # False: as if the app were not subscribed to message_metadata_posted
 
     def bot(self, **env: str) -> BotProcess:
-        settings = {"FRBOT_OUTBOX_LEASE_SECONDS": LEASE, "FRBOT_OUTBOX_POLL_SECONDS": "0.1", **env}
-        return BotProcess(self.url, self.policy_file, self.stub.base_url, self.workdir, **settings)
+        """A bot process; Slack's reports of where posts landed go to it (as to one public URL)."""
+        settings = {
+            "FRBOT_OUTBOX_LEASE_SECONDS": LEASE,
+            "FRBOT_OUTBOX_LANDING_WAIT_SECONDS": LANDING_WAIT,
+            "FRBOT_OUTBOX_POLL_SECONDS": "0.1",
+            **env,
+        }
+        bot = BotProcess(self.url, self.policy_file, self.stub.base_url, self.workdir, **settings)
+        report_landings_to(self.stub, bot if self.reports_landings else None)
+        return bot
 
     def driver(self, bot: BotProcess) -> SlackDriver:
         return SlackDriver(bot.url, SIGNING_SECRET, stub=self.stub)
@@ -73,6 +88,8 @@ def world(database_url: str, tmp_path: Path) -> Iterator[World]:
     with SlackStub() as stub:
         for group, members in GROUPS.items():
             stub.add_usergroup(group, sorted(members))
+        stub.metadata_subscriptions = {METADATA_EVENT_TYPE}
+        stub.event_retry_delays = EVENT_RETRIES
         yield World(
             database_url,
             stub,
@@ -189,51 +206,98 @@ def assert_consistent(world: World) -> None:
 # --- SIGKILL -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("killed_during", ["post_review", "dm", "refresh_reviews"])
-def test_sigkill_mid_slack_call_then_restart_delivers_everything(world: World, killed_during: str) -> None:
-    officer = "UOFFICER1"
+def cut_off_mid_call(world: World, killed_during: str, officer: str) -> None:
+    """Kill the bot while the stand-in holds its `killed_during` call; the stand-in then completes the
+    call, as Slack would: the post is in Slack, but its answer never reached the bot."""
+    method = "chat.update" if killed_during == "refresh_reviews" else "chat.postMessage"
     with running(world.bot()) as bot:
         slack = world.driver(bot)
         if killed_during == "refresh_reviews":
             submit(world, slack, officer)
             wait_until(lambda: all_sent(world), what="the submission's notifications")
-            world.stub.latency = 0.8
+        calls_before = world.stub.received[method]
+        world.stub.latency = 0.8
+        if killed_during == "refresh_reviews":
             assert decide(world, slack, "USUP1", request_of(world, officer))[0] == 200
         else:
-            world.stub.latency = 0.8
             assert submit(world, slack, officer)[0] == 200
         wait_until(lambda: in_flight(world, killed_during), what=f"a {killed_during} send")
+        # A submission posts the reviewer message, then the officer's DM.
+        arrived = calls_before + (2 if killed_during == "dm" else 1)
+        wait_until(lambda: world.stub.received[method] >= arrived, what=f"the {method} call")
         bot.stop(signal.SIGKILL)  # mid-call: the stand-in is still sleeping on the request
-    time.sleep(1.3)  # let the stand-in finish the call the dead bot made, as Slack would
+    time.sleep(1.3)  # let the stand-in finish the call the dead bot made
     world.stub.latency = 0.0
+
+
+def copies_of(world: World, row: OutboxMessage) -> list[dict[str, Any]]:
+    return [
+        m
+        for m in world.stub.messages.values()
+        if (m.get("metadata") or {}).get("event_payload", {}).get("outbox_id") == row.id
+    ]
+
+
+@pytest.mark.parametrize("killed_during", ["post_review", "dm", "refresh_reviews"])
+def test_sigkill_mid_slack_call_then_restart_delivers_everything_exactly_once(
+    world: World, killed_during: str
+) -> None:
+    officer = "UOFFICER1"
+    cut_off_mid_call(world, killed_during, officer)
     with running(world.bot()) as bot:
         wait_until(lambda: all_sent(world), what="every notification after restart")
         assert bot.stop() == 0
     cut_off = next(row for row in outbox(world) if row.kind == killed_during)
-    assert cut_off.doubtful_attempts == 1
+    # A post is counted doubtful only if Slack's report came after the dead bot's lease ran out.
+    assert (
+        cut_off.doubtful_attempts == 1
+        if killed_during == "refresh_reviews"
+        else cut_off.doubtful_attempts <= 1
+    )
     assert_consistent(world)
-    copies = [
-        m
-        for m in world.stub.messages.values()
-        if (m.get("metadata") or {}).get("event_payload", {}).get("outbox_id") == cut_off.id
-    ]
-    if len(copies) == 2:  # the dead bot's call reached the stand-in: the second copy says it was sent again
-        assert "Sent again after an interruption" in json.dumps(copies[1]["blocks"])
-    if len(copies) == 2 and killed_during == "post_review":
-        # A reviewer clicks the stray first copy: the click works, and that copy loses its buttons.
-        stray = copies[0]
-        with running(world.bot()) as bot:
-            world.driver(bot).block_action("USUP1", views.APPROVE_ACTION, message=stray)
-            world.stub.wait_for(lambda c: c.method == "chat.update" and c.args["ts"] == stray["ts"])
-            assert world.stub.wait_for("views.open").ok
-            assert bot.stop() == 0
-        retired = world.stub.message(stray["channel"], stray["ts"])
-        assert not any(block["type"] == "actions" for block in retired["blocks"])
-        assert_consistent(world)
+    if killed_during != "refresh_reviews":
+        # Slack's report of the cut-off post reached the restarted bot: that post is the live one.
+        [only] = copies_of(world, cut_off)
+        assert "Sent again" not in json.dumps(only["blocks"])
+        assert cut_off.posted_ts == only["ts"]
+    if killed_during == "post_review":
+        stage = request_of(world, officer).stages[0]
+        assert stage.message_ts == cut_off.posted_ts
     if killed_during == "refresh_reviews":
         request = request_of(world, officer)
         assert request.status == RequestStatus.APPROVED
         assert len(request.stages[0].decisions) == 1
+
+
+@pytest.mark.parametrize("copy_found_by", ["a late report", "a click"])
+def test_sigkill_mid_post_unreported_posts_again_and_the_second_copy_is_retired(
+    world: World, copy_found_by: str
+) -> None:
+    """Slack's report of the cut-off post does not come in time (or at all): after the landing wait the
+    post goes out again, saying so, and the earlier copy is retired once the bot learns of it."""
+    world.reports_landings = False
+    officer = "UOFFICER1"
+    cut_off_mid_call(world, "post_review", officer)
+    with running(world.bot(FRBOT_OUTBOX_LANDING_WAIT_SECONDS="2")) as bot:
+        wait_until(lambda: all_sent(world), what="every notification after restart")
+        cut_off = next(row for row in outbox(world) if row.kind == "post_review")
+        first, second = copies_of(world, cut_off)
+        assert cut_off.doubtful_attempts == 1 and cut_off.posted_ts == second["ts"]
+        assert "Sent again after an interruption" in json.dumps(second["blocks"])
+        if copy_found_by == "a late report":  # e.g. Slack's last redelivery, five minutes on
+            event = world.stub.landing_event(first["channel"], first["ts"], first["metadata"])
+            assert world.driver(bot).deliver(event, "EvLATE0001", 3)
+        else:  # a reviewer clicks the stray copy: the click works, and that copy is retired
+            world.driver(bot).block_action("USUP1", views.APPROVE_ACTION, message=first)
+            assert world.stub.wait_for("views.open").ok
+        world.stub.wait_for(lambda c: c.method == "chat.update" and c.args["ts"] == first["ts"])
+        assert bot.stop() == 0
+    retired = world.stub.message(first["channel"], first["ts"])
+    assert not any(block["type"] == "actions" for block in retired["blocks"])
+    assert "Duplicate" in json.dumps(retired["blocks"]) and second["ts"].replace(".", "") in json.dumps(
+        retired
+    )
+    assert_consistent(world)
 
 
 def test_sigkill_with_notifications_pending_loses_none_and_duplicates_none(world: World) -> None:

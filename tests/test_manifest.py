@@ -24,7 +24,9 @@ MANIFEST_PATH = Path(__file__).resolve().parents[1] / "manifest.yml"
 COMMAND = "/fr-request"
 EVENTS_PATH = "/slack/events"
 # Keep in step with the scope comments in manifest.yml: adding a scope needs a reason there.
-EXPECTED_BOT_SCOPES = frozenset({"commands", "chat:write", "im:write", "usergroups:read"})
+EXPECTED_BOT_SCOPES = frozenset(
+    {"commands", "chat:write", "im:write", "usergroups:read", "metadata.message:read"}
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,15 @@ def test_interactivity_and_socket_mode_enabled(manifest: dict[str, Any]) -> None
 def test_app_home_opened_is_subscribed(manifest: dict[str, Any]) -> None:
     assert "app_home_opened" in manifest["settings"]["event_subscriptions"]["bot_events"]
     assert manifest["features"]["app_home"]["home_tab_enabled"] is True
+
+
+def test_landings_of_the_bots_own_posts_are_subscribed(manifest: dict[str, Any]) -> None:
+    """bot/copies.py learns where posts landed from these events; the type must match what posts carry."""
+    from bot.copies import METADATA_EVENT_TYPE
+
+    events = manifest["settings"]["event_subscriptions"]
+    assert "message_metadata_posted" in events["bot_events"]
+    assert {"app_id": "*", "event_type": METADATA_EVENT_TYPE} in events["metadata_subscriptions"]
 
 
 def test_http_mode_urls_all_point_at_the_events_path(manifest: dict[str, Any]) -> None:

@@ -13,13 +13,21 @@ import pytest
 from sqlalchemy import func, select
 
 from bot import cli
-from bot.copies import note_clicked_message
+from bot.copies import (
+    METADATA_EVENT_TYPE,
+    Landing,
+    LandingOutcome,
+    landing_from_event,
+    note_clicked_message,
+    post_metadata,
+    record_landing,
+)
 from bot.forms import DecisionForm, check_request
 from bot.outbox import OutboxDispatcher, dispatcher_client, list_outbox, retry_outbox
 from bot.pacing import Pacer, Rate, SlackLimits, post_key
 from bot.workflow import Workflow, enqueue
 from storage.db import transaction
-from storage.models import AuditEvent, OutboxMessage, OutboxStatus, StageReview, utcnow
+from storage.models import AuditEvent, DirectMessage, OutboxMessage, OutboxStatus, StageReview, utcnow
 from tests.conftest import FakeClock, valid_form_values
 from tests.slackstub import DROP, RecordedCall, SlackStub
 
@@ -265,11 +273,163 @@ def test_a_click_on_a_stray_copy_retires_it(workflow: Workflow, stub: SlackStub,
     drain(dispatcher, clock)
     stray = stub.message("C0SUPER", stray_ts)
     assert not any(block["type"] == "actions" for block in stray["blocks"])
-    assert "use the other copy" in str(stray["blocks"])
+    assert "Duplicate" in str(stray["blocks"])
+    assert f"/archives/{stage.message_channel}/p{stage.message_ts.replace('.', '')}" in str(stray["blocks"])
     assert any(
         block["type"] == "actions"
         for block in stub.message(stage.message_channel, stage.message_ts)["blocks"]
     )
+
+
+# --- Where posts landed (bot/copies.py): Slack's message_metadata_posted events ------------------------
+
+
+def post_cut_off(first: OutboxDispatcher, stub: SlackStub, row_id: int, channel: str) -> str:
+    """A dispatcher claims the row, Slack accepts its post, and the process dies before hearing back."""
+    row = first._claim(row_id)
+    assert row is not None
+    posted = stub.client().chat_postMessage(
+        channel=channel, text="the cut-off copy", metadata=post_metadata(row)
+    )
+    return str(posted["ts"])
+
+
+def posts_of(stub: SlackStub, row_id: int) -> list[RecordedCall]:
+    return [call for call in delivered(stub) if outbox_id(call) == row_id]
+
+
+def test_a_post_cut_off_by_a_crash_waits_for_slack_to_report_it_and_is_never_posted_twice(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock
+) -> None:
+    first = make_dispatcher(workflow, stub, clock)
+    request_id = submit(workflow, "V1")
+    review = rows(workflow)[0]
+    assert review.kind == "post_review"
+    cut_off_ts = post_cut_off(first, stub, review.id, "C0SUPER")
+    second = make_dispatcher(workflow, stub, clock)
+    clock.advance(seconds=31)  # the dead dispatcher's lease runs out
+    second.run_once()
+    clock.advance(seconds=30)  # still inside the landing wait (75 s from the cut-off send)
+    second.run_once()
+    assert len(posts_of(stub, review.id)) == 1  # nothing posted again yet
+    waiting = rows(workflow)[0]
+    assert waiting.status == OutboxStatus.PENDING and waiting.doubtful_attempts == 1
+
+    # Slack's event reports where the cut-off post landed: the row is delivered, the stage knows its message.
+    landing = Landing(review.id, "C0SUPER", cut_off_ts)
+    assert record_landing(workflow.db, landing, clock) is LandingOutcome.RECORDED
+    assert record_landing(workflow.db, landing, clock) is LandingOutcome.KNOWN  # a retried event
+    adopted = rows(workflow)[0]
+    assert (adopted.status, adopted.posted_channel, adopted.posted_ts) == (
+        OutboxStatus.SENT,
+        "C0SUPER",
+        cut_off_ts,
+    )
+    assert adopted.attempt_started_at is None
+    clock.advance(seconds=120)
+    drain(second, clock)
+    assert len(posts_of(stub, review.id)) == 1  # never posted twice
+
+    # The adopted message is the one kept up to date: a decision edits it.
+    workflow.decide(request_id, 0, "USUP1", "approve", APPROVE)
+    drain(second, clock)
+    message = stub.message("C0SUPER", cut_off_ts)
+    assert "Approved" in str(message["blocks"]) and not any(b["type"] == "actions" for b in message["blocks"])
+
+
+def test_a_crash_cut_off_post_is_sent_again_when_slack_never_reports_it(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock
+) -> None:
+    """No event (the app not subscribed, or the post never reached Slack): after the landing wait, the
+    post goes out again and says so; a report of the first copy coming later still retires that copy."""
+    first = make_dispatcher(workflow, stub, clock)
+    submit(workflow, "V1")
+    review = rows(workflow)[0]
+    cut_off_ts = post_cut_off(first, stub, review.id, "C0SUPER")
+    second = make_dispatcher(workflow, stub, clock)
+    clock.advance(seconds=76)
+    drain(second, clock)
+    copies = posts_of(stub, review.id)
+    assert len(copies) == 2
+    live_ts = copies[1].response["ts"]
+    assert "Sent again after an interruption" in str(copies[1].args["blocks"])
+    sent = rows(workflow)[0]
+    assert (sent.status, sent.posted_ts, sent.doubtful_attempts) == (OutboxStatus.SENT, live_ts, 1)
+
+    assert record_landing(workflow.db, Landing(review.id, "C0SUPER", live_ts), clock) is LandingOutcome.KNOWN
+    late = Landing(review.id, "C0SUPER", cut_off_ts)
+    assert record_landing(workflow.db, late, clock) is LandingOutcome.DUPLICATE
+    drain(second, clock)
+    retired = stub.message("C0SUPER", cut_off_ts)
+    assert "Duplicate" in str(retired["blocks"]) and live_ts.replace(".", "") in str(retired["blocks"])
+    assert any(b["type"] == "actions" for b in stub.message("C0SUPER", live_ts)["blocks"])
+    with transaction(workflow.db) as session:
+        stage = session.scalars(select(StageReview)).one()
+        assert stage.message_ts == live_ts
+
+
+def test_a_dm_reported_before_slack_answers_is_recorded_once(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock
+) -> None:
+    """The event can beat Slack's answer to the call that posted the message: one landing, one DM record,
+    and a failure seen afterwards (a 5xx after posting) does not make the row go out again."""
+    dispatcher = make_dispatcher(workflow, stub, clock)
+    submit(workflow, "V1")
+    dm = next(row for row in rows(workflow) if row.kind == "dm")
+    assert dispatcher._claim(dm.id) is not None
+    posted = stub.client().chat_postMessage(channel="UOFFICER", text="receipt", metadata=post_metadata(dm))
+    landing = Landing(dm.id, posted["channel"], posted["ts"])
+    assert record_landing(workflow.db, landing, clock) is LandingOutcome.RECORDED
+    dispatcher._finish(dm.id, OutboxStatus.PENDING, error="HTTP 503", retry_in=1.0, doubtful=True)
+    row = next(row for row in rows(workflow) if row.id == dm.id)
+    assert row.status == OutboxStatus.SENT and row.attempt_started_at is None and row.claimed_until is None
+    assert record_landing(workflow.db, landing, clock) is LandingOutcome.KNOWN
+    with transaction(workflow.db) as session:
+        recorded = session.scalars(select(DirectMessage)).all()
+        assert [(m.channel, m.ts) for m in recorded] == [(posted["channel"], posted["ts"])]
+    drain(dispatcher, clock)
+    assert len(posts_of(stub, dm.id)) == 1
+
+
+def test_a_late_report_of_a_second_dm_marks_that_copy_as_a_duplicate(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock
+) -> None:
+    dispatcher = make_dispatcher(workflow, stub, clock)
+    submit(workflow, "V1")
+    drain(dispatcher, clock)
+    dm = next(row for row in rows(workflow) if row.kind == "dm")
+    copy = stub.client().chat_postMessage(channel="UOFFICER", text="receipt", metadata=post_metadata(dm))
+    outcome = record_landing(workflow.db, Landing(dm.id, copy["channel"], copy["ts"]), clock)
+    assert outcome is LandingOutcome.DUPLICATE
+    drain(dispatcher, clock)
+    retired = stub.message(copy["channel"], copy["ts"])
+    assert "Duplicate" in retired["text"] and dm.posted_ts.replace(".", "") in str(retired["blocks"])
+    assert record_landing(workflow.db, Landing(10_000, "C0SUPER", "1.2"), clock) is LandingOutcome.UNKNOWN
+
+
+def test_only_this_apps_well_formed_reports_count() -> None:
+    body = {"api_app_id": "A0OURS"}
+    event = {
+        "type": "message_metadata_posted",
+        "app_id": "A0OURS",
+        "channel_id": "C0SUPER",
+        "message_ts": "1700000000.000100",
+        "metadata": {"event_type": METADATA_EVENT_TYPE, "event_payload": {"outbox_id": 7}},
+    }
+    assert landing_from_event(body, event) == Landing(7, "C0SUPER", "1700000000.000100")
+    assert landing_from_event(body, {**event, "app_id": "A0OTHER"}) is None  # another app's post
+    assert landing_from_event({}, event) is None
+    other_type = {**event, "metadata": {"event_type": "task_created", "event_payload": {"outbox_id": 7}}}
+    assert landing_from_event(body, other_type) is None
+    for broken in (
+        {"message_ts": "<!channel>"},
+        {"channel_id": "C0|evil"},
+        {"metadata": {"event_type": METADATA_EVENT_TYPE, "event_payload": {"outbox_id": "7"}}},
+        {"metadata": {"event_type": METADATA_EVENT_TYPE, "event_payload": {"outbox_id": True}}},
+        {"metadata": {"event_type": METADATA_EVENT_TYPE, "event_payload": None}},
+        {"metadata": "fr_bot_outbox"},
+    ):
+        assert landing_from_event(body, {**event, **broken}) is None, broken
 
 
 def test_pacer_spaces_posts_per_channel_and_honours_holds() -> None:

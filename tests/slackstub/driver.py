@@ -146,8 +146,19 @@ class SlackDriver:
 
     # --- transport ---
 
-    def post(self, body: bytes, content_type: str, *, timestamp: int | None = None) -> tuple[int, Any]:
-        headers = {"Content-Type": content_type, **sign_request(self.signing_secret, body, timestamp)}
+    def post(
+        self,
+        body: bytes,
+        content_type: str,
+        *,
+        timestamp: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        headers = {
+            "Content-Type": content_type,
+            **sign_request(self.signing_secret, body, timestamp),
+            **(headers or {}),
+        }
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         started = time.monotonic()
         try:
@@ -357,8 +368,9 @@ class SlackDriver:
             self.stub.apply_view_response(full_view["id"], status, body)
         return status, body
 
-    def event(self, event: Json, *, event_id: str | None = None) -> tuple[int, Any]:
-        """An Events API event_callback wrapping `event`, e.g. {"type": "app_home_opened", "user": "U1"}."""
+    def event(self, event: Json, *, event_id: str | None = None, retry_num: int = 0) -> tuple[int, Any]:
+        """An Events API event_callback wrapping `event`, e.g. {"type": "app_home_opened", "user": "U1"}.
+        A `retry_num` above 0 is a redelivery, with the headers Slack adds to one."""
         now = time.time()
         bot_user = self.stub.bot_user_id if self.stub else "UBOT"
         envelope = {
@@ -381,9 +393,19 @@ class SlackDriver:
             "is_ext_shared_channel": False,
             "event_context": f"4-{secrets.token_hex(16)}",
         }
-        result = self.post_event(envelope)
+        retry = {"X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": "http_error"}
+        result = self.post_event(envelope, headers=retry if retry_num else None)
         self._check_ack(f"event {event.get('type')}")
         return result
+
+    def deliver(self, event: Json, event_id: str, retry_num: int) -> bool:
+        """Deliver an event as Slack's Events API does (a SlackStub `event_sink`): True when the app
+        answered 200, False when it did not or could not be reached, so Slack would try again."""
+        try:
+            status, _ = self.event(event, event_id=event_id, retry_num=retry_num)
+        except OSError:
+            return False
+        return status == 200
 
     # --- helpers ---
 

@@ -9,6 +9,7 @@ import random
 import string
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -277,6 +278,15 @@ class SlackStub:
         # Optional Slack-like pace for chat.postMessage: (seconds per message, burst) per channel; faster
         # posts get HTTP 429 with Retry-After, as Slack answers them. None: no limit.
         self.channel_rate_limit: tuple[float, int] | None = None
+        # Events API: with an `event_sink` (e.g. SlackDriver.deliver, which returns True when the app
+        # answered 200), posts whose metadata type is in `metadata_subscriptions` are reported as Slack
+        # does, by a message_metadata_posted event, sent from another thread; an undelivered event is sent
+        # again after each of `event_retry_delays` (Slack: at once, after one minute, after five minutes).
+        self.event_sink: Callable[[Json, str, int], bool] | None = None
+        self.metadata_subscriptions: set[str] = set()
+        self.event_retry_delays: tuple[float, ...] = (0.0, 60.0, 300.0)
+        self.event_deliveries: list[tuple[str, int, bool]] = []  # (event_id, retry number, delivered)
+        self.received: Counter[str] = Counter()  # API calls per method, counted as they arrive
         self._channel_buckets: dict[str, tuple[float, float]] = {}  # channel -> (tokens, updated)
 
         self._lock = threading.RLock()
@@ -564,6 +574,8 @@ class SlackStub:
     def handle_api(
         self, method: str, http_method: str, headers: dict[str, str], query: str, body: bytes
     ) -> tuple[int, dict[str, str], Json]:
+        with self._lock:
+            self.received[method] += 1  # counted on arrival, before `latency`: the call is under way
         if self.latency:
             time.sleep(self.latency)
         args, kind, parse_error = _parse_args(headers.get("content-type", ""), query, body)
@@ -987,7 +999,43 @@ class SlackStub:
         ts = self._next_ts()
         message = self._bot_message(args, ts)
         self._store_message(channel, message)
+        self._report_metadata(channel, message)
         return {"channel": channel, "ts": ts, "message": copy.deepcopy(message)}
+
+    def _report_metadata(self, channel: str, message: Json) -> None:
+        metadata = message.get("metadata")
+        sink = self.event_sink
+        if sink is None or not isinstance(metadata, dict):
+            return
+        if metadata.get("event_type") not in self.metadata_subscriptions:
+            return
+        event = self.landing_event(channel, message["ts"], metadata)
+        event_id = f"Ev{self._rng.getrandbits(40):010X}"
+        threading.Thread(target=self._deliver_event, args=(event, event_id), daemon=True).start()
+
+    def landing_event(self, channel: str, ts: str, metadata: Json) -> Json:
+        """The message_metadata_posted event Slack sends for the bot's post at (channel, ts)."""
+        return {
+            "type": "message_metadata_posted",
+            "app_id": self.app_id,
+            "bot_id": self.bot_id,
+            "user_id": self.bot_user_id,
+            "team_id": self.team_id,
+            "channel_id": channel,
+            "metadata": copy.deepcopy(metadata),
+            "message_ts": ts,
+            "event_ts": ts,
+        }
+
+    def _deliver_event(self, event: Json, event_id: str) -> None:
+        for retry, delay in enumerate((0.0, *self.event_retry_delays)):
+            time.sleep(delay)
+            sink = self.event_sink  # looked up each time: a restarted app may listen elsewhere
+            delivered = sink is not None and sink(event, event_id, retry)
+            with self._lock:
+                self.event_deliveries.append((event_id, retry, delivered))
+            if delivered:
+                return
 
     def _chat_update(self, args: Json) -> Json:
         channel = self._known_channel(args["channel"])
