@@ -99,7 +99,9 @@ def record_landing(
         row = session.get(OutboxMessage, landing.outbox_id, with_for_update=True)
         if row is None:
             return LandingOutcome.UNKNOWN
-        outcome = land(session, row, landing, clock())
+        now = clock()
+        row.reported_at = row.reported_at or now  # Slack reports landings here (bot/outbox.py waits for them)
+        outcome = land(session, row, landing, now)
     if outcome is LandingOutcome.RECORDED:
         log.info(
             "outbox row %s: Slack's event reports its post at %s/%s", landing.outbox_id, *_where(landing)

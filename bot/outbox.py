@@ -13,9 +13,10 @@ Delivery guarantee (README, "Reliability"):
 - A post whose outcome is unknown (the process died mid-call, the connection broke after the request
   was sent, Slack answered 5xx) may already be in Slack. Every post carries metadata naming its row, and
   Slack's `message_metadata_posted` event reports where it landed (bot/copies.py): a row whose post is
-  reported is delivered and never posted again. A post cut off by a crash waits `landing_wait` after the
-  cut-off send began (Slack retries an undelivered event after one minute) before it is sent again,
-  because a lost reviewer message would stall a request unseen. If the event comes later still, the
+  reported is delivered and never posted again. Where Slack's reports arrive, a post cut off by a crash
+  waits `landing_wait` after the cut-off send began (Slack retries an undelivered event after one minute)
+  before it is sent again, because a lost reviewer message would stall a request unseen; where they do
+  not (the app not subscribed), it is sent again after its lease. If the event comes later still, the
   first landing recorded stays the live message and the other copy is edited into a pointer at it; the
   row's `doubtful_attempts` counts such sends and a repeated post says it was sent again. A clean
   shutdown (SIGTERM) never leaves a send in doubt.
@@ -36,7 +37,7 @@ from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from bot import views
@@ -70,6 +71,7 @@ PERMANENT_ERRORS = {
 MAX_BACKOFF_SECONDS = 300.0
 # Kinds that post a new message (the rest edit or publish, which a retry simply redoes).
 POST_KINDS = frozenset({"post_review", "dm", "channel_post", "stage_note"})
+RECENT_POSTS = 20  # how far back to look for Slack's reports of where posts landed
 REDACT_DMS = "redact_dms"
 FINISH_TRIES = 5  # a sent row whose outcome cannot be saved would be sent again: try hard to save it
 
@@ -283,7 +285,11 @@ class OutboxDispatcher:
                 # The last send began and never recorded an outcome: the process died during it.
                 started, row.attempt_started_at = row.attempt_started_at, None
                 row.doubtful_attempts += 1
-                if row.kind in POST_KINDS and now < started + self.landing_wait:
+                if (
+                    row.kind in POST_KINDS
+                    and now < started + self.landing_wait
+                    and landings_reported(session)
+                ):
                     # Slack may have the post: give its landing event time to say so before posting again.
                     row.next_attempt_at, row.claimed_until = started + self.landing_wait, None
                     log.warning(
@@ -597,6 +603,22 @@ class OutboxDispatcher:
             self.client.chat_update(
                 channel=stage.message_channel or stage.channel_id, ts=stage.message_ts, **_body(message)
             )
+
+
+def landings_reported(session: Session) -> bool:
+    """Whether Slack reports where posts land in this deployment (the app subscribed to
+    message_metadata_posted): one of the latest delivered posts was reported. Without reports, waiting
+    for one would only delay the post."""
+    latest = (
+        select(OutboxMessage.reported_at)
+        .where(OutboxMessage.status == OutboxStatus.SENT, OutboxMessage.kind.in_(POST_KINDS))
+        .order_by(OutboxMessage.id.desc())
+        .limit(RECENT_POSTS)
+        .subquery()
+    )
+    return bool(
+        session.scalar(select(func.count()).select_from(latest).where(latest.c.reported_at.is_not(None)))
+    )
 
 
 def _body(message: dict[str, Any]) -> dict[str, Any]:

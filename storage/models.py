@@ -358,6 +358,8 @@ class OutboxMessage(Base):
     # answer was lost. The first landing recorded is the live message; any other copy is retired.
     posted_channel: Mapped[str | None] = mapped_column(String(32), nullable=True)
     posted_ts: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # When Slack's message_metadata_posted event first reported the post (not every deployment gets them).
+    reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class AppHomeViewer(Base):

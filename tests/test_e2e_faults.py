@@ -131,6 +131,11 @@ def in_flight(world: World, kind: str) -> OutboxMessage | None:
     return next((r for r in outbox(world) if r.kind == kind and r.attempt_started_at is not None), None)
 
 
+def reported(world: World) -> bool:
+    """Every post Slack has been heard of, where the stand-in reports landings."""
+    return not world.reports_landings or all(r.reported_at for r in outbox(world) if r.posted_ts)
+
+
 def all_sent(world: World) -> bool:
     rows = outbox(world)
     return bool(rows) and all(row.status == OutboxStatus.SENT for row in rows)
@@ -212,9 +217,9 @@ def cut_off_mid_call(world: World, killed_during: str, officer: str) -> None:
     method = "chat.update" if killed_during == "refresh_reviews" else "chat.postMessage"
     with running(world.bot()) as bot:
         slack = world.driver(bot)
-        if killed_during == "refresh_reviews":
-            submit(world, slack, officer)
-            wait_until(lambda: all_sent(world), what="the submission's notifications")
+        # Earlier traffic: where Slack reports landings, the bot has seen reports before the kill.
+        submit(world, slack, "UOFFICER0" if killed_during != "refresh_reviews" else officer)
+        wait_until(lambda: all_sent(world) and reported(world), what="the first notifications")
         calls_before = world.stub.received[method]
         world.stub.latency = 0.8
         if killed_during == "refresh_reviews":
@@ -247,7 +252,7 @@ def test_sigkill_mid_slack_call_then_restart_delivers_everything_exactly_once(
     with running(world.bot()) as bot:
         wait_until(lambda: all_sent(world), what="every notification after restart")
         assert bot.stop() == 0
-    cut_off = next(row for row in outbox(world) if row.kind == killed_during)
+    cut_off = [row for row in outbox(world) if row.kind == killed_during][-1]
     # A post is counted doubtful only if Slack's report came after the dead bot's lease ran out.
     assert (
         cut_off.doubtful_attempts == 1
@@ -273,14 +278,14 @@ def test_sigkill_mid_slack_call_then_restart_delivers_everything_exactly_once(
 def test_sigkill_mid_post_unreported_posts_again_and_the_second_copy_is_retired(
     world: World, copy_found_by: str
 ) -> None:
-    """Slack's report of the cut-off post does not come in time (or at all): after the landing wait the
-    post goes out again, saying so, and the earlier copy is retired once the bot learns of it."""
+    """Slack's report of the cut-off post does not come in time (here: none comes): the post goes out
+    again, saying so, and the earlier copy is retired once the bot learns of it."""
     world.reports_landings = False
     officer = "UOFFICER1"
     cut_off_mid_call(world, "post_review", officer)
-    with running(world.bot(FRBOT_OUTBOX_LANDING_WAIT_SECONDS="2")) as bot:
+    with running(world.bot()) as bot:  # Slack reports no landings here: no wait beyond the lease
         wait_until(lambda: all_sent(world), what="every notification after restart")
-        cut_off = next(row for row in outbox(world) if row.kind == "post_review")
+        cut_off = [row for row in outbox(world) if row.kind == "post_review"][-1]
         first, second = copies_of(world, cut_off)
         assert cut_off.doubtful_attempts == 1 and cut_off.posted_ts == second["ts"]
         assert "Sent again after an interruption" in json.dumps(second["blocks"])
@@ -297,6 +302,31 @@ def test_sigkill_mid_post_unreported_posts_again_and_the_second_copy_is_retired(
     assert "Duplicate" in json.dumps(retired["blocks"]) and second["ts"].replace(".", "") in json.dumps(
         retired
     )
+    assert_consistent(world)
+
+
+def test_post_cut_off_by_killing_one_of_two_processes_is_adopted_by_the_other(world: World) -> None:
+    """Two processes behind one URL: the one that dies mid-post never hears Slack's answer, the other hears
+    Slack's report of where the post landed and records it. No wait, no second copy."""
+    with running(world.bot()) as first:
+        slack = world.driver(first)
+        submit(world, slack, "UOFFICER0")
+        wait_until(lambda: all_sent(world) and reported(world), what="the first notifications")
+        calls_before = world.stub.received["chat.postMessage"]
+        world.stub.latency = 5.0  # Slack is slow to answer the post the first process is making
+        assert submit(world, slack, "UOFFICER1")[0] == 200
+        wait_until(lambda: world.stub.received["chat.postMessage"] > calls_before, what="the post")
+        world.stub.latency = 0.0  # (the post under way still takes its 5 s)
+        with running(world.bot()) as second:  # Slack's events now go to the second process
+            first.stop(signal.SIGKILL)  # while its post is under way
+            wait_until(lambda: all_sent(world), what="every notification")
+            assert second.stop() == 0
+    cut_off = [row for row in outbox(world) if row.kind == "post_review"][-1]
+    # Counted doubtful if the dead process's lease ran out before the report came; never posted again.
+    assert cut_off.doubtful_attempts <= 1 and cut_off.reported_at is not None
+    [only] = copies_of(world, cut_off)
+    assert "Sent again" not in json.dumps(only["blocks"])
+    assert only["ts"] == cut_off.posted_ts == request_of(world, "UOFFICER1").stages[0].message_ts
     assert_consistent(world)
 
 
