@@ -1,11 +1,23 @@
-"""Ack latency and throughput of the bot against a bare Bolt app on the same server stack.
+"""Ack latency of the bot against a bare Bolt app on the same server stack, under two load models.
 
 Both run as real processes under waitress behind the same WSGI wrapper and answer real signed Slack requests
-over HTTP, sent by 1, 10 and 50 concurrent simulated users. The bot does its real work (it validates the
-form and commits the request before acknowledging a submission; it opens a modal after acknowledging a
-command or a click); the bare app only acknowledges. Our latency is reported as a ratio to that floor.
+over HTTP from 1, 10 and 50 concurrent simulated users. The bot does its real work (it validates the form
+and commits the request before acknowledging a submission; it opens a modal after acknowledging a command
+or a click); the bare app only acknowledges. Our latency is reported as a ratio to that floor.
 
-Run: python -m bench.ack_latency [--database-url URL] [--requests N]
+- **Think time** (the target's model): each user waits a random think time, uniform THINK_SECONDS,
+  before each request (and before its first, so users do not start in step), and the level runs for
+  `--duration` seconds (at least `--min-samples` requests).
+- **Saturation** (capacity): closed loop, no think time: each user sends again as soon as it is answered,
+  `--requests` requests per level. Latency is then users / throughput (Little's law): it measures
+  capacity, not the latency a user sees at a given load.
+
+The Slack stand-in runs in its own process (bench/stub_process.py). Each time is the HTTP round trip
+only (SlackDriver.last_elapsed): building and signing the payload is not counted. Before every level the
+benchmark waits until the bot is idle (its outbox sent), so one level's Slack calls do not land in the
+next level or in the bare app's run. Bot and bare app take turns level by level.
+
+Run: python -m bench.ack_latency [--database-url URL] [--requests N] [--duration S]
 (writes bench/out/ack_latency_<backend>.md; `python -m bench` gathers it into bench/RESULTS.md)
 """
 
@@ -13,23 +25,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+from bench.stub_process import RemoteStub
 from storage.db import recreate_schema
 from tests.botprocess import SIGNING_SECRET, BotProcess, free_port
 from tests.conftest import GROUPS, TEST_POLICY, slack_state, valid_form_values
-from tests.slackstub import SlackDriver, SlackStub
+from tests.slackstub import SlackDriver
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 10, 50)
+KINDS = ("command", "submission", "click")
+APPS = ("bot", "bare")
+MODELS = ("think", "saturation")
+# A person in Slack reads, types or decides between requests; 0.5-1.5 s (mean 1 s) is far busier than
+# any real officer or reviewer, so 50 such users offer about 50 requests/s of one kind: a stress test
+# with realistic (open-ended, staggered) arrivals rather than back-to-back requests.
+THINK_SECONDS = (0.5, 1.5)
 APPROVER = "USUP1"
 
 
@@ -39,33 +61,78 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[index]
 
 
-def timed(call: Callable[[], tuple[int, object]]) -> float:
-    started = time.perf_counter()
-    status, body = call()
-    elapsed = time.perf_counter() - started
+def send(driver: SlackDriver, kind: str, user: str, target: dict[str, Any]) -> float:
+    """One request as Slack sends it; returns the HTTP round trip (payload building not counted)."""
+    if kind == "command":
+        status, body = driver.slash_command("/fr-request", "", user)
+    elif kind == "submission":
+        view = {"type": "modal", "callback_id": "fr_request_submit", "blocks": target["blocks"]}
+        status, body = driver.view_submission(user, view, slack_state(valid_form_values()))
+    else:
+        status, body = driver.block_action(
+            APPROVER, "review_approve", target["value"], message=target["message"]
+        )
     if status != 200:
         raise RuntimeError(f"HTTP {status}: {body}")
-    return elapsed
+    return driver.last_elapsed
 
 
-def run_load(
-    driver: SlackDriver, kind: str, users: int, total: int, target: dict[str, object]
-) -> list[float]:
-    def one(index: int) -> float:
-        user = f"UBENCH{index % users:04d}"
-        if kind == "command":
-            return timed(lambda: driver.slash_command("/fr-request", "", user))
-        if kind == "submission":
-            view = {"type": "modal", "callback_id": "fr_request_submit", "blocks": target["blocks"]}
-            return timed(lambda: driver.view_submission(user, view, slack_state(valid_form_values())))
-        return timed(
-            lambda: driver.block_action(
-                APPROVER, "review_approve", target["value"], message=target["message"]
-            )
-        )
+def run_level(
+    url: str,
+    stub: RemoteStub,
+    kind: str,
+    users: int,
+    target: dict[str, Any],
+    *,
+    model: str,
+    requests: int,
+    duration: float,
+    min_samples: int,
+) -> tuple[list[float], float]:
+    """Latencies of one load level, and its wall time."""
+    samples: list[float] = []
+    budget = iter(range(requests))  # closed loop: the users share `requests` requests
+    budget_lock = threading.Lock()
+    started = time.perf_counter()
+    deadline = started + duration
+
+    def more() -> bool:
+        if model == "think":
+            return time.perf_counter() < deadline or len(samples) < min_samples
+        with budget_lock:
+            return next(budget, None) is not None
+
+    def user_loop(index: int) -> None:
+        driver = SlackDriver(url, SIGNING_SECRET, stub=stub)  # type: ignore[arg-type]  # its own last_elapsed
+        rng = random.Random(index)
+        user = f"UBENCH{index:04d}"
+        if model == "think":
+            time.sleep(rng.uniform(0, THINK_SECONDS[1]))
+        while more():
+            samples.append(send(driver, kind, user, target))
+            if model == "think":
+                time.sleep(rng.uniform(*THINK_SECONDS))
 
     with ThreadPoolExecutor(max_workers=users) as pool:
-        return list(pool.map(one, range(total)))
+        list(pool.map(user_loop, range(users)))
+    return samples, time.perf_counter() - started
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def settle(pids: list[int], timeout: float = 60.0) -> None:
+    """Wait until the servers are idle (the bot's outbox sent), so the next level starts clean."""
+    deadline = time.monotonic() + timeout
+    before = [cpu_ticks(pid) for pid in pids]
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = [cpu_ticks(pid) for pid in pids]
+        if all(b - a <= 2 for a, b in zip(before, now, strict=True)):  # under 4 % of a core
+            return
+        before = now
 
 
 def wait_healthy(port: int, timeout: float = 30.0) -> None:
@@ -89,21 +156,24 @@ def rss_kib(pid: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
-    parser.add_argument("--requests", type=int, default=200, help="requests per kind and concurrency level")
+    parser.add_argument("--requests", type=int, default=100, help="saturation: requests per kind and level")
+    parser.add_argument("--duration", type=float, default=15.0, help="think time: seconds per kind and level")
+    parser.add_argument("--min-samples", type=int, default=30, help="think time: fewest requests per level")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: think,saturation")
     args = parser.parse_args()
+    models = [m for m in MODELS if m in args.models.split(",")]
 
     workdir = Path(tempfile.mkdtemp(prefix="frbot-bench-"))
     policy = workdir / "policy.yml"
     policy.write_text(TEST_POLICY)
     database_url = args.database_url or f"sqlite:///{workdir / 'bench.db'}"
     recreate_schema(database_url)  # PostgreSQL: a throwaway database, its schema dropped
-    results: dict[str, dict[str, dict[int, list[float]]]] = {"bot": {}, "bare": {}}
+    # results[model][app][kind][users] = latencies in seconds
+    results: dict[str, Any] = {m: {app: {k: {} for k in KINDS} for app in APPS} for m in models}
+    rates: dict[str, dict[int, float]] = {}  # bot submissions/s per model and level
     memory: dict[str, int] = {}
 
-    with SlackStub(specs_dir=None) as stub:
-        stub.latency = 0.0
-        for group, members in GROUPS.items():
-            stub.add_usergroup(group, sorted(members))
+    with RemoteStub({group: sorted(members) for group, members in GROUPS.items()}) as stub:
         bot = BotProcess(database_url, policy, stub.base_url, workdir, FRBOT_LOG_LEVEL="WARNING").start()
         bare_port = free_port()
         env = {**bot.env, "PYTHONPATH": str(ROOT)}
@@ -118,19 +188,13 @@ def main() -> None:
             wait_healthy(bare_port)
             assert bot.process is not None
             memory["bot idle"] = rss_kib(bot.process.pid)
-            drivers = {
-                "bot": SlackDriver(bot.url, SIGNING_SECRET, stub=stub),
-                "bare": SlackDriver(f"http://127.0.0.1:{bare_port}/slack/events", SIGNING_SECRET, stub=stub),
-            }
+            urls = {"bot": bot.url, "bare": f"http://127.0.0.1:{bare_port}/slack/events"}
             # One real request whose reviewer message the button clicks target.
-            bot_driver = drivers["bot"]
-            bot_driver.slash_command("/fr-request", "", "UOFFICER")
-            form = stub.wait_for("views.open").response["view"]
-            bot_driver.view_submission("UOFFICER", form, slack_state(valid_form_values()))
-            posted = stub.wait_for(
-                lambda c: c.method == "chat.postMessage" and c.args.get("channel") == "C0SUPER"
-            )
-            message = stub.message(posted.response["channel"], posted.response["ts"])
+            setup = SlackDriver(bot.url, SIGNING_SECRET, stub=stub)  # type: ignore[arg-type]
+            setup.slash_command("/fr-request", "", "UOFFICER")
+            form = stub.opened_view()
+            setup.view_submission("UOFFICER", form, slack_state(valid_form_values()))
+            message = stub.posted_message("C0SUPER")
             value = next(
                 e["value"]
                 for b in message["blocks"]
@@ -139,61 +203,94 @@ def main() -> None:
                 if e["action_id"] == "review_approve"
             )
             target = {"blocks": form["blocks"], "message": message, "value": value}
-            for name, driver in drivers.items():
-                for kind in ("command", "submission", "click"):
-                    results[name][kind] = {}
+            servers = [bot.process.pid, bare.pid]
+            for model in models:
+                for kind in KINDS:
                     for users in CONCURRENCY:
-                        stub.clear()
-                        started = time.perf_counter()
-                        samples = run_load(driver, kind, users, args.requests, target)
-                        results[name][kind][users] = samples
-                        if name == "bot" and kind == "submission":
-                            elapsed = time.perf_counter() - started
-                            results["bot"].setdefault("_throughput", {})[users] = [args.requests / elapsed]
-                        if name == "bot" and users == max(CONCURRENCY):
-                            memory[f"bot after {kind} load"] = rss_kib(bot.process.pid)
+                        for app in APPS:
+                            settle(servers)
+                            stub.clear()
+                            samples, elapsed = run_level(
+                                urls[app],
+                                stub,
+                                kind,
+                                users,
+                                target,
+                                model=model,
+                                requests=args.requests,
+                                duration=args.duration,
+                                min_samples=args.min_samples,
+                            )
+                            results[model][app][kind][users] = samples
+                            if app == "bot" and kind == "submission":
+                                rates.setdefault(model, {})[users] = len(samples) / elapsed
+                            if app == "bot" and model == "saturation" and users == max(CONCURRENCY):
+                                memory[f"bot after {kind} load"] = rss_kib(bot.process.pid)
+                            print(f"{model} {kind} {users} {app}: n={len(samples)}", flush=True)
         finally:
             bare.terminate()
             bare.wait(10)
             bot.stop()
+        late = stub.late_acks
 
-    print(json.dumps({"memory_kib": memory}, indent=2))
-    write_results(results, memory, database_url, args.requests)
+    print(json.dumps({"memory_kib": memory, "late_acks": late}, indent=2))
+    write_results(results, rates, memory, late, database_url, args)
 
 
 def write_results(
-    results: dict[str, dict[str, dict[int, list[float]]]], memory: dict[str, int], url: str, requests: int
+    results: dict[str, Any],
+    rates: dict[str, dict[int, float]],
+    memory: dict[str, int],
+    late_acks: int,
+    url: str,
+    args: argparse.Namespace,
 ) -> None:
     backend = "PostgreSQL" if url.startswith("postgresql") else "SQLite"
-    lines = [
-        f"### Ack latency over real HTTP, {backend} ({requests} requests per kind and level)",
-        "",
-        "| request | users | bot p50 ms | bot p99 ms | bot max ms | bare p50 ms | bare p99 ms | p99 ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for kind in ("command", "submission", "click"):
-        for users in CONCURRENCY:
-            ours, floor = results["bot"][kind][users], results["bare"][kind][users]
-            p99, floor_p99 = percentile(ours, 0.99), percentile(floor, 0.99)
-            lines.append(
-                f"| {kind} | {users} | {statistics.median(ours) * 1000:.1f} | {p99 * 1000:.1f} | "
-                f"{max(ours) * 1000:.1f} | {statistics.median(floor) * 1000:.1f} | {floor_p99 * 1000:.1f} | "
-                f"{p99 / floor_p99:.2f} |"
-            )
-    throughput = results["bot"].get("_throughput", {})
+    lo, hi = THINK_SECONDS
+    titles = {
+        "think": f"think time uniform {lo}–{hi} s, {args.duration:.0f} s per level (at least "
+        f"{args.min_samples} requests)",
+        "saturation": f"saturation: closed loop, no think time, {args.requests} requests per level",
+    }
+    lines = [f"### Ack latency over real HTTP, {backend}", ""]
+    for model in results:
+        lines += [
+            f"#### {titles[model]}",
+            "",
+            "| request | users | n | bot p50 ms | bot p99 ms | bot max ms | bare p50 ms | bare p99 ms | "
+            "bare max ms | p99 ratio |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for kind in KINDS:
+            for users in CONCURRENCY:
+                ours, floor = results[model]["bot"][kind][users], results[model]["bare"][kind][users]
+                p99, floor_p99 = percentile(ours, 0.99), percentile(floor, 0.99)
+                lines.append(
+                    f"| {kind} | {users} | {len(ours)} | {statistics.median(ours) * 1000:.1f} | "
+                    f"{p99 * 1000:.1f} | {max(ours) * 1000:.1f} | {statistics.median(floor) * 1000:.1f} | "
+                    f"{floor_p99 * 1000:.1f} | {max(floor) * 1000:.1f} | {p99 / floor_p99:.2f} |"
+                )
+        if model in rates:
+            lines += [
+                "",
+                "Bot submissions per second (validated, committed, acknowledged): "
+                + ", ".join(f"{users} users: {value:.0f}/s" for users, value in rates[model].items()),
+            ]
+        lines.append("")
     lines += [
+        f"Acks later than 3 s: {late_acks}. "
+        "Resident memory (KiB): " + ", ".join(f"{k}: {v}" for k, v in memory.items()),
         "",
-        "Completed submissions per second (validated, committed, acknowledged): "
-        + ", ".join(f"{users} users: {value[0]:.0f}/s" for users, value in throughput.items()),
     ]
-    lines += ["", "Resident memory (KiB): " + ", ".join(f"{k}: {v}" for k, v in memory.items()), ""]
     section = "\n".join(lines)
     print(section)
     out = ROOT / "bench" / "out" / f"ack_latency_{backend.lower()}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(section)
     # The raw samples, in the order they completed, for looking at stalls.
-    out.with_suffix(".json").write_text(json.dumps({"results": results, "memory_kib": memory}))
+    out.with_suffix(".json").write_text(
+        json.dumps({"results": results, "rates": rates, "memory_kib": memory, "late_acks": late_acks})
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ the chain still verifies, and every text still present must match its commitment
 commitment reveals nothing about a short text.
 
 Appends are serialised: on PostgreSQL the single `audit_chain_head` row is locked FOR UPDATE in the same
-transaction as the insert; SQLite already serialises writers with BEGIN IMMEDIATE (storage/db.py).
+transaction as the insert; SQLite already serialises writers with BEGIN IMMEDIATE (storage/db.py). That
+lock is shared by every writer, so the workflow takes it last: `append_at_commit` seals an event when it
+happens and `append_deferred` chains the transaction's events just before its commit.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ import json
 import secrets
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Text, cast, func, select
+from sqlalchemy import Connection, Engine, Text, cast, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -207,6 +209,82 @@ def _locked_head(session: Session) -> AuditChainHead:
     return head
 
 
+@dataclass(frozen=True)
+class PreparedEvent:
+    """An event sealed and ready to chain: all its work done except what needs the chain head."""
+
+    actor: str
+    action: str
+    request_id: int | None
+    at: datetime
+    details: dict[str, Any]  # chained form: free text replaced by commitments
+    texts: list[SealedText]
+
+    def with_plain(self, **values: str | int | None) -> PreparedEvent:
+        """The event with details added that are not free text (nothing to seal), e.g. a reference only
+        known at the end of the transaction: what is costly to prepare can be done before taking locks."""
+        if SEALED_KEYS.intersection(values):
+            raise ValueError(f"free text must be sealed: {sorted(SEALED_KEYS.intersection(values))}")
+        return replace(self, details={**self.details, **values})
+
+
+def prepare_event(
+    actor: str, action: str, request_id: int | None, at: datetime, details: dict[str, Any]
+) -> PreparedEvent:
+    # Round-trip through JSON so what we hash is exactly what the database gives back later.
+    chained, texts = seal(json.loads(json.dumps(details)))
+    return PreparedEvent(actor, action, request_id, at, chained, texts)
+
+
+def append_events(session: Session, events: list[PreparedEvent]) -> list[AuditEvent]:
+    """Chain prepared events, in order, inside the caller's transaction.
+
+    The head row is locked from here to the commit. Locking it flushes the session's pending changes
+    first (autoflush), so only the events' own rows are written under the lock.
+    """
+    if not events:
+        return []
+    head = _locked_head(session)
+    seq, prev_hash = head.seq, head.hash
+    rows: list[AuditEvent] = []
+    for prepared in events:
+        seq += 1
+        digest = event_hash(
+            seq,
+            prepared.request_id,
+            prepared.actor,
+            prepared.action,
+            prepared.details,
+            prepared.at,
+            prev_hash,
+        )
+        rows.append(
+            AuditEvent(
+                seq=seq,
+                request_id=prepared.request_id,
+                actor_id=prepared.actor,
+                action=prepared.action,
+                details=prepared.details,
+                created_at=prepared.at,
+                prev_hash=prev_hash,
+                hash=digest,
+            )
+        )
+        session.add_all(
+            AuditEventText(
+                event_seq=seq, request_id=prepared.request_id, path=text.path, salt=text.salt, text=text.text
+            )
+            for text in prepared.texts
+        )
+        prev_hash = digest
+    session.add_all(rows)
+    head.seq, head.hash = seq, prev_hash
+    # Insert while holding the head lock, so ids grow with seq (verify checks that too): the events of
+    # one flush are inserted in the order they were added.
+    session.flush()
+    return rows
+
+
 def append_event(
     session: Session,
     actor: str,
@@ -216,33 +294,31 @@ def append_event(
     details: dict[str, Any],
 ) -> AuditEvent:
     """Add one event to the chain inside the caller's transaction."""
-    # Round-trip through JSON so what we hash is exactly what the database gives back later.
-    plain_details = json.loads(json.dumps(details))
-    chained, texts = seal(plain_details)
-    head = _locked_head(session)
-    seq = head.seq + 1
-    digest = event_hash(seq, request_id, actor, action, chained, at, head.hash)
-    event = AuditEvent(
-        seq=seq,
-        request_id=request_id,
-        actor_id=actor,
-        action=action,
-        details=chained,
-        created_at=at,
-        prev_hash=head.hash,
-        hash=digest,
-    )
-    session.add(event)
-    for text in texts:
-        session.add(
-            AuditEventText(
-                event_seq=seq, request_id=request_id, path=text.path, salt=text.salt, text=text.text
-            )
-        )
-    head.seq, head.hash = seq, digest
-    # Insert while holding the head lock, so ids grow with seq (verify checks that too).
-    session.flush()
-    return event
+    return append_events(session, [prepare_event(actor, action, request_id, at, details)])[0]
+
+
+# Events of a transaction waiting to be chained just before its commit (see `append_at_commit`).
+DEFERRED_KEY = "frbot_audit_deferred"
+
+
+def append_at_commit(session: Session, prepared: PreparedEvent) -> None:
+    """Queue an event for `append_deferred`, which the caller runs as the last step of its transaction.
+
+    The chain head is one row every writer locks: locking it last, right before the commit, keeps that
+    database-wide queue as short as possible. For events nothing later in the transaction reads back.
+    """
+    session.info.setdefault(DEFERRED_KEY, []).append(prepared)
+
+
+def append_deferred(session: Session) -> None:
+    append_events(session, session.info.pop(DEFERRED_KEY, []))
+
+
+@event.listens_for(Session, "before_commit")
+def _no_event_left_behind(session: Session) -> None:
+    # A transaction that queued events but never chained them would commit a change without its record.
+    if session.info.get(DEFERRED_KEY) and not session.in_nested_transaction():
+        raise AuditChainError("audit events queued with append_at_commit were never chained")
 
 
 def record_view(

@@ -8,18 +8,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import deadlines, views
 from bot.approvers import ApproverDirectory, ApproverLookupFailed
-from bot.audit import append_event, texts_for, unseal
+from bot.audit import (
+    append_at_commit,
+    append_deferred,
+    append_event,
+    prepare_event,
+    texts_for,
+    unseal,
+)
 from bot.forms import DecisionForm, DelegationForm, PostUseForm, RequestForm
 from bot.policy import LoadedPolicy, Stage, Tool, ToolStatus, Urgency
 from bot.routing import choose_route
@@ -83,6 +92,13 @@ def audit(
     append_event(session, actor, action, request_id, at, details)
 
 
+def audit_at_commit(
+    session: Session, actor: str, action: str, request_id: int | None, at: datetime, **details: Any
+) -> None:
+    """Record an event that `Workflow._write` chains as the last step before its commit."""
+    append_at_commit(session, prepare_event(actor, action, request_id, at, details))
+
+
 def enqueue(
     session: Session, kind: str, payload: dict[str, Any], request_id: int | None, at: datetime
 ) -> None:
@@ -108,6 +124,17 @@ class Workflow:
         # Called after a commit that queued Slack messages, so the dispatcher sends them at once.
         self._on_outbox = on_outbox
 
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """A write transaction whose audit events (`audit_at_commit`) are chained just before the commit.
+
+        The chain head is a database-wide lock (every writer appends to the one chain); taken last, it is
+        held for a few statements and the commit instead of the whole transaction.
+        """
+        with transaction(self.db) as session:
+            yield session
+            append_deferred(session)
+
     # --- Officer ---------------------------------------------------------------------------------
 
     def record_refused_submission(self, requester_id: str, tool_id: str, errors: dict[str, str]) -> None:
@@ -117,8 +144,8 @@ class Workflow:
             tool.status is ToolStatus.PROHIBITED or tool.category in self.policy.own_process
         ):
             return
-        with transaction(self.db) as session:
-            audit(
+        with self._write() as session:
+            audit_at_commit(
                 session,
                 requester_id,
                 "submission_refused",
@@ -142,17 +169,17 @@ class Workflow:
         if tool is None:  # check_request already refuses unknown tools; this guards direct callers
             raise ValueError(f"unknown tool {form.tool}")
         try:
-            with transaction(self.db) as session:
+            with self._write() as session:
                 existing = self._by_submission(session, submission_key)
                 if existing is not None:
                     return self._submitted(existing, created=False)
                 request = self._create(session, form, tool, requester_id, team_id, submission_key)
-                if previous_request_id is not None:
-                    self._link_previous(session, request, previous_request_id)
+                previous = self._previous(session, request, previous_request_id)
+                self._number(session, request, form, previous)
                 result = self._submitted(request, created=True)
         except IntegrityError:
             # The same modal submitted twice at the same moment: the other transaction won.
-            with transaction(self.db) as session:
+            with self._write() as session:
                 existing = self._by_submission(session, submission_key)
                 if existing is None:
                     raise
@@ -163,10 +190,12 @@ class Workflow:
     def _create(
         self, session: Session, form: RequestForm, tool: Tool, requester_id: str, team_id: str, key: str
     ) -> FrRequest:
+        """The request and its stages, written without a reference yet (see `_number`)."""
         now = self.clock()
         route = choose_route(self.policy, tool, form)
         request = FrRequest(
-            reference=self._next_reference(session, now),
+            # Unique and never committed: `_number` replaces it in this transaction.
+            reference=f"~{secrets.token_hex(8)}",
             submission_key=key,
             team_id=team_id,
             requester_id=requester_id,
@@ -197,62 +226,85 @@ class Workflow:
                     else None,
                 )
             )
-        session.flush()
-        audit(
-            session,
-            requester_id,
+        session.flush()  # the stage ids, for the outbox
+        enqueue(session, "post_review", {"stage_review_id": request.stages[0].id}, request.id, now)
+        session.flush()  # before `_number` takes the counter's lock
+        return request
+
+    def _previous(self, session: Session, request: FrRequest, previous_id: int | None) -> FrRequest | None:
+        """The officer's own earlier request this one was started from (a re-request), linked to it."""
+        previous = session.get(FrRequest, previous_id) if previous_id is not None else None
+        # Only the same officer's own earlier request can be the origin of a re-request.
+        if previous is None or previous.requester_id != request.requester_id:
+            return None
+        request.previous_request_id = previous.id
+        return previous
+
+    def _number(
+        self, session: Session, request: FrRequest, form: RequestForm, previous: FrRequest | None
+    ) -> None:
+        """The end of a submission: its reference, and what needs it.
+
+        Both database-wide locks come here, last: the year's reference counter (gapless references), then
+        the audit chain head when the transaction ends (`_write`). Everything else is already written, so
+        each is held for a few statements and the commit, not the whole submission.
+        """
+        now = request.created_at
+        # Sealing the form's free text is the costly part of its event: done before the lock.
+        submitted = prepare_event(
+            request.requester_id,
             "request_submitted",
             request.id,
             now,
-            reference=request.reference,
-            form=form.model_dump(mode="json"),
-            policy_version=self.loaded.version,
-            tool=request.tool_snapshot,
+            {
+                "form": form.model_dump(mode="json"),
+                "policy_version": self.loaded.version,
+                "tool": request.tool_snapshot,
+            },
         )
-        audit(
-            session,
+        routed = prepare_event(
             "system",
             "request_routed",
             request.id,
             now,
-            route=route.name,
-            stages=[s.stage_id for s in request.stages],
+            {"route": request.route_name, "stages": [s.stage_id for s in request.stages]},
         )
-        first = request.stages[0]
-        enqueue(session, "post_review", {"stage_review_id": first.id}, request.id, now)
+        request.reference = self._next_reference(session, now)
+        append_at_commit(session, submitted.with_plain(reference=request.reference))
+        append_at_commit(session, routed)
+        if previous is not None:
+            audit_at_commit(
+                session,
+                request.requester_id,
+                "request_rerequested",
+                request.id,
+                now,
+                previous=previous.reference,
+                previous_status=previous.status,
+            )
         enqueue(session, "dm", views.submitted_dm(request, self.policy), request.id, now)
-        self._touch_homes(session, request, now)
-        return request
-
-    def _link_previous(self, session: Session, request: FrRequest, previous_id: int) -> None:
-        previous = session.get(FrRequest, previous_id)
-        # Only the same officer's own earlier request can be the origin of a re-request.
-        if previous is None or previous.requester_id != request.requester_id:
-            return
-        request.previous_request_id = previous.id
-        audit(
-            session,
-            request.requester_id,
-            "request_rerequested",
-            request.id,
-            request.created_at,
-            previous=previous.reference,
-            previous_status=previous.status,
-        )
+        self._touch_homes(session, request, now)  # after the DM, as they are sent in this order
 
     def _next_reference(self, session: Session, now: datetime) -> str:
+        """The year's next reference. The counter row stays locked until commit: no gaps, no duplicates."""
         year = now.astimezone(self.policy.zone).year
-        counter = session.get(ReferenceCounter, year, with_for_update=True)
-        if counter is None:
+        bump = (
+            update(ReferenceCounter)
+            .where(ReferenceCounter.year == year)
+            .values(last_value=ReferenceCounter.last_value + 1)
+            .returning(ReferenceCounter.last_value)
+            .execution_options(synchronize_session=False)
+        )
+        value = session.scalar(bump)  # one round trip: lock, increment, read
+        if value is None:
             try:
                 with session.begin_nested():
                     session.add(ReferenceCounter(year=year, last_value=0))
             except IntegrityError:
                 pass  # another process created this year's counter first
-            counter = session.get(ReferenceCounter, year, with_for_update=True, populate_existing=True)
-            assert counter is not None
-        counter.last_value += 1
-        return f"FR-{year}-{counter.last_value:05d}"
+            value = session.scalar(bump)
+            assert value is not None
+        return f"FR-{year}-{value:05d}"
 
     @staticmethod
     def _by_submission(session: Session, key: str) -> FrRequest | None:
@@ -344,7 +396,7 @@ class Workflow:
 
     def authorise(self, request_id: int, position: int, user_id: str, action: str) -> Refusal | None:
         """Check before opening a decision modal; a refusal is recorded in the audit trail."""
-        with transaction(self.db) as session:
+        with self._write() as session:
             request = request_with_history(session, request_id)
             refusal = self._refusal(session, request, position, user_id)
             if refusal is not None:
@@ -362,7 +414,7 @@ class Workflow:
             refusal = self._refusal(session, request, position, user_id)
         if refusal is None and request is not None:
             return request
-        with transaction(self.db) as session:
+        with self._write() as session:
             request = request_with_history(session, request_id)
             # Checked again in the writing transaction: the refusal recorded is the one that holds now.
             refusal = self._refusal(session, request, position, user_id)
@@ -381,7 +433,7 @@ class Workflow:
         action: str,
         refusal: Refusal,
     ) -> None:
-        audit(
+        audit_at_commit(
             session,
             user_id,
             "action_refused",
@@ -399,7 +451,7 @@ class Workflow:
         if outcome not in ("approve", "reject"):
             raise ValueError(outcome)
         try:
-            with transaction(self.db) as session:
+            with self._write() as session:
                 # The row lock serialises deciders of one request on PostgreSQL;
                 # SQLite's BEGIN IMMEDIATE does the same there.
                 request = request_with_history(session, request_id, lock=True)
@@ -441,8 +493,7 @@ class Workflow:
                 created_at=now,
             )
         )
-        session.flush()
-        audit(
+        audit_at_commit(
             session,
             user_id,
             "decision_recorded",
@@ -462,7 +513,7 @@ class Workflow:
         elif len(stage.approvals) >= stage.required_approvals:
             stage.status = StageStatus.APPROVED
             stage.completed_at = now
-            audit(session, "system", "stage_approved", request.id, now, stage=stage.stage_id)
+            audit_at_commit(session, "system", "stage_approved", request.id, now, stage=stage.stage_id)
             following = stage.position + 1
             if following < len(request.stages):
                 next_stage = request.stages[following]
@@ -472,8 +523,9 @@ class Workflow:
                     self.policy, next_stage.stage_id, request.urgency, now
                 )
                 request.current_stage = following
-                audit(session, "system", "stage_started", request.id, now, stage=next_stage.stage_id)
-                session.flush()
+                audit_at_commit(
+                    session, "system", "stage_started", request.id, now, stage=next_stage.stage_id
+                )
                 enqueue(session, "post_review", {"stage_review_id": next_stage.id}, request.id, now)
             else:
                 hours = self.policy.approval_validity_hours.hours_for(Urgency(request.urgency))
@@ -519,12 +571,12 @@ class Workflow:
         details: dict[str, Any] = {"stage": stage.stage_id, "decided_by": actor}
         if request.valid_until is not None:
             details["valid_until"] = request.valid_until.isoformat()
-        audit(session, "system", f"request_{status}", request.id, now, **details)
+        audit_at_commit(session, "system", f"request_{status}", request.id, now, **details)
 
     def request_info(
         self, request_id: int, position: int, user_id: str, question: str, submission_key: str
     ) -> InfoAsked | Refusal:
-        with transaction(self.db) as session:
+        with self._write() as session:
             request = request_with_history(session, request_id, lock=True)
             refusal = self._refusal(session, request, position, user_id)
             if refusal is not None and refusal.code != "already_decided":
@@ -549,7 +601,7 @@ class Workflow:
             )
             request.updated_at = now
             session.flush()
-            audit(
+            audit_at_commit(
                 session, user_id, "info_requested", request.id, now, stage=stage.stage_id, question=question
             )
             enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
@@ -583,7 +635,7 @@ class Workflow:
         enqueue(session, "publish_home", payload, request.id, now)
 
     def withdraw(self, request_id: int, user_id: str) -> Recorded | Refusal:
-        with transaction(self.db) as session:
+        with self._write() as session:
             request = request_with_history(session, request_id, lock=True)
             refusal = _not_the_officers(request, user_id, "withdraw it")
             if refusal is None and request is not None and request.status != RequestStatus.PENDING:
@@ -601,7 +653,7 @@ class Workflow:
             request.status = RequestStatus.WITHDRAWN
             request.decided_at = request.updated_at = now
             request.current_stage = None
-            audit(
+            audit_at_commit(
                 session,
                 user_id,
                 "request_withdrawn",
@@ -617,7 +669,7 @@ class Workflow:
         return result
 
     def answer_info(self, info_id: int, user_id: str, answer: str) -> Recorded | Refusal:
-        with transaction(self.db) as session:
+        with self._write() as session:
             info = session.get(InfoRequest, info_id)
             request = request_with_history(session, info.request_id, lock=True) if info else None
             refusal = None
@@ -640,7 +692,7 @@ class Workflow:
             request.updated_at = now
             stage = next(s for s in request.stages if s.id == info.stage_review_id)
             self._resume_clock(stage, info, now)
-            audit(
+            audit_at_commit(
                 session,
                 user_id,
                 "info_answered",
@@ -692,7 +744,7 @@ class Workflow:
 
     def view_request(self, reference_or_id: str | int, user_id: str, surface: str) -> RequestView | Refusal:
         """A request and its timeline for someone entitled to see it; every look is recorded."""
-        with transaction(self.db) as session:
+        with self._write() as session:
             if isinstance(reference_or_id, int):
                 request = request_with_history(session, reference_or_id)
             else:
@@ -737,7 +789,7 @@ class Workflow:
             return RequestView(request, events, comments, post_use)
 
     def comment(self, request_id: int, user_id: str, text: str, submission_key: str) -> Recorded | Refusal:
-        with transaction(self.db) as session:
+        with self._write() as session:
             request = request_with_history(session, request_id)
             if request is None or user_id == request.requester_id or not self.may_view(request, user_id):
                 refusal = Refusal(
@@ -757,14 +809,14 @@ class Workflow:
                     created_at=now,
                 )
             )
-            audit(session, user_id, "comment_added", request.id, now, comment=text)
+            audit_at_commit(session, user_id, "comment_added", request.id, now, comment=text)
             enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
             result = Recorded(request.reference)
         self._on_outbox()
         return result
 
     def record_post_use(self, request_id: int, user_id: str, form: PostUseForm) -> Recorded | Refusal:
-        with transaction(self.db) as session:
+        with self._write() as session:
             request = request_with_history(session, request_id, lock=True)
             refusal = _not_the_officers(request, user_id, "record its use")
             if refusal is None and request is not None:
@@ -788,7 +840,7 @@ class Workflow:
                 )
             )
             request.closed_at = request.updated_at = now
-            audit(session, user_id, "post_use_recorded", request.id, now, **form.model_dump())
+            audit_at_commit(session, user_id, "post_use_recorded", request.id, now, **form.model_dump())
             enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
             self._touch_homes(session, request, now)
             result = Recorded(request.reference)
@@ -796,7 +848,7 @@ class Workflow:
         return result
 
     def delegate(self, approver_id: str, form: DelegationForm) -> Delegated | Refusal:
-        with transaction(self.db) as session:
+        with self._write() as session:
             try:
                 approves_something = any(
                     self.approvers.is_approver(s, approver_id) for s in self.policy.stages
@@ -819,7 +871,7 @@ class Workflow:
             )
             session.add(delegation)
             session.flush()
-            audit(
+            audit_at_commit(
                 session,
                 approver_id,
                 "delegation_created",
@@ -838,13 +890,13 @@ class Workflow:
         return result
 
     def revoke_delegation(self, delegation_id: int, user_id: str) -> Delegated | Refusal:
-        with transaction(self.db) as session:
+        with self._write() as session:
             delegation = session.get(Delegation, delegation_id)
             if delegation is None or delegation.approver_id != user_id or delegation.revoked_at is not None:
                 return Refusal("not_yours", "That delegation is not yours, or has already been revoked.")
             now = self.clock()
             delegation.revoked_at = now
-            audit(
+            audit_at_commit(
                 session,
                 user_id,
                 "delegation_revoked",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 READ_ONLY_OPTION = "frbot_read_only"
 # The audit chain's verifier asks for the same thing by this name: a read that holds no writer off.
 READ_SNAPSHOT = READ_ONLY_OPTION
+_HOLDS_WRITER = "frbot_holds_sqlite_writer"
 
 
 class DatabaseUnavailable(Exception):
@@ -64,12 +67,58 @@ def _configure_sqlite(engine: Engine) -> None:
             cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+    # Writers of this process queue here before BEGIN IMMEDIATE. SQLite's own busy handler makes a waiting
+    # writer sleep and retry (1, 2, 5 … 100 ms apart), so under load a writer could sleep through many
+    # commits and wait far longer than the queue ahead of it: the long tails of submissions. A waiter here
+    # is woken as soon as the writer before it ends. Other processes still meet the busy handler.
+    writer = threading.Lock()
+
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         # Readers need no write lock: only transactions that may write take it up front (WAL gives
         # readers a snapshot, so long reads such as verifying the audit chain do not hold writers off).
-        read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
-        connection.exec_driver_sql("BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE")
+        if connection.get_execution_options().get(READ_ONLY_OPTION, False):
+            connection.exec_driver_sql("BEGIN DEFERRED")
+            return
+        if not writer.acquire(timeout=LOCK_WAIT_SECONDS):
+            raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
+        connection.info[_HOLDS_WRITER] = True
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            _release(connection)
+            raise
+
+    def _release(holder: Any) -> None:
+        try:
+            info = holder.info
+        except NotImplementedError:  # the engine's first connect, made outside the pool
+            return
+        if info.pop(_HOLDS_WRITER, False):
+            writer.release()
+
+    # Released once the transaction has ended in SQLite (after COMMIT or ROLLBACK, which is also how the
+    # pool resets a returned connection), so the next writer's BEGIN IMMEDIATE does not meet it still busy.
+    dialect = engine.dialect
+    commit, rollback = dialect.do_commit, dialect.do_rollback
+
+    def _commit_then_release(dbapi_connection: Any) -> None:
+        try:
+            commit(dbapi_connection)
+        finally:
+            _release(dbapi_connection)
+
+    def _rollback_then_release(dbapi_connection: Any) -> None:
+        try:
+            rollback(dbapi_connection)
+        finally:
+            _release(dbapi_connection)
+
+    dialect.do_commit = _commit_then_release  # type: ignore[method-assign]
+    dialect.do_rollback = _rollback_then_release  # type: ignore[method-assign]
+    # A connection dropped without either (invalidated, or closed by its pool) gives the lock back too.
+    event.listen(engine.pool, "checkin", lambda _dbapi, record: _release(record))
+    event.listen(engine.pool, "invalidate", lambda _dbapi, record, _exc: _release(record))
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

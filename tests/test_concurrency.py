@@ -7,17 +7,20 @@ raises. Runs on PostgreSQL (row locks) and SQLite (serialised writers) alike.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections import Counter
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
+from bot import views
+from bot.audit import AuditChainError, append_at_commit, prepare_event, verify_chain
 from bot.forms import DecisionForm, check_request
 from bot.workflow import Decided, Refusal, Workflow
-from storage.db import transaction
-from storage.models import AuditEvent, Decision, OutboxMessage, RequestStatus, StageStatus
+from storage.db import DatabaseUnavailable, transaction
+from storage.models import AuditEvent, Decision, FrRequest, OutboxMessage, RequestStatus, StageStatus
 from storage.queries import request_with_history
 from tests.conftest import valid_form_values
 
@@ -147,3 +150,77 @@ def test_sixteen_deciders_on_a_two_approval_stage(workflow: Workflow, with_rejec
     with transaction(workflow.db) as session:
         loaded = request_with_history(session, request_id)
         assert loaded is not None and loaded.current_stage is None
+
+
+def test_concurrent_submissions_and_decisions_keep_references_gapless_and_the_chain_whole(
+    workflow: Workflow, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Submissions take the reference counter and the chain head last, beside decisions taking the head."""
+    form = check_request(workflow.policy, valid_form_values())
+    earlier = [workflow.submit(form, "UOFFICER", "T0", f"E{i}").request_id for i in range(4)]
+    # One submission fails after its reference was drawn (rendering its DM): it must leave no gap.
+    render = views.submitted_dm
+    failed = threading.Event()
+
+    def fail_once(*args: Any) -> Any:
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("rendering failed")
+        return render(*args)
+
+    monkeypatch.setattr(views, "submitted_dm", fail_once)
+    barrier = threading.Barrier(THREADS)
+    outcomes: list[Any] = []
+
+    def act(index: int) -> None:
+        barrier.wait()
+        try:
+            if index < len(earlier):
+                outcomes.append(workflow.decide(earlier[index], 0, "USUP1", "approve", APPROVE))
+            else:
+                outcomes.append(workflow.submit(form, f"UOFF{index}", "T0", f"V{index}"))
+        except Exception as exc:  # only the planted failure is expected
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=act, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    errors = [o for o in outcomes if isinstance(o, Exception)]
+    assert [str(e) for e in errors] == ["rendering failed"]
+    assert sum(isinstance(o, Decided) for o in outcomes) == len(earlier)
+    with transaction(workflow.db) as session:
+        references = session.scalars(select(FrRequest.reference)).all()
+    numbers = sorted(int(reference.rsplit("-", 1)[1]) for reference in references)
+    saved = len(earlier) + (THREADS - len(earlier) - 1)  # all but the failed submission
+    assert numbers == list(range(1, saved + 1))  # FR-2026-00001 onwards, no gap
+    report = verify_chain(engine)
+    assert report.ok, [p.describe() for p in report.problems]
+
+
+def test_events_queued_for_the_commit_are_never_dropped(workflow: Workflow, clock: Any) -> None:
+    with pytest.raises(AuditChainError), transaction(workflow.db) as session:
+        append_at_commit(session, prepare_event("U1", "request_viewed", None, clock(), {}))
+    with transaction(workflow.db) as session:
+        assert session.scalars(select(AuditEvent)).first() is None
+
+
+def test_a_failed_sqlite_writer_lets_the_next_one_in(workflow: Workflow, engine: Engine) -> None:
+    """The in-process writer queue is given back however a write transaction ends."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's writer queue")
+    with pytest.raises(RuntimeError), transaction(workflow.db) as session:
+        session.execute(select(FrRequest.id))
+        raise RuntimeError("handler failed mid-transaction")
+    blocker = sqlite3.connect(engine.url.database or "", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the database
+    try:
+        with pytest.raises(DatabaseUnavailable), transaction(workflow.db) as session:
+            session.execute(select(FrRequest.id))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    result = workflow.submit(check_request(workflow.policy, valid_form_values()), "UOFFICER", "T0", "V1")
+    assert result.created

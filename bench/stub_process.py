@@ -1,0 +1,139 @@
+"""The Slack stand-in (tests/slackstub) in a process of its own, for the ack-latency benchmark.
+
+In the load generator's process its views.open, chat.postMessage and views.publish handling competed with
+the simulated users for one GIL, and that wait was counted in the latency the users measured. Here the
+stub runs in a child process; the benchmark talks to it over a pipe only to issue trigger ids and
+response URLs (before a request is timed) and to read back what the bot sent during set-up.
+
+`RemoteStub` offers what `SlackDriver(stub=...)` uses of a SlackStub.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+from tests.slackstub import SlackStub, default_user
+
+Json = dict[str, Any]
+
+
+def _serve(conn: Connection, usergroups: dict[str, list[str]]) -> None:
+    with SlackStub(specs_dir=None) as stub:
+        stub.latency = 0.0
+        for group, members in usergroups.items():
+            stub.add_usergroup(group, members)
+        conn.send(
+            {
+                "base_url": stub.base_url,
+                "team_id": stub.team_id,
+                "team_domain": stub.team_domain,
+                "app_id": stub.app_id,
+            }
+        )
+        commands: dict[str, Any] = {
+            "issue_trigger_id": stub.issue_trigger_id,
+            "issue_response_url": stub.issue_response_url,
+            "clear": stub.clear,
+            "opened_view": lambda: stub.wait_for("views.open").response["view"],
+            "posted_message": lambda channel: _posted_message(stub, channel),
+            "call_counts": lambda: _call_counts(stub),
+        }
+        while True:
+            try:
+                request = conn.recv()
+            except EOFError:
+                return
+            if request is None:
+                return
+            name, args, kwargs = request
+            try:
+                conn.send((True, commands[name](*args, **kwargs)))
+            except Exception as exc:  # reported to the caller, the stub keeps serving
+                conn.send((False, f"{type(exc).__name__}: {exc}"))
+
+
+def _posted_message(stub: SlackStub, channel: str) -> Json:
+    posted = stub.wait_for(lambda c: c.method == "chat.postMessage" and c.args.get("channel") == channel)
+    return stub.message(posted.response["channel"], posted.response["ts"])
+
+
+def _call_counts(stub: SlackStub) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for call in stub.calls.snapshot():
+        counts[call.method] = counts.get(call.method, 0) + 1
+    return counts
+
+
+class RemoteStub:
+    """A SlackStub running in a child process (spawned, so it shares nothing with the load generator)."""
+
+    def __init__(self, usergroups: dict[str, list[str]]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child, usergroups), daemon=True)
+        self._process.start()
+        child.close()
+        info = self._conn.recv()
+        self.base_url: str = info["base_url"]
+        self.team_id: str = info["team_id"]
+        self.team_domain: str = info["team_domain"]
+        self.app_id: str = info["app_id"]
+        self.channels: dict[str, Json] = {}  # SlackDriver reads channel names here
+        self.views: dict[str, Any] = {}  # ... and open modals: none are tracked on this side
+        self.late_acks = 0  # answers slower than Slack's 3 seconds, counted by SlackDriver
+        self._lock = threading.Lock()  # one pipe shared by every simulated user
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            self._conn.send((name, args, kwargs))
+            ok, value = self._conn.recv()
+        if not ok:
+            raise RuntimeError(f"stub {name}: {value}")
+        return value
+
+    def issue_trigger_id(self, user_id: str = "U0USER") -> str:
+        return str(self._call("issue_trigger_id", user_id))
+
+    def issue_response_url(self, kind: str = "commands", **context: Any) -> str:
+        return str(self._call("issue_response_url", kind, **context))
+
+    def clear(self) -> None:
+        self._call("clear")
+
+    def opened_view(self) -> Json:
+        """The first modal the bot opened since the last clear()."""
+        return dict(self._call("opened_view"))
+
+    def posted_message(self, channel: str) -> Json:
+        """The first message the bot posted to `channel` since the last clear(), as it stands now."""
+        return dict(self._call("posted_message", channel))
+
+    def call_counts(self) -> dict[str, int]:
+        return dict(self._call("call_counts"))
+
+    def user_profile(self, user_id: str) -> Json:
+        return default_user(user_id, self.team_id)
+
+    def record_violation(self, source: str, error: str, *messages: str, **_: Any) -> None:
+        self.late_acks += 1  # the driver reports only acks later than 3 s here
+
+    def apply_view_response(self, view_id: str, status: int, body: Any) -> None:
+        """The benchmark's submissions are of a copied form the stub does not track: nothing to apply."""
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5)
+
+    def __enter__(self) -> RemoteStub:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
