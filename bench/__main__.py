@@ -5,7 +5,8 @@
 Each benchmark runs as its own process (so one's memory and threads do not disturb the next) and leaves
 its section in bench/out/ (git-ignored); RESULTS.md gathers them with the machine, the versions, the
 numbers measured before the fixes (bench/baseline/) and the notes (bench/NOTES.md). The PostgreSQL
-database's public schema is dropped: give it a throwaway one. About ten minutes on two cores.
+database's public schema is dropped: give it a throwaway one. About 45 minutes on two cores, most of it
+the ack-latency runs with think time (15 s per request kind, user count and app, by default).
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ from storage.db import make_engine
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
+BEFORE_NOTE = (
+    'The sections marked "before the late locks" ran with this benchmark on this machine earlier the same '
+    'session. The older ones, "before the fixes", ran on an earlier machine (Intel Xeon, 2 CPUs) with the '
+    "earlier ack-latency benchmark: Slack stand-in in the load generator's process, payload building "
+    "timed, no think time."
+)
 PACKAGES = (
     "slack-bolt",
     "slack-sdk",
@@ -85,7 +92,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--postgres-url", required=True, help="a throwaway PostgreSQL database")
-    parser.add_argument("--requests", type=int, default=100, help="ack latency: requests per kind and level")
+    parser.add_argument(
+        "--requests", type=int, default=100, help="ack latency, saturation: requests per kind and level"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=15.0, help="ack latency, think time: seconds per kind and level"
+    )
     parser.add_argument("--sizes", default="100000,1000000", help="scale: request counts")
     parser.add_argument("--skip", default="", help="comma-separated: ack,throughput,scale,audit")
     args = parser.parse_args()
@@ -93,10 +105,9 @@ def main() -> None:
     url = args.postgres_url
     durations: dict[str, float] = {}
     if "ack" not in skip:
-        durations["ack latency, SQLite"] = run(["bench.ack_latency", "--requests", str(args.requests)])
-        durations["ack latency, PostgreSQL"] = run(
-            ["bench.ack_latency", "--requests", str(args.requests), "--database-url", url]
-        )
+        ack = ["bench.ack_latency", "--requests", str(args.requests), "--duration", str(args.duration)]
+        durations["ack latency, SQLite"] = run(ack)
+        durations["ack latency, PostgreSQL"] = run([*ack, "--database-url", url])
     if "throughput" not in skip:
         durations["throughput"] = run(["bench.throughput", "--postgres-url", url])
     if "scale" not in skip:
@@ -144,10 +155,14 @@ def main() -> None:
         audit_lines,
         "```",
         "",
-        "## Before the fixes (same benchmarks, earlier run on the same machine)",
+        "## Before (newest first)",
+        "",
+        BEFORE_NOTE,
         "",
     ]
-    for baseline in sorted((BENCH / "baseline").glob("*.md")):
+    baselines = (BENCH / "baseline").glob("*.md")
+    newest_first = sorted(baselines, key=lambda path: ("late_locks" not in path.name, path.name))
+    for baseline in newest_first:
         parts += [baseline.read_text().strip(), ""]
     (BENCH / "RESULTS.md").write_text("\n".join(parts).rstrip() + "\n")
     print(f"wrote {BENCH / 'RESULTS.md'}")
