@@ -207,10 +207,9 @@ def test_events_queued_for_the_commit_are_never_dropped(workflow: Workflow, cloc
         assert session.scalars(select(AuditEvent)).first() is None
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # SQLite's own writer queue
 def test_a_failed_sqlite_writer_lets_the_next_one_in(workflow: Workflow, engine: Engine) -> None:
     """The in-process writer queue is given back however a write transaction ends."""
-    if engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's writer queue")
     with pytest.raises(RuntimeError), transaction(workflow.db) as session:
         session.execute(select(FrRequest.id))
         raise RuntimeError("handler failed mid-transaction")
