@@ -175,6 +175,7 @@ def main() -> None:
 
     with RemoteStub({group: sorted(members) for group, members in GROUPS.items()}) as stub:
         bot = BotProcess(database_url, policy, stub.base_url, workdir, FRBOT_LOG_LEVEL="WARNING").start()
+        stub.report_landings_to(bot.url)  # as Slack would: one event per post, handled by the bot
         bare_port = free_port()
         env = {**bot.env, "PYTHONPATH": str(ROOT)}
         bare = subprocess.Popen(

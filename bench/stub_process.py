@@ -16,7 +16,9 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from tests.slackstub import SlackStub, default_user
+from bot.copies import METADATA_EVENT_TYPE
+from tests.botprocess import SIGNING_SECRET
+from tests.slackstub import SlackDriver, SlackStub, default_user
 
 Json = dict[str, Any]
 
@@ -41,6 +43,7 @@ def _serve(conn: Connection, usergroups: dict[str, list[str]]) -> None:
             "opened_view": lambda: stub.wait_for("views.open").response["view"],
             "posted_message": lambda channel: _posted_message(stub, channel),
             "call_counts": lambda: _call_counts(stub),
+            "report_landings_to": lambda url: _report_landings_to(stub, url),
         }
         while True:
             try:
@@ -59,6 +62,12 @@ def _serve(conn: Connection, usergroups: dict[str, list[str]]) -> None:
 def _posted_message(stub: SlackStub, channel: str) -> Json:
     posted = stub.wait_for(lambda c: c.method == "chat.postMessage" and c.args.get("channel") == channel)
     return stub.message(posted.response["channel"], posted.response["ts"])
+
+
+def _report_landings_to(stub: SlackStub, url: str) -> None:
+    """As Slack does for an app subscribed as manifest.yml says: each post's landing is reported to it."""
+    stub.metadata_subscriptions = {METADATA_EVENT_TYPE}
+    stub.event_sink = SlackDriver(url, SIGNING_SECRET, stub=stub).deliver
 
 
 def _call_counts(stub: SlackStub) -> dict[str, int]:
@@ -114,6 +123,10 @@ class RemoteStub:
 
     def call_counts(self) -> dict[str, int]:
         return dict(self._call("call_counts"))
+
+    def report_landings_to(self, url: str) -> None:
+        """Send the app at `url` Slack's message_metadata_posted events for its posts."""
+        self._call("report_landings_to", url)
 
     def user_profile(self, user_id: str) -> Json:
         return default_user(user_id, self.team_id)

@@ -25,7 +25,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import transaction
@@ -95,12 +95,25 @@ def record_landing(
     db: sessionmaker[Session], landing: Landing, clock: Callable[[], datetime] = utcnow
 ) -> LandingOutcome:
     """Record a landing reported by Slack's event, in one transaction."""
+    now = clock()
     with transaction(db) as session:
+        # The usual case, one statement: the post Slack's answer already told us of. Noting the report
+        # tells the dispatcher that Slack reports landings here (bot/outbox.py waits for them).
+        known = session.execute(
+            update(OutboxMessage)
+            .where(
+                OutboxMessage.id == landing.outbox_id,
+                OutboxMessage.posted_channel == landing.channel,
+                OutboxMessage.posted_ts == landing.ts,
+            )
+            .values(reported_at=func.coalesce(OutboxMessage.reported_at, now))
+        ).rowcount
+        if known:
+            return LandingOutcome.KNOWN
         row = session.get(OutboxMessage, landing.outbox_id, with_for_update=True)
         if row is None:
             return LandingOutcome.UNKNOWN
-        now = clock()
-        row.reported_at = row.reported_at or now  # Slack reports landings here (bot/outbox.py waits for them)
+        row.reported_at = row.reported_at or now
         outcome = land(session, row, landing, now)
     if outcome is LandingOutcome.RECORDED:
         log.info(
