@@ -94,17 +94,23 @@ def submit_form(slack: SlackDriver, view: dict[str, Any], user: str, **overrides
     return slack.view_submission(user, view, slack_state(valid_form_values(**overrides)))
 
 
-def reviewer_message(stub: SlackStub, channel: str, reference: str) -> dict[str, Any]:
-    """The current state of the request's message in a reviewer channel, once posted."""
+def posted_message(stub: SlackStub, channel: str, contains: str) -> dict[str, Any]:
+    """The current state of the bot's post to `channel` (a user id: the DM) whose fallback text contains
+    `contains`, once posted."""
     call = stub.wait_for(
         lambda c: (
             c.method == "chat.postMessage"
             and c.ok
             and c.args.get("channel") == channel
-            and reference in c.args.get("text", "")
+            and contains in c.args.get("text", "")
         )
     )
     return stub.message(call.response["channel"], call.response["ts"])
+
+
+def reviewer_message(stub: SlackStub, channel: str, reference: str) -> dict[str, Any]:
+    """The current state of the request's message in a reviewer channel, once posted."""
+    return posted_message(stub, channel, reference)
 
 
 def reference_of(body: Any) -> str:

@@ -12,6 +12,7 @@ from tests.e2e_support import (
     buttons,
     decide,
     open_form,
+    posted_message,
     reference_of,
     reviewer_message,
     submit_form,
@@ -33,15 +34,7 @@ def submitted(
 
 def latest_dm(stub: SlackStub, officer: str, contains: str) -> dict[str, Any]:
     """The officer's DM whose fallback text contains `contains`, as Slack stores it."""
-    call = stub.wait_for(
-        lambda c: (
-            c.method == "chat.postMessage"
-            and c.ok
-            and c.args.get("channel") == officer
-            and contains in c.args.get("text", "")
-        )
-    )
-    return stub.message(call.response["channel"], call.response["ts"])
+    return posted_message(stub, officer, contains)
 
 
 def press(slack: SlackDriver, stub: SlackStub, user: str, action_id: str, message: dict[str, Any]) -> None:
