@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -53,6 +54,7 @@ MODELS = ("think", "saturation")
 # with realistic (open-ended, staggered) arrivals rather than back-to-back requests.
 THINK_SECONDS = (0.5, 1.5)
 APPROVER = "USUP1"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -160,8 +162,16 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="think time: seconds per kind and level")
     parser.add_argument("--min-samples", type=int, default=30, help="think time: fewest requests per level")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: think,saturation")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated: command,submission,click")
+    parser.add_argument("--users", default=",".join(map(str, CONCURRENCY)), help="comma-separated levels")
+    parser.add_argument(
+        "--bot-env", action="append", default=[], help="KEY=VALUE for the bot process (repeatable)"
+    )
     args = parser.parse_args()
+    bot_env = dict(item.split("=", 1) for item in args.bot_env)
     models = [m for m in MODELS if m in args.models.split(",")]
+    kinds = [k for k in KINDS if k in args.kinds.split(",")]
+    levels = [int(u) for u in args.users.split(",")]
 
     workdir = Path(tempfile.mkdtemp(prefix="frbot-bench-"))
     policy = workdir / "policy.yml"
@@ -171,10 +181,13 @@ def main() -> None:
     # results[model][app][kind][users] = latencies in seconds
     results: dict[str, Any] = {m: {app: {k: {} for k in KINDS} for app in APPS} for m in models}
     rates: dict[str, dict[int, float]] = {}  # bot submissions/s per model and level
+    cpu: dict[str, Any] = {m: {k: {} for k in KINDS} for m in models}  # bot CPU ms per request
     memory: dict[str, int] = {}
 
     with RemoteStub({group: sorted(members) for group, members in GROUPS.items()}) as stub:
-        bot = BotProcess(database_url, policy, stub.base_url, workdir, FRBOT_LOG_LEVEL="WARNING").start()
+        bot = BotProcess(
+            database_url, policy, stub.base_url, workdir, FRBOT_LOG_LEVEL="WARNING", **bot_env
+        ).start()
         stub.report_landings_to(bot.url)  # as Slack would: one event per post, handled by the bot
         bare_port = free_port()
         env = {**bot.env, "PYTHONPATH": str(ROOT)}
@@ -206,11 +219,12 @@ def main() -> None:
             target = {"blocks": form["blocks"], "message": message, "value": value}
             servers = [bot.process.pid, bare.pid]
             for model in models:
-                for kind in KINDS:
-                    for users in CONCURRENCY:
+                for kind in kinds:
+                    for users in levels:
                         for app in APPS:
                             settle(servers)
                             stub.clear()
+                            ticks_before = cpu_ticks(bot.process.pid)
                             samples, elapsed = run_level(
                                 urls[app],
                                 stub,
@@ -223,9 +237,14 @@ def main() -> None:
                                 min_samples=args.min_samples,
                             )
                             results[model][app][kind][users] = samples
+                            if app == "bot":
+                                # The bot's CPU for the level and for the Slack calls it left queued.
+                                settle([bot.process.pid])
+                                ticks = cpu_ticks(bot.process.pid) - ticks_before
+                                cpu[model][kind][users] = ticks * 1000 / CLOCK_TICKS / len(samples)
                             if app == "bot" and kind == "submission":
                                 rates.setdefault(model, {})[users] = len(samples) / elapsed
-                            if app == "bot" and model == "saturation" and users == max(CONCURRENCY):
+                            if app == "bot" and model == "saturation" and users == max(levels):
                                 memory[f"bot after {kind} load"] = rss_kib(bot.process.pid)
                             print(f"{model} {kind} {users} {app}: n={len(samples)}", flush=True)
         finally:
@@ -235,12 +254,13 @@ def main() -> None:
         late = stub.late_acks
 
     print(json.dumps({"memory_kib": memory, "late_acks": late}, indent=2))
-    write_results(results, rates, memory, late, database_url, args)
+    write_results(results, rates, cpu, memory, late, database_url, args)
 
 
 def write_results(
     results: dict[str, Any],
     rates: dict[str, dict[int, float]],
+    cpu: dict[str, Any],
     memory: dict[str, int],
     late_acks: int,
     url: str,
@@ -259,17 +279,20 @@ def write_results(
             f"#### {titles[model]}",
             "",
             "| request | users | n | bot p50 ms | bot p99 ms | bot max ms | bare p50 ms | bare p99 ms | "
-            "bare max ms | p99 ratio |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "bare max ms | p99 ratio | bot CPU ms/request |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for kind in KINDS:
             for users in CONCURRENCY:
+                if users not in results[model]["bot"][kind]:
+                    continue
                 ours, floor = results[model]["bot"][kind][users], results[model]["bare"][kind][users]
                 p99, floor_p99 = percentile(ours, 0.99), percentile(floor, 0.99)
                 lines.append(
                     f"| {kind} | {users} | {len(ours)} | {statistics.median(ours) * 1000:.1f} | "
                     f"{p99 * 1000:.1f} | {max(ours) * 1000:.1f} | {statistics.median(floor) * 1000:.1f} | "
-                    f"{floor_p99 * 1000:.1f} | {max(floor) * 1000:.1f} | {p99 / floor_p99:.2f} |"
+                    f"{floor_p99 * 1000:.1f} | {max(floor) * 1000:.1f} | {p99 / floor_p99:.2f} | "
+                    f"{cpu[model][kind][users]:.1f} |"
                 )
         if model in rates:
             lines += [
@@ -290,7 +313,15 @@ def write_results(
     out.write_text(section)
     # The raw samples, in the order they completed, for looking at stalls.
     out.with_suffix(".json").write_text(
-        json.dumps({"results": results, "rates": rates, "memory_kib": memory, "late_acks": late_acks})
+        json.dumps(
+            {
+                "results": results,
+                "rates": rates,
+                "cpu_ms_per_request": cpu,
+                "memory_kib": memory,
+                "late_acks": late_acks,
+            }
+        )
     )
 
 

@@ -154,6 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         services.close()
         raise CliError(f"FRBOT_SLACK_BOT_TOKEN: Slack refused the token ({exc})") from None
     services.dispatcher.start()
+    services.intake.start()
     scheduler = _start_scheduler(services, settings) if settings.scheduler_enabled else None
     log.info("policy %s (version %s) loaded; database ready", policy.path, policy.version)
     try:

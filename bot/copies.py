@@ -18,14 +18,17 @@ counts, and that copy is retired the same way.
 from __future__ import annotations
 
 import logging
+import math
 import re
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import transaction
@@ -37,6 +40,7 @@ RETIRE_COPY = "retire_copy"
 METADATA_EVENT_TYPE = "fr_bot_outbox"  # manifest.yml subscribes to exactly this event type
 _CHANNEL = re.compile(r"^[A-Z0-9]{1,32}$")
 _TS = re.compile(r"^\d{1,12}\.\d{1,8}$")
+REPORT_MARK_SECONDS = 5.0  # how often a process notes that Slack's reports arrive (ReportMarks)
 
 
 class LandingOutcome(StrEnum):
@@ -91,25 +95,56 @@ def landing_from_event(body: dict[str, Any], event: dict[str, Any]) -> Landing |
     return Landing(outbox_id=outbox_id, channel=channel, ts=ts)
 
 
+class ReportMarks:
+    """When this process last wrote down that Slack reports landings (`OutboxMessage.reported_at`).
+
+    The mark only tells the dispatcher that reports arrive in this deployment (bot/outbox.py,
+    `landings_reported`); one a few seconds is plenty, so a report of a post already recorded costs a
+    read, not a write that would queue behind every other writer.
+    """
+
+    def __init__(self, every_seconds: float = REPORT_MARK_SECONDS) -> None:
+        self.every_seconds = every_seconds
+        self._last = -math.inf
+        self._lock = threading.Lock()
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < self.every_seconds:
+                return False
+            self._last = now
+            return True
+
+
 def record_landing(
-    db: sessionmaker[Session], landing: Landing, clock: Callable[[], datetime] = utcnow
+    db: sessionmaker[Session],
+    landing: Landing,
+    clock: Callable[[], datetime] = utcnow,
+    marks: ReportMarks | None = None,
 ) -> LandingOutcome:
-    """Record a landing reported by Slack's event, in one transaction."""
+    """Record a landing reported by Slack's event."""
     now = clock()
-    with transaction(db) as session:
-        # The usual case, one statement: the post Slack's answer already told us of. Noting the report
-        # tells the dispatcher that Slack reports landings here (bot/outbox.py waits for them).
-        known = session.execute(
-            update(OutboxMessage)
-            .where(
-                OutboxMessage.id == landing.outbox_id,
-                OutboxMessage.posted_channel == landing.channel,
-                OutboxMessage.posted_ts == landing.ts,
+    with transaction(db, read_only=True) as session:
+        # The usual case: the post Slack's answer already told us of. Nothing to write, unless it is
+        # time to note again that reports arrive here.
+        recorded = session.execute(
+            select(OutboxMessage.posted_channel, OutboxMessage.posted_ts, OutboxMessage.reported_at).where(
+                OutboxMessage.id == landing.outbox_id
             )
-            .values(reported_at=func.coalesce(OutboxMessage.reported_at, now))
-        ).rowcount
-        if known:
-            return LandingOutcome.KNOWN
+        ).one_or_none()
+    where = (recorded.posted_channel, recorded.posted_ts) if recorded is not None else None
+    reported = recorded.reported_at if recorded is not None else None
+    if where == (landing.channel, landing.ts):
+        if reported is None and (marks is None or marks.due()):
+            with transaction(db) as session:
+                session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id == landing.outbox_id, OutboxMessage.reported_at.is_(None))
+                    .values(reported_at=now)
+                )
+        return LandingOutcome.KNOWN
+    with transaction(db) as session:
         row = session.get(OutboxMessage, landing.outbox_id, with_for_update=True)
         if row is None:
             return LandingOutcome.UNKNOWN

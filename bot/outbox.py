@@ -37,15 +37,37 @@ from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import (
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    exists,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from bot import views
-from bot.copies import RETIRE_COPY, Landing, land, live_message, post_metadata
-from bot.pacing import UPDATE_KEY, Pacer, post_key
+from bot.copies import RETIRE_COPY, Landing, ReportMarks, land, live_message, post_metadata
+from bot.pacing import POST_KEY_PREFIX, UPDATE_KEY, Pacer, post_key
 from bot.policy import Policy
 from storage.db import DatabaseUnavailable, transaction
-from storage.models import DirectMessage, FrRequest, OutboxMessage, OutboxStatus, StageReview, utcnow
+from storage.models import (
+    DirectMessage,
+    FrRequest,
+    OutboxMessage,
+    OutboxStatus,
+    StageReview,
+    UTCDateTime,
+    utcnow,
+)
 from storage.queries import request_with_history
 
 log = logging.getLogger(__name__)
@@ -71,8 +93,12 @@ PERMANENT_ERRORS = {
 MAX_BACKOFF_SECONDS = 300.0
 # Kinds that post a new message (the rest edit or publish, which a retry simply redoes).
 POST_KINDS = frozenset({"post_review", "dm", "channel_post", "stage_note"})
-RECENT_POSTS = 20  # how far back to look for Slack's reports of where posts landed
+STAGE_POST_KINDS = ("post_review", "stage_note")  # posted to the channel of their stage
+# How far back to look for Slack's reports of where posts landed: a process notes a report of a post it
+# already knew of only every few seconds (bot/copies.py, ReportMarks), so at a busy time that is many posts.
+RECENT_POSTS = 1000
 REDACT_DMS = "redact_dms"
+UPDATE_KINDS = ("refresh_reviews", RETIRE_COPY, REDACT_DMS)  # chat.update only
 FINISH_TRIES = 5  # a sent row whose outcome cannot be saved would be sent again: try hard to save it
 
 
@@ -123,7 +149,7 @@ class OutboxDispatcher:
         poll_seconds: float = 1.0,
         lease_seconds: float = 30.0,
         landing_wait_seconds: float = 75.0,
-        batch_size: int = 50,
+        batch_size: int = 200,
         pacer: Pacer | None = None,
         senders: dict[str, Callable[[dict[str, Any]], None]] | None = None,
     ) -> None:
@@ -141,8 +167,11 @@ class OutboxDispatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._targets: dict[int, str] = {}  # row id -> channel or user it posts to (rows never change)
         self._paced_wait: float | None = None  # soonest a row skipped for pacing may go
+        # Rows whose Slack call is under way, and the landing Slack's event reported for each meanwhile.
+        self._in_flight: dict[int, Landing | None] = {}
+        self._in_flight_lock = threading.Lock()
+        self.report_marks = ReportMarks()
         self._calling: str = UPDATE_KEY  # the rate-limit key of the Slack call in progress
         self._failing = False  # a send failed since the last success: Slack may be down
 
@@ -150,6 +179,16 @@ class OutboxDispatcher:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def note_landing(self, landing: Landing) -> bool:
+        """Take Slack's report of a post this dispatcher is still sending (the event often comes before
+        the call's answer); it is recorded with the call's outcome, in the same write. False when the
+        row is not in flight here: the caller records it (bot/copies.py, `record_landing`)."""
+        with self._in_flight_lock:
+            if landing.outbox_id not in self._in_flight or self._in_flight[landing.outbox_id] is not None:
+                return False
+            self._in_flight[landing.outbox_id] = landing
+            return True
 
     def start(self) -> None:
         if self._thread is not None:
@@ -188,81 +227,47 @@ class OutboxDispatcher:
     # --- One pass ---------------------------------------------------------------------------------
 
     def run_once(self) -> int:
-        """Send what is due now and allowed by the pace; return how many rows were handled."""
+        """Send what is due now and allowed by the pace; return how many rows were handled.
+
+        Each query returns only the first due row of each pace key (a channel, a user, or chat.update) whose
+        key may send now, so a backlog held by Slack's one-post-a-second limit costs one row per pass, not
+        one row per waiting message.
+        """
         handled = 0
-        skipped: set[int] = set()
-        paced: set[str] = set()  # keys found busy in this pass: later rows for them wait, keeping order
+        held: set[str] = set()  # keys that must wait: later rows for them wait too, keeping order
+        tried: set[int] = set()
         self._paced_wait = None
         while not self._stop.is_set():
-            due = self._due(exclude=skipped)
+            due = [row for row in self._due(held) if row[0] not in tried]
             if not due:
                 break
-            for row_id, kind, payload in due:
+            for row_id, key in due:
                 if self._stop.is_set():
                     break
-                keys = self._pace_keys(row_id, kind, payload)
+                tried.add(row_id)
+                keys = [key] if key else []
                 wait = self.pacer.ready_in(keys)
-                if wait > 0 or paced.intersection(keys):
-                    skipped.add(row_id)
-                    paced.update(keys)
+                if wait > 0:
+                    held.update(keys)
                     self._paced_wait = wait if self._paced_wait is None else min(self._paced_wait, wait)
                     continue
                 row = self._claim(row_id)
                 if row is None:
-                    skipped.add(row_id)  # another dispatcher took it
-                    continue
+                    continue  # another dispatcher took it, or it waits for Slack's report of a cut-off post
                 self.pacer.take(keys)
-                self._deliver(row)
+                self._deliver(row, key)
                 handled += 1
         return handled
 
-    def _due(self, exclude: set[int]) -> list[tuple[int, str, dict[str, Any]]]:
-        now = self.clock()
-        earlier = aliased(OutboxMessage)
-        blocked = exists().where(
-            and_(
-                earlier.request_id == OutboxMessage.request_id,
-                earlier.status == OutboxStatus.PENDING,
-                earlier.id < OutboxMessage.id,
-            )
-        )
-        query = (
-            select(OutboxMessage.id, OutboxMessage.kind, OutboxMessage.payload)
-            .where(
-                OutboxMessage.status == OutboxStatus.PENDING,
-                OutboxMessage.next_attempt_at <= now,
-                or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
-                or_(OutboxMessage.request_id.is_(None), ~blocked),
-            )
-            .order_by(OutboxMessage.id)
-            .limit(self.batch_size)
-        )
-        if exclude:
-            query = query.where(OutboxMessage.id.not_in(exclude))
+    def _due(self, held: set[str]) -> list[tuple[int, str | None]]:
+        """The first due row of each pace key not in `held` (every due row without a key), in id order,
+        with its key. A row waits while an earlier row of its request is pending."""
+        params: dict[str, Any] = {"now": self.clock(), "batch": self.batch_size}
+        if held:
+            params["held"] = sorted(held)
         with transaction(self.db, read_only=True) as session:
-            return [(row.id, row.kind, row.payload) for row in session.execute(query)]
-
-    def _pace_keys(self, row_id: int, kind: str, payload: dict[str, Any]) -> list[str]:
-        if kind in ("refresh_reviews", RETIRE_COPY, REDACT_DMS):
-            return [UPDATE_KEY]
-        target = self._targets.get(row_id)
-        if target is None:
-            if kind == "dm":
-                target = str(payload.get("user", ""))
-            elif kind == "channel_post":
-                target = str(payload.get("channel", ""))
-            elif kind in ("post_review", "stage_note"):
-                with transaction(self.db, read_only=True) as session:
-                    target = session.scalar(
-                        select(StageReview.channel_id).where(
-                            StageReview.id == int(payload.get("stage_review_id", 0))
-                        )
-                    )
-                target = target or ""
-            else:
-                return []
-            self._targets[row_id] = target
-        return [post_key(target)]
+            rows = session.execute(_DUE_HOLDING if held else _DUE, params)
+            return [(row.id, row.pace_key) for row in rows]
 
     def _claim(self, row_id: int) -> OutboxMessage | None:
         """Lease the row and record that a send is starting, in one committed transaction."""
@@ -323,36 +328,52 @@ class OutboxDispatcher:
                 .values(claimed_until=self.clock() + self.lease)
             )
 
-    def _deliver(self, row: OutboxMessage) -> None:
+    def _deliver(self, row: OutboxMessage, key: str | None = None) -> None:
+        with self._in_flight_lock:
+            self._in_flight[row.id] = None
         try:
             sent = self._send(row)
-        except PermanentFailure as exc:
+        except (PermanentFailure, RetryLater) as exc:
+            reported = self._landed(row.id)
+            if reported is None:
+                self._failed(row, exc, key)
+                return
+            # Slack's event showed the post landed although the call looked like a failure.
+            log.info("outbox row %s: %s, but Slack reports the post landed", row.id, exc)
+            sent = Sent(channel=reported.channel, ts=reported.ts)
+        except BaseException:
+            self._landed(row.id)
+            raise
+        else:
+            reported = self._landed(row.id)
+        self._finish(row.id, OutboxStatus.SENT, sent=sent, reported=reported)
+        if self._failing:
+            self._failing = False
+            self._end_backoff()
+
+    def _landed(self, row_id: int) -> Landing | None:
+        with self._in_flight_lock:
+            return self._in_flight.pop(row_id, None)
+
+    def _failed(self, row: OutboxMessage, exc: PermanentFailure | RetryLater, key: str | None) -> None:
+        if isinstance(exc, PermanentFailure):
             advice = PERMANENT_ERRORS.get(exc.error, "see the Slack error code")
             log.error(
                 "outbox row %s (%s to %s, request %s) failed for good: %s: %s. "
                 "Fix it, then run `fr-bot outbox retry %s`.",
                 row.id,
                 row.kind,
-                self._targets.get(row.id, "Slack"),
+                key.removeprefix(POST_KEY_PREFIX) if key and key.startswith(POST_KEY_PREFIX) else "Slack",
                 row.request_id,
                 exc.error,
                 advice,
                 row.id,
             )
             self._finish(row.id, OutboxStatus.DEAD, error=f"{exc.error}: {advice}")
-            self._targets.pop(row.id, None)
-        except RetryLater as exc:
-            log.warning("outbox row %s (%s): %s; retrying in %.1fs", row.id, row.kind, exc.error, exc.delay)
-            self._failing = True
-            self._finish(
-                row.id, OutboxStatus.PENDING, error=exc.error, retry_in=exc.delay, doubtful=exc.doubtful
-            )
-        else:
-            self._finish(row.id, OutboxStatus.SENT, sent=sent)
-            if self._failing:
-                self._failing = False
-                self._end_backoff()
-            self._targets.pop(row.id, None)  # done with for good; a replayed dead row looks it up again
+            return
+        log.warning("outbox row %s (%s): %s; retrying in %.1fs", row.id, row.kind, exc.error, exc.delay)
+        self._failing = True
+        self._finish(row.id, OutboxStatus.PENDING, error=exc.error, retry_in=exc.delay, doubtful=exc.doubtful)
 
     def _finish(
         self,
@@ -362,10 +383,11 @@ class OutboxDispatcher:
         retry_in: float | None = None,
         sent: Sent | None = None,
         doubtful: bool = False,
+        reported: Landing | None = None,
     ) -> None:
         for attempt in range(1, FINISH_TRIES + 1):
             try:
-                self._record_outcome(row_id, status, error, retry_in, sent, doubtful)
+                self._record_outcome(row_id, status, error, retry_in, sent, doubtful, reported)
                 return
             except DatabaseUnavailable as exc:
                 if attempt == FINISH_TRIES:
@@ -404,6 +426,7 @@ class OutboxDispatcher:
         retry_in: float | None,
         sent: Sent | None,
         doubtful: bool,
+        reported: Landing | None = None,
     ) -> None:
         now = self.clock()
         with transaction(self.db) as session:
@@ -429,6 +452,10 @@ class OutboxDispatcher:
                 row.next_attempt_at = now + timedelta(seconds=retry_in)
             if sent is not None and sent.channel and sent.ts:
                 land(session, row, Landing(row.id, sent.channel, sent.ts, sent.permalink), now)
+            if reported is not None:
+                row.reported_at = row.reported_at or now
+                if sent is None or (reported.channel, reported.ts) != (sent.channel, sent.ts):
+                    land(session, row, reported, now)  # another copy of this row's post
 
     # --- Slack calls -------------------------------------------------------------------------------
 
@@ -603,6 +630,66 @@ class OutboxDispatcher:
             self.client.chat_update(
                 channel=stage.message_channel or stage.channel_id, ts=stage.message_ts, **_body(message)
             )
+
+
+def _pace_key(stage: Any) -> Any:
+    """The rate-limit key of a row's Slack call, as SQL (bot/pacing.py): `post:<channel or user>` for a
+    post, `update` for edits; NULL for calls Slack limits more loosely (App Home)."""
+    post = literal(POST_KEY_PREFIX, String)
+    return case(
+        (OutboxMessage.kind.in_(STAGE_POST_KINDS), post + stage.channel_id),
+        (OutboxMessage.kind == "dm", post + OutboxMessage.payload["user"].as_string()),
+        (OutboxMessage.kind == "channel_post", post + OutboxMessage.payload["channel"].as_string()),
+        (OutboxMessage.kind.in_(UPDATE_KINDS), literal(UPDATE_KEY, String)),
+        else_=null(),
+    )
+
+
+def _due_query(holding: bool) -> Select[tuple[int, str | None]]:
+    """Built once: constructing a statement this size costs more Python than running it."""
+    now = bindparam("now", type_=UTCDateTime())
+    earlier = aliased(OutboxMessage)
+    blocked = exists().where(
+        and_(
+            earlier.request_id == OutboxMessage.request_id,
+            earlier.status == OutboxStatus.PENDING,
+            earlier.id < OutboxMessage.id,
+        )
+    )
+    stage = aliased(StageReview)
+    candidates = (
+        select(OutboxMessage.id, _pace_key(stage).label("pace_key"))
+        .outerjoin(
+            stage,
+            and_(
+                OutboxMessage.kind.in_(STAGE_POST_KINDS),
+                stage.id == OutboxMessage.payload["stage_review_id"].as_integer(),
+            ),
+        )
+        .where(
+            OutboxMessage.status == OutboxStatus.PENDING,
+            OutboxMessage.next_attempt_at <= now,
+            or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
+            or_(OutboxMessage.request_id.is_(None), ~blocked),
+        )
+        .subquery()
+    )
+    # One row per pace key (its first); rows without a key are each their own group.
+    group = func.coalesce(candidates.c.pace_key, literal("row:", String) + cast(candidates.c.id, String))
+    firsts = select(func.min(candidates.c.id)).group_by(group)
+    if holding:
+        held = bindparam("held", expanding=True)
+        firsts = firsts.where(or_(candidates.c.pace_key.is_(None), candidates.c.pace_key.not_in(held)))
+    firsts = firsts.order_by(func.min(candidates.c.id)).limit(bindparam("batch"))
+    return (
+        select(candidates.c.id, candidates.c.pace_key)
+        .where(candidates.c.id.in_(firsts.scalar_subquery()))
+        .order_by(candidates.c.id)
+    )
+
+
+_DUE = _due_query(holding=False)
+_DUE_HOLDING = _due_query(holding=True)
 
 
 def landings_reported(session: Session) -> bool:

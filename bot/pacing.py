@@ -87,8 +87,11 @@ class Pacer:
             bucket.tokens = min(bucket.tokens, 0.0)
 
 
+POST_KEY_PREFIX = "post:"
+
+
 def post_key(channel: str) -> str:
-    return f"post:{channel}"
+    return f"{POST_KEY_PREFIX}{channel}"
 
 
 UPDATE_KEY = "update"

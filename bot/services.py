@@ -12,9 +12,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.approvers import ApproverDirectory, SlackGroupSource
 from bot.home import HomePublisher
+from bot.intake import IntakeWorker, modal_updater
 from bot.outbox import OutboxDispatcher, dispatcher_client
 from bot.policy import LoadedPolicy
-from bot.workflow import Workflow
+from bot.workflow import MODAL_UPDATE, Workflow
 from storage.db import make_engine, make_session_factory
 from storage.models import utcnow
 
@@ -28,8 +29,10 @@ class Services:
     workflow: Workflow
     dispatcher: OutboxDispatcher
     home: HomePublisher
+    intake: IntakeWorker
 
     def close(self) -> None:
+        self.intake.stop()  # first: what it records queues outbox rows
         self.dispatcher.stop()
         self.engine.dispose()
 
@@ -60,4 +63,6 @@ def build_services(
     workflow = Workflow(db, policy, approvers, clock=clock, on_outbox=dispatcher.wake)
     home = HomePublisher(workflow, dispatcher.client)  # no blind retries, like every outbox send
     dispatcher.senders["publish_home"] = home.publish_for
-    return Services(engine, db, policy, client, workflow, dispatcher, home)
+    dispatcher.senders[MODAL_UPDATE] = modal_updater(dispatcher.client)
+    intake = IntakeWorker(workflow, clock=clock)
+    return Services(engine, db, policy, client, workflow, dispatcher, home, intake)

@@ -180,6 +180,24 @@ def notice_modal(title: str, text: str) -> dict[str, Any]:
     }
 
 
+def received_modal() -> dict[str, Any]:
+    """The officer's modal once the form is stored; `recorded_modal` replaces it a moment later."""
+    return notice_modal(
+        "Request received",
+        ":hourglass_flowing_sand: Your request is saved and is being recorded. Its reference appears here "
+        "and in a direct message in a moment. Do not run the search until it is approved.",
+    )
+
+
+def recorded_modal(reference: str, stage_names: tuple[str, ...]) -> dict[str, Any]:
+    route = " → ".join(stage_names)
+    return notice_modal(
+        "Request recorded",
+        f":inbox_tray: *{esc(reference)}* is recorded and on its way to *{esc(route)}*. "
+        "You will get a direct message at each decision. Do not run the search until it is approved.",
+    )
+
+
 def _option(value: str, label: str) -> dict[str, Any]:
     return {"text": plain(label, 75), "value": value}
 

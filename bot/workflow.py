@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -46,6 +46,7 @@ from storage.models import (
     RequestStatus,
     StageReview,
     StageStatus,
+    SubmissionReceipt,
     utcnow,
 )
 from storage.queries import request_with_history
@@ -107,6 +108,11 @@ def enqueue(
     )
 
 
+MODAL_UPDATE = "update_modal"  # outbox kind (bot/intake.py sends it)
+# Slack shows the "received" answer when our HTTP reply reaches it; an update sent sooner could land first.
+MODAL_UPDATE_DELAY = timedelta(seconds=1)
+
+
 class Workflow:
     def __init__(
         self,
@@ -157,6 +163,64 @@ class Workflow:
                 reason=errors.get("tool", ""),
             )
 
+    def receive(
+        self,
+        form: RequestForm,
+        requester_id: str,
+        team_id: str,
+        submission_key: str,
+        previous_request_id: int | None = None,
+        view_id: str | None = None,
+    ) -> int:
+        """Store a validated form before the officer's modal is answered; `record_receipt` turns it into
+        a request just after. One small insert, so the answer is not held up by the request's own
+        transaction (its counter, audit chain and outbox). Returns the receipt's id; the same modal
+        submitted again returns the first receipt."""
+        if self.policy.tool(form.tool) is None:
+            raise ValueError(f"unknown tool {form.tool}")
+        receipt = {
+            "submission_key": submission_key,
+            "requester_id": requester_id,
+            "team_id": team_id,
+            "previous_request_id": previous_request_id,
+            "view_id": view_id,
+            "form": form.model_dump(mode="json"),
+            "received_at": self.clock(),
+            "attempts": 0,
+        }
+        try:
+            with transaction(self.db) as session:
+                return int(session.scalar(insert(SubmissionReceipt).returning(SubmissionReceipt.id), receipt))
+        except IntegrityError:
+            with transaction(self.db, read_only=True) as session:
+                found = session.scalar(
+                    select(SubmissionReceipt.id).where(SubmissionReceipt.submission_key == submission_key)
+                )
+            if found is None:
+                raise
+            return int(found)
+
+    def record_receipt(self, receipt_id: int) -> Submitted | None:
+        """Turn a stored form into a request (at most once), clearing the receipt's copy of the form in the
+        same transaction. None when the receipt does not exist."""
+        with transaction(self.db, read_only=True) as session:
+            receipt = session.get(SubmissionReceipt, receipt_id)
+        if receipt is None:
+            return None
+        if receipt.recorded_at is not None or receipt.form is None:
+            with transaction(self.db, read_only=True) as session:
+                existing = self._by_submission(session, receipt.submission_key)
+                return self._submitted(existing, created=False) if existing is not None else None
+        form = RequestForm.model_validate(receipt.form)
+        return self.submit(
+            form,
+            receipt.requester_id,
+            receipt.team_id,
+            receipt.submission_key,
+            previous_request_id=receipt.previous_request_id,
+            receipt=(receipt.id, receipt.view_id),
+        )
+
     def submit(
         self,
         form: RequestForm,
@@ -164,7 +228,9 @@ class Workflow:
         team_id: str,
         submission_key: str,
         previous_request_id: int | None = None,
+        receipt: tuple[int, str | None] | None = None,
     ) -> Submitted:
+        """Record a request (`receipt`: the stored form it comes from, and the officer's modal)."""
         tool = self.policy.tool(form.tool)
         if tool is None:  # check_request already refuses unknown tools; this guards direct callers
             raise ValueError(f"unknown tool {form.tool}")
@@ -172,10 +238,12 @@ class Workflow:
             with self._write() as session:
                 existing = self._by_submission(session, submission_key)
                 if existing is not None:
+                    self._close_receipt(session, receipt, existing)
                     return self._submitted(existing, created=False)
                 request = self._create(session, form, tool, requester_id, team_id, submission_key)
                 previous = self._previous(session, request, previous_request_id)
                 self._number(session, request, form, previous)
+                self._close_receipt(session, receipt, request)
                 result = self._submitted(request, created=True)
         except IntegrityError:
             # The same modal submitted twice at the same moment: the other transaction won.
@@ -183,9 +251,40 @@ class Workflow:
                 existing = self._by_submission(session, submission_key)
                 if existing is None:
                     raise
+                self._close_receipt(session, receipt, existing)
                 return self._submitted(existing, created=False)
         self._on_outbox()
         return result
+
+    def _close_receipt(
+        self, session: Session, receipt: tuple[int, str | None] | None, request: FrRequest
+    ) -> None:
+        """The request now holds the form: the receipt keeps only that it was recorded, and as what. The
+        officer's modal, answered "received", is shown the reference a moment later."""
+        if receipt is None:
+            return
+        receipt_id, view_id = receipt
+        now = self.clock()
+        session.execute(
+            update(SubmissionReceipt)
+            .where(SubmissionReceipt.id == receipt_id)
+            .values(recorded_at=now, request_id=request.id, form=None, last_error=None)
+            .execution_options(synchronize_session=False)
+        )
+        if view_id:
+            stages = tuple(stage.stage_name for stage in request.stages)
+            payload = {"view_id": view_id, "view": views.recorded_modal(request.reference, stages)}
+            # Not tied to the request's order: a closed modal must not hold up its other messages.
+            enqueue(session, MODAL_UPDATE, payload, None, now + MODAL_UPDATE_DELAY)
+
+    def failed_receipt(self, receipt_id: int, error: str) -> None:
+        """Note a failed attempt to record a receipt (bot/intake.py retries it)."""
+        with transaction(self.db) as session:
+            session.execute(
+                update(SubmissionReceipt)
+                .where(SubmissionReceipt.id == receipt_id)
+                .values(attempts=SubmissionReceipt.attempts + 1, last_error=error[:500])
+            )
 
     def _create(
         self, session: Session, form: RequestForm, tool: Tool, requester_id: str, team_id: str, key: str

@@ -33,10 +33,15 @@ def register(app: App, services: Services) -> None:
         landing = landing_from_event(body, event)
         if landing is None:
             return
+        if services.dispatcher.note_landing(landing):
+            return  # its send is under way here: recorded with the call's outcome
         try:
-            outcome = record_landing(services.db, landing, services.workflow.clock)
+            outcome = record_landing(
+                services.db, landing, services.workflow.clock, services.dispatcher.report_marks
+            )
         except DatabaseUnavailable as exc:
             log.warning("could not record where outbox row %s landed: %s", landing.outbox_id, exc)
             return
-        if outcome is LandingOutcome.DUPLICATE:
-            services.dispatcher.wake()  # retire the second copy now
+        if outcome in (LandingOutcome.RECORDED, LandingOutcome.DUPLICATE):
+            # A post adopted from the report frees its request's next row; a second copy is retired now.
+            services.dispatcher.wake()

@@ -42,20 +42,16 @@ def register(app: App, services: Services) -> None:
         team_id = (body.get("team") or {}).get("id") or body["user"].get("team_id", "")
         previous = _item(view).previous_request_id
         try:
-            result = workflow.submit(form, user_id, team_id, str(view["id"]), previous_request_id=previous)
+            # Stored before the answer, recorded as a request just after it (bot/intake.py).
+            receipt = workflow.receive(
+                form, user_id, team_id, str(view["id"]), previous_request_id=previous, view_id=view["id"]
+            )
         except DatabaseUnavailable as exc:
             log.error("request not saved: %s", exc)
             ack(response_action="errors", errors={forms.TOOL.block_id: NOT_SAVED})
             return
-        route = " → ".join(result.stage_names)
-        ack(
-            response_action="update",
-            view=views.notice_modal(
-                "Request recorded",
-                f":inbox_tray: *{result.reference}* is recorded and on its way to *{views.esc(route)}*. "
-                "You will get a direct message at each decision. Do not run the search until it is approved.",
-            ),
-        )
+        ack(response_action="update", view=views.received_modal())
+        services.intake.received(receipt)
 
     @app.view(views.DECISION_CALLBACK)
     def decision_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:

@@ -439,3 +439,25 @@ class DirectMessage(Base):
     channel: Mapped[str] = mapped_column(String(32))
     ts: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SubmissionReceipt(Base):
+    """An officer's validated form, written before the modal is answered and turned into a request just
+    after (bot/intake.py). The receipt is what makes answering first safe: a process that dies in between
+    leaves it here, and it is recorded on restart. The form text is cleared once the request holds it."""
+
+    __tablename__ = "submission_receipts"
+    __table_args__ = (Index("ix_submission_receipts_pending", "recorded_at", "received_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    submission_key: Mapped[str] = mapped_column(String(64), unique=True)
+    requester_id: Mapped[str] = mapped_column(String(32))
+    team_id: Mapped[str] = mapped_column(String(32))
+    previous_request_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    view_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    form: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    recorded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("fr_requests.id"), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -91,7 +91,24 @@ def open_form(slack: SlackDriver, stub: SlackStub, user: str) -> dict[str, Any]:
 
 
 def submit_form(slack: SlackDriver, view: dict[str, Any], user: str, **overrides: str) -> tuple[int, Any]:
-    return slack.view_submission(user, view, slack_state(valid_form_values(**overrides)))
+    status, answer = slack.view_submission(user, view, slack_state(valid_form_values(**overrides)))
+    assert slack.stub is not None
+    return status, recorded_answer(slack.stub, view, answer)
+
+
+def recorded_answer(stub: SlackStub, view: dict[str, Any], answer: Any) -> Any:
+    """What the officer's modal shows once the request is recorded. The bot answers a valid form as
+    soon as it is stored ("Request received"), then updates the modal with the reference (bot/intake.py):
+    this is that update, as if the answer had carried it. Any other answer is returned as it is."""
+    if not (isinstance(answer, dict) and answer.get("response_action") == "update"):
+        return answer
+    if "Request received" not in json.dumps(answer):
+        return answer
+    call = stub.wait_for(
+        lambda c: c.method == "views.update" and c.ok and c.args.get("view_id") == view["id"], timeout=15
+    )
+    shown = call.args["view"]
+    return {"response_action": "update", "view": json.loads(shown) if isinstance(shown, str) else shown}
 
 
 def posted_message(stub: SlackStub, channel: str, contains: str) -> dict[str, Any]:
@@ -111,6 +128,21 @@ def posted_message(stub: SlackStub, channel: str, contains: str) -> dict[str, An
 def reviewer_message(stub: SlackStub, channel: str, reference: str) -> dict[str, Any]:
     """The current state of the request's message in a reviewer channel, once posted."""
     return posted_message(stub, channel, reference)
+
+
+def submitted_reference(stub: SlackStub, officer: str) -> str:
+    """The reference of the officer's request, from the direct message that confirms it (for a form the
+    stand-in never opened, whose modal the bot cannot update)."""
+    call = stub.wait_for(
+        lambda c: (
+            c.method == "chat.postMessage"
+            and c.ok
+            and c.args.get("channel") == officer
+            and "FR-20" in c.args.get("text", "")
+        ),
+        timeout=15,
+    )
+    return reference_of(call.args.get("text", ""))
 
 
 def reference_of(body: Any) -> str:

@@ -13,6 +13,7 @@ from tests.e2e_support import (
     decide,
     open_form,
     posted_message,
+    recorded_answer,
     reference_of,
     reviewer_message,
     submit_form,
@@ -173,7 +174,7 @@ def test_rerequest_after_rejection_is_prefilled(slack: SlackDriver, stub: SlackS
     assert necessity["element"]["initial_value"].startswith("House-to-house")
     status, body = slack.view_submission(officer, view, {})
     assert status == 200 and body["response_action"] == "update", body
-    assert reference_of(body) != reference
+    assert reference_of(recorded_answer(stub, view, body)) != reference
 
 
 def test_deputy_named_in_app_home_decides_as_deputy(slack: SlackDriver, stub: SlackStub) -> None:

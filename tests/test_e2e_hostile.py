@@ -21,7 +21,7 @@ from storage.db import make_engine, make_session_factory, transaction
 from storage.models import AuditEvent, Decision, FrRequest
 from tests.botprocess import SIGNING_SECRET, BotProcess
 from tests.conftest import TEST_POLICY, slack_state, valid_form_values
-from tests.e2e_support import reviewer_message
+from tests.e2e_support import reviewer_message, submitted_reference
 from tests.slackstub import SlackDriver, SlackStub, sign_request
 
 TEAM, APP = "T0TEST", "A0TEST"
@@ -192,8 +192,8 @@ def test_modal_submitted_twice_and_retried_creates_one_request_and_one_notificat
     first = submit(slack, "UOFFICER7", full)
     again = submit(slack, "UOFFICER7", full)
     assert first[0] == again[0] == 200
-    reference = json.dumps(first[1]).split("*")[1]
-    assert reference in json.dumps(again[1])
+    assert "Request received" in json.dumps(first[1]) and "Request received" in json.dumps(again[1])
+    reference = submitted_reference(stub, "UOFFICER7")
     body = ("payload=" + urllib.parse.quote(json.dumps(_submission(full, "UOFFICER7")))).encode()
     retried = raw_post(slack.url, body, "application/x-www-form-urlencoded", **{"X-Slack-Retry-Num": "1"})
     assert retried == 200
@@ -216,8 +216,8 @@ def _submission(view: dict[str, Any], user: str) -> dict[str, Any]:
 
 
 def test_double_clicked_decision_records_one_decision(slack: SlackDriver, stub: SlackStub, db: Any) -> None:
-    _, body = submit(slack, "UOFFICER8")
-    reference = json.dumps(body).split("*")[1]
+    submit(slack, "UOFFICER8")
+    reference = submitted_reference(stub, "UOFFICER8")
     message = reviewer_message(stub, "C0SUPER", reference)
     opened = []
     for _ in range(2):  # two clicks open two forms
@@ -254,8 +254,8 @@ def test_double_clicked_decision_records_one_decision(slack: SlackDriver, stub: 
 
 
 def test_refusals_are_audited_with_who_and_why(slack: SlackDriver, stub: SlackStub, db: Any) -> None:
-    _, body = submit(slack, "UOFFICER9")
-    reference = json.dumps(body).split("*")[1]
+    submit(slack, "UOFFICER9")
+    reference = submitted_reference(stub, "UOFFICER9")
     message = reviewer_message(stub, "C0SUPER", reference)
     for user in ("USTRANGER", "UOFFICER9"):
         slack.block_action(user, views.APPROVE_ACTION, message=message)
@@ -278,7 +278,7 @@ def test_typed_text_cannot_ping_mention_or_forge_links(slack: SlackDriver, stub:
     )
     status, body = slack.view_submission("UOFFICER10", request_view(), slack_state(values))
     assert status == 200 and body["response_action"] == "update", body
-    reference = json.dumps(body).split("*")[1]
+    reference = submitted_reference(stub, "UOFFICER10")
     post = stub.wait_for(
         lambda c: (
             c.method == "chat.postMessage"

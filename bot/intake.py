@@ -1,0 +1,166 @@
+"""Record stored submissions as requests, after the officer's modal has been answered.
+
+A submission is validated and its form stored as a receipt (`Workflow.receive`, one small insert) before
+the modal is answered; this worker then records it as a request (reference, stages, audit events, outbox)
+and, in the same transaction, queues the update of the officer's modal with the reference (an outbox row,
+MODAL_UPDATE, sent a moment later so that Slack has shown the answer first). The officer's answer
+therefore waits for one insert,
+not for the request's transaction and the database-wide locks it takes (the year's reference counter and
+the audit chain head), which under load queue behind each other (bench/RESULTS.md).
+
+Nothing is lost between the two steps: the receipt is committed before the answer, and a receipt not yet
+recorded is picked up again, by this process after a failure (with backoff) or by any process after a
+restart (`orphan_after`), so a process that dies in between leaves it to the next. Recording is idempotent
+(the submission key is unique), so two processes recording the same receipt make one request.
+
+One worker thread per process records receipts in order; on SQLite it is then the only long writer, so
+an answer's insert waits for at most one request's transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from sqlalchemy import select
+
+from bot.workflow import Submitted, Workflow
+from storage.db import DatabaseUnavailable, transaction
+from storage.models import SubmissionReceipt, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS = 60.0
+ORPHAN_SCAN_LIMIT = 100
+
+
+class IntakeWorker:
+    def __init__(
+        self,
+        workflow: Workflow,
+        clock: Callable[[], datetime] = utcnow,
+        poll_seconds: float = 5.0,
+        orphan_after_seconds: float = 30.0,
+    ) -> None:
+        self.workflow = workflow
+        self.clock = clock
+        self.poll_seconds = poll_seconds
+        self.orphan_after = timedelta(seconds=orphan_after_seconds)
+        self._queue: queue.Queue[int] = queue.Queue()
+        self._retry_at: dict[int, float] = {}  # receipt id -> monotonic time of its next attempt
+        self._failures: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started_scan = False
+
+    # --- Lifecycle --------------------------------------------------------------------------------
+
+    def received(self, receipt_id: int) -> None:
+        """A receipt was stored and its modal answered: record it now."""
+        self._queue.put(receipt_id)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="intake", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Record what was received before stopping (a receipt left over is recorded after restart)."""
+        self._stop.set()
+        self._queue.put(0)  # wake the loop
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("intake: still recording at shutdown; the rest is recorded after restart")
+            self._thread = None
+
+    def _loop(self) -> None:
+        next_scan = 0.0  # at start: receipts a dead process left behind
+        while True:
+            now = time.monotonic()
+            if now >= next_scan:
+                self._scan_orphans(everything=not self._started_scan)
+                self._started_scan = True
+                next_scan = now + self.poll_seconds
+            due_retry = min(self._retry_at.values(), default=next_scan)
+            try:
+                receipt_id = self._queue.get(timeout=max(0.0, min(next_scan, due_retry) - time.monotonic()))
+            except queue.Empty:
+                receipt_id = None
+            if receipt_id:
+                self.record(receipt_id)
+            for retry_id, at in list(self._retry_at.items()):
+                if at <= time.monotonic():
+                    self.record(retry_id)
+            if self._stop.is_set() and self._queue.empty():
+                return
+
+    # --- Work -------------------------------------------------------------------------------------
+
+    def record(self, receipt_id: int) -> Submitted | None:
+        """Record one receipt as a request; on failure keep it for a retry. Returns what was recorded."""
+        self._retry_at.pop(receipt_id, None)
+        try:
+            result = self.workflow.record_receipt(receipt_id)
+        except DatabaseUnavailable as exc:
+            self._retry_later(receipt_id, f"database unavailable: {exc}")
+            return None
+        except Exception as exc:  # a defect: keep the receipt, back off, make it loud in the log
+            log.exception("intake: could not record submission receipt %s", receipt_id)
+            self._retry_later(receipt_id, f"{type(exc).__name__}: {exc}")
+            return None
+        self._failures.pop(receipt_id, None)
+        return result
+
+    def _retry_later(self, receipt_id: int, error: str) -> None:
+        failures = self._failures[receipt_id] = self._failures.get(receipt_id, 0) + 1
+        delay = min(MAX_BACKOFF_SECONDS, 2.0**failures)
+        self._retry_at[receipt_id] = time.monotonic() + delay
+        log.warning("intake: receipt %s not recorded yet (%s); retrying in %.0fs", receipt_id, error, delay)
+        with contextlib.suppress(DatabaseUnavailable):  # noted in the log; the receipt itself is safe
+            self.workflow.failed_receipt(receipt_id, error)
+
+    def _scan_orphans(self, everything: bool) -> None:
+        """Receipts not recorded: all of them at start (a restart's leftovers), later only those older
+        than `orphan_after` (another process that received them may have died)."""
+        cutoff = self.clock() - (timedelta(0) if everything else self.orphan_after)
+        query = (
+            select(SubmissionReceipt.id)
+            .where(SubmissionReceipt.recorded_at.is_(None), SubmissionReceipt.received_at <= cutoff)
+            .order_by(SubmissionReceipt.id)
+            .limit(ORPHAN_SCAN_LIMIT)
+        )
+        try:
+            with transaction(self.workflow.db, read_only=True) as session:
+                orphans = list(session.scalars(query))
+        except DatabaseUnavailable as exc:
+            log.warning("intake: database unavailable, will look for unrecorded submissions later: %s", exc)
+            return
+        for receipt_id in orphans:
+            if receipt_id not in self._retry_at:
+                log.info("intake: recording submission receipt %s left unrecorded", receipt_id)
+                self.record(receipt_id)
+
+
+def modal_updater(client: WebClient) -> Callable[[dict[str, Any]], None]:
+    """The outbox sender of MODAL_UPDATE rows: the officer's "received" modal, now with the reference."""
+
+    def update(payload: dict[str, Any]) -> None:
+        try:
+            client.views_update(view_id=payload["view_id"], view=payload["view"])
+        except SlackApiError as exc:
+            if exc.response.get("error") == "not_found":
+                return  # the officer closed the modal: the direct message carries the reference
+            raise
+
+    return update

@@ -1,0 +1,111 @@
+"""Submissions are stored before the officer's modal is answered and recorded as requests just after
+(bot/intake.py): nothing is lost in between, nothing is recorded twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from bot import views
+from bot.forms import RequestForm
+from bot.intake import IntakeWorker, modal_updater
+from bot.workflow import MODAL_UPDATE, MODAL_UPDATE_DELAY, Workflow
+from storage.db import DatabaseUnavailable, transaction
+from storage.models import AuditEvent, FrRequest, OutboxMessage, SubmissionReceipt
+from tests.conftest import FakeClock
+from tests.slackstub import SlackStub
+
+
+def receipt_of(workflow: Workflow, receipt_id: int) -> SubmissionReceipt:
+    with transaction(workflow.db) as session:
+        receipt = session.get(SubmissionReceipt, receipt_id)
+        assert receipt is not None
+        return receipt
+
+
+def count(workflow: Workflow, model: Any) -> int:
+    with transaction(workflow.db) as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_a_receipt_becomes_one_request_and_keeps_no_form_text(
+    workflow: Workflow, form: RequestForm, clock: FakeClock
+) -> None:
+    receipt_id = workflow.receive(form, "UOFFICER", "T0TEST", "V1", view_id="V1")
+    assert count(workflow, FrRequest) == 0  # stored, not yet a request
+    assert receipt_of(workflow, receipt_id).form is not None
+
+    recorded = workflow.record_receipt(receipt_id)
+    again = workflow.record_receipt(receipt_id)  # e.g. a second process found it too
+
+    assert recorded is not None and recorded.created and recorded.reference.startswith("FR-")
+    assert again is not None and not again.created and again.reference == recorded.reference
+    assert count(workflow, FrRequest) == 1
+    receipt = receipt_of(workflow, receipt_id)
+    assert receipt.form is None and receipt.request_id == recorded.request_id
+    assert receipt.recorded_at is not None
+    with transaction(workflow.db) as session:
+        events = session.scalars(
+            select(AuditEvent.action).where(AuditEvent.request_id == recorded.request_id)
+        )
+        assert list(events).count("request_submitted") == 1
+        update = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == MODAL_UPDATE)).one()
+    # The officer's modal is shown the reference, a moment after Slack has shown the answer.
+    assert update.payload["view_id"] == "V1" and recorded.reference in str(update.payload["view"])
+    assert update.next_attempt_at == receipt.recorded_at + MODAL_UPDATE_DELAY
+    assert update.request_id is None  # a closed modal holds up none of the request's messages
+
+
+def test_the_same_modal_stored_twice_is_one_receipt(workflow: Workflow, form: RequestForm) -> None:
+    first = workflow.receive(form, "UOFFICER", "T0TEST", "V2", view_id="V2")
+    second = workflow.receive(form, "UOFFICER", "T0TEST", "V2", view_id="V2")
+    assert first == second and count(workflow, SubmissionReceipt) == 1
+
+
+def test_a_receipt_left_by_a_dead_process_is_recorded_at_start(workflow: Workflow, form: RequestForm) -> None:
+    receipt_id = workflow.receive(form, "UOFFICER", "T0TEST", "V3", view_id="V3")  # then the process died
+    worker = IntakeWorker(workflow, poll_seconds=0.05)
+    worker.start()
+    try:
+        deadline = 100
+        while receipt_of(workflow, receipt_id).recorded_at is None and deadline:
+            deadline -= 1
+            worker._stop.wait(0.05)
+    finally:
+        worker.stop()
+    assert receipt_of(workflow, receipt_id).recorded_at is not None and count(workflow, FrRequest) == 1
+
+
+def test_a_receipt_is_kept_and_retried_while_the_database_fails(
+    workflow: Workflow, form: RequestForm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receipt_id = workflow.receive(form, "UOFFICER", "T0TEST", "V4", view_id="V4")
+    worker = IntakeWorker(workflow)
+    real = workflow.submit
+
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise DatabaseUnavailable("connection refused")
+
+    monkeypatch.setattr(workflow, "submit", unavailable)
+    assert worker.record(receipt_id) is None
+    receipt = receipt_of(workflow, receipt_id)
+    assert (
+        receipt.recorded_at is None
+        and receipt.attempts == 1
+        and "connection refused" in str(receipt.last_error)
+    )
+    assert receipt_id in worker._retry_at  # tried again after a backoff
+
+    monkeypatch.setattr(workflow, "submit", real)
+    recorded = worker.record(receipt_id)
+    assert recorded is not None and recorded.created and receipt_id not in worker._retry_at
+    assert receipt_of(workflow, receipt_id).last_error is None
+
+
+def test_modal_update_skips_a_closed_modal(stub: SlackStub) -> None:
+    update = modal_updater(stub.client())
+    # The officer closed the modal: Slack answers not_found and there is nothing left to do.
+    update({"view_id": "VCLOSED", "view": views.recorded_modal("FR-2026-00001", ("Supervisor",))})
+    assert stub.calls_to("views.update")[-1].response["error"] == "not_found"
