@@ -30,8 +30,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import forms, views
+from bot.approvers import ApproverDirectory, StaticGroupSource
 from bot.copies import METADATA_EVENT_TYPE
 from bot.policy import Policy, parse_policy
+from bot.workflow import Workflow
 from storage.db import make_engine, make_session_factory, transaction
 from storage.models import (
     AuditEvent,
@@ -448,6 +450,25 @@ def test_sigkill_while_saving_leaves_nothing_half_written(world: World, killed_d
             assert status == 200 and "Decision recorded" in str(body)
         wait_until(lambda: all_sent(world), what="the notifications after restart")
         assert bot.stop() == 0
+    assert_consistent(world)
+
+
+def test_form_stored_but_not_recorded_when_the_bot_died_is_recorded_on_restart(world: World) -> None:
+    """The bot answers a valid form once it is stored; if it dies before recording it, the next start
+    records it: one request, its reviewer message and the officer's DM, nothing twice."""
+    loaded = parse_policy(TEST_POLICY)
+    form = forms.check_request(loaded.policy, valid_form_values())
+    directory = ApproverDirectory(StaticGroupSource({k: set(v) for k, v in GROUPS.items()}))
+    left_behind = Workflow(world.db, loaded, directory)
+    left_behind.receive(form, "UOFFICER9", "T0TEST", "VLEFTBEHIND", view_id="VLEFTBEHIND")
+    with running(world.bot()) as bot:
+        request = request_of(world, "UOFFICER9")
+        wait_until(lambda: all_sent(world), what="the request's notifications")
+        assert bot.stop() == 0
+    assert receipts_recorded(world)
+    posted = [c.args["channel"] for c in world.stub.calls_to("chat.postMessage") if c.ok]
+    assert sorted(posted) == ["C0SUPER", "UOFFICER9"]
+    assert request.reference in json.dumps(world.stub.calls_to("chat.postMessage")[0].args)
     assert_consistent(world)
 
 
