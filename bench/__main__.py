@@ -12,6 +12,7 @@ the ack-latency runs with think time (15 s per request kind, user count and app,
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -29,10 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
 BEFORE_NOTE = (
-    'The sections marked "before the late locks" ran with this benchmark on this machine earlier the same '
-    'session. The older ones, "before the fixes", ran on an earlier machine (Intel Xeon, 2 CPUs) with the '
-    "earlier ack-latency benchmark: Slack stand-in in the load generator's process, payload building "
-    "timed, no think time."
+    'The section marked "before the submission receipts" is the previous round\'s final think-time run. '
+    'The sections marked "before the late locks" ran with this benchmark earlier, on the previous '
+    'session\'s machine. The older ones, "before the fixes", ran on an earlier machine (Intel Xeon, '
+    "2 CPUs) with the earlier ack-latency benchmark: Slack stand-in in the load generator's process, "
+    "payload building timed, no think time."
 )
 PACKAGES = (
     "slack-bolt",
@@ -124,6 +126,12 @@ def main() -> None:
             )
         durations["audit chain, 200,000 events"] = time.perf_counter() - started
 
+    # A benchmark skipped this time keeps the duration of the run whose section is gathered.
+    durations_file = OUT / "durations.json"
+    earlier = json.loads(durations_file.read_text()) if durations_file.exists() else {}
+    durations = {**earlier, **durations}
+    OUT.mkdir(parents=True, exist_ok=True)
+    durations_file.write_text(json.dumps(durations))
     audit_lines = (
         (OUT / "audit_verify.txt").read_text().strip() if (OUT / "audit_verify.txt").exists() else ""
     )
@@ -161,7 +169,11 @@ def main() -> None:
         "",
     ]
     baselines = (BENCH / "baseline").glob("*.md")
-    newest_first = sorted(baselines, key=lambda path: ("late_locks" not in path.name, path.name))
+    rounds = ("before_receipts", "before_late_locks", "before_fixes")  # newest first
+    newest_first = sorted(
+        baselines,
+        key=lambda path: (next((i for i, r in enumerate(rounds) if r in path.name), len(rounds)), path.name),
+    )
     for baseline in newest_first:
         parts += [baseline.read_text().strip(), ""]
     (BENCH / "RESULTS.md").write_text("\n".join(parts).rstrip() + "\n")

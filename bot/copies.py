@@ -31,6 +31,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.pacing import UPDATE_KEY
 from storage.db import transaction
 from storage.models import DirectMessage, OutboxMessage, OutboxStatus, StageReview, utcnow
 
@@ -200,14 +201,16 @@ def note_clicked_message(
     request_id, position = stage_review
     if not channel or not ts:
         return False
+    query = select(StageReview).where(StageReview.request_id == request_id, StageReview.position == position)
+    # Every click comes here: read first, so that the usual click (on the live message) takes no write
+    # lock (on SQLite it would queue behind every writer).
+    with transaction(db, read_only=True) as session:
+        stage = session.scalars(query).one_or_none()
+    if stage is None or stage.message_ts is None or stage.message_ts == ts:
+        return False
+    if channel != (stage.message_channel or stage.channel_id):
+        return False  # not a copy of this stage's message (a forged or moved container)
     with transaction(db) as session:
-        stage = session.scalars(
-            select(StageReview).where(StageReview.request_id == request_id, StageReview.position == position)
-        ).one_or_none()
-        if stage is None or stage.message_ts is None or stage.message_ts == ts:
-            return False
-        if channel != (stage.message_channel or stage.channel_id):
-            return False  # not a copy of this stage's message (a forged or moved container)
         _queue_retirement(session, request_id, Landing(0, channel, ts), clock(), stage_review_id=stage.id)
     return True
 
@@ -249,6 +252,7 @@ def _queue_retirement(
             payload={"channel": copy.channel, "ts": copy.ts, **live},
             next_attempt_at=now,
             created_at=now,
+            pace_key=UPDATE_KEY,  # chat.update
         )
     )
 

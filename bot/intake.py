@@ -86,24 +86,27 @@ class IntakeWorker:
 
     def _loop(self) -> None:
         next_scan = 0.0  # at start: receipts a dead process left behind
-        while True:
-            now = time.monotonic()
-            if now >= next_scan:
-                self._scan_orphans(everything=not self._started_scan)
-                self._started_scan = True
-                next_scan = now + self.poll_seconds
-            due_retry = min(self._retry_at.values(), default=next_scan)
+        while not (self._stop.is_set() and self._queue.empty()):
             try:
-                receipt_id = self._queue.get(timeout=max(0.0, min(next_scan, due_retry) - time.monotonic()))
-            except queue.Empty:
-                receipt_id = None
-            if receipt_id:
-                self.record(receipt_id)
-            for retry_id, at in list(self._retry_at.items()):
-                if at <= time.monotonic():
-                    self.record(retry_id)
-            if self._stop.is_set() and self._queue.empty():
-                return
+                now = time.monotonic()
+                if now >= next_scan:
+                    self._scan_orphans(everything=not self._started_scan)
+                    self._started_scan = True
+                    next_scan = now + self.poll_seconds
+                due_retry = min(self._retry_at.values(), default=next_scan)
+                try:
+                    wait = max(0.0, min(next_scan, due_retry) - time.monotonic())
+                    receipt_id = self._queue.get(timeout=wait)
+                except queue.Empty:
+                    receipt_id = None
+                if receipt_id:
+                    self.record(receipt_id)
+                for retry_id, at in list(self._retry_at.items()):
+                    if at <= time.monotonic():
+                        self.record(retry_id)
+            except Exception:  # never let the thread die: receipts would wait for a restart
+                log.exception("intake: unexpected error; continuing")
+                time.sleep(1.0)
 
     # --- Work -------------------------------------------------------------------------------------
 

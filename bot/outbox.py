@@ -42,12 +42,10 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
-    case,
     cast,
     exists,
     func,
     literal,
-    null,
     or_,
     select,
     update,
@@ -632,17 +630,19 @@ class OutboxDispatcher:
             )
 
 
-def _pace_key(stage: Any) -> Any:
-    """The rate-limit key of a row's Slack call, as SQL (bot/pacing.py): `post:<channel or user>` for a
-    post, `update` for edits; NULL for calls Slack limits more loosely (App Home)."""
-    post = literal(POST_KEY_PREFIX, String)
-    return case(
-        (OutboxMessage.kind.in_(STAGE_POST_KINDS), post + stage.channel_id),
-        (OutboxMessage.kind == "dm", post + OutboxMessage.payload["user"].as_string()),
-        (OutboxMessage.kind == "channel_post", post + OutboxMessage.payload["channel"].as_string()),
-        (OutboxMessage.kind.in_(UPDATE_KINDS), literal(UPDATE_KEY, String)),
-        else_=null(),
-    )
+def pace_key_for(session: Session, kind: str, payload: dict[str, Any]) -> str | None:
+    """The rate-limit key of a row's Slack call (bot/pacing.py), stored with the row when it is queued:
+    `post:<channel or user>` for a post, `update` for edits; None for calls Slack limits more loosely."""
+    if kind in STAGE_POST_KINDS:
+        stage = session.get(StageReview, int(payload.get("stage_review_id", 0)))
+        return post_key(stage.channel_id) if stage is not None else None
+    if kind == "dm":
+        return post_key(str(payload.get("user", "")))
+    if kind == "channel_post":
+        return post_key(str(payload.get("channel", "")))
+    if kind in UPDATE_KINDS:
+        return UPDATE_KEY
+    return None
 
 
 def _due_query(holding: bool) -> Select[tuple[int, str | None]]:
@@ -656,16 +656,8 @@ def _due_query(holding: bool) -> Select[tuple[int, str | None]]:
             earlier.id < OutboxMessage.id,
         )
     )
-    stage = aliased(StageReview)
     candidates = (
-        select(OutboxMessage.id, _pace_key(stage).label("pace_key"))
-        .outerjoin(
-            stage,
-            and_(
-                OutboxMessage.kind.in_(STAGE_POST_KINDS),
-                stage.id == OutboxMessage.payload["stage_review_id"].as_integer(),
-            ),
-        )
+        select(OutboxMessage.id, OutboxMessage.pace_key)
         .where(
             OutboxMessage.status == OutboxStatus.PENDING,
             OutboxMessage.next_attempt_at <= now,
@@ -682,9 +674,9 @@ def _due_query(holding: bool) -> Select[tuple[int, str | None]]:
         firsts = firsts.where(or_(candidates.c.pace_key.is_(None), candidates.c.pace_key.not_in(held)))
     firsts = firsts.order_by(func.min(candidates.c.id)).limit(bindparam("batch"))
     return (
-        select(candidates.c.id, candidates.c.pace_key)
-        .where(candidates.c.id.in_(firsts.scalar_subquery()))
-        .order_by(candidates.c.id)
+        select(OutboxMessage.id, OutboxMessage.pace_key)
+        .where(OutboxMessage.id.in_(firsts.scalar_subquery()))
+        .order_by(OutboxMessage.id)
     )
 
 

@@ -30,6 +30,7 @@ from bot.audit import (
     unseal,
 )
 from bot.forms import DecisionForm, DelegationForm, PostUseForm, RequestForm
+from bot.outbox import pace_key_for
 from bot.policy import LoadedPolicy, Stage, Tool, ToolStatus, Urgency
 from bot.routing import choose_route
 from storage.db import transaction
@@ -104,7 +105,14 @@ def enqueue(
     session: Session, kind: str, payload: dict[str, Any], request_id: int | None, at: datetime
 ) -> None:
     session.add(
-        OutboxMessage(request_id=request_id, kind=kind, payload=payload, next_attempt_at=at, created_at=at)
+        OutboxMessage(
+            request_id=request_id,
+            kind=kind,
+            payload=payload,
+            next_attempt_at=at,
+            created_at=at,
+            pace_key=pace_key_for(session, kind, payload),
+        )
     )
 
 

@@ -360,6 +360,9 @@ class OutboxMessage(Base):
     posted_ts: Mapped[str | None] = mapped_column(String(32), nullable=True)
     # When Slack's message_metadata_posted event first reported the post (not every deployment gets them).
     reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Slack's rate-limit key of the row's call (bot/pacing.py): `post:<channel or user>`, `update`, or
+    # NULL for calls limited more loosely. Set when queued, so the dispatcher need not read payloads.
+    pace_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class AppHomeViewer(Base):
