@@ -70,7 +70,8 @@ def machine(postgres_url: str) -> list[str]:
     return [
         f"- Run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {os.cpu_count()} CPUs ({cpu}), {mem_kib / 1024 / 1024:.1f} GiB RAM, "
-        f"{platform.system()} {platform.release()}; other work was running on it",
+        f"{platform.system()} {platform.release()}; shared by the bot, the bare app, the load generator, "
+        "the Slack stand-in and PostgreSQL",
         f"- Python {platform.python_version()}; PostgreSQL {server} (local, default settings); SQLite "
         f"{__import__('sqlite3').sqlite_version}",
         f"- Packages: {versions}",
@@ -138,7 +139,8 @@ def main() -> None:
     parts = [
         "# Benchmark results",
         "",
-        "Written by `python -m bench` (bench/__main__.py); the sections below are the numbers of one run.",
+        "Written by `python -m bench` (bench/__main__.py). Each section below is the latest run of its "
+        'benchmark (see "Benchmark durations"; one skipped with `--skip` keeps its last section).',
         "",
         "## Machine and versions",
         "",
