@@ -196,18 +196,21 @@ def note_clicked_message(
     channel: str | None,
     ts: str | None,
     clock: Callable[[], datetime] = utcnow,
+    stage: StageReview | None = None,
 ) -> bool:
-    """Queue the retirement of the clicked message if it is not the stage's recorded message."""
+    """Queue the retirement of the clicked message if it is not the stage's recorded message. `stage`:
+    the stage as the caller has just read it (a click reads its request anyway), to save a read."""
     request_id, position = stage_review
     if not channel or not ts:
         return False
-    query = select(StageReview).where(StageReview.request_id == request_id, StageReview.position == position)
-    # Every click comes here: read first, so that the usual click (on the live message) takes no write
-    # lock (on SQLite it would queue behind every writer).
-    with transaction(db, read_only=True) as session:
-        stage = session.scalars(query).one_or_none()
+    if stage is None:
+        query = select(StageReview).where(
+            StageReview.request_id == request_id, StageReview.position == position
+        )
+        with transaction(db, read_only=True) as session:
+            stage = session.scalars(query).one_or_none()
     if stage is None or stage.message_ts is None or stage.message_ts == ts:
-        return False
+        return False  # the usual click: on the live message (no write, so no write lock)
     if channel != (stage.message_channel or stage.channel_id):
         return False  # not a copy of this stage's message (a forged or moved container)
     with transaction(db) as session:

@@ -18,7 +18,7 @@ from bot.services import Services
 from bot.workflow import Refusal
 from handlers.replies import open_view, tell
 from storage.db import DatabaseUnavailable
-from storage.models import RequestStatus
+from storage.models import FrRequest, RequestStatus
 
 log = logging.getLogger(__name__)
 STAGE_VALUE = re.compile(r"^(\d{1,18}):(\d{1,3})$")
@@ -63,13 +63,18 @@ def register(app: App, services: Services) -> None:
             return
         request_id, position = int(match[1]), int(match[2])
         container = body.get("container") or {}
-        # A click on a stray duplicate of the reviewer message retires that copy (bot/copies.py).
-        if note_clicked_message(
-            services.db, (request_id, position), container.get("channel_id"), container.get("message_ts")
-        ):
-            services.dispatcher.wake()
+
+        def note_copy(request: FrRequest | Refusal | None) -> None:
+            # A click on a stray duplicate of the reviewer message retires that copy (bot/copies.py).
+            stages = request.stages if isinstance(request, FrRequest) else []
+            stage = stages[position] if position < len(stages) else None
+            where = (container.get("channel_id"), container.get("message_ts"))
+            if note_clicked_message(services.db, (request_id, position), *where, stage=stage):
+                services.dispatcher.wake()
+
         if action["action_id"] == views.COMMENT_ACTION:
             request = workflow.load(request_id)
+            note_copy(request)
             if request is None or user_id == request.requester_id or not workflow.may_view(request, user_id):
                 tell(client, body, "Only this request's reviewers and leads can comment on it.")
                 return
@@ -77,6 +82,7 @@ def register(app: App, services: Services) -> None:
             return
         kind = views.REVIEW_ACTIONS[action["action_id"]]
         request = workflow.authorised_request(request_id, position, user_id, kind)
+        note_copy(request)
         if isinstance(request, Refusal):
             tell(client, body, request.message)
             return
