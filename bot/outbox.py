@@ -54,7 +54,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from bot import views
 from bot.copies import RETIRE_COPY, Landing, ReportMarks, land, live_message, post_metadata
-from bot.pacing import POST_KEY_PREFIX, UPDATE_KEY, Pacer, post_key
+from bot.pacing import UPDATE_KEY, Pacer, post_key, posted_to
 from bot.policy import Policy
 from storage.db import DatabaseUnavailable, transaction
 from storage.models import (
@@ -361,7 +361,7 @@ class OutboxDispatcher:
                 "Fix it, then run `fr-bot outbox retry %s`.",
                 row.id,
                 row.kind,
-                key.removeprefix(POST_KEY_PREFIX) if key and key.startswith(POST_KEY_PREFIX) else "Slack",
+                posted_to(key) or "Slack",
                 row.request_id,
                 exc.error,
                 advice,
@@ -751,15 +751,9 @@ class OutboxEntry:
 
 
 def _target(session: Session, row: OutboxMessage) -> str:
-    if row.kind == "dm":
-        return str(row.payload.get("user", ""))
-    if row.kind == "channel_post":
-        return str(row.payload.get("channel", ""))
-    if row.kind in ("post_review", "stage_note"):
-        channel = session.scalar(
-            select(StageReview.channel_id).where(StageReview.id == int(row.payload.get("stage_review_id", 0)))
-        )
-        return channel or "?"
+    if row.kind in POST_KINDS:
+        key = row.pace_key or pace_key_for(session, row.kind, row.payload)
+        return posted_to(key) or "?"
     if row.kind == "publish_home":
         return "App Home"
     if row.kind == REDACT_DMS:

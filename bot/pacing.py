@@ -94,4 +94,9 @@ def post_key(channel: str) -> str:
     return f"{POST_KEY_PREFIX}{channel}"
 
 
+def posted_to(key: str | None) -> str | None:
+    """The channel or user of a post's key (`post_key`); None for other keys."""
+    return key.removeprefix(POST_KEY_PREFIX) if key and key.startswith(POST_KEY_PREFIX) else None
+
+
 UPDATE_KEY = "update"
