@@ -85,7 +85,7 @@ class SweepScheduler:
             misfire_grace_time=6 * 3600,
         )
         self._scheduler.start()
-        log.info("scheduler started: sweeps every %.0fs", self.interval_seconds)
+        log.info("scheduler started: sweeps every %gs", self.interval_seconds)
 
     def stop(self) -> None:
         if self._scheduler.running:

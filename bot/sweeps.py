@@ -5,8 +5,9 @@ any number of bot processes can run it at once against one database. What is due
 database, never by memory:
 
 - a process claims due work in the database (PostgreSQL: `SELECT … FOR UPDATE SKIP LOCKED` on the rows,
-  plus a transaction-scoped advisory lock per reviewer channel so one process consolidates a channel's
-  reminders; SQLite: `BEGIN IMMEDIATE` serialises writers and a conditional UPDATE claims each row);
+  except a reviewer channel's reviews, which a transaction-scoped advisory lock per channel gives to one
+  process so it consolidates the channel's reminders; SQLite: `BEGIN IMMEDIATE` serialises writers and a
+  conditional UPDATE claims each row);
 - each notice is recorded in `scheduled_notices` (unique on kind, subject and sequence) and each digest in
   `digests` (unique on channel and local date): a second process's insert fails, the final guard;
 - the record, its audit event and the outbox row that sends it commit in one transaction, so a process
@@ -204,7 +205,10 @@ def _sweep_channel(
             .options(contains_eager(StageReview.request))  # already joined: no query per review
             .order_by(StageReview.due_at, StageReview.id)
             .limit(batch_size)
-            .with_for_update(of=StageReview, skip_locked=True)
+            # Wait, never skip: the channel lock already keeps other sweepers out, so a locked review is
+            # one the dispatcher is writing a landing to, and skipping it would hold its reminder back
+            # until the channel's gap has passed.
+            .with_for_update(of=StageReview)
         ).all()
         if not stages:
             return 0

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,6 +36,7 @@ OFFICER = "UOFFICER"
 # urgent reviews), one threaded reminder (threat to life), one escalation and one digest.
 EXPECTED = {"C0SUPER": 3 + 1, "C0AUTH": 1 + 1, "C0LEADS": 1 + 1, "D" + OFFICER: 4}
 EXPECTED_NOTICES = 3 + 1 + 1
+SWEEP_FINISHED = 'Job "reminders, escalations, approval warnings, digest catch-up'
 
 
 class SchedulerProcess:
@@ -53,8 +54,10 @@ class SchedulerProcess:
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "scheduler.log"
+        self.log_start = 0
 
     def start(self) -> SchedulerProcess:
+        self.log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "bot.cli", "scheduler"],
@@ -78,6 +81,14 @@ class SchedulerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def sweeps_finished(self) -> int:
+        """How many sweeps this run of the process has finished (APScheduler logs each job it ran)."""
+        if not self.log_path.exists():
+            return 0
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_start)
+            return log.read().decode(errors="replace").count(SWEEP_FINISHED)
 
 
 @pytest.fixture
@@ -138,6 +149,27 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 90.0) 
         time.sleep(0.2)
 
 
+def outbox_rows(database_url: str) -> list[tuple[object, ...]]:
+    """Every outbox row's kind, status, attempts, pace key and due time: what a timed-out wait shows."""
+    engine = make_engine(database_url)
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            rows = session.execute(
+                select(
+                    OutboxMessage.id,
+                    OutboxMessage.kind,
+                    OutboxMessage.status,
+                    OutboxMessage.attempts,
+                    OutboxMessage.pace_key,
+                    OutboxMessage.next_attempt_at,
+                    OutboxMessage.claimed_until,
+                ).order_by(OutboxMessage.id)
+            )
+            return [tuple(row) for row in rows]
+    finally:
+        engine.dispose()
+
+
 def db_state(database_url: str) -> tuple[int, int, int]:
     """(notices recorded, digests recorded, outbox rows still pending)."""
     engine = make_engine(database_url)
@@ -157,10 +189,21 @@ def messages_per_channel(stub: SlackStub) -> Counter[str]:
     return Counter(c.response["channel"] for c in stub.calls_to("chat.postMessage") if c.ok)
 
 
-def settle(database_url: str) -> None:
-    wait_until(
-        lambda: db_state(database_url) == (EXPECTED_NOTICES, 1, 0), "every notice is recorded and delivered"
-    )
+def settle(database_url: str, processes: Sequence[SchedulerProcess | BotProcess]) -> None:
+    """Wait until every notice is recorded and every message sent; on a timeout, show why."""
+    try:
+        wait_until(
+            lambda: db_state(database_url) == (EXPECTED_NOTICES, 1, 0),
+            "every notice is recorded and delivered",
+        )
+    except AssertionError as timed_out:
+        state = db_state(database_url)
+        raise AssertionError(
+            f"{timed_out}: (notices, digests, pending) = {state}; outbox:\n"
+            + "\n".join(map(repr, outbox_rows(database_url)))
+            + "\nlogs:\n"
+            + "\n".join(process.log() for process in processes)
+        ) from None
     time.sleep(2.0)  # several more sweep intervals, in which a duplicate would show
 
 
@@ -177,7 +220,7 @@ def test_two_scheduler_processes_send_each_reminder_and_digest_once(
     for process in processes:
         process.start()
     try:
-        settle(postgres_url)
+        settle(postgres_url, processes)
         assert messages_per_channel(stub) == EXPECTED
         reminders = [c for c in stub.calls_to("chat.postMessage") if "overdue" in c.args.get("text", "")]
         assert len([c for c in reminders if c.args.get("thread_ts")]) == 1  # the threat-to-life one
@@ -190,7 +233,8 @@ def test_two_scheduler_processes_send_each_reminder_and_digest_once(
     # A restart resends nothing.
     again = SchedulerProcess(postgres_url, policy_file, stub.base_url, processes[0].workdir).start()
     try:
-        time.sleep(2.0)
+        # Sweeps, not seconds: a loaded machine may take longer than any sleep to start the process.
+        wait_until(lambda: again.sweeps_finished() >= 3, "the restarted process has swept three times")
         assert db_state(postgres_url) == (EXPECTED_NOTICES, 1, 0)
         assert messages_per_channel(stub) == EXPECTED
     finally:
@@ -218,7 +262,7 @@ def test_killed_mid_send_and_restarted_nothing_lost_nothing_doubled(
     for process in restarted:
         process.start()
     try:
-        settle(postgres_url)
+        settle(postgres_url, restarted)
         assert messages_per_channel(stub) == EXPECTED
     finally:
         for process in restarted:
@@ -243,7 +287,7 @@ def test_the_bot_process_runs_the_scheduler_unless_told_not_to(
 
     bot = BotProcess(postgres_url, policy_file, stub.base_url, tmp_path, **scheduler_on).start()
     try:
-        settle(postgres_url)
+        settle(postgres_url, [bot])
         assert messages_per_channel(stub) == EXPECTED
     finally:
         assert bot.stop() == 0

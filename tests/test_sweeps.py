@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
 from bot import sweeps, views
 from bot.forms import DecisionForm, check_request
@@ -343,6 +343,43 @@ def test_concurrent_sweepers_send_each_notice_once(
     # One consolidated reminder per reviewer channel; the leads get the escalations and the digest.
     assert sorted(posted).count("C0SUPER") == 1 and posted.count("C0AUTH") == 1
     assert posted.count("C0LEADS") == 2
+
+
+def test_a_review_whose_row_is_being_written_is_still_in_the_channels_reminder(
+    workflow: Workflow, clock: FakeClock, database_url: str
+) -> None:
+    """The dispatcher records where a review post landed on the stage's row. A sweep that skipped that row
+    (SKIP LOCKED) would remind the others and leave it waiting for the channel's gap to pass."""
+    stage_ids = []
+    for n in range(3):
+        request = workflow.load(submit(workflow, f"R{n}"))
+        assert request is not None
+        stage_ids.append(request.stages[0].id)
+    clock.now = datetime(2026, 3, 5, 9, 0, tzinfo=UTC)  # all three are due
+
+    writer = make_engine(database_url)
+    sweeper_done = threading.Event()
+    try:
+        with writer.begin() as connection:  # the landing's write, still open while the sweep starts
+            connection.execute(
+                update(StageReview).where(StageReview.id == stage_ids[1]).values(message_ts="1.000001")
+            )
+            sweeper = threading.Thread(
+                target=lambda: (sweeps.sweep_reviews(workflow.db, workflow.policy, clock), sweeper_done.set())
+            )
+            sweeper.start()
+            sweeper_done.wait(0.5)  # SQLite: the writer holds the database, so the sweep waits here too
+        sweeper.join(30)
+    finally:
+        writer.dispose()
+    assert sweeper_done.is_set()
+    with transaction(workflow.db) as session:
+        reminded = set(
+            session.scalars(
+                select(ScheduledNotice.subject_id).where(ScheduledNotice.kind == NoticeKind.REMINDER)
+            )
+        )
+    assert reminded == set(stage_ids)
 
 
 # --- The daily digest -----------------------------------------------------------------------------------
