@@ -5,7 +5,7 @@
 Each benchmark runs as its own process (so one's memory and threads do not disturb the next) and leaves
 its section in bench/out/ (git-ignored); RESULTS.md gathers them with the machine, the versions, the
 numbers measured before the fixes (bench/baseline/) and the notes (bench/NOTES.md). The PostgreSQL
-database's public schema is dropped: give it a throwaway one. About 45 minutes on two cores, most of it
+database's public schema is dropped: give it a throwaway one. About an hour on two cores, most of it
 the ack-latency runs with think time (15 s per request kind, user count and app, by default).
 """
 
@@ -111,6 +111,7 @@ def main() -> None:
         ack = ["bench.ack_latency", "--requests", str(args.requests), "--duration", str(args.duration)]
         durations["ack latency, SQLite"] = run(ack)
         durations["ack latency, PostgreSQL"] = run([*ack, "--database-url", url])
+        durations["ack latency, PostgreSQL, with a worker"] = run([*ack, "--database-url", url, "--worker"])
     if "throughput" not in skip:
         durations["throughput"] = run(["bench.throughput", "--postgres-url", url])
     if "scale" not in skip:
@@ -154,6 +155,8 @@ def main() -> None:
         section("ack_latency_sqlite.md"),
         "",
         section("ack_latency_postgresql.md"),
+        "",
+        section("ack_latency_postgresql_worker.md"),
         "",
         section("throughput.md"),
         "",

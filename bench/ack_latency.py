@@ -167,6 +167,11 @@ def main() -> None:
     parser.add_argument(
         "--bot-env", action="append", default=[], help="KEY=VALUE for the bot process (repeatable)"
     )
+    parser.add_argument(
+        "--worker",
+        action="store_true",
+        help="the bot answers with `run --no-worker` and a `worker` process records and sends (PostgreSQL)",
+    )
     args = parser.parse_args()
     bot_env = dict(item.split("=", 1) for item in args.bot_env)
     models = [m for m in MODELS if m in args.models.split(",")]
@@ -187,7 +192,18 @@ def main() -> None:
     with RemoteStub({group: sorted(members) for group, members in GROUPS.items()}) as stub:
         bot = BotProcess(
             database_url, policy, stub.base_url, workdir, FRBOT_LOG_LEVEL="WARNING", **bot_env
-        ).start()
+        ).start(args=("--no-worker",) if args.worker else ())
+        worker = (
+            subprocess.Popen(
+                [sys.executable, "-m", "bot.cli", "worker"],
+                cwd=workdir,
+                env=bot.env,
+                stdout=subprocess.DEVNULL,
+                stderr=(workdir / "worker.log").open("ab"),
+            )
+            if args.worker
+            else None
+        )
         stub.report_landings_to(bot.url)  # as Slack would: one event per post, handled by the bot
         bare_port = free_port()
         env = {**bot.env, "PYTHONPATH": str(ROOT)}
@@ -217,14 +233,15 @@ def main() -> None:
                 if e["action_id"] == "review_approve"
             )
             target = {"blocks": form["blocks"], "message": message, "value": value}
-            servers = [bot.process.pid, bare.pid]
+            bots = [bot.process.pid] + ([worker.pid] if worker is not None else [])
+            servers = [*bots, bare.pid]
             for model in models:
                 for kind in kinds:
                     for users in levels:
                         for app in APPS:
                             settle(servers)
                             stub.clear()
-                            ticks_before = cpu_ticks(bot.process.pid)
+                            ticks_before = [cpu_ticks(pid) for pid in bots]
                             samples, elapsed = run_level(
                                 urls[app],
                                 stub,
@@ -239,9 +256,11 @@ def main() -> None:
                             results[model][app][kind][users] = samples
                             if app == "bot":
                                 # The bot's CPU for the level and for the Slack calls it left queued.
-                                settle([bot.process.pid])
-                                ticks = cpu_ticks(bot.process.pid) - ticks_before
-                                cpu[model][kind][users] = ticks * 1000 / CLOCK_TICKS / len(samples)
+                                settle(bots)
+                                cpu[model][kind][users] = [
+                                    (cpu_ticks(pid) - before) * 1000 / CLOCK_TICKS / len(samples)
+                                    for pid, before in zip(bots, ticks_before, strict=True)
+                                ]
                             if app == "bot" and kind == "submission":
                                 rates.setdefault(model, {})[users] = len(samples) / elapsed
                             if app == "bot" and model == "saturation" and users == max(levels):
@@ -251,6 +270,9 @@ def main() -> None:
             bare.terminate()
             bare.wait(10)
             bot.stop()
+            if worker is not None:
+                worker.terminate()
+                worker.wait(30)
         late = stub.late_acks
 
     print(json.dumps({"memory_kib": memory, "late_acks": late}, indent=2))
@@ -273,14 +295,16 @@ def write_results(
         f"{args.min_samples} requests)",
         "saturation": f"saturation: closed loop, no think time, {args.requests} requests per level",
     }
-    lines = [f"### Ack latency over real HTTP, {backend}", ""]
+    deployment = ", answering process (`run --no-worker`) and a worker process" if args.worker else ""
+    lines = [f"### Ack latency over real HTTP, {backend}{deployment}", ""]
     for model in results:
         lines += [
             f"#### {titles[model]}",
             "",
             "| request | users | n | bot p50 ms | bot p99 ms | bot max ms | bare p50 ms | bare p99 ms | "
-            "bare max ms | p99 ratio | bot CPU ms/request |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "bare max ms | p99 ratio | bot CPU ms/request |"
+            + (" worker CPU ms/request |" if args.worker else ""),
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if args.worker else ""),
         ]
         for kind in KINDS:
             for users in CONCURRENCY:
@@ -291,8 +315,8 @@ def write_results(
                 lines.append(
                     f"| {kind} | {users} | {len(ours)} | {statistics.median(ours) * 1000:.1f} | "
                     f"{p99 * 1000:.1f} | {max(ours) * 1000:.1f} | {statistics.median(floor) * 1000:.1f} | "
-                    f"{floor_p99 * 1000:.1f} | {max(floor) * 1000:.1f} | {p99 / floor_p99:.2f} | "
-                    f"{cpu[model][kind][users]:.1f} |"
+                    f"{floor_p99 * 1000:.1f} | {max(floor) * 1000:.1f} | {p99 / floor_p99:.2f} |"
+                    + "".join(f" {value:.1f} |" for value in cpu[model][kind][users])
                 )
         if model in rates:
             lines += [
@@ -308,7 +332,7 @@ def write_results(
     ]
     section = "\n".join(lines)
     print(section)
-    out = ROOT / "bench" / "out" / f"ack_latency_{backend.lower()}.md"
+    out = ROOT / "bench" / "out" / f"ack_latency_{backend.lower()}{'_worker' if args.worker else ''}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(section)
     # The raw samples, in the order they completed, for looking at stalls.

@@ -83,7 +83,7 @@ def _prepare_database(url: str) -> None:
         raise CliError(f"FRBOT_DATABASE_URL: cannot open or migrate the database: {first}") from None
 
 
-def _bootstrap(settings: Settings) -> Services:
+def _bootstrap(settings: Settings, records_all_receipts: bool = False) -> Services:
     """What every long-running process does first: secret-safe logging, the policy, the schema, services."""
     from bot.services import build_services
 
@@ -104,6 +104,7 @@ def _bootstrap(settings: Settings) -> Services:
         approver_cache_seconds=settings.approver_cache_seconds,
         outbox_lease_seconds=settings.outbox_lease_seconds,
         outbox_landing_wait_seconds=settings.outbox_landing_wait_seconds,
+        records_all_receipts=records_all_receipts,
     )
 
 
@@ -115,6 +116,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["http_port"] = args.port
     if args.no_scheduler:
         overrides["scheduler_enabled"] = False
+    if args.no_worker:
+        overrides["worker_enabled"] = False
     settings = load_settings(**overrides)
     settings.require_slack_credentials()
     services = _bootstrap(settings)
@@ -153,8 +156,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except BoltError as exc:
         services.close()
         raise CliError(f"FRBOT_SLACK_BOT_TOKEN: Slack refused the token ({exc})") from None
-    services.dispatcher.start()
-    services.intake.start()
+    if settings.worker_enabled:
+        services.dispatcher.start()
+        services.intake.start()
+    else:
+        log.info("--no-worker: submissions are recorded and Slack messages sent by `fr-bot worker`")
+        if settings.database_url.startswith("sqlite"):
+            log.warning("--no-worker on SQLite: the worker's writes wait on SQLite's file lock; see README")
     scheduler = _start_scheduler(services, settings) if settings.scheduler_enabled else None
     log.info("policy %s (version %s) loaded; database ready", policy.path, policy.version)
     try:
@@ -286,22 +294,38 @@ def _clock() -> Callable[[], datetime]:
 def cmd_scheduler(_args: argparse.Namespace) -> int:
     """A process that only runs the scheduler (and delivers the outbox), for deployments that want the
     timing work apart from the Slack-facing processes; those then run with `--no-scheduler`."""
+    return _run_background("scheduler-only process", records_receipts=False, no_scheduler=False)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """A process that does what follows the answers: records stored submissions as requests, sends the
+    outbox and (unless `--no-scheduler`) runs the scheduler. The Slack-facing processes then run with
+    `--no-worker` and spend their CPU on answering (PostgreSQL; README, 'Deploying several processes')."""
+    return _run_background("worker process", records_receipts=True, no_scheduler=args.no_scheduler)
+
+
+def _run_background(what: str, records_receipts: bool, no_scheduler: bool) -> int:
     from bot.server import on_termination
 
     settings = load_settings()
     if not settings.slack_bot_token or not settings.slack_bot_token.get_secret_value().strip():
         raise SettingsError("FRBOT_SLACK_BOT_TOKEN is not set: see README.md, 'Create the Slack app'.")
-    services = _bootstrap(settings)
+    services = _bootstrap(settings, records_all_receipts=records_receipts)
     policy = services.policy
     stopped = threading.Event()
     on_termination(stopped.set)
     services.dispatcher.start()
-    scheduler = _start_scheduler(services, settings)
-    log.info("scheduler-only process: policy %s (version %s)", policy.path, policy.version)
+    if records_receipts:
+        services.intake.start()
+    # The scheduler-only process exists to run the scheduler; a worker runs it as `run` would.
+    scheduler = not no_scheduler and (settings.scheduler_enabled or not records_receipts)
+    sweeps = _start_scheduler(services, settings) if scheduler else None
+    log.info("%s: policy %s (version %s)", what, policy.path, policy.version)
     try:
         stopped.wait()
     finally:
-        scheduler.stop()
+        if sweeps is not None:
+            sweeps.stop()
         services.close()
         log.info("stopped")
     return 0
@@ -340,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mode", choices=["socket", "http"], help="override FRBOT_MODE")
     run.add_argument("--port", type=int, help="override FRBOT_HTTP_PORT (HTTP mode)")
     run.add_argument("--no-scheduler", action="store_true", help="do not run reminders and digests here")
+    run.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="only answer Slack: `fr-bot worker` records submissions and sends messages (PostgreSQL)",
+    )
     run.set_defaults(func=cmd_run)
 
     commands.add_parser("migrate", help="create or upgrade the database schema").set_defaults(
@@ -349,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "scheduler", help="run only the scheduler: reminders, escalations, digest (until SIGTERM)"
     ).set_defaults(func=cmd_scheduler)
+    worker = commands.add_parser(
+        "worker", help="record submissions, send Slack messages and run the scheduler (until SIGTERM)"
+    )
+    worker.add_argument("--no-scheduler", action="store_true", help="do not run reminders and digests here")
+    worker.set_defaults(func=cmd_worker)
     commands.add_parser(
         "digest", help="send today's leads' digest now if it is due and not yet sent"
     ).set_defaults(func=cmd_digest)

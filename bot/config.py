@@ -40,7 +40,11 @@ class Settings(BaseSettings):
     scheduler_enabled: bool = True
     # How often the scheduler looks for overdue reviews, expiring approvals and a due digest.
     scheduler_interval_seconds: float = Field(60.0, gt=0, le=3600)
+    # How often a process looks for outbox rows to send and, in `fr-bot worker`, for submissions to record.
     outbox_poll_seconds: float = Field(1.0, gt=0, le=60)
+    # False (`fr-bot run --no-worker`): this process answers Slack and stores submissions; `fr-bot worker`
+    # processes record them and send the outbox, so the answering process's CPU goes to answers.
+    worker_enabled: bool = True
     # How long a dispatcher owns a row it is sending; a crashed dispatcher's row is retried after it.
     outbox_lease_seconds: float = Field(30.0, ge=2, le=3600)
     # A post cut off by a crash is sent again no sooner than this after the cut-off send began, so Slack's

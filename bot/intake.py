@@ -15,6 +15,10 @@ restart (`orphan_after`), so a process that dies in between leaves it to the nex
 
 One worker thread per process records receipts in order; on SQLite it is then the only long writer, so
 an answer's insert waits for at most one request's transaction.
+
+On PostgreSQL the recording can move out of the processes that answer Slack: `fr-bot run --no-worker`
+only stores receipts, and `fr-bot worker` processes (`records_all`) look for every unrecorded receipt each
+`poll_seconds`, so the answering process spends its CPU on answers (bench/NOTES.md).
 """
 
 from __future__ import annotations
@@ -49,11 +53,15 @@ class IntakeWorker:
         clock: Callable[[], datetime] = utcnow,
         poll_seconds: float = 5.0,
         orphan_after_seconds: float = 30.0,
+        records_all: bool = False,
     ) -> None:
         self.workflow = workflow
         self.clock = clock
         self.poll_seconds = poll_seconds
         self.orphan_after = timedelta(seconds=orphan_after_seconds)
+        # A worker process: every scan takes every unrecorded receipt, however new, as this process does
+        # not receive submissions itself.
+        self.records_all = records_all
         self._queue: queue.Queue[int] = queue.Queue()
         self._retry_at: dict[int, float] = {}  # receipt id -> monotonic time of its next attempt
         self._failures: dict[int, int] = {}
@@ -64,8 +72,10 @@ class IntakeWorker:
     # --- Lifecycle --------------------------------------------------------------------------------
 
     def received(self, receipt_id: int) -> None:
-        """A receipt was stored and its modal answered: record it now."""
-        self._queue.put(receipt_id)
+        """A receipt was stored and its modal answered: record it now (or leave it to a worker process,
+        when this one does not record: `fr-bot run --no-worker`)."""
+        if self._thread is not None:
+            self._queue.put(receipt_id)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -90,9 +100,10 @@ class IntakeWorker:
             try:
                 now = time.monotonic()
                 if now >= next_scan:
-                    self._scan_orphans(everything=not self._started_scan)
+                    found = self._scan_orphans(everything=self.records_all or not self._started_scan)
                     self._started_scan = True
-                    next_scan = now + self.poll_seconds
+                    # A full batch: there is more to record, so look again at once.
+                    next_scan = now if found >= ORPHAN_SCAN_LIMIT else now + self.poll_seconds
                 due_retry = min(self._retry_at.values(), default=next_scan)
                 try:
                     wait = max(0.0, min(next_scan, due_retry) - time.monotonic())
@@ -133,9 +144,10 @@ class IntakeWorker:
         with contextlib.suppress(DatabaseUnavailable):  # noted in the log; the receipt itself is safe
             self.workflow.failed_receipt(receipt_id, error)
 
-    def _scan_orphans(self, everything: bool) -> None:
-        """Receipts not recorded: all of them at start (a restart's leftovers), later only those older
-        than `orphan_after` (another process that received them may have died)."""
+    def _scan_orphans(self, everything: bool) -> int:
+        """Receipts not recorded: all of them at start (a restart's leftovers) and in a worker process,
+        otherwise only those older than `orphan_after` (another process that received them may have
+        died). Returns how many it found."""
         cutoff = self.clock() - (timedelta(0) if everything else self.orphan_after)
         query = (
             select(SubmissionReceipt.id)
@@ -148,11 +160,13 @@ class IntakeWorker:
                 orphans = list(session.scalars(query))
         except DatabaseUnavailable as exc:
             log.warning("intake: database unavailable, will look for unrecorded submissions later: %s", exc)
-            return
+            return 0
         for receipt_id in orphans:
             if receipt_id not in self._retry_at:
-                log.info("intake: recording submission receipt %s left unrecorded", receipt_id)
+                if not self.records_all:
+                    log.info("intake: recording submission receipt %s left unrecorded", receipt_id)
                 self.record(receipt_id)
+        return len(orphans)
 
 
 def modal_updater(client: WebClient) -> Callable[[dict[str, Any]], None]:

@@ -46,6 +46,7 @@ def build_services(
     approver_cache_seconds: float = 60.0,
     outbox_lease_seconds: float = 30.0,
     outbox_landing_wait_seconds: float = 75.0,
+    records_all_receipts: bool = False,
 ) -> Services:
     engine = make_engine(database_url)
     db = make_session_factory(engine)
@@ -64,5 +65,10 @@ def build_services(
     home = HomePublisher(workflow, dispatcher.client)  # no blind retries, like every outbox send
     dispatcher.senders["publish_home"] = home.publish_for
     dispatcher.senders[MODAL_UPDATE] = modal_updater(dispatcher.client)
-    intake = IntakeWorker(workflow, clock=clock)
+    intake = (
+        # A worker process records what the answering processes stored, polling as often as the outbox.
+        IntakeWorker(workflow, clock=clock, poll_seconds=outbox_poll_seconds, records_all=True)
+        if records_all_receipts
+        else IntakeWorker(workflow, clock=clock)
+    )
     return Services(engine, db, policy, client, workflow, dispatcher, home, intake)

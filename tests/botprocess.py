@@ -17,6 +17,10 @@ SIGNING_SECRET = "e2e-signing-secret-0123456789"
 BOT_TOKEN = "xoxb-test-token"
 
 
+# APScheduler logs each job it ran; this one is the sweep.
+SWEEP_FINISHED = 'Job "reminders, escalations, approval warnings, digest catch-up'
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -87,3 +91,67 @@ class BotProcess:
         code = self.process.returncode
         self.process = None
         return code
+
+
+class BackgroundProcess:
+    """`fr-bot scheduler` (or another command without an HTTP server, such as `worker`) as a child process."""
+
+    def __init__(
+        self,
+        database_url: str,
+        policy_file: Path,
+        slack_api_url: str,
+        workdir: Path,
+        command: str = "scheduler",
+        **env: str,
+    ) -> None:
+        self.env = {key: value for key, value in os.environ.items() if not key.startswith("FRBOT_")}
+        self.env.update(
+            FRBOT_SLACK_BOT_TOKEN=BOT_TOKEN,
+            FRBOT_SLACK_API_URL=slack_api_url,
+            FRBOT_DATABASE_URL=database_url,
+            FRBOT_POLICY_FILE=str(policy_file),
+            FRBOT_OUTBOX_POLL_SECONDS="0.2",
+            FRBOT_SCHEDULER_INTERVAL_SECONDS="0.5",
+            PYTHONPATH=str(ROOT),
+        )
+        self.env.update(env)
+        self.command = command
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / f"{command}.log"
+        self.log_start = 0
+
+    def start(self) -> BackgroundProcess:
+        self.log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bot.cli", self.command],
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=log,
+            )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        try:
+            code = self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self.process = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def sweeps_finished(self) -> int:
+        """How many sweeps this run of the process has finished (APScheduler logs each job it ran)."""
+        if not self.log_path.exists():
+            return 0
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_start)
+            return log.read().decode(errors="replace").count(SWEEP_FINISHED)

@@ -78,6 +78,40 @@ def test_a_receipt_left_by_a_dead_process_is_recorded_at_start(workflow: Workflo
     assert receipt_of(workflow, receipt_id).recorded_at is not None and count(workflow, FrRequest) == 1
 
 
+def wait_recorded(workflow: Workflow, receipt_id: int, worker: IntakeWorker) -> bool:
+    for _ in range(100):
+        if receipt_of(workflow, receipt_id).recorded_at is not None:
+            return True
+        worker._stop.wait(0.05)
+    return False
+
+
+def test_a_worker_process_records_what_another_process_just_stored(
+    workflow: Workflow, form: RequestForm
+) -> None:
+    """`fr-bot worker`: the answering process (`run --no-worker`) only stores; the worker's scan takes
+    every receipt, however new, not only those left for `orphan_after`."""
+    worker = IntakeWorker(workflow, poll_seconds=0.05, orphan_after_seconds=3600, records_all=True)
+    worker.start()
+    try:
+        worker._stop.wait(0.1)  # its first scan found nothing
+        receipt_id = workflow.receive(form, "UOFFICER", "T0TEST", "V5", view_id="V5")  # elsewhere
+        assert wait_recorded(workflow, receipt_id, worker)
+    finally:
+        worker.stop()
+    assert count(workflow, FrRequest) == 1
+
+
+def test_a_process_that_does_not_record_leaves_receipts_to_the_worker(
+    workflow: Workflow, form: RequestForm
+) -> None:
+    answering_only = IntakeWorker(workflow)  # `run --no-worker`: never started
+    receipt_id = workflow.receive(form, "UOFFICER", "T0TEST", "V6", view_id="V6")
+    answering_only.received(receipt_id)
+    assert answering_only._queue.empty()  # nothing piles up in a process that will not record it
+    assert receipt_of(workflow, receipt_id).recorded_at is None and count(workflow, FrRequest) == 0
+
+
 def test_a_receipt_is_kept_and_retried_while_the_database_fails(
     workflow: Workflow, form: RequestForm, monkeypatch: pytest.MonkeyPatch
 ) -> None:

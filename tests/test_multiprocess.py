@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from bot import views
 from storage.db import make_engine
 from storage.models import Decision, FrRequest, OutboxMessage, OutboxStatus
-from tests.botprocess import SIGNING_SECRET, BotProcess
+from tests.botprocess import SIGNING_SECRET, BackgroundProcess, BotProcess
 from tests.conftest import TEST_POLICY, _truncate_postgres, slack_state, valid_form_values
 from tests.e2e_support import _entry, buttons, recorded_answer, reference_of, reviewer_message
 from tests.slackstub import SlackDriver, SlackStub
@@ -38,20 +38,49 @@ def shared_url(postgres_migrated: str) -> str:
     return postgres_migrated
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["full processes", "answering processes and a worker"])
 def bots(
-    shared_url: str, stub: SlackStub, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    shared_url: str,
+    stub: SlackStub,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[list[BotProcess]]:
+    """Two processes answering Slack. Either each also records submissions and sends the outbox, or
+    both run `--no-worker` and one `fr-bot worker` process does that for them (README, "Deploying
+    several processes")."""
     workdir = tmp_path_factory.mktemp("bots")
     policy = workdir / "policy.yml"
     policy.write_text(TEST_POLICY)
+    split = request.param == "answering processes and a worker"
     # Each process has its own port (BotProcess picks a free one) and its own log.
-    processes = [BotProcess(shared_url, policy, stub.base_url, Path(workdir)).start() for _ in range(2)]
+    processes = [
+        BotProcess(shared_url, policy, stub.base_url, Path(workdir)).start(
+            args=("--no-worker",) if split else ()
+        )
+        for _ in range(2)
+    ]
+    worker = (
+        BackgroundProcess(
+            shared_url,
+            policy,
+            stub.base_url,
+            Path(workdir),
+            command="worker",
+            FRBOT_SCHEDULER_ENABLED="false",
+        ).start()
+        if split
+        else None
+    )
     yield processes
     for process in processes:
         code = process.stop()
         assert code == 0, f"bot did not exit cleanly ({code}):\n{process.log()}"
         assert "Traceback" not in process.log(), process.log()
+        # In the split deployment only the worker records and sends: without it nothing would arrive.
+        assert split == ("--no-worker: submissions are recorded" in process.log()), process.log()
+    if worker is not None:
+        assert worker.stop() == 0, worker.log()
+        assert "Traceback" not in worker.log(), worker.log()
 
 
 class RoundRobin:

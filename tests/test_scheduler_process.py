@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +24,7 @@ from bot.policy import parse_policy
 from bot.workflow import Workflow
 from storage.db import make_engine, make_session_factory, transaction
 from storage.models import DigestRun, OutboxMessage, OutboxStatus, ScheduledNotice, utcnow
-from tests.botprocess import BOT_TOKEN, ROOT, BotProcess
+from tests.botprocess import BackgroundProcess, BotProcess
 from tests.conftest import GROUPS, TEST_POLICY, _truncate_postgres, valid_form_values
 from tests.slackstub import SlackStub
 
@@ -36,59 +34,6 @@ OFFICER = "UOFFICER"
 # urgent reviews), one threaded reminder (threat to life), one escalation and one digest.
 EXPECTED = {"C0SUPER": 3 + 1, "C0AUTH": 1 + 1, "C0LEADS": 1 + 1, "D" + OFFICER: 4}
 EXPECTED_NOTICES = 3 + 1 + 1
-SWEEP_FINISHED = 'Job "reminders, escalations, approval warnings, digest catch-up'
-
-
-class SchedulerProcess:
-    def __init__(self, database_url: str, policy_file: Path, slack_api_url: str, workdir: Path) -> None:
-        self.env = {key: value for key, value in os.environ.items() if not key.startswith("FRBOT_")}
-        self.env.update(
-            FRBOT_SLACK_BOT_TOKEN=BOT_TOKEN,
-            FRBOT_SLACK_API_URL=slack_api_url,
-            FRBOT_DATABASE_URL=database_url,
-            FRBOT_POLICY_FILE=str(policy_file),
-            FRBOT_OUTBOX_POLL_SECONDS="0.2",
-            FRBOT_SCHEDULER_INTERVAL_SECONDS="0.5",
-            PYTHONPATH=str(ROOT),
-        )
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / "scheduler.log"
-        self.log_start = 0
-
-    def start(self) -> SchedulerProcess:
-        self.log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bot.cli", "scheduler"],
-                cwd=self.workdir,
-                env=self.env,
-                stdout=log,
-                stderr=log,
-            )
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        try:
-            code = self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
-        self.process = None
-        return code
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def sweeps_finished(self) -> int:
-        """How many sweeps this run of the process has finished (APScheduler logs each job it ran)."""
-        if not self.log_path.exists():
-            return 0
-        with self.log_path.open("rb") as log:
-            log.seek(self.log_start)
-            return log.read().decode(errors="replace").count(SWEEP_FINISHED)
 
 
 @pytest.fixture
@@ -189,7 +134,7 @@ def messages_per_channel(stub: SlackStub) -> Counter[str]:
     return Counter(c.response["channel"] for c in stub.calls_to("chat.postMessage") if c.ok)
 
 
-def settle(database_url: str, processes: Sequence[SchedulerProcess | BotProcess]) -> None:
+def settle(database_url: str, processes: Sequence[BackgroundProcess | BotProcess]) -> None:
     """Wait until every notice is recorded and every message sent; on a timeout, show why."""
     try:
         wait_until(
@@ -213,7 +158,7 @@ def test_two_scheduler_processes_send_each_reminder_and_digest_once(
 ) -> None:
     make_overdue_requests(postgres_url, policy_file)
     processes = [
-        SchedulerProcess(postgres_url, policy_file, stub.base_url, tmp_path / name) for name in ("a", "b")
+        BackgroundProcess(postgres_url, policy_file, stub.base_url, tmp_path / name) for name in ("a", "b")
     ]
     for process in processes:
         process.workdir.mkdir()
@@ -231,7 +176,7 @@ def test_two_scheduler_processes_send_each_reminder_and_digest_once(
         assert "Traceback" not in process.log(), process.log()
 
     # A restart resends nothing.
-    again = SchedulerProcess(postgres_url, policy_file, stub.base_url, processes[0].workdir).start()
+    again = BackgroundProcess(postgres_url, policy_file, stub.base_url, processes[0].workdir).start()
     try:
         # Sweeps, not seconds: a loaded machine may take longer than any sleep to start the process.
         wait_until(lambda: again.sweeps_finished() >= 3, "the restarted process has swept three times")
@@ -248,7 +193,7 @@ def test_killed_mid_send_and_restarted_nothing_lost_nothing_doubled(
     make_overdue_requests(postgres_url, policy_file)
     # Slack is failing while the first process sweeps and tries to send: its work is committed and queued.
     stub.fail_next("chat.postMessage", status=503, count=100_000)
-    first = SchedulerProcess(postgres_url, policy_file, stub.base_url, tmp_path)
+    first = BackgroundProcess(postgres_url, policy_file, stub.base_url, tmp_path)
     first.start()
     try:
         wait_until(lambda: db_state(postgres_url)[:2] == (EXPECTED_NOTICES, 1), "the first sweep is recorded")
@@ -258,7 +203,7 @@ def test_killed_mid_send_and_restarted_nothing_lost_nothing_doubled(
     stub.clear_faults()
     assert not any(c.ok for c in stub.calls_to("chat.postMessage"))
 
-    restarted = [SchedulerProcess(postgres_url, policy_file, stub.base_url, tmp_path) for _ in range(2)]
+    restarted = [BackgroundProcess(postgres_url, policy_file, stub.base_url, tmp_path) for _ in range(2)]
     for process in restarted:
         process.start()
     try:
@@ -329,7 +274,7 @@ def test_two_processes_on_a_test_clock_over_two_days(
     processes = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        process = SchedulerProcess(postgres_url, policy_file, stub.base_url, tmp_path / name)
+        process = BackgroundProcess(postgres_url, policy_file, stub.base_url, tmp_path / name)
         process.env["FRBOT_TEST_CLOCK_FILE"] = str(clock_file)
         processes.append(process.start())
 
