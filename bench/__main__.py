@@ -30,9 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
 BEFORE_NOTE = (
-    'The section marked "before the submission receipts" is the previous round\'s final think-time run. '
-    'The sections marked "before the late locks" ran with this benchmark earlier, on the previous '
-    'session\'s machine. The older ones, "before the fixes", ran on an earlier machine (Intel Xeon, '
+    'The sections marked "before the frozen start-up objects" are run A of round four, on this machine. '
+    'The section marked "before the submission receipts" is round three\'s final think-time run, on that '
+    'round\'s slower machine. The sections marked "before the late locks" ran with this benchmark on '
+    'round two\'s machine. The older ones, "before the fixes", ran on an earlier machine (Intel Xeon, '
     "2 CPUs) with the earlier ack-latency benchmark: Slack stand-in in the load generator's process, "
     "payload building timed, no think time."
 )
@@ -174,7 +175,7 @@ def main() -> None:
         "",
     ]
     baselines = (BENCH / "baseline").glob("*.md")
-    rounds = ("before_receipts", "before_late_locks", "before_fixes")  # newest first
+    rounds = ("before_freeze", "before_receipts", "before_late_locks", "before_fixes")  # newest first
     newest_first = sorted(
         baselines,
         key=lambda path: (next((i for i, r in enumerate(rounds) if r in path.name), len(rounds)), path.name),

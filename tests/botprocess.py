@@ -27,6 +27,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def child_env(database_url: str, policy_file: Path, slack_api_url: str, **settings: str) -> dict[str, str]:
+    """A bot process's environment: this one's without its FRBOT_ settings, then the test's."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FRBOT_")}
+    env.update(
+        FRBOT_SLACK_BOT_TOKEN=BOT_TOKEN,
+        FRBOT_SLACK_API_URL=slack_api_url,
+        FRBOT_DATABASE_URL=database_url,
+        FRBOT_POLICY_FILE=str(policy_file),
+        FRBOT_OUTBOX_POLL_SECONDS="0.2",
+        PYTHONPATH=str(ROOT),
+    )
+    env.update(settings)
+    return env
+
+
 class BotProcess:
     def __init__(
         self, database_url: str, policy_file: Path, slack_api_url: str, workdir: Path, **env: str
@@ -34,23 +49,16 @@ class BotProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/slack/events"
         self.log_path = workdir / f"bot-{self.port}.log"
-        self.env = {key: value for key, value in os.environ.items() if not key.startswith("FRBOT_")}
-        self.env.update(
-            FRBOT_MODE="http",
-            FRBOT_HTTP_HOST="127.0.0.1",
-            FRBOT_HTTP_PORT=str(self.port),
-            FRBOT_SLACK_BOT_TOKEN=BOT_TOKEN,
-            FRBOT_SLACK_SIGNING_SECRET=SIGNING_SECRET,
-            FRBOT_SLACK_API_URL=slack_api_url,
-            FRBOT_DATABASE_URL=database_url,
-            FRBOT_POLICY_FILE=str(policy_file),
-            FRBOT_OUTBOX_POLL_SECONDS="0.2",
-            FRBOT_LOG_LEVEL="INFO",
+        defaults = {
+            "FRBOT_MODE": "http",
+            "FRBOT_HTTP_HOST": "127.0.0.1",
+            "FRBOT_HTTP_PORT": str(self.port),
+            "FRBOT_SLACK_SIGNING_SECRET": SIGNING_SECRET,
+            "FRBOT_LOG_LEVEL": "INFO",
             # The interactive tests count messages; reminders and digests have their own process tests.
-            FRBOT_SCHEDULER_ENABLED="false",
-            PYTHONPATH=str(ROOT),
-        )
-        self.env.update(env)
+            "FRBOT_SCHEDULER_ENABLED": "false",
+        }
+        self.env = child_env(database_url, policy_file, slack_api_url, **{**defaults, **env})
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -105,17 +113,9 @@ class BackgroundProcess:
         command: str = "scheduler",
         **env: str,
     ) -> None:
-        self.env = {key: value for key, value in os.environ.items() if not key.startswith("FRBOT_")}
-        self.env.update(
-            FRBOT_SLACK_BOT_TOKEN=BOT_TOKEN,
-            FRBOT_SLACK_API_URL=slack_api_url,
-            FRBOT_DATABASE_URL=database_url,
-            FRBOT_POLICY_FILE=str(policy_file),
-            FRBOT_OUTBOX_POLL_SECONDS="0.2",
-            FRBOT_SCHEDULER_INTERVAL_SECONDS="0.5",
-            PYTHONPATH=str(ROOT),
+        self.env = child_env(
+            database_url, policy_file, slack_api_url, **{"FRBOT_SCHEDULER_INTERVAL_SECONDS": "0.5", **env}
         )
-        self.env.update(env)
         self.command = command
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
