@@ -304,22 +304,30 @@ def _clock() -> Callable[[], datetime]:
 def cmd_scheduler(_args: argparse.Namespace) -> int:
     """A process that only runs the scheduler (and delivers the outbox), for deployments that want the
     timing work apart from the Slack-facing processes; those then run with `--no-scheduler`."""
-    return _run_background("scheduler-only process", records_receipts=False, no_scheduler=False)
+    return _run_background(
+        "scheduler-only process", _background_settings(), records_receipts=False, scheduler=True
+    )
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """A process that does what follows the answers: records stored submissions as requests, sends the
     outbox and (unless `--no-scheduler`) runs the scheduler. The Slack-facing processes then run with
     `--no-worker` and spend their CPU on answering (PostgreSQL; README, 'Deploying several processes')."""
-    return _run_background("worker process", records_receipts=True, no_scheduler=args.no_scheduler)
+    settings = _background_settings()
+    scheduler = settings.scheduler_enabled and not args.no_scheduler
+    return _run_background("worker process", settings, records_receipts=True, scheduler=scheduler)
 
 
-def _run_background(what: str, records_receipts: bool, no_scheduler: bool) -> int:
-    from bot.server import on_termination
-
+def _background_settings() -> Settings:
     settings = load_settings()
     if not settings.slack_bot_token or not settings.slack_bot_token.get_secret_value().strip():
         raise SettingsError("FRBOT_SLACK_BOT_TOKEN is not set: see README.md, 'Create the Slack app'.")
+    return settings
+
+
+def _run_background(what: str, settings: Settings, records_receipts: bool, scheduler: bool) -> int:
+    from bot.server import on_termination
+
     services = _bootstrap(settings, records_all_receipts=records_receipts)
     policy = services.policy
     stopped = threading.Event()
@@ -328,8 +336,6 @@ def _run_background(what: str, records_receipts: bool, no_scheduler: bool) -> in
     services.dispatcher.start()
     if records_receipts:
         services.intake.start()
-    # The scheduler-only process exists to run the scheduler; a worker runs it as `run` would.
-    scheduler = not no_scheduler and (settings.scheduler_enabled or not records_receipts)
     sweeps = _start_scheduler(services, settings) if scheduler else None
     log.info("%s: policy %s (version %s)", what, policy.path, policy.version)
     try:

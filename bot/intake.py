@@ -155,6 +155,8 @@ class IntakeWorker:
             .order_by(SubmissionReceipt.id)
             .limit(ORPHAN_SCAN_LIMIT)
         )
+        if self._retry_at:  # waiting for their backoff: they must not fill the batch
+            query = query.where(SubmissionReceipt.id.not_in(list(self._retry_at)))
         try:
             with transaction(self.workflow.db, read_only=True) as session:
                 orphans = list(session.scalars(query))
@@ -162,10 +164,9 @@ class IntakeWorker:
             log.warning("intake: database unavailable, will look for unrecorded submissions later: %s", exc)
             return 0
         for receipt_id in orphans:
-            if receipt_id not in self._retry_at:
-                if not self.records_all:
-                    log.info("intake: recording submission receipt %s left unrecorded", receipt_id)
-                self.record(receipt_id)
+            if not self.records_all:
+                log.info("intake: recording submission receipt %s left unrecorded", receipt_id)
+            self.record(receipt_id)
         return len(orphans)
 
 
