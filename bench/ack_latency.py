@@ -40,7 +40,7 @@ from typing import Any
 
 from bench.stub_process import RemoteStub
 from storage.db import recreate_schema
-from tests.botprocess import SIGNING_SECRET, BotProcess, free_port
+from tests.botprocess import SIGNING_SECRET, BackgroundProcess, BotProcess, free_port
 from tests.conftest import GROUPS, TEST_POLICY, slack_state, valid_form_values
 from tests.slackstub import SlackDriver
 
@@ -194,13 +194,14 @@ def main() -> None:
             database_url, policy, stub.base_url, workdir, FRBOT_LOG_LEVEL="WARNING", **bot_env
         ).start(args=("--no-worker",) if args.worker else ())
         worker = (
-            subprocess.Popen(
-                [sys.executable, "-m", "bot.cli", "worker"],
-                cwd=workdir,
-                env=bot.env,
-                stdout=subprocess.DEVNULL,
-                stderr=(workdir / "worker.log").open("ab"),
-            )
+            BackgroundProcess(
+                database_url,
+                policy,
+                stub.base_url,
+                workdir,
+                command="worker",
+                **{"FRBOT_LOG_LEVEL": "WARNING", "FRBOT_SCHEDULER_ENABLED": "false", **bot_env},
+            ).start()
             if args.worker
             else None
         )
@@ -233,7 +234,7 @@ def main() -> None:
                 if e["action_id"] == "review_approve"
             )
             target = {"blocks": form["blocks"], "message": message, "value": value}
-            bots = [bot.process.pid] + ([worker.pid] if worker is not None else [])
+            bots = [bot.process.pid] + ([worker.process.pid] if worker and worker.process else [])
             servers = [*bots, bare.pid]
             for model in models:
                 for kind in kinds:
@@ -271,8 +272,7 @@ def main() -> None:
             bare.wait(10)
             bot.stop()
             if worker is not None:
-                worker.terminate()
-                worker.wait(30)
+                worker.stop()
         late = stub.late_acks
 
     print(json.dumps({"memory_kib": memory, "late_acks": late}, indent=2))
