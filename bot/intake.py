@@ -37,7 +37,7 @@ from slack_sdk.errors import SlackApiError
 from sqlalchemy import select
 
 from bot.workflow import Submitted, Workflow
-from storage.db import DatabaseUnavailable, transaction
+from storage.db import DatabaseUnavailable, background_work, transaction
 from storage.models import SubmissionReceipt, utcnow
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class IntakeWorker:
                 log.warning("intake: still recording at shutdown; the rest is recorded after restart")
             self._thread = None
 
+    @background_work()
     def _loop(self) -> None:
         next_scan = 0.0  # at start: receipts a dead process left behind
         while not (self._stop.is_set() and self._queue.empty()):

@@ -56,7 +56,7 @@ from bot import views
 from bot.copies import RETIRE_COPY, Landing, ReportMarks, land, live_message, post_metadata
 from bot.pacing import UPDATE_KEY, Pacer, post_key, posted_to
 from bot.policy import Policy
-from storage.db import DatabaseUnavailable, transaction
+from storage.db import DatabaseUnavailable, background_work, transaction
 from storage.models import (
     DirectMessage,
     FrRequest,
@@ -205,6 +205,7 @@ class OutboxDispatcher:
                 log.warning("outbox: dispatcher still busy at shutdown; its row is retried after the lease")
             self._thread = None
 
+    @background_work()
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot import retention
 from bot.policy import Policy
 from bot.sweeps import SweepReport, run_sweeps, sweep_digests
-from storage.db import DatabaseUnavailable
+from storage.db import DatabaseUnavailable, background_work
 from storage.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ class SweepScheduler:
     def digest(self) -> SweepReport | None:
         return self._run("digest", lambda: sweep_digests(self.db, self.policy, self.clock))
 
+    @background_work()
     def purge(self) -> int:
         """The daily retention purge (bot/retention.py); returns how many requests were redacted."""
         try:
@@ -112,6 +113,7 @@ class SweepScheduler:
             log.info("retention purge: %d request(s) redacted", len(purged))
         return len(purged)
 
+    @background_work()
     def _run(self, what: str, work: Callable[[], SweepReport]) -> SweepReport | None:
         # A failed run changes nothing (each unit of work is one transaction); the next run retries.
         try:

@@ -50,7 +50,7 @@ from storage.models import (
     SubmissionReceipt,
     utcnow,
 )
-from storage.queries import request_with_history
+from storage.queries import request_for_review, request_with_history
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class Workflow:
             "attempts": 0,
         }
         try:
-            with transaction(self.db) as session:
+            with transaction(self.db, single_statement=True) as session:
                 return int(session.scalar(insert(SubmissionReceipt).returning(SubmissionReceipt.id), receipt))
         except IntegrityError:
             with transaction(self.db, read_only=True) as session:
@@ -517,12 +517,12 @@ class Workflow:
         read once, without a write lock (which on SQLite would queue every click behind every writer), and
         a write transaction is opened only to record a refusal."""
         with transaction(self.db, read_only=True) as session:
-            request = request_with_history(session, request_id)
+            request = request_for_review(session, request_id)
             refusal = self._refusal(session, request, position, user_id)
         if refusal is None and request is not None:
             return request
         with self._write() as session:
-            request = request_with_history(session, request_id)
+            request = request_for_review(session, request_id)
             # Checked again in the writing transaction: the refusal recorded is the one that holds now.
             refusal = self._refusal(session, request, position, user_id)
             if refusal is None and request is not None:

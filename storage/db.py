@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,9 +27,98 @@ READ_SNAPSHOT = READ_ONLY_OPTION
 _HOLDS_WRITER = "frbot_holds_sqlite_writer"
 
 
+_thread_kind = threading.local()
+
+
+@contextmanager
+def background_work() -> Iterator[None]:
+    """Mark this thread's transactions as background work (recording receipts, sending the outbox,
+    sweeps): on SQLite they let writers that answer Slack go first (see _WriterQueue)."""
+    before = getattr(_thread_kind, "background", False)
+    _thread_kind.background = True
+    try:
+        yield
+    finally:
+        _thread_kind.background = before
+
+
+def _in_background() -> bool:
+    return getattr(_thread_kind, "background", False)
+
+
+class _WriterQueue:
+    """The SQLite writer lock of one process: one writer at a time, writers answering Slack first.
+
+    A submission's receipt or a decision is saved before Slack is answered; the request's transaction,
+    the outbox's outcomes and the sweeps come after. Under load several background writers wait at once,
+    and a plain lock would let an answer wait behind all of them; here it waits at most for the writer
+    in progress. Background writers are not starved: after URGENT_TURNS answers in a row while one of
+    them waits, it goes next.
+    """
+
+    URGENT_TURNS = 4
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._held = False
+        self._urgent_waiting = 0
+        self._background_waiting = 0
+        self._urgent_in_a_row = 0
+
+    def acquire(self, timeout: float) -> bool:
+        urgent = not _in_background()
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            if urgent:
+                self._urgent_waiting += 1
+            else:
+                self._background_waiting += 1
+            try:
+                while self._held or not self._my_turn(urgent):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._changed.wait(remaining)
+                self._held = True
+                if not urgent:
+                    self._urgent_in_a_row = 0
+                elif self._background_waiting:
+                    self._urgent_in_a_row += 1  # counted only while background work waits
+                return True
+            finally:
+                if urgent:
+                    self._urgent_waiting -= 1
+                else:
+                    self._background_waiting -= 1
+
+    def _my_turn(self, urgent: bool) -> bool:
+        background_owed = self._background_waiting > 0 and self._urgent_in_a_row >= self.URGENT_TURNS
+        if urgent:
+            return not background_owed
+        return self._urgent_waiting == 0 or background_owed
+
+    def release(self) -> None:
+        with self._changed:
+            self._held = False
+            self._changed.notify_all()
+
+
+_sqlite_writers: weakref.WeakKeyDictionary[Engine, _WriterQueue] = weakref.WeakKeyDictionary()
+
+
+def sqlite_writer_queue(engine: Engine) -> _WriterQueue:
+    """The queue the writers of this SQLite engine wait in (for tests and diagnostics)."""
+    return _sqlite_writers[engine]
+
+
 class DatabaseUnavailable(Exception):
     """The database could not be reached or stayed locked; nothing was saved."""
 
+
+# A pooled PostgreSQL connection idle longer than this is checked (one round trip) before it is used: a
+# database restart leaves idle connections dead. One in use a moment ago is not: under load every check
+# is a round trip on the path of an answer to Slack (see _ping_when_idle).
+PING_AFTER_IDLE_SECONDS = 1.0
 
 # A modal submission is saved before Slack's 3-second acknowledgement: waiting longer than this for a lock
 # or a connection would lose the chance to tell the user "not saved". Short waits fail fast instead.
@@ -43,14 +134,41 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)  # a connection broken by a database restart is replaced
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     kwargs.setdefault("pool_timeout", LOCK_WAIT_SECONDS)
     connect_args = kwargs.pop("connect_args", {})
     connect_args.setdefault("connect_timeout", LOCK_WAIT_SECONDS)
     connect_args.setdefault("options", f"-c lock_timeout={LOCK_WAIT_SECONDS * 1000}")
-    return create_engine(url, connect_args=connect_args, **kwargs)
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Replace a pooled connection broken by a database restart, checking only connections that sat idle.
+
+    SQLAlchemy's pool_pre_ping checks every checkout: a round trip before every transaction, and under load
+    each round trip waits for the database's process and for this one's GIL. A connection checked in less
+    than PING_AFTER_IDLE_SECONDS ago is used as it is; if the database went away in that second, the
+    statement fails as any outage does (DatabaseUnavailable: the user is told "not saved") and SQLAlchemy
+    discards the pool's connections, so the next transaction connects afresh.
+    """
+
+    @event.listens_for(engine.pool, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["frbot_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.pool, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.pop("frbot_idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return  # just connected, or in use a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError("pooled connection is broken") from exc  # the pool reconnects
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -71,7 +189,8 @@ def _configure_sqlite(engine: Engine) -> None:
     # writer sleep and retry (1, 2, 5 … 100 ms apart), so under load a writer could sleep through many
     # commits and wait far longer than the queue ahead of it: the long tails of submissions. A waiter here
     # is woken as soon as the writer before it ends. Other processes still meet the busy handler.
-    writer = threading.Lock()
+    writer = _WriterQueue()
+    _sqlite_writers[engine] = writer
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
@@ -126,15 +245,22 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
-def transaction(factory: sessionmaker[Session], read_only: bool = False) -> Iterator[Session]:
+def transaction(
+    factory: sessionmaker[Session], read_only: bool = False, single_statement: bool = False
+) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error, map outages to DatabaseUnavailable.
 
     `read_only` lets SQLite readers run beside a writer instead of queueing for the write lock.
+    `single_statement`: the unit is one statement, atomic by itself, so on PostgreSQL it runs without
+    BEGIN and COMMIT (two round trips fewer on the path of an answer); on SQLite it still queues for the
+    writer lock like any write.
     """
     session = factory()
     try:
         if read_only:
             session.connection(execution_options={READ_ONLY_OPTION: True})
+        elif single_statement and session.get_bind().dialect.name == "postgresql":
+            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         yield session
         session.commit()
     except OperationalError as exc:

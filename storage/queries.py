@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, raiseload, selectinload
 
 from storage.models import FrRequest, StageReview
 
@@ -22,4 +22,21 @@ def request_with_history(session: Session, request_id: int, lock: bool = False) 
     )
     if lock:
         query = query.with_for_update(of=FrRequest)
+    return session.scalars(query).first()
+
+
+def request_for_review(session: Session, request_id: int) -> FrRequest | None:
+    """The request, its stages and their decisions: what authorising a reviewer's click and the decision
+    and question modals read. Three queries instead of request_with_history's five, on the path of every
+    reviewer click; questions and comments are not loaded (touching them on the result raises)."""
+    query = (
+        select(FrRequest)
+        .where(FrRequest.id == request_id)
+        .options(
+            selectinload(FrRequest.stages).selectinload(StageReview.decisions),
+            raiseload(FrRequest.comments),
+            selectinload(FrRequest.stages).raiseload(StageReview.info_requests),
+        )
+        .execution_options(populate_existing=True)
+    )
     return session.scalars(query).first()

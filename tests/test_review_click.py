@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import Engine, event
+
+from bot import views
 from bot.workflow import Refusal, Workflow
 from storage.models import FrRequest
 from tests.test_workflow import APPROVE, audit_actions, submit
@@ -29,3 +34,28 @@ def test_refusals_are_recorded_as_before(workflow: Workflow) -> None:
     missing = workflow.authorised_request(999_999, 0, "USUP2", "approve")
     assert isinstance(missing, Refusal) and missing.code == "unknown_request"
     assert audit_actions(workflow)[-1] == "action_refused"
+
+
+def test_a_click_reads_the_request_its_stages_and_decisions_in_three_queries(
+    workflow: Workflow, engine: Engine
+) -> None:
+    """Questions and comments are not read on the path of every click; the modals do not show them."""
+    result = submit(workflow)
+    workflow.request_info(result.request_id, 0, "USUP1", "Which camera took the image?", "V-INFO")
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        request = workflow.authorised_request(result.request_id, 0, "USUP2", "approve")
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert isinstance(request, FrRequest)
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 3, statements
+    context = views.ReviewContext(request_id=request.id, position=0, action="approve")
+    assert views.decision_modal(request, workflow.policy, context)["type"] == "modal"
+    context = views.ReviewContext(request_id=request.id, position=0, action="request_info")
+    assert views.info_modal(request, workflow.policy, context)["type"] == "modal"

@@ -1,0 +1,197 @@
+"""storage/db.py: SQLite's writer queue puts answers to Slack first; PostgreSQL's single-statement writes and
+pooled connections checked only after sitting idle."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select, text
+
+from bot.forms import check_request
+from bot.workflow import Workflow
+from storage import db
+from storage.db import (
+    _WriterQueue,
+    background_work,
+    make_engine,
+    make_session_factory,
+    sqlite_writer_queue,
+    transaction,
+)
+from storage.models import SubmissionReceipt, utcnow
+from tests.conftest import valid_form_values
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+class Waiter(threading.Thread):
+    """A writer that queues for `writers` and notes, in `order`, when it got its turn."""
+
+    def __init__(self, writers: _WriterQueue, name: str, order: list[str], background: bool) -> None:
+        super().__init__(name=name, daemon=True)
+        self.writers, self.order, self.background = writers, order, background
+
+    def run(self) -> None:
+        if self.background:
+            with background_work():
+                self._take()
+        else:
+            self._take()
+
+    def _take(self) -> None:
+        assert self.writers.acquire(timeout=5)
+        self.order.append(self.name)
+        self.writers.release()
+
+
+def queued(writers: _WriterQueue) -> int:
+    return writers._urgent_waiting + writers._background_waiting
+
+
+def start_queued(writers: _WriterQueue, thread: threading.Thread) -> threading.Thread:
+    """Start `thread` and return once it waits in `writers` (the test holds the queue)."""
+    before = queued(writers)
+    thread.start()
+    wait_for(lambda: queued(writers) > before, f"{thread.name} to queue")
+    return thread
+
+
+def queue_up(writers: _WriterQueue, order: list[str], *waiters: tuple[str, bool]) -> list[Waiter]:
+    """Start the waiters one by one, each queued before the next starts (the test holds the queue)."""
+    return [start_queued(writers, Waiter(writers, name, order, background)) for name, background in waiters]
+
+
+def test_a_writer_answering_slack_goes_before_background_writers_that_waited_longer() -> None:
+    writers, order = _WriterQueue(), []
+    assert writers.acquire(timeout=1)
+    threads = queue_up(writers, order, ("intake", True), ("outbox", True), ("answer", False))
+    writers.release()
+    for thread in threads:
+        thread.join(5)
+    assert order[0] == "answer"
+    assert sorted(order[1:]) == ["intake", "outbox"]
+
+
+def test_background_writers_are_not_starved_by_a_stream_of_answers() -> None:
+    writers, order = _WriterQueue(), []
+    assert writers.acquire(timeout=1)
+    answers = [(f"answer{i}", False) for i in range(_WriterQueue.URGENT_TURNS + 2)]
+    threads = queue_up(writers, order, ("intake", True), *answers)
+    writers.release()
+    for thread in threads:
+        thread.join(5)
+    # The answers waiting go first, but only URGENT_TURNS of them before the background writer's turn.
+    assert order.index("intake") == _WriterQueue.URGENT_TURNS
+    assert len(order) == len(answers) + 1
+
+
+def test_a_writer_waiting_too_long_is_told_so() -> None:
+    writers = _WriterQueue()
+    assert writers.acquire(timeout=1)
+    started = time.monotonic()
+    with background_work():
+        assert not writers.acquire(timeout=0.05)
+    assert time.monotonic() - started >= 0.05
+    writers.release()
+    assert writers.acquire(timeout=0.05)  # a timed-out waiter left nothing behind
+    writers.release()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_transactions_of_background_threads_wait_for_answers(engine: Engine) -> None:
+    """The engine's writer queue knows the intake, outbox and scheduler threads by `background_work`."""
+    factory = make_session_factory(engine)
+    order: list[str] = []
+    writers = sqlite_writer_queue(engine)
+
+    def write(name: str, background: bool) -> threading.Thread:
+        def run() -> None:
+            if background:
+                with background_work(), transaction(factory) as session:
+                    session.execute(select(1))
+                    order.append(name)
+            else:
+                with transaction(factory) as session:
+                    session.execute(select(1))
+                    order.append(name)
+
+        return start_queued(writers, threading.Thread(target=run, name=name, daemon=True))
+
+    with transaction(factory) as session:
+        session.execute(select(1))  # holds the writer: BEGIN IMMEDIATE
+        threads = [write("intake", True), write("answer", False)]
+    for thread in threads:
+        thread.join(5)
+    assert order == ["answer", "intake"]
+
+
+def test_a_stored_form_is_one_statement_and_the_next_transaction_is_a_transaction_again(
+    database_url: str, workflow: Workflow
+) -> None:
+    """On PostgreSQL the receipt is written without BEGIN/COMMIT; the pooled connection it used must not
+    stay in autocommit, or a later transaction that fails would leave half its writes behind."""
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)  # the same connection every time
+    try:
+        factory = make_session_factory(engine)
+        workflow.db = factory
+        form = check_request(workflow.policy, valid_form_values())
+        first = workflow.receive(form, "UOFFICER", "T0", "V1")
+        assert workflow.receive(form, "UOFFICER", "T0", "V1") == first  # the same modal, the same receipt
+        with pytest.raises(RuntimeError), transaction(factory) as session:
+            session.add(SubmissionReceipt(**_receipt("V2")))
+            session.flush()
+            raise RuntimeError("failed after its first write")
+        with transaction(factory, read_only=True) as session:
+            keys = session.scalars(select(SubmissionReceipt.submission_key)).all()
+        assert keys == ["V1"]
+    finally:
+        engine.dispose()
+
+
+def _receipt(key: str) -> dict[str, Any]:
+    return {
+        "submission_key": key,
+        "requester_id": "UOFFICER",
+        "team_id": "T0",
+        "form": {},
+        "received_at": utcnow(),
+        "attempts": 0,
+    }
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_pooled_connection_is_checked_only_after_sitting_idle(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)
+    pings: list[object] = []
+    ping = engine.dialect.do_ping
+    monkeypatch.setattr(engine.dialect, "do_ping", lambda conn: pings.append(conn) or ping(conn))
+    try:
+        with engine.connect() as conn:
+            backend = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        with engine.connect() as conn:  # in use a moment ago: no round trip to check it
+            conn.execute(text("SELECT 1"))
+        assert pings == []
+
+        # A database restart kills idle connections; one idle long enough is checked and replaced.
+        with make_engine(database_url).connect() as admin:
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+            admin.commit()
+        monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.0)
+        with engine.connect() as conn:
+            replaced = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        assert len(pings) == 1
+        assert replaced != backend
+    finally:
+        engine.dispose()
