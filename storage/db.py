@@ -6,6 +6,7 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,13 +48,15 @@ def _in_background() -> bool:
 
 
 class _WriterQueue:
-    """The SQLite writer lock of one process: one writer at a time, writers answering Slack first.
+    """The SQLite writer lock of one process: one writer at a time, in arrival order, answers to Slack first.
 
     A submission's receipt or a decision is saved before Slack is answered; the request's transaction,
     the outbox's outcomes and the sweeps come after. Under load several background writers wait at once,
     and a plain lock would let an answer wait behind all of them; here it waits at most for the writer
-    in progress. Background writers are not starved: after URGENT_TURNS answers in a row while one of
-    them waits, it goes next.
+    in progress and the answers queued before it. Each kind waits in arrival order (a plain lock lets the
+    writer that just finished take it again before the woken waiters run, so one could wait out its 2 s).
+    Background writers are not starved: after URGENT_TURNS answers in a row while one of them waits, it
+    goes next.
     """
 
     URGENT_TURNS = 4
@@ -61,20 +64,23 @@ class _WriterQueue:
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._held = False
-        self._urgent_waiting = 0
-        self._background_waiting = 0
+        self._urgent: deque[object] = deque()
+        self._background: deque[object] = deque()
         self._urgent_in_a_row = 0
+
+    def waiting(self) -> int:
+        with self._changed:
+            return len(self._urgent) + len(self._background)
 
     def acquire(self, timeout: float) -> bool:
         urgent = not _in_background()
+        line = self._urgent if urgent else self._background
+        ticket = object()
         deadline = time.monotonic() + timeout
         with self._changed:
-            if urgent:
-                self._urgent_waiting += 1
-            else:
-                self._background_waiting += 1
+            line.append(ticket)
             try:
-                while self._held or not self._my_turn(urgent):
+                while self._held or not self._is_next(ticket, urgent):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return False
@@ -82,20 +88,19 @@ class _WriterQueue:
                 self._held = True
                 if not urgent:
                     self._urgent_in_a_row = 0
-                elif self._background_waiting:
+                elif self._background:
                     self._urgent_in_a_row += 1  # counted only while background work waits
                 return True
             finally:
-                if urgent:
-                    self._urgent_waiting -= 1
-                else:
-                    self._background_waiting -= 1
+                line.remove(ticket)
+                if not self._held:
+                    self._changed.notify_all()  # gave up at the head of a line: the next one may go
 
-    def _my_turn(self, urgent: bool) -> bool:
-        background_owed = self._background_waiting > 0 and self._urgent_in_a_row >= self.URGENT_TURNS
+    def _is_next(self, ticket: object, urgent: bool) -> bool:
+        background_owed = bool(self._background) and self._urgent_in_a_row >= self.URGENT_TURNS
         if urgent:
-            return not background_owed
-        return self._urgent_waiting == 0 or background_owed
+            return self._urgent[0] is ticket and not background_owed
+        return self._background[0] is ticket and (not self._urgent or background_owed)
 
     def release(self) -> None:
         with self._changed:

@@ -54,15 +54,11 @@ class Waiter(threading.Thread):
         self.writers.release()
 
 
-def queued(writers: _WriterQueue) -> int:
-    return writers._urgent_waiting + writers._background_waiting
-
-
 def start_queued(writers: _WriterQueue, thread: threading.Thread) -> threading.Thread:
     """Start `thread` and return once it waits in `writers` (the test holds the queue)."""
-    before = queued(writers)
+    before = writers.waiting()
     thread.start()
-    wait_for(lambda: queued(writers) > before, f"{thread.name} to queue")
+    wait_for(lambda: writers.waiting() > before, f"{thread.name} to queue")
     return thread
 
 
@@ -93,6 +89,21 @@ def test_background_writers_are_not_starved_by_a_stream_of_answers() -> None:
     # The answers waiting go first, but only URGENT_TURNS of them before the background writer's turn.
     assert order.index("intake") == _WriterQueue.URGENT_TURNS
     assert len(order) == len(answers) + 1
+
+
+def test_writers_of_a_kind_go_in_arrival_order_and_one_that_just_wrote_queues_again() -> None:
+    """The bench's ten threads submitting back to back: with a plain lock the writer that had just
+    finished could take it again before the woken waiters ran, and one waited 2 s ("database is locked")."""
+    writers, order = _WriterQueue(), []
+    assert writers.acquire(timeout=1)
+    threads = queue_up(writers, order, *[(f"answer{i}", False) for i in range(5)])
+    writers.release()
+    assert writers.acquire(timeout=5)  # at the back of the line, behind the five
+    order.append("again")
+    writers.release()
+    for thread in threads:
+        thread.join(5)
+    assert order == [f"answer{i}" for i in range(5)] + ["again"]
 
 
 def test_a_writer_waiting_too_long_is_told_so() -> None:
