@@ -439,6 +439,31 @@ def test_digest_counts_lists_and_decision_times(
     assert reference(workflow, overdue) in text and "2 h" in text and "3 h" in text
 
 
+def test_digest_lists_approvals_about_to_expire_with_a_link_to_their_last_stage(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub
+) -> None:
+    approved = submit(workflow, "V1")
+    later = submit(workflow, "V2")
+    deliver(workflow, stub, clock)
+    workflow.decide(approved, 0, "USUP1", "approve", APPROVE)
+    clock.advance(hours=1)
+    workflow.decide(later, 0, "USUP1", "approve", APPROVE)
+    deliver(workflow, stub, clock)
+    with transaction(workflow.db) as session:
+        requests = [session.get(FrRequest, approved), session.get(FrRequest, later)]
+        valid_until = [r.valid_until for r in requests if r is not None]
+        channel, ts = requests[0].stages[-1].message_channel, requests[0].stages[-1].message_ts  # type: ignore[union-attr]
+    now = valid_until[0] - timedelta(hours=workflow.policy.digest.expiring_within_hours - 2)
+    with transaction(workflow.db, read_only=True) as session:
+        summary = sweeps.digest_summary(session, workflow.policy, now - timedelta(days=1), now, now)
+    assert [e["reference"] for e in summary["expiring"]] == [
+        reference(workflow, approved),
+        reference(workflow, later),
+    ]
+    assert summary["expiring"][0]["valid_until"] == valid_until[0].isoformat()
+    assert summary["expiring"][0]["link"].endswith(f"/archives/{channel}/p{ts.replace('.', '')}")
+
+
 def test_digest_lists_are_capped_and_fit_slack() -> None:
     from bot.policy import parse_policy
     from tests.conftest import TEST_POLICY
