@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,15 +22,7 @@ from storage.db import (
     transaction,
 )
 from storage.models import SubmissionReceipt, utcnow
-from tests.conftest import valid_form_values
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+from tests.conftest import valid_form_values, wait_until
 
 
 class Waiter(threading.Thread):
@@ -58,7 +49,7 @@ def start_queued(writers: _WriterQueue, thread: threading.Thread) -> threading.T
     """Start `thread` and return once it waits in `writers` (the test holds the queue)."""
     before = writers.waiting()
     thread.start()
-    wait_for(lambda: writers.waiting() > before, f"{thread.name} to queue")
+    wait_until(lambda: writers.waiting() > before, f"{thread.name} queues", timeout=5, every=0.005)
     return thread
 
 

@@ -11,7 +11,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from bot.workflow import Workflow
 from storage.db import make_engine, make_session_factory, transaction
 from storage.models import DigestRun, OutboxMessage, OutboxStatus, ScheduledNotice, utcnow
 from tests.botprocess import BackgroundProcess, BotProcess
-from tests.conftest import GROUPS, TEST_POLICY, _truncate_postgres, valid_form_values
+from tests.conftest import GROUPS, TEST_POLICY, _truncate_postgres, valid_form_values, wait_until
 from tests.slackstub import SlackStub
 
 WHY = "Suspect is armed and has threatened a named victim tonight."
@@ -84,14 +84,6 @@ def make_overdue_requests(database_url: str, policy_file: Path) -> None:
     )
     workflow.submit(form, OFFICER, "T0TEST", "ttl-0")
     engine.dispose()
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.2)
 
 
 def outbox_rows(database_url: str) -> list[tuple[object, ...]]:
