@@ -35,7 +35,7 @@ _thread_kind = threading.local()
 def background_work() -> Iterator[None]:
     """Mark this thread's transactions as background work (recording receipts, sending the outbox,
     sweeps): on SQLite they let writers that answer Slack go first (see _WriterQueue)."""
-    before = getattr(_thread_kind, "background", False)
+    before = _in_background()
     _thread_kind.background = True
     try:
         yield

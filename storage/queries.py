@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, raiseload, selectinload
+from sqlalchemy.orm.interfaces import ORMOption
 
 from storage.models import FrRequest, StageReview
 
 
-def request_with_history(session: Session, request_id: int, lock: bool = False) -> FrRequest | None:
-    """The request, its stages, their decisions and questions; `lock` takes the row lock for an update."""
-    query = (
+def _request(request_id: int, *loads: ORMOption) -> Select[tuple[FrRequest]]:
+    # populate_existing: a request already in the session is refreshed, not returned as it was read.
+    return (
         select(FrRequest)
         .where(FrRequest.id == request_id)
-        .options(
-            selectinload(FrRequest.stages).selectinload(StageReview.decisions),
-            selectinload(FrRequest.stages).selectinload(StageReview.info_requests),
-            selectinload(FrRequest.comments),
-        )
+        .options(selectinload(FrRequest.stages).selectinload(StageReview.decisions), *loads)
         .execution_options(populate_existing=True)
+    )
+
+
+def request_with_history(session: Session, request_id: int, lock: bool = False) -> FrRequest | None:
+    """The request, its stages, their decisions and questions; `lock` takes the row lock for an update."""
+    query = _request(
+        request_id,
+        selectinload(FrRequest.stages).selectinload(StageReview.info_requests),
+        selectinload(FrRequest.comments),
     )
     if lock:
         query = query.with_for_update(of=FrRequest)
@@ -29,14 +35,9 @@ def request_for_review(session: Session, request_id: int) -> FrRequest | None:
     """The request, its stages and their decisions: what authorising a reviewer's click and the decision
     and question modals read. Three queries instead of request_with_history's five, on the path of every
     reviewer click; questions and comments are not loaded (touching them on the result raises)."""
-    query = (
-        select(FrRequest)
-        .where(FrRequest.id == request_id)
-        .options(
-            selectinload(FrRequest.stages).selectinload(StageReview.decisions),
-            raiseload(FrRequest.comments),
-            selectinload(FrRequest.stages).raiseload(StageReview.info_requests),
-        )
-        .execution_options(populate_existing=True)
+    query = _request(
+        request_id,
+        raiseload(FrRequest.comments),
+        selectinload(FrRequest.stages).raiseload(StageReview.info_requests),
     )
     return session.scalars(query).first()

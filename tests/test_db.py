@@ -3,6 +3,7 @@ pooled connections checked only after sitting idle."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -33,16 +34,14 @@ class Waiter(threading.Thread):
         self.writers, self.order, self.background = writers, order, background
 
     def run(self) -> None:
-        if self.background:
-            with background_work():
-                self._take()
-        else:
-            self._take()
+        with kind(self.background):
+            assert self.writers.acquire(timeout=5)
+            self.order.append(self.name)
+            self.writers.release()
 
-    def _take(self) -> None:
-        assert self.writers.acquire(timeout=5)
-        self.order.append(self.name)
-        self.writers.release()
+
+def kind(background: bool) -> contextlib.AbstractContextManager[None]:
+    return background_work() if background else contextlib.nullcontext()
 
 
 def start_queued(writers: _WriterQueue, thread: threading.Thread) -> threading.Thread:
@@ -118,14 +117,9 @@ def test_sqlite_transactions_of_background_threads_wait_for_answers(engine: Engi
 
     def write(name: str, background: bool) -> threading.Thread:
         def run() -> None:
-            if background:
-                with background_work(), transaction(factory) as session:
-                    session.execute(select(1))
-                    order.append(name)
-            else:
-                with transaction(factory) as session:
-                    session.execute(select(1))
-                    order.append(name)
+            with kind(background), transaction(factory) as session:
+                session.execute(select(1))
+                order.append(name)
 
         return start_queued(writers, threading.Thread(target=run, name=name, daemon=True))
 
@@ -187,9 +181,13 @@ def test_a_pooled_connection_is_checked_only_after_sitting_idle(
         assert pings == []
 
         # A database restart kills idle connections; one idle long enough is checked and replaced.
-        with make_engine(database_url).connect() as admin:
-            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
-            admin.commit()
+        admin = make_engine(database_url)
+        try:
+            with admin.connect() as conn:
+                conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+                conn.commit()
+        finally:
+            admin.dispose()
         monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.0)
         with engine.connect() as conn:
             replaced = conn.execute(text("SELECT pg_backend_pid()")).scalar()
