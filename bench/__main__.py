@@ -30,7 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
 BEFORE_NOTE = (
-    'The sections marked "before the frozen start-up objects" are run A of round four, on this machine. '
+    'The sections marked "before answering from the receiving thread" are round five\'s full run, on that '
+    "round's machine (its bare app answered with Bolt's defaults; the p99 ratios there are to that app). "
+    'The sections marked "before the frozen start-up objects" are run A of round four, on that round\'s '
+    "machine. "
     'The section marked "before the submission receipts" is round three\'s final think-time run, on that '
     'round\'s slower machine. The sections marked "before the late locks" ran with this benchmark on '
     'round two\'s machine. The older ones, "before the fixes", ran on an earlier machine (Intel Xeon, '
@@ -175,7 +178,13 @@ def main() -> None:
         "",
     ]
     baselines = (BENCH / "baseline").glob("*.md")
-    rounds = ("before_freeze", "before_receipts", "before_late_locks", "before_fixes")  # newest first
+    rounds = (
+        "before_answer_thread",
+        "before_freeze",
+        "before_receipts",
+        "before_late_locks",
+        "before_fixes",
+    )  # newest first
     newest_first = sorted(
         baselines,
         key=lambda path: (next((i for i, r in enumerate(rounds) if r in path.name), len(rounds)), path.name),

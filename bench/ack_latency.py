@@ -3,7 +3,9 @@
 Both run as real processes under waitress behind the same WSGI wrapper and answer real signed Slack requests
 over HTTP from 1, 10 and 50 concurrent simulated users. The bot does its real work (it validates the form
 and commits the request before acknowledging a submission; it opens a modal after acknowledging a command
-or a click); the bare app only acknowledges. Our latency is reported as a ratio to that floor.
+or a click); the bare app only acknowledges, answering from the thread that received the request as the
+bot does. Our latency is reported as a ratio to that floor, and to a second bare app with Bolt's default
+`process_before_response=False` (bench/bare_app.py), as a bare Bolt app is usually written.
 
 - **Think time** (the target's model): each user waits a random think time, uniform THINK_SECONDS,
   before each request (and before its first, so users do not start in step), and the level runs for
@@ -15,7 +17,7 @@ or a click); the bare app only acknowledges. Our latency is reported as a ratio 
 The Slack stand-in runs in its own process (bench/stub_process.py). Each time is the HTTP round trip
 only (SlackDriver.last_elapsed): building and signing the payload is not counted. Before every level the
 benchmark waits until the bot is idle (its outbox sent), so one level's Slack calls do not land in the
-next level or in the bare app's run. Bot and bare app take turns level by level.
+next level or in the bare apps' runs. Bot and bare apps take turns level by level.
 
 Run: python -m bench.ack_latency [--database-url URL] [--requests N] [--duration S]
 (writes bench/out/ack_latency_<backend>.md; `python -m bench` gathers it into bench/RESULTS.md)
@@ -47,7 +49,9 @@ from tests.slackstub import SlackDriver
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 10, 50)
 KINDS = ("command", "submission", "click")
-APPS = ("bot", "bare")
+# "bare": only acks, answering in the receiving thread like the bot (the floor); "defaults": the same with
+# Bolt's default process_before_response=False, as a bare Bolt app is usually written.
+APPS = ("bot", "bare", "defaults")
 MODELS = ("think", "saturation")
 # A person in Slack reads, types or decides between requests; 0.5-1.5 s (mean 1 s) is far busier than
 # any real officer or reviewer, so 50 such users offer about 50 requests/s of one kind: a stress test
@@ -206,20 +210,28 @@ def main() -> None:
             else None
         )
         stub.report_landings_to(bot.url)  # as Slack would: one event per post, handled by the bot
-        bare_port = free_port()
         env = {**bot.env, "PYTHONPATH": str(ROOT)}
-        bare = subprocess.Popen(
-            [sys.executable, "-m", "bench.bare_app", str(bare_port)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        ports = {"bare": free_port(), "defaults": free_port()}
+        bares = [
+            subprocess.Popen(
+                [sys.executable, "-m", "bench.bare_app", str(port)]
+                + (["--bolt-defaults"] if app == "defaults" else []),
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for app, port in ports.items()
+        ]
         try:
-            wait_healthy(bare_port)
+            for port in ports.values():
+                wait_healthy(port)
             assert bot.process is not None
             memory["bot idle"] = rss_kib(bot.process.pid)
-            urls = {"bot": bot.url, "bare": f"http://127.0.0.1:{bare_port}/slack/events"}
+            urls = {
+                "bot": bot.url,
+                **{app: f"http://127.0.0.1:{port}/slack/events" for app, port in ports.items()},
+            }
             # One real request whose reviewer message the button clicks target.
             setup = SlackDriver(bot.url, SIGNING_SECRET, stub=stub)  # type: ignore[arg-type]
             setup.slash_command("/fr-request", "", "UOFFICER")
@@ -235,7 +247,7 @@ def main() -> None:
             )
             target = {"blocks": form["blocks"], "message": message, "value": value}
             bots = [bot.process.pid] + ([worker.process.pid] if worker and worker.process else [])
-            servers = [*bots, bare.pid]
+            servers = [*bots, *(process.pid for process in bares)]
             for model in models:
                 for kind in kinds:
                     for users in levels:
@@ -268,8 +280,9 @@ def main() -> None:
                                 memory[f"bot after {kind} load"] = rss_kib(bot.process.pid)
                             print(f"{model} {kind} {users} {app}: n={len(samples)}", flush=True)
         finally:
-            bare.terminate()
-            bare.wait(10)
+            for process in bares:
+                process.terminate()
+                process.wait(10)
             bot.stop()
             if worker is not None:
                 worker.stop()
@@ -302,20 +315,24 @@ def write_results(
             f"#### {titles[model]}",
             "",
             "| request | users | n | bot p50 ms | bot p99 ms | bot max ms | bare p50 ms | bare p99 ms | "
-            "bare max ms | p99 ratio | bot CPU ms/request |"
-            + (" worker CPU ms/request |" if args.worker else ""),
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if args.worker else ""),
+            "bare max ms | p99 ratio | Bolt-defaults bare p50 / p99 ms | p99 ratio to it | "
+            "bot CPU ms/request |" + (" worker CPU ms/request |" if args.worker else ""),
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            + ("---:|" if args.worker else ""),
         ]
         for kind in KINDS:
             for users in CONCURRENCY:
                 if users not in results[model]["bot"][kind]:
                     continue
                 ours, floor = results[model]["bot"][kind][users], results[model]["bare"][kind][users]
-                p99, floor_p99 = percentile(ours, 0.99), percentile(floor, 0.99)
+                usual = results[model]["defaults"][kind][users]
+                p99, floor_p99, usual_p99 = (percentile(s, 0.99) for s in (ours, floor, usual))
                 lines.append(
                     f"| {kind} | {users} | {len(ours)} | {statistics.median(ours) * 1000:.1f} | "
                     f"{p99 * 1000:.1f} | {max(ours) * 1000:.1f} | {statistics.median(floor) * 1000:.1f} | "
-                    f"{floor_p99 * 1000:.1f} | {max(floor) * 1000:.1f} | {p99 / floor_p99:.2f} |"
+                    f"{floor_p99 * 1000:.1f} | {max(floor) * 1000:.1f} | {p99 / floor_p99:.2f} | "
+                    f"{statistics.median(usual) * 1000:.1f} / {usual_p99 * 1000:.1f} | "
+                    f"{p99 / usual_p99:.2f} |"
                     + "".join(f" {value:.1f} |" for value in cpu[model][kind][users])
                 )
         if model in rates:

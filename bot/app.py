@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 from slack_bolt import App, BoltResponse
@@ -12,6 +12,7 @@ from slack_bolt import App, BoltResponse
 from bot import guard
 from bot.services import Services
 from handlers import register_all
+from handlers.after_answer import AfterAnswer
 
 log = logging.getLogger(__name__)
 
@@ -24,19 +25,21 @@ def create_app(
     verify_token: bool = True,
     listener_executor: Executor | None = None,
 ) -> App:
+    # Bolt's own default pool of 5 would queue work behind slow Slack calls under load.
+    executor = listener_executor or ThreadPoolExecutor(max_workers=32, thread_name_prefix="listener")
     app = App(
         client=services.client,
         signing_secret=signing_secret,
         token_verification_enabled=verify_token,
-        # In HTTP mode Bolt answers Slack as soon as ack() is called; the listener finishes afterwards.
-        process_before_response=False,
+        # The thread that received the request runs the listener and answers when it returns; listeners
+        # ack and hand what follows to AfterAnswer (handlers/after_answer.py says why).
+        process_before_response=True,
         # Slack reports where the bot's own posts landed (message_metadata_posted, handlers/events.py):
         # Bolt would drop those as "self events".
         ignoring_self_events_enabled=False,
         # Bolt's default reply to an unmatched request is a bare 404, which is what Slack needs.
         raise_error_for_unhandled_request=False,
-        # Passed in so shutdown can wait for listeners still running after their ack.
-        listener_executor=listener_executor,
+        listener_executor=executor,
     )
 
     @app.middleware
@@ -55,5 +58,6 @@ def create_app(
 
     app.middleware(guard.EventDeduplicator().middleware)
     app.error(guard.quiet_errors)
-    register_all(app, services)
+    # The same pool: shutdown waits for work still running after its answer (bot/cli.py).
+    register_all(app, services, AfterAnswer(executor))
     return app

@@ -118,10 +118,13 @@ class EventDeduplicator:
 
 
 def quiet_errors(error: Exception, body: dict[str, Any], logger: logging.Logger) -> BoltResponse:
-    """A listener failed: one log line with where, no traceback or payload (which may hold user text)."""
+    """A listener failed before answering: logged quietly, and Slack is told the request failed."""
+    log_listener_failure(error, body.get("type") or "command")
+    return BoltResponse(status=400, body="request could not be handled")
+
+
+def log_listener_failure(error: Exception, kind: str) -> None:
+    """One log line with where, no traceback or payload (which may hold user text)."""
     frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
     where = f" at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else ""
-    log.error(
-        "listener failed for a %s request: %s%s", body.get("type") or "command", type(error).__name__, where
-    )
-    return BoltResponse(status=400, body="request could not be handled")
+    log.error("listener failed for a %s request: %s%s", kind, type(error).__name__, where)

@@ -1,6 +1,7 @@
 """Slack listeners, one module per kind, each with a `register(app, services)`.
 
-Listeners are thin: parse the payload, call one workflow function, render its result.
+Listeners are thin: parse the payload, call one workflow function, render its result. Whatever need not
+come before Slack's answer is handed to `AfterAnswer` (handlers/after_answer.py).
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from slack_bolt import App
 
 from bot.services import Services
 from handlers import actions, commands, events, views
+from handlers.after_answer import AfterAnswer
 
 
-def register_all(app: App, services: Services) -> None:
-    commands.register(app, services)
-    actions.register(app, services)
+def register_all(app: App, services: Services, after_answer: AfterAnswer) -> None:
+    commands.register(app, services, after_answer)
+    actions.register(app, services, after_answer)
     views.register(app, services)
-    events.register(app, services)
+    events.register(app, services, after_answer)

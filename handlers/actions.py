@@ -1,6 +1,7 @@
 """Buttons: reviewers' decisions and comments, officers' withdraw / answer / outcome / re-request, App Home.
 
-Every listener acks first, then checks who clicked, then opens the matching modal or tells them why not.
+Every listener acks first; after the answer it checks who clicked, then opens the matching modal or tells
+them why not.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from bot import views
 from bot.copies import note_clicked_message
 from bot.services import Services
 from bot.workflow import Refusal
+from handlers.after_answer import AfterAnswer
 from handlers.replies import open_view, tell
 from storage.db import DatabaseUnavailable
 from storage.models import FrRequest, RequestStatus
@@ -36,19 +38,22 @@ def _id(action: dict[str, Any]) -> int | None:
     return int(value) if ID_VALUE.match(value) else None
 
 
-def register(app: App, services: Services) -> None:
+def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
     workflow = services.workflow
     policy = services.policy.policy
 
     def guarded(listener: Any) -> Any:
-        """Ack at once, then run the listener; a database outage becomes a polite answer."""
+        """Ack at once, then run the listener after the answer; a database outage becomes a polite answer."""
 
-        def run(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient) -> None:
-            ack()
+        def work(body: dict[str, Any], action: dict[str, Any], client: WebClient) -> None:
             try:
                 listener(body, action, client)
             except DatabaseUnavailable:
                 tell(client, body, UNAVAILABLE)
+
+        def run(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient) -> None:
+            ack()
+            after_answer("block_actions", work, body, action, client)
 
         run.__name__ = listener.__name__
         return run

@@ -11,6 +11,7 @@ from slack_sdk import WebClient
 from bot import views
 from bot.services import Services
 from bot.workflow import Refusal
+from handlers.after_answer import AfterAnswer
 from handlers.replies import open_view
 from storage.db import DatabaseUnavailable
 
@@ -23,9 +24,29 @@ USAGE = (
 UNAVAILABLE = "The bot cannot reach its database just now. Nothing was changed; try again shortly."
 
 
-def register(app: App, services: Services) -> None:
+def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
     workflow = services.workflow
     policy = services.policy.policy
+
+    def show_status(reference: str, user_id: str, respond: Respond) -> None:
+        try:
+            result = workflow.view_request(reference, user_id, "status_command")
+        except DatabaseUnavailable:
+            respond(text=UNAVAILABLE, response_type="ephemeral")
+            return
+        if isinstance(result, Refusal):
+            respond(text=result.message, response_type="ephemeral")
+            return
+        blocks = views.request_details(result.request, result.events, policy, result.post_use)
+        respond(text=f"FR request {result.request.reference}", blocks=blocks, response_type="ephemeral")
+
+    def show_list(user_id: str, respond: Respond) -> None:
+        try:
+            mine = workflow.my_requests(user_id)
+        except DatabaseUnavailable:
+            respond(text=UNAVAILABLE, response_type="ephemeral")
+            return
+        respond(text="Your FR requests", blocks=views.requests_list(mine, policy), response_type="ephemeral")
 
     @app.command(COMMAND)
     def fr_request(ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
@@ -33,33 +54,14 @@ def register(app: App, services: Services) -> None:
         verb = words[0].lower() if words else ""
         if verb in ("help", "?"):
             ack(text=views.HELP_TEXT + "\n" + USAGE)
-            return
-        if verb == "":
-            ack()  # first: the trigger_id is only good for 3 seconds
-            open_view(client, body, views.request_modal(policy))
-            return
-        if verb == "status" and len(words) == 2:
+        elif verb == "":
+            ack()  # the trigger_id is only good for 3 seconds: the modal opens just after the answer
+            after_answer("command", open_view, client, body, views.request_modal(policy))
+        elif verb == "status" and len(words) == 2:
             ack()
-            try:
-                result = workflow.view_request(words[1].upper(), body["user_id"], "status_command")
-            except DatabaseUnavailable:
-                respond(text=UNAVAILABLE, response_type="ephemeral")
-                return
-            if isinstance(result, Refusal):
-                respond(text=result.message, response_type="ephemeral")
-                return
-            blocks = views.request_details(result.request, result.events, policy, result.post_use)
-            respond(text=f"FR request {result.request.reference}", blocks=blocks, response_type="ephemeral")
-            return
-        if verb == "list" and len(words) == 1:
+            after_answer("command", show_status, words[1].upper(), body["user_id"], respond)
+        elif verb == "list" and len(words) == 1:
             ack()
-            try:
-                mine = workflow.my_requests(body["user_id"])
-            except DatabaseUnavailable:
-                respond(text=UNAVAILABLE, response_type="ephemeral")
-                return
-            respond(
-                text="Your FR requests", blocks=views.requests_list(mine, policy), response_type="ephemeral"
-            )
-            return
-        ack(text=USAGE)
+            after_answer("command", show_list, body["user_id"], respond)
+        else:
+            ack(text=USAGE)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -63,6 +65,34 @@ def test_help_answers_ephemerally(slack: SlackDriver) -> None:
     status, body = slack.slash_command("/fr-request", "help", OFFICER)
     assert status == 200
     assert "authority to run a facial recognition search" in json.dumps(body)
+
+
+def test_answers_do_not_wait_for_the_slack_calls_that_follow_them(
+    slack: SlackDriver, stub: SlackStub
+) -> None:
+    """The receiving thread answers as soon as the listener acks (handlers/after_answer.py): a command, a
+    click, a status reply and an App Home visit are answered while the Slack call each leads to is still
+    waiting at the stand-in, and every one of those calls is then made."""
+    officer = "UOFFICER7"
+    _, body = submit_form(slack, open_form(slack, stub, officer), officer)
+    reference = reference_of(body)
+    message = reviewer_message(stub, "C0SUPER", reference)
+    requests: list[tuple[str, Callable[[], tuple[int, Any]]]] = [
+        ("views.open", lambda: slack.slash_command("/fr-request", "", officer)),
+        ("views.open", lambda: slack.block_action("USUP1", views.APPROVE_ACTION, message=message)),
+        ("response_url", lambda: slack.slash_command("/fr-request", f"status {reference}", officer)),
+        ("views.publish", lambda: slack.event({"type": "app_home_opened", "user": officer, "tab": "home"})),
+    ]
+    stub.latency = 2.0  # every Slack call the bot makes now takes 2 s
+    try:
+        for method, send in requests:
+            stub.clear()
+            status, _ = send()
+            assert status == 200
+            assert stub.calls_to(method) == [], f"the answer waited for {method}"
+            assert stub.wait_for(method, timeout=30).ok
+    finally:
+        stub.latency = 0.0
 
 
 def test_officer_fixes_invalid_form_then_request_is_routed(slack: SlackDriver, stub: SlackStub) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
@@ -14,6 +15,7 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 
 from bot.guard import EventDeduplicator, check_body, quiet_errors, shape_problem
 from bot.server import CheckedSocketModeHandler
+from handlers.after_answer import AfterAnswer
 
 FORM = "application/x-www-form-urlencoded"
 SUBMISSION = {
@@ -92,6 +94,24 @@ def test_listener_errors_are_one_line(caplog: pytest.LogCaptureFixture) -> None:
     assert response.status == 400
     assert caplog.records[0].exc_info is None
     assert "view_submission request: KeyError at test_guard.py" in caplog.text
+
+
+def test_work_after_the_answer_runs_and_its_failures_are_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    done: list[str] = []
+
+    def fails(user: str) -> None:
+        done.append(user)
+        raise KeyError("user")
+
+    executor = ThreadPoolExecutor(max_workers=2)
+    after_answer = AfterAnswer(executor)
+    with caplog.at_level(logging.ERROR):
+        after_answer("block_actions", done.append, "U1")
+        after_answer("block_actions", fails, "U2")
+        executor.shutdown(wait=True)  # what bot/cli.py does at shutdown: the work is finished first
+    assert sorted(done) == ["U1", "U2"]
+    assert [r.exc_info for r in caplog.records] == [None]  # no traceback: it may hold the payload
+    assert "block_actions request: KeyError at test_guard.py" in caplog.text
 
 
 def test_socket_mode_drops_malformed_envelopes_before_bolt(monkeypatch: pytest.MonkeyPatch) -> None:
