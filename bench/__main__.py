@@ -74,7 +74,7 @@ def machine(postgres_url: str) -> list[str]:
     return [
         f"- Run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {os.cpu_count()} CPUs ({cpu}), {mem_kib / 1024 / 1024:.1f} GiB RAM, "
-        f"{platform.system()} {platform.release()}; shared by the bot, the bare app, the load generator, "
+        f"{platform.system()} {platform.release()}; shared by the bot, the bare apps, the load generator, "
         "the Slack stand-in and PostgreSQL",
         f"- Python {platform.python_version()}; PostgreSQL {server} (local, default settings); SQLite "
         f"{__import__('sqlite3').sqlite_version}",
