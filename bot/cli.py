@@ -147,7 +147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("stopped before Slack answered")
         return 0
     listeners = ThreadPoolExecutor(
-        # Bolt's default pool of 5 would queue acks behind slow listeners under load.
+        # The work after each answer (handlers/after_answer.py); Bolt's default pool of 5 would queue it
+        # behind slow Slack calls under load, and trigger_ids expire after 3 s.
         max_workers=settings.http_threads * 2,
         thread_name_prefix="listener",
     )

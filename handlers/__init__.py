@@ -1,4 +1,4 @@
-"""Slack listeners, one module per kind, each with a `register(app, services)`.
+"""Slack listeners, one module per kind, each with a `register(app, services[, after_answer])`.
 
 Listeners are thin: parse the payload, call one workflow function, render its result. Whatever need not
 come before Slack's answer is handed to `AfterAnswer` (handlers/after_answer.py).

@@ -11,14 +11,11 @@ the GIL twice (bench/NOTES.md, item 20).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
 from bot.guard import log_listener_failure
-
-log = logging.getLogger(__name__)
 
 
 class AfterAnswer:
