@@ -1,11 +1,12 @@
 """Ack latency of the bot against a bare Bolt app on the same server stack, under two load models.
 
 Both run as real processes under waitress behind the same WSGI wrapper and answer real signed Slack requests
-over HTTP from 1, 10 and 50 concurrent simulated users. The bot does its real work (it validates the form
-and commits the request before acknowledging a submission; it opens a modal after acknowledging a command
-or a click); the bare app only acknowledges, answering from the thread that received the request as the
-bot does. Our latency is reported as a ratio to that floor, and to a second bare app with Bolt's default
-`process_before_response=False` (bench/bare_app.py), as a bare Bolt app is usually written.
+over HTTP from 1, 10 and 50 concurrent simulated users. The bot does its real work (it validates and stores
+the form before acknowledging a submission and records it as a request just after; it opens a modal after
+acknowledging a command or a click); the bare app only acknowledges, answering from the thread that
+received the request as the bot does. Our latency is reported as a ratio to that floor, and to a second
+bare app with Bolt's default `process_before_response=False` (bench/bare_app.py), as a bare Bolt app is
+usually written.
 
 - **Think time** (the target's model): each user waits a random think time, uniform THINK_SECONDS,
   before each request (and before its first, so users do not start in step), and the level runs for
