@@ -795,24 +795,24 @@ def digest_summary(
         .order_by(FrRequest.valid_until)
         .limit(DIGEST_ITEMS_KEPT)
     ).all()
-    last_stage: dict[int, tuple[int, str | None]] = {}
+    last_link: dict[int, str | None] = {}  # each request's last stage's message
     if soon:
-        for request_id, position, permalink, channel, ts in session.execute(
+        for request_id, permalink, channel, ts in session.execute(
             select(
                 StageReview.request_id,
-                StageReview.position,
                 StageReview.message_permalink,
                 StageReview.message_channel,
                 StageReview.message_ts,
-            ).where(StageReview.request_id.in_([row.id for row in soon]))
+            )
+            .where(StageReview.request_id.in_([row.id for row in soon]))
+            .order_by(StageReview.position)  # a later stage's link replaces an earlier one's
         ):
-            if request_id not in last_stage or position > last_stage[request_id][0]:
-                last_stage[request_id] = (position, views.message_link(permalink, channel, ts))
+            last_link[request_id] = views.message_link(permalink, channel, ts)
     expiring = [
         {
             "reference": row.reference,
             "valid_until": row.valid_until.isoformat(),
-            "link": last_stage[row.id][1] if row.id in last_stage else None,
+            "link": last_link.get(row.id),
         }
         for row in soon
         if row.valid_until is not None
