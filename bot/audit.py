@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Text, cast, event, func, select
+from sqlalchemy import Connection, Engine, Text, cast, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -182,31 +182,32 @@ def unseal(details: Any, texts: dict[str, str], path: str = "") -> Any:
 # --- Appending --------------------------------------------------------------------------------------
 
 
-def _locked_head(session: Session) -> AuditChainHead:
-    query = (
-        select(AuditChainHead)
-        .where(AuditChainHead.id == HEAD_ID)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    head = session.scalars(query).first()
+HEAD = AuditChainHead.__table__
+EVENTS = AuditEvent.__table__
+TEXTS = AuditEventText.__table__
+
+
+def _locked_head(session: Session) -> tuple[int, str]:
+    """The chain head's sequence number and hash, its row locked to the end of the transaction."""
+    query = select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == HEAD_ID).with_for_update()
+    head = session.execute(query).first()
     if head is not None:
-        return head
+        return head.seq, head.hash
     # Try to start the chain first: a concurrent first append may have inserted the head (and events)
     # since our read, so "no head but events" is only a fault if our own insert of the head succeeds.
     try:
         with session.begin_nested():
-            session.add(AuditChainHead(id=HEAD_ID, seq=0, hash=GENESIS_HASH))
+            session.execute(insert(HEAD).values(id=HEAD_ID, seq=0, hash=GENESIS_HASH))
         started_here = True
     except IntegrityError:
         started_here = False  # another transaction started the chain first; lock its row below
-    head = session.scalars(query).first()
+    head = session.execute(query).first()
     assert head is not None
-    if started_here and session.scalar(select(func.count()).select_from(AuditEvent)):
+    if started_here and session.scalar(select(func.count()).select_from(EVENTS)):
         raise AuditChainError(
             "audit_chain_head is missing although audit events exist: run `fr-bot audit verify`"
         )
-    return head
+    return head.seq, head.hash
 
 
 @dataclass(frozen=True)
@@ -236,17 +237,19 @@ def prepare_event(
     return PreparedEvent(actor, action, request_id, at, chained, texts)
 
 
-def append_events(session: Session, events: list[PreparedEvent]) -> list[AuditEvent]:
+def append_events(session: Session, events: list[PreparedEvent]) -> None:
     """Chain prepared events, in order, inside the caller's transaction.
 
-    The head row is locked from here to the commit. Locking it flushes the session's pending changes
-    first (autoflush), so only the events' own rows are written under the lock.
+    The head row is locked from here to the commit. The session's pending changes are written first, so
+    only the events' own rows are written under the lock. Core statements, not the ORM's unit of work:
+    every write transaction ends here (bench/NOTES.md).
     """
     if not events:
-        return []
-    head = _locked_head(session)
-    seq, prev_hash = head.seq, head.hash
-    rows: list[AuditEvent] = []
+        return
+    session.flush()
+    seq, prev_hash = _locked_head(session)
+    rows: list[dict[str, Any]] = []
+    texts: list[dict[str, Any]] = []
     for prepared in events:
         seq += 1
         digest = event_hash(
@@ -259,30 +262,33 @@ def append_events(session: Session, events: list[PreparedEvent]) -> list[AuditEv
             prev_hash,
         )
         rows.append(
-            AuditEvent(
-                seq=seq,
-                request_id=prepared.request_id,
-                actor_id=prepared.actor,
-                action=prepared.action,
-                details=prepared.details,
-                created_at=prepared.at,
-                prev_hash=prev_hash,
-                hash=digest,
-            )
+            {
+                "seq": seq,
+                "request_id": prepared.request_id,
+                "actor_id": prepared.actor,
+                "action": prepared.action,
+                "details": prepared.details,
+                "created_at": prepared.at,
+                "prev_hash": prev_hash,
+                "hash": digest,
+            }
         )
-        session.add_all(
-            AuditEventText(
-                event_seq=seq, request_id=prepared.request_id, path=text.path, salt=text.salt, text=text.text
-            )
+        texts.extend(
+            {
+                "event_seq": seq,
+                "request_id": prepared.request_id,
+                "path": text.path,
+                "salt": text.salt,
+                "text": text.text,
+            }
             for text in prepared.texts
         )
         prev_hash = digest
-    session.add_all(rows)
-    head.seq, head.hash = seq, prev_hash
-    # Insert while holding the head lock, so ids grow with seq (verify checks that too): the events of
-    # one flush are inserted in the order they were added.
-    session.flush()
-    return rows
+    # Inserted while holding the head lock, in seq order, so ids grow with seq (verify checks that too).
+    session.execute(insert(EVENTS), rows)
+    if texts:
+        session.execute(insert(TEXTS), texts)
+    session.execute(update(HEAD).where(HEAD.c.id == HEAD_ID).values(seq=seq, hash=prev_hash))
 
 
 def append_event(
@@ -292,9 +298,9 @@ def append_event(
     request_id: int | None,
     at: datetime,
     details: dict[str, Any],
-) -> AuditEvent:
+) -> None:
     """Add one event to the chain inside the caller's transaction."""
-    return append_events(session, [prepare_event(actor, action, request_id, at, details)])[0]
+    append_events(session, [prepare_event(actor, action, request_id, at, details)])
 
 
 # Events of a transaction waiting to be chained just before its commit (see `append_at_commit`).

@@ -631,11 +631,15 @@ class OutboxDispatcher:
             )
 
 
-def pace_key_for(session: Session, kind: str, payload: dict[str, Any]) -> str | None:
+def pace_key_for(
+    session: Session, kind: str, payload: dict[str, Any], stage: StageReview | None = None
+) -> str | None:
     """The rate-limit key of a row's Slack call (bot/pacing.py), stored with the row when it is queued:
-    `post:<channel or user>` for a post, `update` for edits; None for calls Slack limits more loosely."""
+    `post:<channel or user>` for a post, `update` for edits; None for calls Slack limits more loosely.
+    `stage`: the stage a stage post goes to, when the caller has it (otherwise it is looked up)."""
     if kind in STAGE_POST_KINDS:
-        stage = session.get(StageReview, int(payload.get("stage_review_id", 0)))
+        if stage is None:
+            stage = session.get(StageReview, int(payload.get("stage_review_id", 0)))
         return post_key(stage.channel_id) if stage is not None else None
     if kind == "dm":
         return post_key(str(payload.get("user", "")))

@@ -54,6 +54,12 @@ from storage.queries import request_for_review, request_with_history
 
 log = logging.getLogger(__name__)
 
+# Tables written with Core statements where the ORM's bookkeeping costs more than the write (`submit`).
+REQUESTS = FrRequest.__table__
+STAGES = StageReview.__table__
+OUTBOX = OutboxMessage.__table__
+RECEIPTS = SubmissionReceipt.__table__
+
 
 @dataclass(frozen=True)
 class Submitted:
@@ -101,19 +107,37 @@ def audit_at_commit(
     append_at_commit(session, prepare_event(actor, action, request_id, at, details))
 
 
+def outbox_row(
+    session: Session,
+    kind: str,
+    payload: dict[str, Any],
+    request_id: int | None,
+    at: datetime,
+    stage: StageReview | None = None,
+) -> dict[str, Any]:
+    """A new outbox row's values; the other columns take their defaults. `stage`: a stage post's stage,
+    when the caller has it."""
+    return {
+        "request_id": request_id,
+        "kind": kind,
+        "payload": payload,
+        "next_attempt_at": at,
+        "created_at": at,
+        "pace_key": pace_key_for(session, kind, payload, stage),
+    }
+
+
 def enqueue(
     session: Session, kind: str, payload: dict[str, Any], request_id: int | None, at: datetime
 ) -> None:
-    session.add(
-        OutboxMessage(
-            request_id=request_id,
-            kind=kind,
-            payload=payload,
-            next_attempt_at=at,
-            created_at=at,
-            pace_key=pace_key_for(session, kind, payload),
-        )
-    )
+    session.add(OutboxMessage(**outbox_row(session, kind, payload, request_id, at)))
+
+
+def insert_outbox(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Queue outbox rows with one statement. Their ids follow the list, and a request's messages are sent
+    in id order."""
+    if rows:
+        session.execute(insert(OUTBOX), rows)
 
 
 MODAL_UPDATE = "update_modal"  # outbox kind (bot/intake.py sends it)
@@ -238,7 +262,12 @@ class Workflow:
         previous_request_id: int | None = None,
         receipt: tuple[int, str | None] | None = None,
     ) -> Submitted:
-        """Record a request (`receipt`: the stored form it comes from, and the officer's modal)."""
+        """Record a request (`receipt`: the stored form it comes from, and the officer's modal).
+
+        Written with Core statements rather than the ORM's unit of work: a submission is the busiest write
+        and runs beside the answers to Slack, and the unit of work's bookkeeping was most of its CPU time
+        (bench/NOTES.md). Same rows, same order, same locks taken last.
+        """
         tool = self.policy.tool(form.tool)
         if tool is None:  # check_request already refuses unknown tools; this guards direct callers
             raise ValueError(f"unknown tool {form.tool}")
@@ -246,12 +275,13 @@ class Workflow:
             with self._write() as session:
                 existing = self._by_submission(session, submission_key)
                 if existing is not None:
-                    self._close_receipt(session, receipt, existing)
+                    insert_outbox(session, self._close_receipt(session, receipt, existing))
                     return self._submitted(existing, created=False)
-                request = self._create(session, form, tool, requester_id, team_id, submission_key)
-                previous = self._previous(session, request, previous_request_id)
-                self._number(session, request, form, previous)
-                self._close_receipt(session, receipt, request)
+                previous = self._previous(session, requester_id, previous_request_id)
+                request = self._create(session, form, tool, requester_id, team_id, submission_key, previous)
+                queued = self._number(session, request, form, previous)
+                queued += self._close_receipt(session, receipt, request)
+                insert_outbox(session, queued)
                 result = self._submitted(request, created=True)
         except IntegrityError:
             # The same modal submitted twice at the same moment: the other transaction won.
@@ -259,31 +289,32 @@ class Workflow:
                 existing = self._by_submission(session, submission_key)
                 if existing is None:
                     raise
-                self._close_receipt(session, receipt, existing)
+                insert_outbox(session, self._close_receipt(session, receipt, existing))
                 return self._submitted(existing, created=False)
         self._on_outbox()
         return result
 
     def _close_receipt(
         self, session: Session, receipt: tuple[int, str | None] | None, request: FrRequest
-    ) -> None:
-        """The request now holds the form: the receipt keeps only that it was recorded, and as what. The
-        officer's modal, answered "received", is shown the reference a moment later."""
+    ) -> list[dict[str, Any]]:
+        """The request now holds the form: the receipt keeps only that it was recorded, and as what.
+        Returns the outbox row that shows the officer's modal, answered "received", the reference a moment
+        later (none without a receipt or a modal)."""
         if receipt is None:
-            return
+            return []
         receipt_id, view_id = receipt
         now = self.clock()
         session.execute(
-            update(SubmissionReceipt)
-            .where(SubmissionReceipt.id == receipt_id)
+            update(RECEIPTS)
+            .where(RECEIPTS.c.id == receipt_id)
             .values(recorded_at=now, request_id=request.id, form=None, last_error=None)
-            .execution_options(synchronize_session=False)
         )
-        if view_id:
-            stages = tuple(stage.stage_name for stage in request.stages)
-            payload = {"view_id": view_id, "view": views.recorded_modal(request.reference, stages)}
-            # Not tied to the request's order: a closed modal must not hold up its other messages.
-            enqueue(session, MODAL_UPDATE, payload, None, now + MODAL_UPDATE_DELAY)
+        if not view_id:
+            return []
+        stages = tuple(stage.stage_name for stage in request.stages)
+        payload = {"view_id": view_id, "view": views.recorded_modal(request.reference, stages)}
+        # Not tied to the request's order: a closed modal must not hold up its other messages.
+        return [outbox_row(session, MODAL_UPDATE, payload, None, now + MODAL_UPDATE_DELAY)]
 
     def failed_receipt(self, receipt_id: int, error: str) -> None:
         """Note a failed attempt to record a receipt (bot/intake.py retries it)."""
@@ -295,62 +326,74 @@ class Workflow:
             )
 
     def _create(
-        self, session: Session, form: RequestForm, tool: Tool, requester_id: str, team_id: str, key: str
+        self,
+        session: Session,
+        form: RequestForm,
+        tool: Tool,
+        requester_id: str,
+        team_id: str,
+        key: str,
+        previous: FrRequest | None,
     ) -> FrRequest:
-        """The request and its stages, written without a reference yet (see `_number`)."""
+        """The request and its stages, written without a reference yet (see `_number`). Returns them as
+        objects outside the session, for the messages that announce them."""
         now = self.clock()
         route = choose_route(self.policy, tool, form)
-        request = FrRequest(
+        values: dict[str, Any] = {
             # Unique and never committed: `_number` replaces it in this transaction.
-            reference=f"~{secrets.token_hex(8)}",
-            submission_key=key,
-            team_id=team_id,
-            requester_id=requester_id,
-            status=RequestStatus.PENDING,
-            tool_id=tool.id,
-            tool_snapshot=tool.model_dump(mode="json"),
-            route_name=route.name,
-            policy_version=self.loaded.version,
-            current_stage=0,
-            created_at=now,
-            updated_at=now,
+            "reference": f"~{secrets.token_hex(8)}",
+            "submission_key": key,
+            "team_id": team_id,
+            "requester_id": requester_id,
+            "status": RequestStatus.PENDING,
+            "tool_id": tool.id,
+            "tool_snapshot": tool.model_dump(mode="json"),
+            "route_name": route.name,
+            "policy_version": self.loaded.version,
+            "current_stage": 0,
+            "created_at": now,
+            "updated_at": now,
+            "previous_request_id": previous.id if previous is not None else None,
             **form.model_dump(exclude={"tool"}),
-        )
-        session.add(request)
+        }
+        request_id = session.execute(insert(REQUESTS).returning(REQUESTS.c.id), values).scalar_one()
+        stages: list[dict[str, Any]] = []
         for position, stage_id in enumerate(route.stage_ids):
             stage = self.policy.stage(stage_id)
-            request.stages.append(
-                StageReview(
-                    position=position,
-                    stage_id=stage.id,
-                    stage_name=stage.name,
-                    channel_id=stage.channel,
-                    required_approvals=stage.required_approvals,
-                    status=StageStatus.PENDING if position == 0 else StageStatus.WAITING,
-                    started_at=now if position == 0 else None,
-                    due_at=deadlines.review_due(self.policy, stage.id, form.urgency, now)
-                    if position == 0
+            first = position == 0
+            stages.append(
+                {
+                    "request_id": request_id,
+                    "position": position,
+                    "stage_id": stage.id,
+                    "stage_name": stage.name,
+                    "channel_id": stage.channel,
+                    "required_approvals": stage.required_approvals,
+                    "status": StageStatus.PENDING if first else StageStatus.WAITING,
+                    "started_at": now if first else None,
+                    "due_at": deadlines.review_due(self.policy, stage.id, form.urgency, now)
+                    if first
                     else None,
-                )
+                }
             )
-        session.flush()  # the stage ids, for the outbox
-        enqueue(session, "post_review", {"stage_review_id": request.stages[0].id}, request.id, now)
-        session.flush()  # before `_number` takes the counter's lock
+        stage_ids = session.scalars(
+            insert(STAGES).returning(STAGES.c.id, sort_by_parameter_order=True), stages
+        ).all()
+        request = FrRequest(id=request_id, legal_hold=False, **values)
+        request.stages = [StageReview(id=id_, **row) for id_, row in zip(stage_ids, stages, strict=True)]
         return request
 
-    def _previous(self, session: Session, request: FrRequest, previous_id: int | None) -> FrRequest | None:
-        """The officer's own earlier request this one was started from (a re-request), linked to it."""
+    def _previous(self, session: Session, requester_id: str, previous_id: int | None) -> FrRequest | None:
+        """The officer's own earlier request this one was started from (a re-request)."""
         previous = session.get(FrRequest, previous_id) if previous_id is not None else None
         # Only the same officer's own earlier request can be the origin of a re-request.
-        if previous is None or previous.requester_id != request.requester_id:
-            return None
-        request.previous_request_id = previous.id
-        return previous
+        return previous if previous is not None and previous.requester_id == requester_id else None
 
     def _number(
         self, session: Session, request: FrRequest, form: RequestForm, previous: FrRequest | None
-    ) -> None:
-        """The end of a submission: its reference, and what needs it.
+    ) -> list[dict[str, Any]]:
+        """The end of a submission: its reference, and what needs it. Returns the request's outbox rows, in
+        the order they are sent.
 
         Both database-wide locks come here, last: the year's reference counter (gapless references), then
         the audit chain head when the transaction ends (`_write`). Everything else is already written, so
@@ -377,6 +420,9 @@ class Workflow:
             {"route": request.route_name, "stages": [s.stage_id for s in request.stages]},
         )
         request.reference = self._next_reference(session, now)
+        session.execute(
+            update(REQUESTS).where(REQUESTS.c.id == request.id).values(reference=request.reference)
+        )
         append_at_commit(session, submitted.with_plain(reference=request.reference))
         append_at_commit(session, routed)
         if previous is not None:
@@ -389,24 +435,28 @@ class Workflow:
                 previous=previous.reference,
                 previous_status=previous.status,
             )
-        enqueue(session, "dm", views.submitted_dm(request, self.policy), request.id, now)
-        self._touch_homes(session, request, now)  # after the DM, as they are sent in this order
+        first = request.stages[0]
+        return [
+            outbox_row(session, "post_review", {"stage_review_id": first.id}, request.id, now, first),
+            outbox_row(session, "dm", views.submitted_dm(request, self.policy), request.id, now),
+            outbox_row(session, "publish_home", self._homes(request), request.id, now),
+        ]
 
     def _next_reference(self, session: Session, now: datetime) -> str:
         """The year's next reference. The counter row stays locked until commit: no gaps, no duplicates."""
         year = now.astimezone(self.policy.zone).year
+        counters = ReferenceCounter.__table__
         bump = (
-            update(ReferenceCounter)
-            .where(ReferenceCounter.year == year)
-            .values(last_value=ReferenceCounter.last_value + 1)
-            .returning(ReferenceCounter.last_value)
-            .execution_options(synchronize_session=False)
+            update(counters)
+            .where(counters.c.year == year)
+            .values(last_value=counters.c.last_value + 1)
+            .returning(counters.c.last_value)
         )
         value = session.scalar(bump)  # one round trip: lock, increment, read
         if value is None:
             try:
                 with session.begin_nested():
-                    session.add(ReferenceCounter(year=year, last_value=0))
+                    session.execute(insert(counters).values(year=year, last_value=0))
             except IntegrityError:
                 pass  # another process created this year's counter first
             value = session.scalar(bump)
@@ -415,7 +465,9 @@ class Workflow:
 
     @staticmethod
     def _by_submission(session: Session, key: str) -> FrRequest | None:
-        return session.scalars(select(FrRequest).where(FrRequest.submission_key == key)).first()
+        # The id first: almost always there is none, and a plain query is cheaper than the ORM's.
+        found = session.scalar(select(REQUESTS.c.id).where(REQUESTS.c.submission_key == key))
+        return session.get(FrRequest, found) if found is not None else None
 
     @staticmethod
     def _submitted(request: FrRequest, created: bool) -> Submitted:
@@ -733,13 +785,16 @@ class Workflow:
     # --- Everyday flows: withdraw, answer, comment, post-use record, delegation, viewing --------------
 
     def _touch_homes(self, session: Session, request: FrRequest, now: datetime) -> None:
-        """Queue an App Home refresh for the people this request concerns: officer and current deciders."""
+        """Queue an App Home refresh for the people this request concerns."""
+        enqueue(session, "publish_home", self._homes(request), request.id, now)
+
+    def _homes(self, request: FrRequest) -> dict[str, Any]:
+        """Whose App Home shows this request: the officer's and its current deciders'."""
         principals: tuple[str, ...] = ()
         if request.status == RequestStatus.PENDING and request.current is not None:
             with contextlib.suppress(StopIteration):
                 principals = self.policy.stage(request.current.stage_id).approvers
-        payload = {"users": [request.requester_id], "principals": list(principals)}
-        enqueue(session, "publish_home", payload, request.id, now)
+        return {"users": [request.requester_id], "principals": list(principals)}
 
     def withdraw(self, request_id: int, user_id: str) -> Recorded | Refusal:
         with self._write() as session:
