@@ -1,8 +1,9 @@
 """The gate in front of the listeners: malformed, foreign and replayed requests stop here.
 
-- `check_body` (HTTP mode) and `shape_problem` (both modes) refuse payloads Bolt cannot parse or that lack
+- `read_body` (HTTP mode) and `shape_problem` (both modes) refuse payloads Bolt cannot parse or that lack
   the fields the listeners read, before Bolt sees them: Bolt indexes into payloads unchecked and would
-  answer a malformed one with a 500 and a traceback.
+  answer a malformed one with a 500 and a traceback. In HTTP mode Bolt is then given the body as parsed
+  here (bot/server.py), so what was checked is what the listeners read, and a large form is parsed once.
 - `skip_redelivered_events` acknowledges Slack's retries of an event already taken (`X-Slack-Retry-Num`)
   without running it again; interactions are idempotent by the database's unique keys instead.
 - `quiet_errors` logs a listener failure as one line, never a traceback full of payload.
@@ -17,7 +18,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qsl
 
 from slack_bolt import BoltRequest, BoltResponse
 
@@ -25,23 +26,34 @@ log = logging.getLogger(__name__)
 SEEN_EVENTS = 10_000  # Slack retries within minutes; this many event ids covers far more than that
 
 
-def check_body(content_type: str, body: bytes) -> str | None:
-    """Why a body cannot be a Slack request we handle (None when it can)."""
+class MalformedRequest(ValueError):
+    """A body that cannot be a Slack request we handle; the message says why (no payload in it)."""
+
+
+def read_body(content_type: str, body: bytes) -> tuple[str, dict[str, Any]]:
+    """The body as text and as the payload the listeners get, parsed once, by Bolt's rules (JSON, or a
+    form whose `payload` field holds JSON, or the form's fields for a slash command) but strictly: what
+    Bolt would read wrongly or fail on raises MalformedRequest."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        return "body is not UTF-8"
-    if content_type.startswith("application/json"):
+        raise MalformedRequest("body is not UTF-8") from None
+    if content_type.startswith("application/json") or text.startswith("{"):
         parsed = _json(text)
-        return shape_problem(parsed) if isinstance(parsed, dict) else "body is not a JSON object"
-    try:
-        fields = parse_qs(text, keep_blank_values=True, strict_parsing=bool(text))
-    except ValueError:
-        return "body is not form-encoded"
-    if "payload" in fields:
-        parsed = _json(fields["payload"][0])
-        return shape_problem(parsed) if isinstance(parsed, dict) else "payload is not a JSON object"
-    return shape_problem({key: values[0] for key, values in fields.items()})
+        if not isinstance(parsed, dict):
+            raise MalformedRequest("body is not a JSON object")
+    else:
+        try:
+            fields = dict(parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text)))
+        except ValueError:
+            raise MalformedRequest("body is not form-encoded") from None
+        parsed = _json(fields["payload"]) if "payload" in fields else fields
+        if not isinstance(parsed, dict):
+            raise MalformedRequest("payload is not a JSON object")
+    problem = shape_problem(parsed)
+    if problem is not None:
+        raise MalformedRequest(problem)
+    return text, parsed
 
 
 def _json(text: str) -> Any:

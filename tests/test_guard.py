@@ -11,9 +11,10 @@ from urllib.parse import urlencode
 
 import pytest
 from slack_bolt import App, BoltResponse
+from slack_bolt.request.internals import parse_body
 from slack_sdk.socket_mode.request import SocketModeRequest
 
-from bot.guard import EventDeduplicator, check_body, quiet_errors, shape_problem
+from bot.guard import EventDeduplicator, MalformedRequest, quiet_errors, read_body, shape_problem
 from bot.server import CheckedSocketModeHandler
 from handlers.after_answer import AfterAnswer
 
@@ -40,10 +41,32 @@ def form_body(**fields: str) -> bytes:
         (FORM, b"\xff\xfe", "body is not UTF-8"),
         ("application/json", b"[1]", "body is not a JSON object"),
         (FORM, b"", "unknown payload"),
+        (FORM, b"payload", "body is not form-encoded"),
+        (FORM, b"{not json", "body is not a JSON object"),  # Bolt reads a body starting with { as JSON
     ],
 )
-def test_check_body(content_type: str, body: bytes, problem: str | None) -> None:
-    assert check_body(content_type, body) == problem
+def test_read_body_refuses_what_bolt_cannot_read(content_type: str, body: bytes, problem: str | None) -> None:
+    try:
+        read_body(content_type, body)
+    except MalformedRequest as refused:
+        assert str(refused) == problem
+    else:
+        assert problem is None
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (FORM, form_body(payload=json.dumps(SUBMISSION))),
+        (FORM, form_body(command="/fr-request", user_id="U1", trigger_id="1.2.3", text="a b&c=d")),
+        ("application/json", json.dumps({"type": "url_verification", "challenge": "x"}).encode()),
+    ],
+)
+def test_read_body_gives_what_bolt_would_parse(content_type: str, body: bytes) -> None:
+    # Bolt is handed this payload instead of parsing the body itself (bot/server.py ParsedRequest).
+    text, payload = read_body(content_type, body)
+    assert text == body.decode()
+    assert payload == parse_body(text, content_type)
 
 
 @pytest.mark.parametrize(
