@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,7 +31,7 @@ from bot.audit import (
 )
 from bot.forms import DecisionForm, DelegationForm, PostUseForm, RequestForm
 from bot.outbox import pace_key_for
-from bot.policy import LoadedPolicy, Stage, Tool, ToolStatus, Urgency
+from bot.policy import LoadedPolicy, Stage, ToolStatus, Urgency
 from bot.routing import choose_route
 from storage.db import transaction
 from storage.models import (
@@ -59,8 +59,18 @@ REQUESTS = FrRequest.__table__
 STAGES = StageReview.__table__
 OUTBOX = OutboxMessage.__table__
 RECEIPTS = SubmissionReceipt.__table__
-# Before the officer's answer: built once, as building the statement costs about as much as running it.
+# Built once, as building a statement costs about as much as running it.
 STORE_RECEIPT = insert(RECEIPTS).returning(RECEIPTS.c.id)
+INSERT_REQUESTS = insert(REQUESTS).returning(REQUESTS.c.id, sort_by_parameter_order=True)
+INSERT_STAGES = insert(STAGES).returning(STAGES.c.id, sort_by_parameter_order=True)
+NUMBER_REQUEST = (
+    update(REQUESTS).where(REQUESTS.c.id == bindparam("number")).values(reference=bindparam("reference"))
+)
+CLOSE_RECEIPT = (
+    update(RECEIPTS)
+    .where(RECEIPTS.c.id == bindparam("receipt"))
+    .values(request_id=bindparam("request"), form=None, last_error=None)
+)
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,18 @@ class Submitted:
     route_name: str
     stage_names: tuple[str, ...]
     created: bool  # False when the same modal submission was already stored
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A checked form to record as a request (`receipt`: the stored form it comes from, and the modal)."""
+
+    form: RequestForm
+    requester_id: str
+    team_id: str
+    submission_key: str
+    previous_request_id: int | None = None
+    receipt: tuple[int, str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -237,23 +259,39 @@ class Workflow:
     def record_receipt(self, receipt_id: int) -> Submitted | None:
         """Turn a stored form into a request (at most once), clearing the receipt's copy of the form in the
         same transaction. None when the receipt does not exist."""
+        return self.record_receipts([receipt_id]).get(receipt_id)
+
+    def record_receipts(self, receipt_ids: list[int]) -> dict[int, Submitted]:
+        """Record several receipts at once: one transaction, and one statement per table rather than per
+        request, which is most of a request's cost (bench/NOTES.md). What each was recorded as, by receipt
+        id; a receipt that does not exist is left out."""
         with transaction(self.db, read_only=True) as session:
-            receipt = session.execute(select(RECEIPTS).where(RECEIPTS.c.id == receipt_id)).first()
-        if receipt is None:
-            return None
-        if receipt.recorded_at is not None or receipt.form is None:
+            receipts = session.execute(select(RECEIPTS).where(RECEIPTS.c.id.in_(set(receipt_ids)))).all()
+        done: dict[int, Submitted] = {}
+        pending = []
+        for receipt in receipts:
+            if receipt.recorded_at is None and receipt.form is not None:
+                pending.append(receipt)
+                continue
             with transaction(self.db, read_only=True) as session:
                 existing = self._by_submission(session, receipt.submission_key)
-                return self._submitted(existing, created=False) if existing is not None else None
-        form = RequestForm.model_validate(receipt.form)
-        return self.submit(
-            form,
-            receipt.requester_id,
-            receipt.team_id,
-            receipt.submission_key,
-            previous_request_id=receipt.previous_request_id,
-            receipt=(receipt.id, receipt.view_id),
-        )
+                if existing is not None:
+                    done[receipt.id] = self._submitted(existing, created=False)
+        submissions = [
+            Submission(
+                RequestForm.model_validate(receipt.form),
+                receipt.requester_id,
+                receipt.team_id,
+                receipt.submission_key,
+                previous_request_id=receipt.previous_request_id,
+                receipt=(receipt.id, receipt.view_id),
+            )
+            for receipt in sorted(pending, key=lambda receipt: receipt.id)  # references in the order received
+        ]
+        for submission, submitted in zip(submissions, self.submit_all(submissions), strict=True):
+            assert submission.receipt is not None
+            done[submission.receipt[0]] = submitted
+        return done
 
     def submit(
         self,
@@ -264,59 +302,85 @@ class Workflow:
         previous_request_id: int | None = None,
         receipt: tuple[int, str | None] | None = None,
     ) -> Submitted:
-        """Record a request (`receipt`: the stored form it comes from, and the officer's modal).
+        """Record a request (`receipt`: the stored form it comes from, and the officer's modal)."""
+        submission = Submission(form, requester_id, team_id, submission_key, previous_request_id, receipt)
+        return self.submit_all([submission])[0]
 
-        Written with Core statements rather than the ORM's unit of work: a submission is the busiest write
-        and runs beside the answers to Slack, and the unit of work's bookkeeping was most of its CPU time
-        (bench/NOTES.md). Same rows, same order, same locks taken last.
+    def submit_all(self, submissions: list[Submission]) -> list[Submitted]:
+        """Record requests in one transaction, in the order given; each submission key at most once.
+
+        Written with Core statements rather than the ORM's unit of work, one per table for all of them: a
+        submission is the busiest write and runs beside the answers to Slack, and the unit of work's
+        bookkeeping was most of its CPU time (bench/NOTES.md). Same rows, same order, same locks taken last.
         """
-        tool = self.policy.tool(form.tool)
-        if tool is None:  # check_request already refuses unknown tools; this guards direct callers
-            raise ValueError(f"unknown tool {form.tool}")
+        if not submissions:
+            return []
+        if len({s.submission_key for s in submissions}) != len(submissions):
+            raise ValueError("a submission key given twice")
+        tools = [self.policy.tool(s.form.tool) for s in submissions]
+        if None in tools:  # check_request already refuses unknown tools; this guards direct callers
+            raise ValueError(f"unknown tool among {[s.form.tool for s in submissions]}")
         try:
             with self._write() as session:
-                existing = self._by_submission(session, submission_key)
-                if existing is not None:
-                    insert_outbox(session, self._close_receipt(session, receipt, existing))
-                    return self._submitted(existing, created=False)
-                previous = self._previous(session, requester_id, previous_request_id)
-                request = self._create(session, form, tool, requester_id, team_id, submission_key, previous)
-                queued = self._number(session, request, form, previous)
-                queued += self._close_receipt(session, receipt, request)
+                existing = self._by_submissions(session, [s.submission_key for s in submissions])
+                fresh = [s for s in submissions if s.submission_key not in existing]
+                queued: list[dict[str, Any]] = []
+                for submission in submissions:
+                    if submission.submission_key in existing:
+                        found = existing[submission.submission_key]
+                        queued += self._close_receipts(session, [(submission.receipt, found)])
+                previous = [self._previous(session, s.requester_id, s.previous_request_id) for s in fresh]
+                requests = self._create(session, fresh, previous)
+                queued += self._number(session, requests, [s.form for s in fresh], previous)
+                queued += self._close_receipts(
+                    session, [(s.receipt, r) for s, r in zip(fresh, requests, strict=True)]
+                )
                 insert_outbox(session, queued)
-                result = self._submitted(request, created=True)
+                created = {r.submission_key: r for r in requests}
+                results = [
+                    self._submitted(created[s.submission_key], created=True)
+                    if s.submission_key in created
+                    else self._submitted(existing[s.submission_key], created=False)
+                    for s in submissions
+                ]
         except IntegrityError:
+            if len(submissions) > 1:  # another process recorded one of them: settle each on its own
+                return [self.submit_all([submission])[0] for submission in submissions]
             # The same modal submitted twice at the same moment: the other transaction won.
+            submission = submissions[0]
             with self._write() as session:
-                existing = self._by_submission(session, submission_key)
-                if existing is None:
+                found = self._by_submission(session, submission.submission_key)
+                if found is None:
                     raise
-                insert_outbox(session, self._close_receipt(session, receipt, existing))
-                return self._submitted(existing, created=False)
-        self._on_outbox()
-        return result
+                insert_outbox(session, self._close_receipts(session, [(submission.receipt, found)]))
+                return [self._submitted(found, created=False)]
+        if queued:
+            self._on_outbox()
+        return results
 
-    def _close_receipt(
-        self, session: Session, receipt: tuple[int, str | None] | None, request: FrRequest
+    def _close_receipts(
+        self, session: Session, recorded: list[tuple[tuple[int, str | None] | None, FrRequest]]
     ) -> list[dict[str, Any]]:
-        """The request now holds the form: the receipt keeps only that it was recorded, and as what.
-        Returns the outbox row that shows the officer's modal, answered "received", the reference a moment
-        later (none without a receipt or a modal)."""
-        if receipt is None:
-            return []
-        receipt_id, view_id = receipt
+        """The requests now hold the forms: each receipt keeps only that it was recorded, and as what.
+        Returns the outbox rows that show the officers' modals, answered "received", the reference a moment
+        later (none for a request without a receipt or a modal)."""
         now = self.clock()
-        session.execute(
-            update(RECEIPTS)
-            .where(RECEIPTS.c.id == receipt_id)
-            .values(recorded_at=now, request_id=request.id, form=None, last_error=None)
-        )
-        if not view_id:
-            return []
-        stages = tuple(stage.stage_name for stage in request.stages)
-        payload = {"view_id": view_id, "view": views.recorded_modal(request.reference, stages)}
-        # Not tied to the request's order: a closed modal must not hold up its other messages.
-        return [outbox_row(session, MODAL_UPDATE, payload, None, now + MODAL_UPDATE_DELAY)]
+        closed = [
+            {"receipt": receipt[0], "request": request.id}
+            for receipt, request in recorded
+            if receipt is not None
+        ]
+        if closed:
+            session.execute(CLOSE_RECEIPT.values(recorded_at=now), closed)
+        rows = []
+        for receipt, request in recorded:
+            if receipt is None or not receipt[1]:
+                continue
+            stages = tuple(stage.stage_name for stage in request.stages)
+            payload = {"view_id": receipt[1], "view": views.recorded_modal(request.reference, stages)}
+            # Not tied to the request's order: a closed modal must not hold up its other messages.
+            rows.append(outbox_row(session, MODAL_UPDATE, payload, None, now + MODAL_UPDATE_DELAY))
+        return rows
 
     def failed_receipt(self, receipt_id: int, error: str) -> None:
         """Note a failed attempt to record a receipt (bot/intake.py retries it)."""
@@ -328,62 +392,72 @@ class Workflow:
             )
 
     def _create(
-        self,
-        session: Session,
-        form: RequestForm,
-        tool: Tool,
-        requester_id: str,
-        team_id: str,
-        key: str,
-        previous: FrRequest | None,
-    ) -> FrRequest:
-        """The request and its stages, written without a reference yet (see `_number`). Returns them as
+        self, session: Session, submissions: list[Submission], previous: list[FrRequest | None]
+    ) -> list[FrRequest]:
+        """The requests and their stages, written without references yet (see `_number`). Returns them as
         objects outside the session, for the messages that announce them."""
+        if not submissions:
+            return []
         now = self.clock()
-        route = choose_route(self.policy, tool, form)
-        values: dict[str, Any] = {
-            # Unique and never committed: `_number` replaces it in this transaction.
-            "reference": f"~{secrets.token_hex(8)}",
-            "submission_key": key,
-            "team_id": team_id,
-            "requester_id": requester_id,
-            "status": RequestStatus.PENDING,
-            "tool_id": tool.id,
-            "tool_snapshot": tool.model_dump(mode="json"),
-            "route_name": route.name,
-            "policy_version": self.loaded.version,
-            "current_stage": 0,
-            "created_at": now,
-            "updated_at": now,
-            "previous_request_id": previous.id if previous is not None else None,
-            **form.model_dump(exclude={"tool"}),
-        }
-        request_id = session.execute(insert(REQUESTS).returning(REQUESTS.c.id), values).scalar_one()
-        stages: list[dict[str, Any]] = []
-        for position, stage_id in enumerate(route.stage_ids):
-            stage = self.policy.stage(stage_id)
-            first = position == 0
-            stages.append(
+        values: list[dict[str, Any]] = []
+        routes = []
+        for submission, earlier in zip(submissions, previous, strict=True):
+            tool = self.policy.tool(submission.form.tool)
+            assert tool is not None
+            route = choose_route(self.policy, tool, submission.form)
+            routes.append(route)
+            values.append(
                 {
-                    "request_id": request_id,
-                    "position": position,
-                    "stage_id": stage.id,
-                    "stage_name": stage.name,
-                    "channel_id": stage.channel,
-                    "required_approvals": stage.required_approvals,
-                    "status": StageStatus.PENDING if first else StageStatus.WAITING,
-                    "started_at": now if first else None,
-                    "due_at": deadlines.review_due(self.policy, stage.id, form.urgency, now)
-                    if first
-                    else None,
+                    # Unique and never committed: `_number` replaces it in this transaction.
+                    "reference": f"~{secrets.token_hex(8)}",
+                    "submission_key": submission.submission_key,
+                    "team_id": submission.team_id,
+                    "requester_id": submission.requester_id,
+                    "status": RequestStatus.PENDING,
+                    "tool_id": tool.id,
+                    "tool_snapshot": tool.model_dump(mode="json"),
+                    "route_name": route.name,
+                    "policy_version": self.loaded.version,
+                    "current_stage": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                    "previous_request_id": earlier.id if earlier is not None else None,
+                    **submission.form.model_dump(exclude={"tool"}),
                 }
             )
-        stage_ids = session.scalars(
-            insert(STAGES).returning(STAGES.c.id, sort_by_parameter_order=True), stages
-        ).all()
-        request = FrRequest(id=request_id, legal_hold=False, **values)
-        request.stages = [StageReview(id=id_, **row) for id_, row in zip(stage_ids, stages, strict=True)]
-        return request
+        ids = session.scalars(INSERT_REQUESTS, values).all()
+        stages: list[dict[str, Any]] = []
+        for request_id, submission, route in zip(ids, submissions, routes, strict=True):
+            for position, stage_id in enumerate(route.stage_ids):
+                stage = self.policy.stage(stage_id)
+                first = position == 0
+                due = (
+                    deadlines.review_due(self.policy, stage.id, submission.form.urgency, now)
+                    if first
+                    else None
+                )
+                stages.append(
+                    {
+                        "request_id": request_id,
+                        "position": position,
+                        "stage_id": stage.id,
+                        "stage_name": stage.name,
+                        "channel_id": stage.channel,
+                        "required_approvals": stage.required_approvals,
+                        "status": StageStatus.PENDING if first else StageStatus.WAITING,
+                        "started_at": now if first else None,
+                        "due_at": due,
+                    }
+                )
+        stage_ids = session.scalars(INSERT_STAGES, stages).all()
+        requests = [
+            FrRequest(id=request_id, legal_hold=False, **row)
+            for request_id, row in zip(ids, values, strict=True)
+        ]
+        by_id = {request.id: request for request in requests}
+        for stage_review_id, row in zip(stage_ids, stages, strict=True):
+            by_id[row["request_id"]].stages.append(StageReview(id=stage_review_id, **row))
+        return requests
 
     def _previous(self, session: Session, requester_id: str, previous_id: int | None) -> FrRequest | None:
         """The officer's own earlier request this one was started from (a re-request)."""
@@ -392,84 +466,105 @@ class Workflow:
         return previous if previous is not None and previous.requester_id == requester_id else None
 
     def _number(
-        self, session: Session, request: FrRequest, form: RequestForm, previous: FrRequest | None
+        self,
+        session: Session,
+        requests: list[FrRequest],
+        forms: list[RequestForm],
+        previous: list[FrRequest | None],
     ) -> list[dict[str, Any]]:
-        """The end of a submission: its reference, and what needs it. Returns the request's outbox rows, in
-        the order they are sent.
+        """The end of a submission: the references, and what needs them. Returns the requests' outbox rows,
+        in the order they are sent.
 
         Both database-wide locks come here, last: the year's reference counter (gapless references), then
         the audit chain head when the transaction ends (`_write`). Everything else is already written, so
         each is held for a few statements and the commit, not the whole submission.
         """
-        now = request.created_at
-        # Sealing the form's free text is the costly part of its event: done before the lock.
-        submitted = prepare_event(
-            request.requester_id,
-            "request_submitted",
-            request.id,
-            now,
-            {
-                "form": form.model_dump(mode="json"),
-                "policy_version": self.loaded.version,
-                "tool": request.tool_snapshot,
-            },
-        )
-        routed = prepare_event(
-            "system",
-            "request_routed",
-            request.id,
-            now,
-            {"route": request.route_name, "stages": [s.stage_id for s in request.stages]},
-        )
-        request.reference = self._next_reference(session, now)
-        session.execute(
-            update(REQUESTS).where(REQUESTS.c.id == request.id).values(reference=request.reference)
-        )
-        append_at_commit(session, submitted.with_plain(reference=request.reference))
-        append_at_commit(session, routed)
-        if previous is not None:
-            audit_at_commit(
-                session,
-                request.requester_id,
-                "request_rerequested",
-                request.id,
-                now,
-                previous=previous.reference,
-                previous_status=previous.status,
+        if not requests:
+            return []
+        now = requests[0].created_at
+        # Sealing the forms' free text is the costly part of their events: done before the locks.
+        events = [
+            (
+                prepare_event(
+                    request.requester_id,
+                    "request_submitted",
+                    request.id,
+                    now,
+                    {
+                        "form": form.model_dump(mode="json"),
+                        "policy_version": self.loaded.version,
+                        "tool": request.tool_snapshot,
+                    },
+                ),
+                prepare_event(
+                    "system",
+                    "request_routed",
+                    request.id,
+                    now,
+                    {"route": request.route_name, "stages": [s.stage_id for s in request.stages]},
+                ),
             )
-        first = request.stages[0]
-        return [
-            outbox_row(session, "post_review", {"stage_review_id": first.id}, request.id, now, first),
-            outbox_row(session, "dm", views.submitted_dm(request, self.policy), request.id, now),
-            outbox_row(session, "publish_home", self._homes(request), request.id, now),
+            for request, form in zip(requests, forms, strict=True)
         ]
+        references = self._next_references(session, now, len(requests))
+        for request, reference in zip(requests, references, strict=True):
+            request.reference = reference
+        session.execute(NUMBER_REQUEST, [{"number": r.id, "reference": r.reference} for r in requests])
+        queued: list[dict[str, Any]] = []
+        for request, (submitted, routed), earlier in zip(requests, events, previous, strict=True):
+            append_at_commit(session, submitted.with_plain(reference=request.reference))
+            append_at_commit(session, routed)
+            if earlier is not None:
+                audit_at_commit(
+                    session,
+                    request.requester_id,
+                    "request_rerequested",
+                    request.id,
+                    now,
+                    previous=earlier.reference,
+                    previous_status=earlier.status,
+                )
+            first = request.stages[0]
+            queued += [
+                outbox_row(session, "post_review", {"stage_review_id": first.id}, request.id, now, first),
+                outbox_row(session, "dm", views.submitted_dm(request, self.policy), request.id, now),
+                outbox_row(session, "publish_home", self._homes(request), request.id, now),
+            ]
+        return queued
 
-    def _next_reference(self, session: Session, now: datetime) -> str:
-        """The year's next reference. The counter row stays locked until commit: no gaps, no duplicates."""
+    def _next_references(self, session: Session, now: datetime, count: int) -> list[str]:
+        """The year's next `count` references. The counter row stays locked until commit: no gaps, no
+        duplicates."""
         year = now.astimezone(self.policy.zone).year
         counters = ReferenceCounter.__table__
         bump = (
             update(counters)
             .where(counters.c.year == year)
-            .values(last_value=counters.c.last_value + 1)
+            .values(last_value=counters.c.last_value + count)
             .returning(counters.c.last_value)
         )
-        value = session.scalar(bump)  # one round trip: lock, increment, read
-        if value is None:
+        last = session.scalar(bump)  # one round trip: lock, increment, read
+        if last is None:
             try:
                 with session.begin_nested():
                     session.execute(insert(counters).values(year=year, last_value=0))
             except IntegrityError:
                 pass  # another process created this year's counter first
-            value = session.scalar(bump)
-            assert value is not None
-        return f"FR-{year}-{value:05d}"
+            last = session.scalar(bump)
+            assert last is not None
+        return [f"FR-{year}-{value:05d}" for value in range(last - count + 1, last + 1)]
 
     @staticmethod
     def _by_submission(session: Session, key: str) -> FrRequest | None:
-        # The id first: almost always there is none, and a plain query is cheaper than the ORM's.
-        found = session.scalar(select(REQUESTS.c.id).where(REQUESTS.c.submission_key == key))
-        return session.get(FrRequest, found) if found is not None else None
+        return Workflow._by_submissions(session, [key]).get(key)
+
+    @staticmethod
+    def _by_submissions(session: Session, keys: list[str]) -> dict[str, FrRequest]:
+        # Ids first: almost always there are none, and a plain query is cheaper than the ORM's.
+        found = session.execute(
+            select(REQUESTS.c.submission_key, REQUESTS.c.id).where(REQUESTS.c.submission_key.in_(keys))
+        ).all()
+        return {key: request for key, request_id in found if (request := session.get(FrRequest, request_id))}
 
     @staticmethod
     def _submitted(request: FrRequest, created: bool) -> Submitted:
