@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
 BEFORE_NOTE = (
+    'The sections marked "before the Core writes and the batched intake" are round six\'s full run, on '
+    "that round's faster machine (its p99 ratios are to that run's own bare apps). "
     'The sections marked "before answering from the receiving thread" are round five\'s full run, on that '
     "round's machine (its bare app answered with Bolt's defaults; the p99 ratios there are to that app). "
     'The sections marked "before the frozen start-up objects" are run A of round four, on that round\'s '
@@ -179,6 +181,7 @@ def main() -> None:
     ]
     baselines = (BENCH / "baseline").glob("*.md")
     rounds = (
+        "before_core_writes",
         "before_answer_thread",
         "before_freeze",
         "before_receipts",
