@@ -317,9 +317,9 @@ class Workflow:
             return []
         if len({s.submission_key for s in submissions}) != len(submissions):
             raise ValueError("a submission key given twice")
-        tools = [self.policy.tool(s.form.tool) for s in submissions]
-        if None in tools:  # check_request already refuses unknown tools; this guards direct callers
-            raise ValueError(f"unknown tool among {[s.form.tool for s in submissions]}")
+        unknown = [s.form.tool for s in submissions if self.policy.tool(s.form.tool) is None]
+        if unknown:  # check_request already refuses unknown tools; this guards direct callers
+            raise ValueError(f"unknown tool {unknown[0]}")
         try:
             with self._write() as session:
                 existing = self._by_submissions(session, [s.submission_key for s in submissions])
@@ -403,7 +403,7 @@ class Workflow:
         routes = []
         for submission, earlier in zip(submissions, previous, strict=True):
             tool = self.policy.tool(submission.form.tool)
-            assert tool is not None
+            assert tool is not None  # `submit_all` refused unknown tools
             route = choose_route(self.policy, tool, submission.form)
             routes.append(route)
             values.append(
