@@ -324,11 +324,14 @@ class Workflow:
             with self._write() as session:
                 existing = self._by_submissions(session, [s.submission_key for s in submissions])
                 fresh = [s for s in submissions if s.submission_key not in existing]
-                queued: list[dict[str, Any]] = []
-                for submission in submissions:
-                    if submission.submission_key in existing:
-                        found = existing[submission.submission_key]
-                        queued += self._close_receipts(session, [(submission.receipt, found)])
+                queued = self._close_receipts(
+                    session,
+                    [
+                        (s.receipt, existing[s.submission_key])
+                        for s in submissions
+                        if s.submission_key in existing
+                    ],
+                )
                 previous = [self._previous(session, s.requester_id, s.previous_request_id) for s in fresh]
                 requests = self._create(session, fresh, previous)
                 queued += self._number(session, requests, [s.form for s in fresh], previous)
