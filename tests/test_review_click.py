@@ -36,7 +36,7 @@ def test_refusals_are_recorded_as_before(workflow: Workflow) -> None:
     assert audit_actions(workflow)[-1] == "action_refused"
 
 
-def test_a_click_reads_the_request_its_stages_and_decisions_in_three_queries(
+def test_a_click_reads_the_request_its_stages_and_decisions_in_one_query(
     workflow: Workflow, engine: Engine
 ) -> None:
     """Questions and comments are not read on the path of every click; the modals do not show them."""
@@ -54,7 +54,7 @@ def test_a_click_reads_the_request_its_stages_and_decisions_in_three_queries(
         event.remove(engine, "before_cursor_execute", count)
     assert isinstance(request, FrRequest)
     selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
-    assert len(selects) == 3, statements
+    assert len(selects) == 1, statements
     context = views.ReviewContext(request_id=request.id, position=0, action="approve")
     assert views.decision_modal(request, workflow.policy, context)["type"] == "modal"
     context = views.ReviewContext(request_id=request.id, position=0, action="request_info")
