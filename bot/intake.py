@@ -39,6 +39,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from sqlalchemy import select
 
+from bot.foreground import ANSWERS
 from bot.workflow import Submitted, Workflow
 from storage.db import DatabaseUnavailable, background_work, transaction
 from storage.models import SubmissionReceipt, utcnow
@@ -122,7 +123,9 @@ class IntakeWorker:
                 except queue.Empty:
                     receipt_id = None
                 if receipt_id:
-                    self.record_batch([receipt_id, *self._queued(MAX_BATCH - 1)])
+                    batch = [receipt_id, *self._queued(MAX_BATCH - 1)]
+                    ANSWERS.step_aside()
+                    self.record_batch(batch)
                 for retry_id, at in list(self._retry_at.items()):
                     if at <= time.monotonic():
                         self.record(retry_id)

@@ -54,6 +54,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from bot import views
 from bot.copies import RETIRE_COPY, Landing, ReportMarks, land, live_message, post_metadata
+from bot.foreground import ANSWERS
 from bot.pacing import UPDATE_KEY, Pacer, post_key, posted_to
 from bot.policy import Policy
 from storage.db import DatabaseUnavailable, background_work, transaction
@@ -98,6 +99,38 @@ RECENT_POSTS = 1000
 REDACT_DMS = "redact_dms"
 UPDATE_KINDS = ("refresh_reviews", RETIRE_COPY, REDACT_DMS)  # chat.update only
 FINISH_TRIES = 5  # a sent row whose outcome cannot be saved would be sent again: try hard to save it
+
+# The usual claim, in one statement (one round trip, no BEGIN/COMMIT on PostgreSQL): lease a due row whose
+# last send finished, note that a send starts, and return it. A row whose last send was cut off (it has
+# attempt_started_at) takes OutboxDispatcher._claim_cut_off's longer path.
+CLAIM_FINISHED = (
+    update(OutboxMessage)
+    .where(
+        OutboxMessage.id == bindparam("row_id"),
+        OutboxMessage.status == OutboxStatus.PENDING,
+        OutboxMessage.attempt_started_at.is_(None),
+        or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < bindparam("now")),
+    )
+    .values(claimed_until=bindparam("until"), attempt_started_at=bindparam("now"))
+    .returning(OutboxMessage)
+    .execution_options(synchronize_session=False)
+)
+# The usual outcome of a row that posts nothing (a modal update, an edit, App Home), in one statement: the
+# row lock the longer path takes is the statement's own, and there is no landing to record.
+SENT_WITHOUT_POST = (
+    update(OutboxMessage)
+    .where(OutboxMessage.id == bindparam("row_id"))
+    .values(
+        status=OutboxStatus.SENT,
+        claimed_until=None,
+        attempt_started_at=None,
+        attempts=OutboxMessage.attempts + 1,
+        last_error=None,
+        doubtful_attempts=OutboxMessage.doubtful_attempts + bindparam("doubtful"),
+        sent_at=bindparam("now"),
+    )
+    .execution_options(synchronize_session=False)
+)
 
 
 class PermanentFailure(Exception):
@@ -250,6 +283,7 @@ class OutboxDispatcher:
                     held.update(keys)
                     self._paced_wait = wait if self._paced_wait is None else min(self._paced_wait, wait)
                     continue
+                ANSWERS.step_aside()  # each row is a claim, a Slack call and an outcome: answers go first
                 row = self._claim(row_id)
                 if row is None:
                     continue  # another dispatcher took it, or it waits for Slack's report of a cut-off post
@@ -269,8 +303,16 @@ class OutboxDispatcher:
             return [(row.id, row.pace_key) for row in rows]
 
     def _claim(self, row_id: int) -> OutboxMessage | None:
-        """Lease the row and record that a send is starting, in one committed transaction."""
+        """Lease the row and record that a send is starting, committed before the send."""
         now = self.clock()
+        params = {"row_id": row_id, "now": now, "until": now + self.lease}
+        with transaction(self.db, single_statement=True) as session:
+            row = session.scalars(CLAIM_FINISHED, params).one_or_none()
+        return row if row is not None else self._claim_cut_off(row_id, now)
+
+    def _claim_cut_off(self, row_id: int, now: datetime) -> OutboxMessage | None:
+        """`_claim` of a row whose last send began and never recorded an outcome (or of a row that is not
+        due after all: another dispatcher took it)."""
         with transaction(self.db) as session:
             claimed = session.execute(
                 update(OutboxMessage)
@@ -428,6 +470,17 @@ class OutboxDispatcher:
         reported: Landing | None = None,
     ) -> None:
         now = self.clock()
+        posted = sent is not None and bool(sent.channel and sent.ts)
+        if (
+            status == OutboxStatus.SENT
+            and error is None
+            and retry_in is None
+            and not posted
+            and reported is None
+        ):
+            with transaction(self.db, single_statement=True) as session:
+                session.execute(SENT_WITHOUT_POST, {"row_id": row_id, "doubtful": int(doubtful), "now": now})
+            return
         with transaction(self.db) as session:
             # Locked: Slack's landing event for this row may be recorded at the same moment (bot/copies.py).
             row = session.get(OutboxMessage, row_id, with_for_update=True)

@@ -16,6 +16,7 @@ from slack_bolt.adapter.wsgi.http_request import WsgiHttpRequest
 from slack_bolt.adapter.wsgi.http_response import WsgiHttpResponse
 from slack_sdk.signature import SignatureVerifier
 
+from bot.foreground import ANSWERS
 from bot.guard import MalformedRequest, read_body, shape_problem
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ def wsgi_app(
                 start_response("400 Bad Request", [("Content-Type", "text/plain")])
                 return [b"malformed request"]
             request = WsgiHttpRequest(environ)
-            answer = app.dispatch(ParsedRequest(text, payload, request.query_string, request.get_headers()))
+            parsed = ParsedRequest(text, payload, request.query_string, request.get_headers())
+            with ANSWERS.answering():  # what follows answers waits meanwhile (bot/foreground.py)
+                answer = app.dispatch(parsed)
             response = WsgiHttpResponse(status=answer.status, headers=answer.headers, body=answer.body)
             start_response(response.status, response.get_headers())
             return response.get_body()

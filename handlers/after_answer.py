@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
+from bot.foreground import ANSWERS
 from bot.guard import log_listener_failure
 
 
@@ -30,6 +31,7 @@ class AfterAnswer:
 
     @staticmethod
     def _run(kind: str, work: Callable[..., None], args: tuple[Any, ...]) -> None:
+        ANSWERS.step_aside()
         try:
             work(*args)
         except Exception as error:  # nobody else would see it: a Future's exception is never read

@@ -8,9 +8,10 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, event, func, select
 
 from bot import cli
 from bot.copies import (
@@ -23,7 +24,7 @@ from bot.copies import (
     record_landing,
 )
 from bot.forms import DecisionForm, check_request
-from bot.outbox import OutboxDispatcher, dispatcher_client, list_outbox, retry_outbox
+from bot.outbox import OutboxDispatcher, Sent, dispatcher_client, list_outbox, retry_outbox
 from bot.pacing import Pacer, Rate, SlackLimits, post_key
 from bot.workflow import Workflow, enqueue
 from storage.db import transaction
@@ -498,3 +499,35 @@ def test_burst_of_200_to_one_channel_is_paced_not_rejected(workflow: Workflow, s
             select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status != OutboxStatus.SENT)
         )
     assert unsent == 0
+
+
+def test_a_row_that_posts_nothing_is_claimed_and_closed_in_one_statement_each(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock, engine: Engine
+) -> None:
+    """The usual claim and the outcome of an edit or a publish are one statement each (bench/NOTES.md,
+    item 26): no BEGIN, read, write and COMMIT per Slack call on the dispatcher's path."""
+    dispatcher = make_dispatcher(workflow, stub, clock)
+    submit(workflow, "V1")
+    home = next(row for row in rows(workflow) if row.kind == "publish_home")
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "OUTBOX" in statement.upper():  # not SQLite's BEGIN IMMEDIATE before a write
+            statements.append(" ".join(statement.split()).upper())
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        claimed = dispatcher._claim(home.id)
+        assert claimed is not None and claimed.payload == home.payload
+        assert dispatcher._claim(home.id) is None  # leased: a second dispatcher gets nothing
+        dispatcher._finish(home.id, OutboxStatus.SENT, sent=Sent())
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    claim, outcome = statements[0], statements[-1]
+    assert claim.startswith("UPDATE OUTBOX") and "RETURNING" in claim
+    assert outcome.startswith("UPDATE OUTBOX") and "RETURNING" not in outcome
+    # Claimed once, refused once (the usual statement, then the longer path's conditional update), closed.
+    assert [s.split()[0] for s in statements] == ["UPDATE", "UPDATE", "UPDATE", "UPDATE"], statements
+    done = next(row for row in rows(workflow) if row.id == home.id)
+    assert done.status == OutboxStatus.SENT and done.attempts == 1 and done.sent_at == clock.now
+    assert done.claimed_until is None and done.attempt_started_at is None and done.doubtful_attempts == 0

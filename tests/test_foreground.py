@@ -1,0 +1,119 @@
+"""Answers first: work that follows an answer waits while the process is answering (bot/foreground.py)."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from slack_bolt import Ack, App
+from slack_bolt.authorization import AuthorizeResult
+from slack_sdk.signature import SignatureVerifier
+
+from bot import foreground
+from bot.foreground import ANSWERS, AnswersInFlight
+from bot.server import EVENTS_PATH, wsgi_app
+from handlers.after_answer import AfterAnswer
+
+# Long enough for a waiting thread to be waiting, and for one that did not wait to have finished.
+SETTLE = 0.1
+
+
+def test_with_no_answer_in_flight_background_work_goes_at_once() -> None:
+    answers = AnswersInFlight()
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (answers.step_aside(most=60), done.set()))
+    worker.start()
+    worker.join(timeout=10)
+    assert done.is_set()
+
+
+def test_background_work_waits_for_the_answers_in_flight() -> None:
+    answers = AnswersInFlight()
+    order: list[str] = []
+
+    def background() -> None:
+        answers.step_aside(most=60)
+        order.append("background")
+
+    with answers.answering():
+        with answers.answering():
+            assert answers.count == 2
+            worker = threading.Thread(target=background)
+            worker.start()
+            time.sleep(SETTLE)
+            order.append("first answer sent")
+        time.sleep(SETTLE)
+        order.append("second answer sent")
+    worker.join(timeout=10)
+    assert order == ["first answer sent", "second answer sent", "background"]
+    assert answers.count == 0
+
+
+def test_background_work_is_not_starved_by_answers_that_never_stop() -> None:
+    answers = AnswersInFlight()
+    with answers.answering():
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (answers.step_aside(most=0.01), done.set()))
+        worker.start()
+        worker.join(timeout=10)
+        assert done.is_set()
+
+
+def test_an_answer_that_fails_still_leaves_the_count() -> None:
+    answers = AnswersInFlight()
+    try:
+        with answers.answering():
+            raise RuntimeError("listener failed")
+    except RuntimeError:
+        pass
+    assert answers.count == 0
+
+
+def test_work_after_an_answer_starts_once_the_answers_in_flight_are_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(foreground, "MOST_WAIT_SECONDS", 60)
+    order: list[str] = []
+    with ThreadPoolExecutor(2) as pool:
+        after_answer = AfterAnswer(pool)
+        with ANSWERS.answering():
+            after_answer("test", order.append, "opened the modal")
+            time.sleep(SETTLE)
+            order.append("answered")
+    assert order == ["answered", "opened the modal"]
+
+
+def test_the_server_counts_an_answer_as_in_flight_while_it_is_produced() -> None:
+    secret = "test-secret"
+    authorized = AuthorizeResult(enterprise_id=None, team_id="T1", bot_token="xoxb-test", bot_user_id="UBOT")
+    app = App(signing_secret=secret, authorize=lambda **_: authorized, process_before_response=True)
+    seen: list[int] = []
+
+    @app.command("/fr-request")
+    def command(ack: Ack) -> None:
+        seen.append(ANSWERS.count)
+        ack()
+
+    body = urlencode({"command": "/fr-request", "user_id": "U1", "trigger_id": "1.2.3", "team_id": "T1"})
+    timestamp = str(int(time.time()))
+    signature = SignatureVerifier(secret).generate_signature(timestamp=timestamp, body=body)
+    environ: dict[str, Any] = {
+        "PATH_INFO": EVENTS_PATH,
+        "REQUEST_METHOD": "POST",
+        "CONTENT_TYPE": "application/x-www-form-urlencoded",
+        "CONTENT_LENGTH": str(len(body)),
+        "QUERY_STRING": "",
+        "HTTP_X_SLACK_REQUEST_TIMESTAMP": timestamp,
+        "HTTP_X_SLACK_SIGNATURE": signature,
+        "wsgi.input": io.BytesIO(body.encode()),
+    }
+    statuses: list[str] = []
+    wsgi_app(app, secret)(environ, lambda status, _headers: statuses.append(status))
+    assert statuses == ["200 OK"]
+    assert seen == [1]
+    assert ANSWERS.count == 0
