@@ -10,7 +10,10 @@ usually written.
 
 - **Think time** (the target's model): each user waits a random think time, uniform THINK_SECONDS,
   before each request (and before its first, so users do not start in step), and the level runs for
-  `--duration` seconds (at least `--min-samples` requests).
+  `--duration` seconds (at least `--min-samples` requests). The largest level runs `--rounds` times,
+  bot and bare apps taking turns each time, and its samples are pooled: on a shared two-core machine one
+  stall decides the p99 of a single 15 s run (the floor's own p99 ranged 12-40 ms between runs), and
+  taking turns keeps a drift in the machine's speed from landing on one app only.
 - **Saturation** (capacity): closed loop, no think time: each user sends again as soon as it is answered,
   `--requests` requests per level. Latency is then users / throughput (Little's law): it measures
   capacity, not the latency a user sees at a given load.
@@ -170,6 +173,12 @@ def main() -> None:
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated: command,submission,click")
     parser.add_argument("--users", default=",".join(map(str, CONCURRENCY)), help="comma-separated levels")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="think time: rounds of the largest level, the apps taking turns each round; samples pooled",
+    )
+    parser.add_argument(
         "--bot-env", action="append", default=[], help="KEY=VALUE for the bot process (repeatable)"
     )
     parser.add_argument(
@@ -192,6 +201,8 @@ def main() -> None:
     results: dict[str, Any] = {m: {app: {k: {} for k in KINDS} for app in APPS} for m in models}
     rates: dict[str, dict[int, float]] = {}  # bot submissions/s per model and level
     cpu: dict[str, Any] = {m: {k: {} for k in KINDS} for m in models}  # bot CPU ms per request
+    # round_ratios[model][kind][users]: each round's bot p99 / floor p99, where a level runs in rounds
+    round_ratios: dict[str, Any] = {m: {k: {} for k in KINDS} for m in models}
     memory: dict[str, int] = {}
 
     with RemoteStub({group: sorted(members) for group, members in GROUPS.items()}) as stub:
@@ -252,34 +263,46 @@ def main() -> None:
             for model in models:
                 for kind in kinds:
                     for users in levels:
-                        for app in APPS:
-                            settle(servers)
-                            stub.clear()
-                            ticks_before = [cpu_ticks(pid) for pid in bots]
-                            samples, elapsed = run_level(
-                                urls[app],
-                                stub,
-                                kind,
-                                users,
-                                target,
-                                model=model,
-                                requests=args.requests,
-                                duration=args.duration,
-                                min_samples=args.min_samples,
-                            )
-                            results[model][app][kind][users] = samples
-                            if app == "bot":
-                                # The bot's CPU for the level and for the Slack calls it left queued.
-                                settle(bots)
-                                cpu[model][kind][users] = [
-                                    (cpu_ticks(pid) - before) * 1000 / CLOCK_TICKS / len(samples)
-                                    for pid, before in zip(bots, ticks_before, strict=True)
-                                ]
-                            if app == "bot" and kind == "submission":
-                                rates.setdefault(model, {})[users] = len(samples) / elapsed
-                            if app == "bot" and model == "saturation" and users == max(levels):
-                                memory[f"bot after {kind} load"] = rss_kib(bot.process.pid)
-                            print(f"{model} {kind} {users} {app}: n={len(samples)}", flush=True)
+                        rounds = args.rounds if model == "think" and users == max(levels) else 1
+                        ticks = [0] * len(bots)
+                        elapsed_total = 0.0
+                        for _round in range(rounds):
+                            ours: dict[str, list[float]] = {}
+                            for app in APPS:
+                                settle(servers)
+                                stub.clear()
+                                ticks_before = [cpu_ticks(pid) for pid in bots]
+                                samples, elapsed = run_level(
+                                    urls[app],
+                                    stub,
+                                    kind,
+                                    users,
+                                    target,
+                                    model=model,
+                                    requests=args.requests,
+                                    duration=args.duration,
+                                    min_samples=args.min_samples,
+                                )
+                                ours[app] = samples
+                                results[model][app][kind].setdefault(users, []).extend(samples)
+                                if app == "bot":
+                                    # The bot's CPU for the level and for the Slack calls it left queued.
+                                    settle(bots)
+                                    ticks = [
+                                        total + cpu_ticks(pid) - before
+                                        for total, pid, before in zip(ticks, bots, ticks_before, strict=True)
+                                    ]
+                                    elapsed_total += elapsed
+                                print(f"{model} {kind} {users} {app}: n={len(samples)}", flush=True)
+                            if rounds > 1:
+                                ratio = percentile(ours["bot"], 0.99) / percentile(ours["bare"], 0.99)
+                                round_ratios[model][kind].setdefault(users, []).append(ratio)
+                        answered = len(results[model]["bot"][kind][users])
+                        cpu[model][kind][users] = [t * 1000 / CLOCK_TICKS / answered for t in ticks]
+                        if kind == "submission":
+                            rates.setdefault(model, {})[users] = answered / elapsed_total
+                        if model == "saturation" and users == max(levels):
+                            memory[f"bot after {kind} load"] = rss_kib(bot.process.pid)
         finally:
             for process in bares:
                 process.terminate()
@@ -290,13 +313,14 @@ def main() -> None:
         late = stub.late_acks
 
     print(json.dumps({"memory_kib": memory, "late_acks": late}, indent=2))
-    write_results(results, rates, cpu, memory, late, database_url, args)
+    write_results(results, rates, cpu, round_ratios, memory, late, database_url, args)
 
 
 def write_results(
     results: dict[str, Any],
     rates: dict[str, dict[int, float]],
     cpu: dict[str, Any],
+    round_ratios: dict[str, Any],
     memory: dict[str, int],
     late_acks: int,
     url: str,
@@ -306,7 +330,13 @@ def write_results(
     lo, hi = THINK_SECONDS
     titles = {
         "think": f"think time uniform {lo}–{hi} s, {args.duration:.0f} s per level (at least "
-        f"{args.min_samples} requests)",
+        f"{args.min_samples} requests)"
+        + (
+            f"; the {max(int(u) for u in args.users.split(','))}-user level {args.rounds} times, "
+            "the apps taking turns each time, samples pooled (its p99 ratio per round in the last column)"
+            if args.rounds > 1
+            else ""
+        ),
         "saturation": f"saturation: closed loop, no think time, {args.requests} requests per level",
     }
     deployment = ", answering process (`run --no-worker`) and a worker process" if args.worker else ""
@@ -317,9 +347,12 @@ def write_results(
             "",
             "| request | users | n | bot p50 ms | bot p99 ms | bot max ms | bare p50 ms | bare p99 ms | "
             "bare max ms | p99 ratio | Bolt-defaults bare p50 / p99 ms | p99 ratio to it | "
-            "bot CPU ms/request |" + (" worker CPU ms/request |" if args.worker else ""),
+            "bot CPU ms/request |"
+            + (" worker CPU ms/request |" if args.worker else "")
+            + (" p99 ratio per round |" if model == "think" and args.rounds > 1 else ""),
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-            + ("---:|" if args.worker else ""),
+            + ("---:|" if args.worker else "")
+            + ("---:|" if model == "think" and args.rounds > 1 else ""),
         ]
         for kind in KINDS:
             for users in CONCURRENCY:
@@ -335,6 +368,11 @@ def write_results(
                     f"{statistics.median(usual) * 1000:.1f} / {usual_p99 * 1000:.1f} | "
                     f"{p99 / usual_p99:.2f} |"
                     + "".join(f" {value:.1f} |" for value in cpu[model][kind][users])
+                    + (
+                        " " + " / ".join(f"{r:.2f}" for r in round_ratios[model][kind].get(users, [])) + " |"
+                        if model == "think" and args.rounds > 1
+                        else ""
+                    )
                 )
         if model in rates:
             lines += [
@@ -360,6 +398,7 @@ def write_results(
                 "results": results,
                 "rates": rates,
                 "cpu_ms_per_request": cpu,
+                "p99_ratio_per_round": round_ratios,
                 "memory_kib": memory,
                 "late_acks": late_acks,
             }
