@@ -23,13 +23,17 @@ from handlers.after_answer import AfterAnswer
 SETTLE = 0.1
 
 
-def test_with_no_answer_in_flight_background_work_goes_at_once() -> None:
-    answers = AnswersInFlight()
+def steps_aside_and_goes_on(answers: AnswersInFlight, most: float) -> bool:
+    """Whether background work stepping aside for at most `most` seconds goes on (within 10 s)."""
     done = threading.Event()
-    worker = threading.Thread(target=lambda: (answers.step_aside(most=60), done.set()))
+    worker = threading.Thread(target=lambda: (answers.step_aside(most=most), done.set()))
     worker.start()
     worker.join(timeout=10)
-    assert done.is_set()
+    return done.is_set()
+
+
+def test_with_no_answer_in_flight_background_work_goes_at_once() -> None:
+    assert steps_aside_and_goes_on(AnswersInFlight(), most=60)
 
 
 def test_background_work_waits_for_the_answers_in_flight() -> None:
@@ -57,11 +61,7 @@ def test_background_work_waits_for_the_answers_in_flight() -> None:
 def test_background_work_is_not_starved_by_answers_that_never_stop() -> None:
     answers = AnswersInFlight()
     with answers.answering():
-        done = threading.Event()
-        worker = threading.Thread(target=lambda: (answers.step_aside(most=0.01), done.set()))
-        worker.start()
-        worker.join(timeout=10)
-        assert done.is_set()
+        assert steps_aside_and_goes_on(answers, most=0.01)
 
 
 def test_an_answer_that_fails_still_leaves_the_count() -> None:
