@@ -269,14 +269,16 @@ class Workflow:
             receipts = session.execute(select(RECEIPTS).where(RECEIPTS.c.id.in_(set(receipt_ids)))).all()
         done: dict[int, Submitted] = {}
         pending = []
+        recorded: dict[str, int] = {}  # receipt id by submission key, for those already recorded
         for receipt in receipts:
             if receipt.recorded_at is None and receipt.form is not None:
                 pending.append(receipt)
-                continue
+            else:
+                recorded[receipt.submission_key] = receipt.id
+        if recorded:
             with transaction(self.db, read_only=True) as session:
-                existing = self._by_submission(session, receipt.submission_key)
-                if existing is not None:
-                    done[receipt.id] = self._submitted(existing, created=False)
+                for key, existing in self._by_submissions(session, list(recorded)).items():
+                    done[recorded[key]] = self._submitted(existing, created=False)
         submissions = [
             Submission(
                 RequestForm.model_validate(receipt.form),
