@@ -8,10 +8,9 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, func, select
+from sqlalchemy import Engine, func, select
 
 from bot import cli
 from bot.copies import (
@@ -29,7 +28,7 @@ from bot.pacing import Pacer, Rate, SlackLimits, post_key
 from bot.workflow import Workflow, enqueue
 from storage.db import transaction
 from storage.models import AuditEvent, DirectMessage, OutboxMessage, OutboxStatus, StageReview, utcnow
-from tests.conftest import FakeClock, valid_form_values
+from tests.conftest import FakeClock, statements_run, valid_form_values
 from tests.slackstub import DROP, RecordedCall, SlackStub
 
 APPROVE = DecisionForm(rationale="Necessary and proportionate for this robbery.")
@@ -509,20 +508,13 @@ def test_a_row_that_posts_nothing_is_claimed_and_closed_in_one_statement_each(
     dispatcher = make_dispatcher(workflow, stub, clock)
     submit(workflow, "V1")
     home = next(row for row in rows(workflow) if row.kind == "publish_home")
-    statements: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if "OUTBOX" in statement.upper():  # not SQLite's BEGIN IMMEDIATE before a write
-            statements.append(" ".join(statement.split()).upper())
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
+    with statements_run(engine) as sent:
         claimed = dispatcher._claim(home.id)
         assert claimed is not None and claimed.payload == home.payload
         assert dispatcher._claim(home.id) is None  # leased: a second dispatcher gets nothing
         dispatcher._finish(home.id, OutboxStatus.SENT, sent=Sent())
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
+    normalised = (" ".join(statement.split()).upper() for statement in sent)
+    statements = [s for s in normalised if "OUTBOX" in s]  # not SQLite's BEGIN IMMEDIATE before a write
     claim, outcome = statements[0], statements[-1]
     assert claim.startswith("UPDATE OUTBOX") and "RETURNING" in claim
     assert outcome.startswith("UPDATE OUTBOX") and "RETURNING" not in outcome

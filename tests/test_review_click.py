@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 
 from bot import views
 from bot.workflow import Refusal, Workflow
 from storage.models import FrRequest
+from tests.conftest import statements_run
 from tests.test_workflow import APPROVE, audit_actions, submit
 
 
@@ -42,16 +41,8 @@ def test_a_click_reads_the_request_its_stages_and_decisions_in_one_query(
     """Questions and comments are not read on the path of every click; the modals do not show them."""
     result = submit(workflow)
     workflow.request_info(result.request_id, 0, "USUP1", "Which camera took the image?", "V-INFO")
-    statements: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
+    with statements_run(engine) as statements:
         request = workflow.authorised_request(result.request_id, 0, "USUP2", "approve")
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
     assert isinstance(request, FrRequest)
     selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert len(selects) == 1, statements
