@@ -342,6 +342,7 @@ def write_results(
     deployment = ", answering process (`run --no-worker`) and a worker process" if args.worker else ""
     lines = [f"### Ack latency over real HTTP, {backend}{deployment}", ""]
     for model in results:
+        per_round = model == "think" and args.rounds > 1  # the largest level ran in rounds
         lines += [
             f"#### {titles[model]}",
             "",
@@ -349,10 +350,10 @@ def write_results(
             "bare max ms | p99 ratio | Bolt-defaults bare p50 / p99 ms | p99 ratio to it | "
             "bot CPU ms/request |"
             + (" worker CPU ms/request |" if args.worker else "")
-            + (" p99 ratio per round |" if model == "think" and args.rounds > 1 else ""),
+            + (" p99 ratio per round |" if per_round else ""),
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
             + ("---:|" if args.worker else "")
-            + ("---:|" if model == "think" and args.rounds > 1 else ""),
+            + ("---:|" if per_round else ""),
         ]
         for kind in KINDS:
             for users in CONCURRENCY:
@@ -370,7 +371,7 @@ def write_results(
                     + "".join(f" {value:.1f} |" for value in cpu[model][kind][users])
                     + (
                         " " + " / ".join(f"{r:.2f}" for r in round_ratios[model][kind].get(users, [])) + " |"
-                        if model == "think" and args.rounds > 1
+                        if per_round
                         else ""
                     )
                 )
