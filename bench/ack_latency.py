@@ -356,9 +356,7 @@ def write_results(
             + ("---:|" if per_round else ""),
         ]
         for kind in KINDS:
-            for users in CONCURRENCY:
-                if users not in results[model]["bot"][kind]:
-                    continue
+            for users in sorted(results[model]["bot"][kind]):  # the levels run (`--users`)
                 ours, floor = results[model]["bot"][kind][users], results[model]["bare"][kind][users]
                 usual = results[model]["defaults"][kind][users]
                 p99, floor_p99, usual_p99 = (percentile(s, 0.99) for s in (ours, floor, usual))
