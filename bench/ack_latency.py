@@ -204,6 +204,7 @@ def main() -> None:
     # round_ratios[model][kind][users]: each round's bot p99 / floor p99, where a level runs in rounds
     round_ratios: dict[str, Any] = {m: {k: {} for k in KINDS} for m in models}
     memory: dict[str, int] = {}
+    refused: dict[str, int] = {}  # "method: error" -> how many of the bot's calls the stand-in refused
 
     with RemoteStub({group: sorted(members) for group, members in GROUPS.items()}) as stub:
         bot = BotProcess(
@@ -288,6 +289,8 @@ def main() -> None:
                                 if app == "bot":
                                     # The bot's CPU for the level and for the Slack calls it left queued.
                                     settle(bots)
+                                    for refusal, count in stub.refused_calls().items():
+                                        refused[refusal] = refused.get(refusal, 0) + count
                                     ticks = [
                                         total + cpu_ticks(pid) - before
                                         for total, pid, before in zip(ticks, bots, ticks_before, strict=True)
@@ -312,8 +315,8 @@ def main() -> None:
                 worker.stop()
         late = stub.late_acks
 
-    print(json.dumps({"memory_kib": memory, "late_acks": late}, indent=2))
-    write_results(results, rates, cpu, round_ratios, memory, late, database_url, args)
+    print(json.dumps({"memory_kib": memory, "late_acks": late, "refused_calls": refused}, indent=2))
+    write_results(results, rates, cpu, round_ratios, memory, late, refused, database_url, args)
 
 
 def write_results(
@@ -323,6 +326,7 @@ def write_results(
     round_ratios: dict[str, Any],
     memory: dict[str, int],
     late_acks: int,
+    refused: dict[str, int],
     url: str,
     args: argparse.Namespace,
 ) -> None:
@@ -382,7 +386,11 @@ def write_results(
         lines.append("")
     lines += [
         f"Acks later than 3 s: {late_acks}. "
-        "Resident memory (KiB): " + ", ".join(f"{k}: {v}" for k, v in memory.items()),
+        "The bot's Slack calls that Slack would have refused (an expired trigger_id is a modal opened "
+        "too late): "
+        + (", ".join(f"{k} ×{v}" for k, v in sorted(refused.items())) or "none")
+        + ". Resident memory (KiB): "
+        + ", ".join(f"{k}: {v}" for k, v in memory.items()),
         "",
     ]
     section = "\n".join(lines)
@@ -400,6 +408,7 @@ def write_results(
                 "p99_ratio_per_round": round_ratios,
                 "memory_kib": memory,
                 "late_acks": late_acks,
+                "refused_calls": refused,
             }
         )
     )
