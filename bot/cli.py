@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot import logs
 from bot.config import Settings, SettingsError, load_settings
+from bot.foreground import BACKGROUND
 from bot.policy import PolicyError, load_policy
 from storage.db import migrate
 
@@ -94,6 +95,7 @@ def _bootstrap(settings: Settings, records_all_receipts: bool = False) -> Servic
         if s
     ]
     logs.configure(settings.log_level, secrets)
+    BACKGROUND.niceness = settings.background_niceness
     policy = load_policy(settings.policy_file)
     _prepare_database(settings.database_url)
     return build_services(

@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.foreground import DEFAULT_BACKGROUND_NICENESS
+
 DEFAULT_DATABASE_URL = "sqlite:///fr-bot.db"
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 
@@ -50,6 +52,9 @@ class Settings(BaseSettings):
     # A post cut off by a crash is sent again no sooner than this after the cut-off send began, so Slack's
     # event can first report whether it landed (Slack retries an undelivered event after one minute).
     outbox_landing_wait_seconds: float = Field(75.0, ge=0, le=3600)
+    # The niceness (CPU priority, Linux) of the threads doing work that follows answers: the kernel runs
+    # the threads answering Slack first when the cores are busy. 0 keeps them level (bot/foreground.py).
+    background_niceness: int = Field(DEFAULT_BACKGROUND_NICENESS, ge=0, le=19)
     # Members of approver user groups are re-read from Slack after this long.
     approver_cache_seconds: float = Field(60.0, ge=0, le=3600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -7,13 +7,25 @@ with PostgreSQL and the Slack calls they make, so a piece of that work started w
 produced makes the answer wait for it. Background work therefore waits, before each piece, until no
 answer is in flight, for at most MOST_WAIT_SECONDS: under saturation answers never stop, and the work
 behind them must go on (a modal's trigger_id lives 3 s). A piece already started is not interrupted.
+
+A piece already started also yields the CPU: the threads that do background work run at a lower priority
+than the ones that answer (`lower_this_thread`; on Linux a thread's niceness is its own), so when an answer
+arrives while the machine's cores are busy, the kernel runs the answer first. It lowers only CPU priority:
+idle CPU still goes to the background work, and its locks and transactions are the same.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+# The niceness of background threads (0 keeps them level with the answers). At 19 the kernel gives a busy
+# answering thread about 70 times the CPU of a background thread that competes with it for a core.
+DEFAULT_BACKGROUND_NICENESS = 19
 
 # Long enough for the answers in flight to finish (a few ms each), short against trigger_id's 3 s.
 MOST_WAIT_SECONDS = 0.02
@@ -51,3 +63,35 @@ class AnswersInFlight:
 
 
 ANSWERS = AnswersInFlight()
+
+
+class BackgroundPriority:
+    """Lowers the CPU priority of the threads that do background work, once per thread."""
+
+    def __init__(self, niceness: int = DEFAULT_BACKGROUND_NICENESS) -> None:
+        self.niceness = niceness
+        self._lowered = threading.local()
+
+    def lower_this_thread(self) -> None:
+        """Called by background work as it starts; the main thread (a CLI command doing the same work
+        in the foreground) is left as it is."""
+        if getattr(self._lowered, "done", False):
+            return
+        self._lowered.done = True
+        # Only Linux gives each thread its own niceness; elsewhere PRIO_PROCESS with a thread id would
+        # name a process.
+        if (
+            self.niceness <= 0
+            or not sys.platform.startswith("linux")
+            or threading.current_thread() is threading.main_thread()
+        ):
+            return
+        thread = threading.get_native_id()
+        # A sandbox that forbids it leaves the work at the usual priority. Without privileges niceness
+        # only goes up: never below what the thread already has.
+        with contextlib.suppress(OSError):
+            current = os.getpriority(os.PRIO_PROCESS, thread)
+            os.setpriority(os.PRIO_PROCESS, thread, max(current, self.niceness))
+
+
+BACKGROUND = BackgroundPriority()

@@ -39,7 +39,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from sqlalchemy import select
 
-from bot.foreground import ANSWERS
+from bot.foreground import ANSWERS, BACKGROUND
 from bot.workflow import Submitted, Workflow
 from storage.db import DatabaseUnavailable, background_work, transaction
 from storage.models import SubmissionReceipt, utcnow
@@ -107,6 +107,7 @@ class IntakeWorker:
 
     @background_work()
     def _loop(self) -> None:
+        BACKGROUND.lower_this_thread()
         next_scan = 0.0  # at start: receipts a dead process left behind
         while not (self._stop.is_set() and self._queue.empty()):
             try:

@@ -54,7 +54,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from bot import views
 from bot.copies import RETIRE_COPY, Landing, ReportMarks, land, live_message, post_metadata
-from bot.foreground import ANSWERS
+from bot.foreground import ANSWERS, BACKGROUND
 from bot.pacing import UPDATE_KEY, Pacer, post_key, posted_to
 from bot.policy import Policy
 from storage.db import DatabaseUnavailable, background_work, transaction
@@ -240,6 +240,7 @@ class OutboxDispatcher:
 
     @background_work()
     def _loop(self) -> None:
+        BACKGROUND.lower_this_thread()
         while not self._stop.is_set():
             try:
                 sent = self.run_once()

@@ -21,6 +21,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import retention
+from bot.foreground import BACKGROUND
 from bot.policy import Policy
 from bot.sweeps import SweepReport, run_sweeps, sweep_digests
 from storage.db import DatabaseUnavailable, background_work
@@ -101,6 +102,7 @@ class SweepScheduler:
     @background_work()
     def purge(self) -> int:
         """The daily retention purge (bot/retention.py); returns how many requests were redacted."""
+        BACKGROUND.lower_this_thread()
         try:
             purged = retention.purge(self.db, self.policy, self.clock, on_outbox=self._on_outbox)
         except DatabaseUnavailable as exc:
@@ -115,6 +117,7 @@ class SweepScheduler:
 
     @background_work()
     def _run(self, what: str, work: Callable[[], SweepReport]) -> SweepReport | None:
+        BACKGROUND.lower_this_thread()
         # A failed run changes nothing (each unit of work is one transaction); the next run retries.
         try:
             report = work()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from bot.foreground import ANSWERS
+from bot.foreground import ANSWERS, BACKGROUND
 from bot.guard import log_listener_failure
 
 
@@ -31,6 +31,7 @@ class AfterAnswer:
 
     @staticmethod
     def _run(kind: str, work: Callable[..., None], args: tuple[Any, ...]) -> None:
+        BACKGROUND.lower_this_thread()
         ANSWERS.step_aside()
         try:
             work(*args)

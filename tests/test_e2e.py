@@ -7,10 +7,13 @@ call, message and view against Slack's published contracts, and any violation fa
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -93,6 +96,32 @@ def test_answers_do_not_wait_for_the_slack_calls_that_follow_them(
             assert stub.wait_for(method, timeout=30).ok
     finally:
         stub.latency = 0.0
+
+
+def thread_niceness(pid: int) -> dict[int, int]:
+    """Each thread of a process and its niceness, from /proc (field 19 of a task's stat)."""
+    niceness = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            niceness[int(task.name)] = int(fields[16])
+    return niceness
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own niceness is Linux's")
+def test_the_work_after_answers_runs_at_a_lower_cpu_priority_than_the_answers(
+    slack: SlackDriver, stub: SlackStub, bot: BotProcess
+) -> None:
+    """The outbox dispatcher, the intake and the threads doing the work after an answer (here opening a
+    modal) run at FRBOT_BACKGROUND_NICENESS (19); the main thread and the threads answering Slack at 0."""
+    assert bot.process is not None
+    open_form(slack, stub, "UOFFICER8")  # its modal is opened by a listener thread, after the answer
+    niceness = thread_niceness(bot.process.pid)
+    assert niceness[bot.process.pid] == 0
+    assert set(niceness.values()) == {0, 19}
+    lowered = sum(1 for value in niceness.values() if value == 19)
+    assert lowered >= 3, niceness  # the dispatcher, the intake, a listener thread
+    assert len(niceness) - lowered > 1, niceness  # the main thread and the HTTP threads
 
 
 def test_officer_fixes_invalid_form_then_request_is_routed(slack: SlackDriver, stub: SlackStub) -> None:

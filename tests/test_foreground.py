@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +17,7 @@ from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.signature import SignatureVerifier
 
 from bot import foreground
-from bot.foreground import ANSWERS, AnswersInFlight
+from bot.foreground import ANSWERS, AnswersInFlight, BackgroundPriority
 from bot.server import EVENTS_PATH, wsgi_app
 from handlers.after_answer import AfterAnswer
 
@@ -117,3 +119,58 @@ def test_the_server_counts_an_answer_as_in_flight_while_it_is_produced() -> None
     assert statuses == ["200 OK"]
     assert seen == [1]
     assert ANSWERS.count == 0
+
+
+def niceness_in_a_new_thread(priority: BackgroundPriority, before: int = 0) -> int:
+    """The niceness of a new thread that starts at `before` and lowers itself (twice: once counts)."""
+    seen: list[int] = []
+
+    def work() -> None:
+        if before > own_niceness():
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), before)
+        priority.lower_this_thread()
+        priority.lower_this_thread()
+        seen.append(own_niceness())
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join(timeout=10)
+    return seen[0]
+
+
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="a thread's own niceness is Linux's"
+)
+
+
+def own_niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@linux_only
+def test_a_background_thread_lowers_its_own_cpu_priority_only() -> None:
+    main_before = own_niceness()
+    assert niceness_in_a_new_thread(BackgroundPriority(niceness=7)) == 7
+    assert own_niceness() == main_before
+
+
+@linux_only
+def test_background_priority_never_raises_a_thread_and_zero_leaves_it() -> None:
+    assert niceness_in_a_new_thread(BackgroundPriority(niceness=5), before=12) == 12
+    assert niceness_in_a_new_thread(BackgroundPriority(niceness=0)) == 0
+
+
+@linux_only
+def test_the_main_thread_doing_background_work_keeps_its_priority() -> None:
+    """A CLI command that runs a sweep in the foreground is not slowed for the rest of its life."""
+    main_before = own_niceness()
+    BackgroundPriority(niceness=7).lower_this_thread()
+    assert own_niceness() == main_before
+
+
+@linux_only
+def test_work_after_an_answer_runs_at_the_background_priority() -> None:
+    seen: list[int] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        AfterAnswer(pool)("test", lambda: seen.append(own_niceness()))
+    assert seen == [foreground.BACKGROUND.niceness]
