@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -204,7 +205,7 @@ def main() -> None:
     # round_ratios[model][kind][users]: each round's bot p99 / floor p99, where a level runs in rounds
     round_ratios: dict[str, Any] = {m: {k: {} for k in KINDS} for m in models}
     memory: dict[str, int] = {}
-    refused: dict[str, int] = {}  # "method: error" -> how many of the bot's calls the stand-in refused
+    refused: Counter[str] = Counter()  # "method: error" -> how many of the bot's calls the stand-in refused
 
     with RemoteStub({group: sorted(members) for group, members in GROUPS.items()}) as stub:
         bot = BotProcess(
@@ -289,8 +290,7 @@ def main() -> None:
                                 if app == "bot":
                                     # The bot's CPU for the level and for the Slack calls it left queued.
                                     settle(bots)
-                                    for refusal, count in stub.refused_calls().items():
-                                        refused[refusal] = refused.get(refusal, 0) + count
+                                    refused.update(stub.refused_calls())
                                     ticks = [
                                         total + cpu_ticks(pid) - before
                                         for total, pid, before in zip(ticks, bots, ticks_before, strict=True)

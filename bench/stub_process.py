@@ -14,6 +14,7 @@ import contextlib
 import gc
 import multiprocessing
 import threading
+from collections import Counter
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -85,20 +86,18 @@ def _report_landings_to(stub: SlackStub, url: str) -> None:
 
 
 def _call_counts(stub: SlackStub) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for call in stub.calls.snapshot():
-        counts[call.method] = counts.get(call.method, 0) + 1
-    return counts
+    return dict(Counter(call.method for call in stub.calls.snapshot()))
 
 
 def _refused_calls(stub: SlackStub) -> dict[str, int]:
     """The bot's calls since the last clear() that Slack would have refused, by method and error."""
-    refused: dict[str, int] = {}
-    for call in stub.calls.snapshot():
-        if not call.response.get("ok", False):
-            key = f"{call.method}: {call.response.get('error', 'unknown')}"
-            refused[key] = refused.get(key, 0) + 1
-    return refused
+    return dict(
+        Counter(
+            f"{call.method}: {call.response.get('error', 'unknown')}"
+            for call in stub.calls.snapshot()
+            if not call.response.get("ok", False)
+        )
+    )
 
 
 class RemoteStub:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -204,6 +205,12 @@ def statements_run(engine: Engine) -> Iterator[list[str]]:
         yield statements
     finally:
         event.remove(engine, "before_cursor_execute", seen)
+
+
+# Tests of per-thread CPU priority (bot/foreground.py BackgroundPriority): only Linux gives threads their own.
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="a thread's own niceness is Linux's"
+)
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 90.0, every: float = 0.2) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -20,7 +19,7 @@ import pytest
 
 from bot import forms, views
 from tests.botprocess import SIGNING_SECRET, BotProcess
-from tests.conftest import slack_state, valid_form_values
+from tests.conftest import linux_only, slack_state, valid_form_values
 from tests.e2e_support import (
     buttons,
     click,
@@ -108,7 +107,7 @@ def thread_niceness(pid: int) -> dict[int, int]:
     return niceness
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own niceness is Linux's")
+@linux_only
 def test_the_work_after_answers_runs_at_a_lower_cpu_priority_than_the_answers(
     slack: SlackDriver, stub: SlackStub, bot: BotProcess
 ) -> None:

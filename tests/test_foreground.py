@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from bot import foreground
 from bot.foreground import ANSWERS, AnswersInFlight, BackgroundPriority
 from bot.server import EVENTS_PATH, wsgi_app
 from handlers.after_answer import AfterAnswer
+from tests.conftest import linux_only
 
 # Long enough for a waiting thread to be waiting, and for one that did not wait to have finished.
 SETTLE = 0.1
@@ -121,6 +121,10 @@ def test_the_server_counts_an_answer_as_in_flight_while_it_is_produced() -> None
     assert ANSWERS.count == 0
 
 
+def own_niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
 def niceness_in_a_new_thread(priority: BackgroundPriority, before: int = 0) -> int:
     """The niceness of a new thread that starts at `before` and lowers itself (twice: once counts)."""
     seen: list[int] = []
@@ -136,15 +140,6 @@ def niceness_in_a_new_thread(priority: BackgroundPriority, before: int = 0) -> i
     worker.start()
     worker.join(timeout=10)
     return seen[0]
-
-
-linux_only = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="a thread's own niceness is Linux's"
-)
-
-
-def own_niceness() -> int:
-    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
 @linux_only
