@@ -40,10 +40,8 @@ from slack_sdk.errors import SlackApiError
 from sqlalchemy import (
     Select,
     String,
-    and_,
     bindparam,
     cast,
-    exists,
     func,
     literal,
     or_,
@@ -707,21 +705,26 @@ def pace_key_for(
 def _due_query(holding: bool) -> Select[tuple[int, str | None]]:
     """Built once: constructing a statement this size costs more Python than running it."""
     now = bindparam("now", type_=UTCDateTime())
+    # Written into the SQL, not bound: PostgreSQL reuses a generic plan for a prepared statement, and a
+    # generic plan cannot use the partial index of pending rows for a status it does not know.
+    pending = literal(OutboxStatus.PENDING, String, literal_execute=True)
+    # A row waits while an earlier row of its request is pending: it goes only as its request's first
+    # pending row. Found once per pass (from ix_outbox_pending_request), not probed for each pending row,
+    # which PostgreSQL planned from stale statistics as a scan of every pending row for each one
+    # (bench/NOTES.md item 30).
     earlier = aliased(OutboxMessage)
-    blocked = exists().where(
-        and_(
-            earlier.request_id == OutboxMessage.request_id,
-            earlier.status == OutboxStatus.PENDING,
-            earlier.id < OutboxMessage.id,
-        )
+    firsts_of_requests = (
+        select(func.min(earlier.id))
+        .where(earlier.status == pending, earlier.request_id.is_not(None))
+        .group_by(earlier.request_id)
     )
     candidates = (
         select(OutboxMessage.id, OutboxMessage.pace_key)
         .where(
-            OutboxMessage.status == OutboxStatus.PENDING,
+            OutboxMessage.status == pending,
             OutboxMessage.next_attempt_at <= now,
             or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
-            or_(OutboxMessage.request_id.is_(None), ~blocked),
+            or_(OutboxMessage.request_id.is_(None), OutboxMessage.id.in_(firsts_of_requests)),
         )
         .subquery()
     )

@@ -331,11 +331,24 @@ class OutboxStatus:
     DEAD = "dead"  # cannot succeed without an admin's help (e.g. bot not in channel)
 
 
+OUTBOX_PENDING = f"status = '{OutboxStatus.PENDING}'"
+
+
 class OutboxMessage(Base):
     """A Slack call owed to users, written in the same transaction as the change it announces."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_due", "status", "next_attempt_at"),
+        # "Is an earlier row of this request still pending?", asked of every pending row (bot/outbox.py).
+        Index(
+            "ix_outbox_pending_request",
+            "request_id",
+            "id",
+            postgresql_where=text(OUTBOX_PENDING),
+            sqlite_where=text(OUTBOX_PENDING),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     request_id: Mapped[int | None] = mapped_column(ForeignKey("fr_requests.id"), nullable=True, index=True)

@@ -5,12 +5,15 @@ which runs the dispatcher thread for real against a stand-in that rate-limits li
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from psycopg import sql as psql
+from sqlalchemy import Engine, event, func, select
 
 from bot import cli
 from bot.copies import (
@@ -523,3 +526,69 @@ def test_a_row_that_posts_nothing_is_claimed_and_closed_in_one_statement_each(
     done = next(row for row in rows(workflow) if row.id == home.id)
     assert done.status == OutboxStatus.SENT and done.attempts == 1 and done.sent_at == clock.now
     assert done.claimed_until is None and done.attempt_started_at is None and done.doubtful_attempts == 0
+
+
+def _due_query_plan(engine: Engine, dispatcher: OutboxDispatcher) -> str:
+    """The plan the database uses for the dispatcher's due query as the dispatcher sends it; on
+    PostgreSQL the generic plan a prepared statement settles on after a few runs."""
+    sent: list[tuple[str, Any]] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, parameters: Any, *_args: object) -> None:
+        sent.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        dispatcher._due(set())
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    statement, parameters = next((s, p) for s, p in sent if "GROUP BY" in s)
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()
+            return "\n".join(str(row[-1]) for row in rows)
+        names: list[str] = []
+
+        def numbered(match: re.Match[str]) -> str:
+            if match[1] not in names:
+                names.append(match[1])
+            return f"${names.index(match[1]) + 1}"
+
+        conn.exec_driver_sql("PREPARE due AS " + re.sub(r"%\((\w+)\)s", numbered, statement))
+        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        values = psql.SQL(", ").join(psql.Literal(parameters[name]) for name in names)
+        explain = psql.SQL("EXPLAIN EXECUTE due({})").format(values).as_string(None)
+        return "\n".join(row[0] for row in conn.exec_driver_sql(explain).all())
+
+
+def test_the_due_query_finds_each_requests_first_pending_row_once_whatever_the_statistics(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock, engine: Engine
+) -> None:
+    """A row goes only as its request's first pending row. The query finds those rows once per pass; when
+    it asked for each pending row whether an earlier one was pending, PostgreSQL's generic plan scanned
+    every pending row for each (bench/NOTES.md item 30: 0.1-0.4 s a pass at a few thousand rows held by
+    one busy channel). The statistics are taken while nothing is pending, as before a burst, so the
+    planner expects few pending rows."""
+    dispatcher = make_dispatcher(workflow, stub, clock)
+    for index in range(40):
+        submit(workflow, f"VPLAN{index}")
+    with transaction(workflow.db) as session:
+        session.query(OutboxMessage).update({"status": OutboxStatus.SENT})
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")
+    with transaction(workflow.db) as session:
+        session.query(OutboxMessage).update({"status": OutboxStatus.PENDING})
+
+    plan = _due_query_plan(engine, dispatcher)
+    if engine.dialect.name == "sqlite":
+        assert "CORRELATED" not in plan, plan  # the request's first rows: a list built once
+    else:
+        assert "hashed SubPlan" in plan, plan  # built once into a hash table, not run per row
+        assert "ix_outbox_pending_request" in plan, plan
+
+    due = dispatcher._due(set())  # the plan answers as before: each key's first row, in id order
+    first_of_each_request: dict[int | None, int] = {}
+    first_of_each_key: dict[str, int] = {}
+    for row in rows(workflow):  # in id order
+        if first_of_each_request.setdefault(row.request_id, row.id) == row.id:
+            first_of_each_key.setdefault(row.pace_key or f"row:{row.id}", row.id)
+    assert [row_id for row_id, _key in due] == sorted(first_of_each_key.values())[: dispatcher.batch_size]
