@@ -340,7 +340,7 @@ class OutboxMessage(Base):
     __tablename__ = "outbox"
     __table_args__ = (
         Index("ix_outbox_due", "status", "next_attempt_at"),
-        # "Is an earlier row of this request still pending?", asked of every pending row (bot/outbox.py).
+        # Each request's first pending row, which the dispatcher finds on every pass (bot/outbox.py).
         Index(
             "ix_outbox_pending_request",
             "request_id",

@@ -1,5 +1,5 @@
 """storage/db.py: SQLite's writer queue puts answers to Slack first; PostgreSQL's single-statement writes and
-pooled connections checked only after sitting idle."""
+pooled connections checked only after sitting idle; the migrations build the schema the models describe."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import time
 from typing import Any
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import Engine, select, text
 
 from bot.forms import check_request
@@ -22,7 +24,7 @@ from storage.db import (
     sqlite_writer_queue,
     transaction,
 )
-from storage.models import SubmissionReceipt, utcnow
+from storage.models import Base, SubmissionReceipt, utcnow
 from tests.conftest import valid_form_values, wait_until
 
 
@@ -195,3 +197,12 @@ def test_a_pooled_connection_is_checked_only_after_sitting_idle(
         assert replaced != backend
     finally:
         engine.dispose()
+
+
+def test_the_migrations_build_the_schema_the_models_describe(engine: Engine) -> None:
+    """The code's queries are written against the models, the databases are built by the migrations:
+    a table, column, type or index in one and not the other fails here (alembic does not compare a
+    partial index's condition; tests/test_outbox.py checks that ix_outbox_pending_request is used)."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []

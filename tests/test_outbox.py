@@ -555,9 +555,13 @@ def _due_query_plan(engine: Engine, dispatcher: OutboxDispatcher) -> str:
 
         conn.exec_driver_sql("PREPARE due AS " + re.sub(r"%\((\w+)\)s", numbered, statement))
         conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
-        values = psql.SQL(", ").join(psql.Literal(parameters[name]) for name in names)
-        explain = psql.SQL("EXPLAIN EXECUTE due({})").format(values).as_string(None)
-        return "\n".join(row[0] for row in conn.exec_driver_sql(explain).all())
+        try:
+            values = psql.SQL(", ").join(psql.Literal(parameters[name]) for name in names)
+            explain = psql.SQL("EXPLAIN EXECUTE due({})").format(values).as_string(None)
+            return "\n".join(row[0] for row in conn.exec_driver_sql(explain).all())
+        finally:
+            conn.exec_driver_sql("DEALLOCATE due")
+            conn.exec_driver_sql("RESET plan_cache_mode")
 
 
 def test_the_due_query_finds_each_requests_first_pending_row_once_whatever_the_statistics(
