@@ -5,8 +5,9 @@
 Each benchmark runs as its own process (so one's memory and threads do not disturb the next) and leaves
 its section in bench/out/ (git-ignored); RESULTS.md gathers them with the machine, the versions, the
 numbers measured before the fixes (bench/baseline/) and the notes (bench/NOTES.md). The PostgreSQL
-database's public schema is dropped: give it a throwaway one. About an hour on two cores, most of it
-the ack-latency runs with think time (15 s per request kind, user count and app, by default).
+database's public schema is dropped: give it a throwaway one. About an hour and three quarters on two
+AMD EPYC cores, most of it the ack-latency runs with think time (15 s per request kind, user count and
+app, by default).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
 BEFORE_NOTE = (
+    'The section marked "before the outbox due query fix" is round nine\'s full run on PostgreSQL, on a '
+    "machine of this round's kind (item 30). "
     'The sections marked "before the Core writes and the batched intake" are round six\'s full run, on '
     "that round's faster machine (its p99 ratios are to that run's own bare apps). "
     'The sections marked "before answering from the receiving thread" are round five\'s full run, on that '
@@ -108,7 +111,7 @@ def main() -> None:
         "--duration", type=float, default=15.0, help="ack latency, think time: seconds per kind and level"
     )
     parser.add_argument("--sizes", default="100000,1000000", help="scale: request counts")
-    parser.add_argument("--skip", default="", help="comma-separated: ack,throughput,scale,audit")
+    parser.add_argument("--skip", default="", help="comma-separated: ack,throughput,scale,backlog,audit")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     url = args.postgres_url
@@ -122,6 +125,8 @@ def main() -> None:
         durations["throughput"] = run(["bench.throughput", "--postgres-url", url])
     if "scale" not in skip:
         durations["scale"] = run(["bench.scale", "--url", url, "--sizes", args.sizes])
+    if "backlog" not in skip:
+        durations["outbox backlog"] = run(["bench.outbox_backlog", "--postgres-url", url])
     if "audit" not in skip:
         audit_out = OUT / "audit_verify.txt"
         started = time.perf_counter()
@@ -168,6 +173,8 @@ def main() -> None:
         "",
         section("scale.md"),
         "",
+        section("outbox_backlog.md"),
+        "",
         "### Audit chain (bench/audit_verify.py, PostgreSQL, 200,000 chained events)",
         "",
         "```",
@@ -181,6 +188,7 @@ def main() -> None:
     ]
     baselines = (BENCH / "baseline").glob("*.md")
     rounds = (
+        "before_due_query",
         "before_core_writes",
         "before_answer_thread",
         "before_freeze",

@@ -135,7 +135,8 @@ def cpu_ticks(pid: int) -> int:
 
 
 def settle(pids: list[int], timeout: float = 60.0) -> None:
-    """Wait until the servers are idle (the bot's outbox sent), so the next level starts clean."""
+    """Wait until the servers' CPU is quiet, so the next level starts clean (a channel's posts paced at one
+    a second may still be waiting: the bot sends them as the next level runs, as it would with Slack)."""
     deadline = time.monotonic() + timeout
     before = [cpu_ticks(pid) for pid in pids]
     while time.monotonic() < deadline:
