@@ -45,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench import output
 from bench.stub_process import RemoteStub
 from storage.db import recreate_schema
 from tests.botprocess import SIGNING_SECRET, BackgroundProcess, BotProcess, free_port
@@ -397,22 +398,17 @@ def write_results(
     section = "\n".join(lines)
     print(section)
     out = ROOT / "bench" / "out" / f"ack_latency_{backend.lower()}{'_worker' if args.worker else ''}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(section)
     # The raw samples, in the order they completed, for looking at stalls.
-    out.with_suffix(".json").write_text(
-        json.dumps(
-            {
-                "results": results,
-                "rates": rates,
-                "cpu_ms_per_request": cpu,
-                "p99_ratio_per_round": round_ratios,
-                "memory_kib": memory,
-                "late_acks": late_acks,
-                "refused_calls": refused,
-            }
-        )
-    )
+    data = {
+        "results": results,
+        "rates": rates,
+        "cpu_ms_per_request": cpu,
+        "p99_ratio_per_round": round_ratios,
+        "memory_kib": memory,
+        "late_acks": late_acks,
+        "refused_calls": refused,
+    }
+    output.write_results(out, section, data, indent=None)
 
 
 if __name__ == "__main__":

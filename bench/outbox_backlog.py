@@ -19,7 +19,6 @@ Give it a throwaway PostgreSQL database: its public schema is dropped. SQLite ru
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -42,6 +41,7 @@ from sqlalchemy import (
     update,
 )
 
+from bench.output import write_results
 from bot import outbox
 from bot.approvers import ApproverDirectory, StaticGroupSource
 from bot.forms import check_request
@@ -184,10 +184,7 @@ def main() -> None:
             results[backend][str(requests)] = measure(seed(url, requests), args.repeats)
             print(backend, requests, results[backend][str(requests)], flush=True)
     section = render(results, args.repeats)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    out.with_suffix(".md").write_text(section)
+    write_results(Path(args.out), section, results)
     print(section)
 
 

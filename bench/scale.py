@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import Engine, event, text
 
+from bench.output import write_results
 from bot.approvers import ApproverDirectory, StaticGroupSource
 from bot.evidence import export_events
 from bot.home import HomePublisher
@@ -329,10 +329,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     section, data = report(args.url, sizes)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2))
-    out.with_suffix(".md").write_text(section)
+    write_results(Path(args.out), section, data)
     print(section)
 
 

@@ -12,13 +12,13 @@ over HTTP. The PostgreSQL database's public schema is dropped: give it a throwaw
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench.output import write_results
 from bot.approvers import ApproverDirectory, StaticGroupSource
 from bot.forms import DecisionForm, check_request
 from bot.policy import parse_policy
@@ -93,10 +93,7 @@ def main() -> None:
     if args.postgres_url:
         results["PostgreSQL"] = run(args.postgres_url, args.requests)
     section = render(results, args.requests)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(section)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    write_results(Path(args.out), section, results)
     print(section)
 
 
