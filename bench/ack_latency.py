@@ -6,7 +6,8 @@ the form before acknowledging a submission and records it as a request just afte
 acknowledging a command or a click); the bare app only acknowledges, answering from the thread that
 received the request as the bot does. Our latency is reported as a ratio to that floor, and to a second
 bare app with Bolt's default `process_before_response=False` (bench/bare_app.py), as a bare Bolt app is
-usually written.
+usually written. Submissions are also run against a third, the floor that stores each form (one insert
+into the bot's database, committed) before answering, to show how much of the distance is that write.
 
 - **Think time** (the target's model): each user waits a random think time, uniform THINK_SECONDS,
   before each request (and before its first, so users do not start in step), and the level runs for
@@ -56,8 +57,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 10, 50)
 KINDS = ("command", "submission", "click")
 # "bare": only acks, answering in the receiving thread like the bot (the floor); "defaults": the same with
-# Bolt's default process_before_response=False, as a bare Bolt app is usually written.
-APPS = ("bot", "bare", "defaults")
+# Bolt's default process_before_response=False, as a bare Bolt app is usually written; "stored": the floor
+# that stores each submitted form (one insert, committed) before answering, run for submissions only.
+APPS = ("bot", "bare", "defaults", "stored")
+BARE_FLAGS = {"bare": (), "defaults": ("--bolt-defaults",), "stored": ("--store",)}
 MODELS = ("think", "saturation")
 # A person in Slack reads, types or decides between requests; 0.5-1.5 s (mean 1 s) is far busier than
 # any real officer or reviewer, so 50 such users offer about 50 requests/s of one kind: a stress test
@@ -227,11 +230,10 @@ def main() -> None:
         )
         stub.report_landings_to(bot.url)  # as Slack would: one event per post, handled by the bot
         env = {**bot.env, "PYTHONPATH": str(ROOT)}
-        ports = {"bare": free_port(), "defaults": free_port()}
+        ports = {app: free_port() for app in BARE_FLAGS}
         bares = [
             subprocess.Popen(
-                [sys.executable, "-m", "bench.bare_app", str(port)]
-                + (["--bolt-defaults"] if app == "defaults" else []),
+                [sys.executable, "-m", "bench.bare_app", str(port), *BARE_FLAGS[app]],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -273,6 +275,8 @@ def main() -> None:
                         for _round in range(rounds):
                             ours: dict[str, list[float]] = {}
                             for app in APPS:
+                                if app == "stored" and kind != "submission":
+                                    continue  # it differs from the floor only in submissions
                                 settle(servers)
                                 stub.clear()
                                 ticks_before = [cpu_ticks(pid) for pid in bots]
@@ -319,6 +323,34 @@ def main() -> None:
 
     print(json.dumps({"memory_kib": memory, "late_acks": late, "refused_calls": refused}, indent=2))
     write_results(results, rates, cpu, round_ratios, memory, late, refused, database_url, args)
+
+
+def stored_floor_table(results: dict[str, Any]) -> list[str]:
+    """Submissions against the floor that stores each form before answering (`bare_app.py --store`): how
+    much of the bot's distance from the floor is the one durable write its answer waits for."""
+    stored = results["stored"]["submission"]
+    if not stored:
+        return []
+    lines = [
+        "",
+        "Submissions against a bare app that stores the form before answering (`bench/bare_app.py --store`: "
+        "one insert into the bot's database, committed, then the ack):",
+        "",
+        "| users | stored-floor p50 ms | stored-floor p99 ms | stored-floor max ms | "
+        "its p99 ratio to the floor | bot p99 ms | bot p99 ratio to it |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for users in sorted(stored):
+        samples = stored[users]
+        p99 = percentile(samples, 0.99)
+        floor_p99 = percentile(results["bare"]["submission"][users], 0.99)
+        bot_p99 = percentile(results["bot"]["submission"][users], 0.99)
+        lines.append(
+            f"| {users} | {statistics.median(samples) * 1000:.1f} | {p99 * 1000:.1f} | "
+            f"{max(samples) * 1000:.1f} | {p99 / floor_p99:.2f} | {bot_p99 * 1000:.1f} | "
+            f"{bot_p99 / p99:.2f} |"
+        )
+    return lines
 
 
 def write_results(
@@ -379,6 +411,7 @@ def write_results(
                         else ""
                     )
                 )
+        lines += stored_floor_table(results[model])
         if model in rates:
             lines += [
                 "",
