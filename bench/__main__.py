@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
 BEFORE_NOTE = (
-    'The section marked "before the outbox due query fix" is round nine\'s full run on PostgreSQL, on a '
-    "machine of this round's kind (item 30). "
+    'The section marked "before the outbox due query fix" is round nine\'s full run on PostgreSQL, on '
+    "round nine's machine (an AMD EPYC, two cores; item 30). "
     'The sections marked "before the Core writes and the batched intake" are round six\'s full run, on '
     "that round's faster machine (its p99 ratios are to that run's own bare apps). "
     'The sections marked "before answering from the receiving thread" are round five\'s full run, on that '
