@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from slack_bolt import Ack, App
@@ -30,7 +31,7 @@ BARE_FORMS = Table(
 )
 
 
-def storing_listener(url: str) -> Any:
+def storing_listener(url: str) -> Callable[[Ack, dict[str, Any]], None]:
     engine = make_engine(url)
     BARE_FORMS.metadata.create_all(engine)
     statement = insert(BARE_FORMS).returning(BARE_FORMS.c.id)
