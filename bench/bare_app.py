@@ -6,7 +6,8 @@
 and the answer leaves at the receiving thread's next 10 ms poll), as a bare Bolt app is usually written.
 `python -m bench.bare_app PORT --store` is the floor that also keeps what it is sent: it stores each
 submitted form (one insert, committed) in the bot's database (FRBOT_DATABASE_URL, the bot's engine
-settings) before it answers, the least any app can do that tells an officer the request is saved.
+settings, written as the bot writes its form) before it answers, the least any app can do that tells
+an officer the request is saved.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ from typing import Any
 
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
-from sqlalchemy import JSON, BigInteger, Column, Integer, MetaData, Table, insert
+from sqlalchemy import JSON, Column, MetaData, Table, insert
 
 from bot.server import serve_http
-from storage.db import make_engine
+from storage.db import make_engine, make_session_factory, transaction
+from storage.models import BigId
 
 BARE_FORMS = Table(
     "bench_bare_forms",
     MetaData(),
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("id", BigId, primary_key=True, autoincrement=True),
     Column("state", JSON, nullable=False),
 )
 
@@ -34,11 +36,13 @@ BARE_FORMS = Table(
 def storing_listener(url: str) -> Callable[[Ack, dict[str, Any]], None]:
     engine = make_engine(url)
     BARE_FORMS.metadata.create_all(engine)
+    sessions = make_session_factory(engine)
     statement = insert(BARE_FORMS).returning(BARE_FORMS.c.id)
 
     def stored(ack: Ack, view: dict[str, Any]) -> None:
-        with engine.begin() as connection:
-            connection.execute(statement, {"state": view["state"]}).scalar_one()
+        # As the bot stores its form: one statement, on PostgreSQL without BEGIN and COMMIT.
+        with transaction(sessions, single_statement=True) as session:
+            session.execute(statement, {"state": view["state"]}).scalar_one()
         ack()
 
     return stored
