@@ -1,13 +1,14 @@
 """Ack latency of the bot against a bare Bolt app on the same server stack, under two load models.
 
 Both run as real processes under waitress behind the same WSGI wrapper and answer real signed Slack requests
-over HTTP from 1, 10 and 50 concurrent simulated users. The bot does its real work (it validates and stores
-the form before acknowledging a submission and records it as a request just after; it opens a modal after
+over HTTP from 1, 10 and 50 concurrent simulated users. The bot does its real work (it validates a
+submission before acknowledging it, then stores the form and records it as a request; it opens a modal after
 acknowledging a command or a click); the bare app only acknowledges, answering from the thread that
 received the request as the bot does. Our latency is reported as a ratio to that floor, and to a second
 bare app with Bolt's default `process_before_response=False` (bench/bare_app.py), as a bare Bolt app is
 usually written. Submissions are also run against a third, the floor that stores each form (one insert
-into the bot's database, committed) before answering, to show how much of the distance is that write.
+into the bot's database, committed) before answering: what an answer that waits for the write costs (the
+bot's answer did until round twelve: bench/NOTES.md, item 32).
 
 - **Think time** (the target's model): each user waits a random think time, uniform THINK_SECONDS,
   before each request (and before its first, so users do not start in step), and the level runs for
@@ -326,8 +327,8 @@ def main() -> None:
 
 
 def stored_floor_table(results: dict[str, Any]) -> list[str]:
-    """Submissions against the floor that stores each form before answering (`bare_app.py --store`): how
-    much of the bot's distance from the floor is the one durable write its answer waits for."""
+    """Submissions against the floor that stores each form before answering (`bare_app.py --store`): what
+    the one durable write costs an answer that waits for it (the bot stores its form just after)."""
     stored = results["stored"]["submission"]
     if not stored:
         return []

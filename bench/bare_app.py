@@ -6,8 +6,8 @@
 and the answer leaves at the receiving thread's next 10 ms poll), as a bare Bolt app is usually written.
 `python -m bench.bare_app PORT --store` is the floor that also keeps what it is sent: it stores each
 submitted form (one insert, committed) in the bot's database (FRBOT_DATABASE_URL, the bot's engine
-settings, written as the bot writes its form) before it answers, the least any app can do that tells
-an officer the request is saved.
+settings, written as the bot writes its form) before it answers: the least any app can do whose answer
+tells an officer the request is saved (the bot's answer says "being saved" and stores just after).
 """
 
 from __future__ import annotations

@@ -1,20 +1,20 @@
 """Record stored submissions as requests, after the officer's modal has been answered.
 
-A submission is validated and its form stored as a receipt (`Workflow.receive`, one small insert) before
-the modal is answered; this worker then records it as a request (reference, stages, audit events, outbox)
-and, in the same transaction, queues the update of the officer's modal with the reference (an outbox row,
-MODAL_UPDATE, sent a moment later so that Slack has shown the answer first). The officer's answer
-therefore waits for one insert,
-not for the request's transaction and the database-wide locks it takes (the year's reference counter and
-the audit chain head), which under load queue behind each other (bench/RESULTS.md).
+A submission is validated and answered, then its form stored as a receipt (`Workflow.receive`, one small
+insert, just after the answer: handlers/views.py `store_request`); this worker then records it as a request
+(reference, stages, audit events, outbox) and, in the same transaction, queues the update of the officer's
+modal with the reference (an outbox row, MODAL_UPDATE, sent a moment later so that Slack has shown the
+answer first). The officer's answer therefore waits for neither, and the request's transaction, with the
+database-wide locks it takes (the year's reference counter and the audit chain head), which under load
+queue behind each other (bench/RESULTS.md), holds up nobody's answer.
 
-Nothing is lost between the two steps: the receipt is committed before the answer, and a receipt not yet
-recorded is picked up again, by this process after a failure (with backoff) or by any process after a
-restart (`orphan_after`), so a process that dies in between leaves it to the next. Recording is idempotent
-(the submission key is unique), so two processes recording the same receipt make one request.
+Nothing stored is lost between the two steps: a receipt not yet recorded is picked up again, by this process
+after a failure (with backoff) or by any process after a restart (`orphan_after`), so a process that dies in
+between leaves it to the next. Recording is idempotent (the submission key is unique), so two processes
+recording the same receipt make one request.
 
 One worker thread per process records receipts in order; on SQLite it is then the only long writer, so
-an answer's insert waits for at most one request's transaction. It records what arrives within a tenth of
+a receipt's insert waits for at most one request's transaction. It records what arrives within a tenth of
 a second together (`record_batch`): one transaction and one statement per table for several requests, so
 that under load the recording costs the answers less CPU, not more. A batch that fails is recorded one
 receipt at a time, so a receipt that cannot be recorded holds up no other.

@@ -181,11 +181,13 @@ def notice_modal(title: str, text: str) -> dict[str, Any]:
 
 
 def received_modal() -> dict[str, Any]:
-    """The officer's modal once the form is stored; `recorded_modal` replaces it a moment later."""
+    """The officer's modal once the form passed its checks; `recorded_modal` replaces it a moment later,
+    or the form comes back with the officer's answers if it could not be stored (handlers/views.py)."""
     return notice_modal(
         "Request received",
-        ":hourglass_flowing_sand: Your request is saved and is being recorded. Its reference appears here "
-        "and in a direct message in a moment. Do not run the search until it is approved.",
+        ":hourglass_flowing_sand: Your request passed its checks and is being saved and recorded. Its "
+        "reference appears here and in a direct message in a moment: until it does, it is not recorded. "
+        "Do not run the search until it is approved.",
     )
 
 
@@ -250,15 +252,18 @@ def select_input(
 
 
 def request_modal(
-    policy: Policy, initial: dict[str, str] | None = None, metadata: str = ""
+    policy: Policy, initial: dict[str, str] | None = None, metadata: str = "", notice: str = ""
 ) -> dict[str, Any]:
+    """The officer's form; `initial` fills it in (an edited resubmission, or a form given back with
+    `notice` saying why it was not saved)."""
     initial = initial or {}
-    blocks: list[Block] = [
+    blocks: list[Block] = [section(f":warning: *{esc(notice)}*")] if notice else []
+    blocks.append(
         section(
             "Every use of an FR search tool needs a recorded, reasoned and authorised decision. "
             "Answer each question for *this* case. Do not paste or attach any image."
         )
-    ]
+    )
     if policy.own_process:
         redirected = ", ".join(CATEGORY_LABELS[ToolCategory(c)] for c in policy.own_process)
         blocks.append(

@@ -228,10 +228,10 @@ class Workflow:
         previous_request_id: int | None = None,
         view_id: str | None = None,
     ) -> int:
-        """Store a validated form before the officer's modal is answered; `record_receipt` turns it into
-        a request just after. One small insert, so the answer is not held up by the request's own
-        transaction (its counter, audit chain and outbox). Returns the receipt's id; the same modal
-        submitted again returns the first receipt."""
+        """Store a validated form, just after the officer's modal is answered; `record_receipt` turns it
+        into a request. One small insert, kept apart from the request's own transaction (its counter,
+        audit chain and outbox) so that a batch of those can be recorded together. Returns the receipt's
+        id; the same modal submitted again returns the first receipt."""
         if self.policy.tool(form.tool) is None:
             raise ValueError(f"unknown tool {form.tool}")
         receipt = {

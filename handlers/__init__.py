@@ -16,5 +16,5 @@ from handlers.after_answer import AfterAnswer
 def register_all(app: App, services: Services, after_answer: AfterAnswer) -> None:
     commands.register(app, services, after_answer)
     actions.register(app, services, after_answer)
-    views.register(app, services)
+    views.register(app, services, after_answer)
     events.register(app, services, after_answer)

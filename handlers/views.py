@@ -1,57 +1,76 @@
 """Modal submissions: the officer's request, a reviewer's decision, a reviewer's question.
 
-Each saves before it acknowledges, so the modal closes only once the database holds the result and
-a database outage can be shown in the modal instead of being lost.
+An officer's request is answered as soon as it passes its checks: the answer ("being saved") needs nothing
+from the database, so Slack gets it within the time of a bare app's ack, and the form is stored just after
+(`store_request`). If it cannot be stored, the modal is put back with the officer's answers and the reason.
+
+A decision, a question and the small everyday modals save before they acknowledge: their answer is the
+outcome (recorded, refused as a duplicate, not allowed), which only the database can tell, and a database
+outage is shown in the modal instead of being lost.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 from slack_bolt import Ack, App
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
 from bot import forms, views
 from bot.services import Services
-from bot.workflow import Refusal
+from bot.workflow import MODAL_UPDATE_DELAY, Refusal
+from handlers.after_answer import AfterAnswer
 from storage.db import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 NOT_SAVED = (
     "Not saved: the bot cannot reach its database just now. Your answers are kept; submit again in a minute."
 )
+NOT_STORED = (
+    "Not saved: the bot could not store your request. Your answers are kept; submit again in a minute."
+)
+# Slack shows the answer's "being saved" view a moment after the answer; an update sent before that would
+# be overwritten by it (the same wait as the "recorded" update's).
+GIVE_BACK_DELAY_SECONDS = MODAL_UPDATE_DELAY.total_seconds()
+NOT_SAVED_CLOSED = (
+    ":warning: Your FR request was *not saved*: the bot could not store it just now. Nothing was recorded "
+    "and nobody was asked to review it. Please submit it again with `/fr-request` in a minute."
+)
 
 
-def register(app: App, services: Services) -> None:
+def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
     register_everyday(app, services)
     workflow = services.workflow
     policy = services.policy.policy
 
     @app.view(views.REQUEST_CALLBACK)
-    def request_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+    def request_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
         user_id = body["user"]["id"]
         raw = forms.read_state((view.get("state") or {}).get("values"))
         try:
             form = forms.check_request(policy, raw)
         except forms.FormErrors as exc:
             ack(response_action="errors", errors=exc.errors)
-            _record_refusal(services, user_id, raw, exc.errors)
+            after_answer("view_submission", _record_refusal, services, user_id, raw, exc.errors)
             return
         team_id = (body.get("team") or {}).get("id") or body["user"].get("team_id", "")
-        previous = _item(view).previous_request_id
-        try:
-            # Stored before the answer, recorded as a request just after it (bot/intake.py).
-            receipt = workflow.receive(
-                form, user_id, team_id, str(view["id"]), previous_request_id=previous, view_id=view["id"]
-            )
-        except DatabaseUnavailable as exc:
-            log.error("request not saved: %s", exc)
-            ack(response_action="errors", errors={forms.TOOL.block_id: NOT_SAVED})
-            return
         ack(response_action="update", view=views.received_modal())
-        services.intake.received(receipt)
+        submission = Submission(
+            form=form,
+            raw=raw,
+            user_id=user_id,
+            team_id=team_id,
+            view_id=str(view["id"]),
+            metadata=view.get("private_metadata") or "",
+            previous_request_id=_item(view).previous_request_id,
+        )
+        after_answer("view_submission", store_request, services, client, submission)
 
     @app.view(views.DECISION_CALLBACK)
     def decision_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -123,6 +142,64 @@ def register(app: App, services: Services) -> None:
                 f":grey_question: Your question on *{result.reference}* is recorded and sent to the officer.",
             ),
         )
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A checked request form, answered and not yet stored."""
+
+    form: forms.RequestForm
+    raw: dict[str, str]  # the officer's answers as typed, to put back in the modal if it cannot be stored
+    user_id: str
+    team_id: str
+    view_id: str
+    metadata: str  # the modal's private_metadata (ItemContext), kept when the modal is put back
+    previous_request_id: int | None  # the request this one edits and resubmits, if any
+
+
+def store_request(services: Services, client: WebClient, submission: Submission) -> None:
+    """Store an answered request form as a receipt; the intake records it as a request (bot/intake.py).
+
+    The submission key is the modal's id, so the same modal stored twice is one receipt. If the database
+    cannot take it, the officer gets the form back with their answers (or, if they closed the modal, a
+    direct message), so nothing they typed is taken as saved when it is not.
+    """
+    try:
+        receipt = services.workflow.receive(
+            submission.form,
+            submission.user_id,
+            submission.team_id,
+            submission.view_id,
+            previous_request_id=submission.previous_request_id,
+            view_id=submission.view_id,
+        )
+    except DatabaseUnavailable as exc:
+        log.error("request not saved: %s", exc)
+        _give_back(services, client, submission)
+        return
+    except Exception as exc:  # a defect: the officer must not be left believing it is saved
+        log.error("request not saved: %s", type(exc).__name__)  # the type only: errors can quote the form
+        _give_back(services, client, submission, NOT_STORED)
+        raise
+    services.intake.received(receipt)
+
+
+def _give_back(
+    services: Services, client: WebClient, submission: Submission, reason: str = NOT_SAVED
+) -> None:
+    time.sleep(GIVE_BACK_DELAY_SECONDS)
+    form = views.request_modal(
+        services.policy.policy, initial=submission.raw, metadata=submission.metadata, notice=reason
+    )
+    try:
+        client.views_update(view_id=submission.view_id, view=form)
+        return
+    except SlackApiError as exc:
+        log.warning("could not give the form back: %s", exc.response.get("error"))
+    try:
+        client.chat_postMessage(channel=submission.user_id, text=NOT_SAVED_CLOSED)
+    except SlackApiError as exc:
+        log.warning("could not tell the officer their request was not saved: %s", exc.response.get("error"))
 
 
 def _context(view: dict[str, Any]) -> views.ReviewContext | None:

@@ -48,7 +48,7 @@ from storage.models import (
 from storage.queries import request_with_history
 from tests.botprocess import SIGNING_SECRET, BotProcess
 from tests.conftest import GROUPS, TEST_POLICY, slack_state, valid_form_values
-from tests.e2e_support import report_landings_to
+from tests.e2e_support import open_form, report_landings_to
 from tests.slackstub import SlackDriver, SlackStub
 
 LEASE = "4"  # seconds: a killed bot's in-flight row is retried this soon after restart
@@ -151,12 +151,19 @@ def all_sent(world: World) -> bool:
 def submit(
     world: World, slack: SlackDriver, user: str, view: dict[str, Any] | None = None
 ) -> tuple[int, Any]:
-    status, answer = slack.view_submission(
-        user, view or views.request_modal(world.policy), slack_state(valid_form_values())
-    )
+    view = slack._full_view(view or views.request_modal(world.policy), {})
+    status, answer = slack.view_submission(user, view, slack_state(valid_form_values()))
     if "Request received" in json.dumps(answer):
-        wait_until(lambda: receipts_recorded(world), what="the stored form to be recorded")
+        # The form is stored just after the answer, then recorded (handlers/views.py, bot/intake.py).
+        wait_until(lambda: receipt_recorded(world, view["id"]), what="the stored form to be recorded")
     return status, answer
+
+
+def receipt_recorded(world: World, view_id: str) -> bool:
+    """The modal's form is stored and recorded as a request (its submission key is the modal's id)."""
+    with transaction(world.db) as session:
+        recorded_at = select(SubmissionReceipt.recorded_at).where(SubmissionReceipt.submission_key == view_id)
+        return session.scalar(recorded_at) is not None
 
 
 def receipts_recorded(world: World) -> bool:
@@ -548,19 +555,33 @@ def test_database_down_or_locked_says_not_saved_and_recovers_without_restart(wor
     outages: list[Callable[[World], contextlib.AbstractContextManager[None]]] = [database_locked]
     if make_url(world.url).get_backend_name() == "postgresql":
         outages.append(database_unavailable)
+    answers = valid_form_values()
     with running(world.bot()) as bot:
         slack = world.driver(bot)
         submit(world, slack, "UOFFICER7")
         wait_until(lambda: all_sent(world), what="a first request's notifications")
         reviewer = request_of(world, "UOFFICER7").stages[0]
         message = world.stub.message(reviewer.message_channel, reviewer.message_ts)
-        view = slack._full_view(views.request_modal(world.policy), {})
         for outage in outages:
             world.stub.clear()
+            view = open_form(slack, world.stub, officer)
             with outage(world):
-                status, body = submit(world, slack, officer, view)
-                assert status == 200 and body["response_action"] == "errors", body
-                assert "Not saved" in body["errors"][forms.TOOL.block_id]
+                # The answer needs no database: the form passed its checks. Storing it fails just after,
+                # and the officer gets the form back, answers and all, saying it was not saved.
+                status, body = slack.view_submission(officer, view, slack_state(answers))
+                assert status == 200 and "Request received" in json.dumps(body), body
+                form_id = view["id"]
+                given_back = world.stub.wait_for(
+                    lambda c, form_id=form_id: (
+                        c.method == "views.update" and c.args.get("view_id") == form_id
+                    ),
+                    timeout=10,
+                )
+                assert given_back.ok, given_back.response
+                shown = world.stub.views[view["id"]].view
+                assert shown["callback_id"] == views.REQUEST_CALLBACK
+                assert "Not saved" in json.dumps(shown)
+                assert answers[forms.CASE_REFERENCE.block_id] in json.dumps(shown)
                 slack.block_action("USUP1", views.APPROVE_ACTION, message=message)
                 if outage is database_locked and make_url(world.url).get_backend_name() == "sqlite":
                     # A click only reads, and SQLite's readers do not wait for a writer: the form opens
@@ -573,8 +594,9 @@ def test_database_down_or_locked_says_not_saved_and_recovers_without_restart(wor
                 assert (
                     session.scalar(select(func.count()).select_from(FrRequest)) == 1
                 )  # nothing half-written
-        # The database is back: the same form goes through, and the outbox carries on, no restart needed.
-        status, body = submit(world, slack, officer, view)
+        # The database is back: the form given back goes through, and the outbox carries on, no restart
+        # needed.
+        status, body = submit(world, slack, officer, world.stub.views[view["id"]].view)
         assert status == 200 and "Request received" in str(body), body
         wait_until(lambda: all_sent(world), what="notifications after the outage")
         assert bot.stop() == 0

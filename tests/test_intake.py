@@ -1,5 +1,5 @@
-"""Submissions are stored before the officer's modal is answered and recorded as requests just after
-(bot/intake.py): nothing is lost in between, nothing is recorded twice."""
+"""Submissions are stored just after the officer's modal is answered (tests/test_store_request.py) and
+recorded as requests by the intake (bot/intake.py): nothing stored is lost, nothing is recorded twice."""
 
 from __future__ import annotations
 
