@@ -22,6 +22,7 @@ import time
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
@@ -30,6 +31,16 @@ from storage.db import make_engine
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
+# Each benchmark's section, by the name its duration is kept under.
+OUTPUTS = {
+    "ack latency, SQLite": OUT / "ack_latency_sqlite.md",
+    "ack latency, PostgreSQL": OUT / "ack_latency_postgresql.md",
+    "ack latency, PostgreSQL, with a worker": OUT / "ack_latency_postgresql_worker.md",
+    "throughput": OUT / "throughput.md",
+    "scale": OUT / "scale.md",
+    "outbox backlog": OUT / "outbox_backlog.md",
+    "audit chain, 200,000 events": OUT / "audit_verify.txt",
+}
 BEFORE_NOTE = (
     'The section marked "before the outbox due query fix" is round nine\'s full run on PostgreSQL, on '
     "round nine's machine (an AMD EPYC, two cores; item 30). "
@@ -77,7 +88,7 @@ def machine(postgres_url: str) -> list[str]:
     engine.dispose()
     versions = ", ".join(f"{name} {metadata.version(name)}" for name in PACKAGES)
     return [
-        f"- Run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"- Gathered: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {os.cpu_count()} CPUs ({cpu}), {mem_kib / 1024 / 1024:.1f} GiB RAM, "
         f"{platform.system()} {platform.release()}; shared by the bot, the bare apps, the load generator, "
         "the Slack stand-in and PostgreSQL",
@@ -92,6 +103,16 @@ def run(args: list[str]) -> float:
     print("$", " ".join(args), flush=True)
     subprocess.run([sys.executable, "-m", *args], cwd=ROOT, check=True)
     return time.perf_counter() - started
+
+
+def merged(name: str, fresh: dict[str, Any]) -> dict[str, Any]:
+    """This run's entries over those of earlier runs, kept in bench/out/NAME: a benchmark skipped this
+    time keeps its entry from the run whose section is gathered."""
+    path = OUT / name
+    entries = {**(json.loads(path.read_text()) if path.exists() else {}), **fresh}
+    OUT.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(entries))
+    return entries
 
 
 def section(name: str) -> str:
@@ -139,12 +160,15 @@ def main() -> None:
             )
         durations["audit chain, 200,000 events"] = time.perf_counter() - started
 
-    # A benchmark skipped this time keeps the duration of the run whose section is gathered.
-    durations_file = OUT / "durations.json"
-    earlier = json.loads(durations_file.read_text()) if durations_file.exists() else {}
-    durations = {**earlier, **durations}
-    OUT.mkdir(parents=True, exist_ok=True)
-    durations_file.write_text(json.dumps(durations))
+    # When each benchmark's section was measured (the file is written when it finishes), not when the
+    # sections were gathered.
+    finished = {
+        name: f"{datetime.fromtimestamp(path.stat().st_mtime, UTC):%Y-%m-%d %H:%M}"
+        for name, path in OUTPUTS.items()
+        if name in durations and path.exists()
+    }
+    durations = merged("durations.json", durations)
+    finished = merged("finished.json", finished)
     audit_lines = (
         (OUT / "audit_verify.txt").read_text().strip() if (OUT / "audit_verify.txt").exists() else ""
     )
@@ -158,6 +182,7 @@ def main() -> None:
         "",
         *machine(url),
         "- Benchmark durations: " + ", ".join(f"{k} {v:.0f}s" for k, v in durations.items()),
+        *(["- Finished (UTC): " + ", ".join(f"{k} {v}" for k, v in finished.items())] if finished else []),
         "",
         (BENCH / "NOTES.md").read_text().strip(),
         "",
