@@ -24,7 +24,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot import forms, views
 from bot.services import Services
-from bot.workflow import MODAL_UPDATE_DELAY, Refusal
+from bot.workflow import MODAL_UPDATE_DELAY, Refusal, Submission
 from handlers.after_answer import AfterAnswer
 from storage.db import DatabaseUnavailable
 
@@ -61,16 +61,10 @@ def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
             return
         team_id = (body.get("team") or {}).get("id") or body["user"].get("team_id", "")
         ack(response_action="update", view=views.received_modal())
-        submission = Submission(
-            form=form,
-            raw=raw,
-            user_id=user_id,
-            team_id=team_id,
-            view_id=str(view["id"]),
-            metadata=view.get("private_metadata") or "",
-            previous_request_id=_item(view).previous_request_id,
-        )
-        after_answer("view_submission", store_request, services, client, submission)
+        # The modal's id is the submission key: the same modal stored twice is one receipt.
+        submission = Submission(form, user_id, team_id, str(view["id"]), _item(view).previous_request_id)
+        answered = AnsweredRequest(submission, raw, view.get("private_metadata") or "")
+        after_answer("view_submission", store_request, services, client, answered)
 
     @app.view(views.DECISION_CALLBACK)
     def decision_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -145,59 +139,55 @@ def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
 
 
 @dataclass(frozen=True)
-class Submission:
-    """A checked request form, answered and not yet stored."""
+class AnsweredRequest:
+    """A checked request form, answered and not yet stored; its submission key is the modal's id."""
 
-    form: forms.RequestForm
+    submission: Submission
     raw: dict[str, str]  # the officer's answers as typed, to put back in the modal if it cannot be stored
-    user_id: str
-    team_id: str
-    view_id: str
     metadata: str  # the modal's private_metadata (ItemContext), kept when the modal is put back
-    previous_request_id: int | None  # the request this one edits and resubmits, if any
 
 
-def store_request(services: Services, client: WebClient, submission: Submission) -> None:
+def store_request(services: Services, client: WebClient, answered: AnsweredRequest) -> None:
     """Store an answered request form as a receipt; the intake records it as a request (bot/intake.py).
 
-    The submission key is the modal's id, so the same modal stored twice is one receipt. If the database
-    cannot take it, the officer gets the form back with their answers (or, if they closed the modal, a
-    direct message), so nothing they typed is taken as saved when it is not.
+    If the database cannot take it, the officer gets the form back with their answers (or, if they closed
+    the modal, a direct message), so nothing they typed is taken as saved when it is not.
     """
+    submission = answered.submission
     try:
         receipt = services.workflow.receive(
             submission.form,
-            submission.user_id,
+            submission.requester_id,
             submission.team_id,
-            submission.view_id,
+            submission.submission_key,
             previous_request_id=submission.previous_request_id,
-            view_id=submission.view_id,
+            view_id=submission.submission_key,
         )
     except DatabaseUnavailable as exc:
         log.error("request not saved: %s", exc)
-        _give_back(services, client, submission)
+        _give_back(services, client, answered)
         return
     except Exception as exc:  # a defect: the officer must not be left believing it is saved
         log.error("request not saved: %s", type(exc).__name__)  # the type only: errors can quote the form
-        _give_back(services, client, submission, NOT_STORED)
+        _give_back(services, client, answered, NOT_STORED)
         raise
     services.intake.received(receipt)
 
 
 def _give_back(
-    services: Services, client: WebClient, submission: Submission, reason: str = NOT_SAVED
+    services: Services, client: WebClient, answered: AnsweredRequest, reason: str = NOT_SAVED
 ) -> None:
     time.sleep(GIVE_BACK_DELAY_SECONDS)
     form = views.request_modal(
-        services.policy.policy, initial=submission.raw, metadata=submission.metadata, notice=reason
+        services.policy.policy, initial=answered.raw, metadata=answered.metadata, notice=reason
     )
     try:
-        client.views_update(view_id=submission.view_id, view=form)
+        client.views_update(view_id=answered.submission.submission_key, view=form)
         return
     except SlackApiError as exc:
         log.warning("could not give the form back: %s", exc.response.get("error"))
     try:
-        client.chat_postMessage(channel=submission.user_id, text=NOT_SAVED_CLOSED)
+        client.chat_postMessage(channel=answered.submission.requester_id, text=NOT_SAVED_CLOSED)
     except SlackApiError as exc:
         log.warning("could not tell the officer their request was not saved: %s", exc.response.get("error"))
 

@@ -15,9 +15,9 @@ from bot import forms, views
 from bot.forms import RequestForm
 from bot.policy import LoadedPolicy
 from bot.services import Services
-from bot.workflow import Workflow
+from bot.workflow import Submission, Workflow
 from handlers import views as view_handlers
-from handlers.views import Submission, store_request
+from handlers.views import AnsweredRequest, store_request
 from storage.db import DatabaseUnavailable, transaction
 from storage.models import SubmissionReceipt
 from tests.conftest import valid_form_values
@@ -56,16 +56,8 @@ class Storing:
         services = cast(
             Services, SimpleNamespace(workflow=self.workflow, policy=self.policy, intake=self.intake)
         )
-        submission = Submission(
-            form=self.form,
-            raw=valid_form_values(),
-            user_id=OFFICER,
-            team_id="T0TEST",
-            view_id=view_id,
-            metadata="",
-            previous_request_id=None,
-        )
-        store_request(services, self.stub.client(), submission)
+        submission = Submission(self.form, OFFICER, "T0TEST", view_id)
+        store_request(services, self.stub.client(), AnsweredRequest(submission, valid_form_values(), ""))
 
     def fail_with(self, error: Exception) -> None:
         def receive(*_args: Any, **_kwargs: Any) -> int:
