@@ -31,16 +31,6 @@ from storage.db import make_engine
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
-# Each benchmark's section, by the name its duration is kept under.
-OUTPUTS = {
-    "ack latency, SQLite": OUT / "ack_latency_sqlite.md",
-    "ack latency, PostgreSQL": OUT / "ack_latency_postgresql.md",
-    "ack latency, PostgreSQL, with a worker": OUT / "ack_latency_postgresql_worker.md",
-    "throughput": OUT / "throughput.md",
-    "scale": OUT / "scale.md",
-    "outbox backlog": OUT / "outbox_backlog.md",
-    "audit chain, 200,000 events": OUT / "audit_verify.txt",
-}
 BEFORE_NOTE = (
     'The section marked "before the outbox due query fix" is round nine\'s full run on PostgreSQL, on '
     "round nine's machine (an AMD EPYC, two cores; item 30). "
@@ -137,17 +127,23 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     url = args.postgres_url
     durations: dict[str, float] = {}
+    finished: dict[str, str] = {}  # when each benchmark run this time ended, not when RESULTS.md is gathered
+
+    def ran(name: str, seconds: float) -> None:
+        durations[name] = seconds
+        finished[name] = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
+
     if "ack" not in skip:
         ack = ["bench.ack_latency", "--requests", str(args.requests), "--duration", str(args.duration)]
-        durations["ack latency, SQLite"] = run(ack)
-        durations["ack latency, PostgreSQL"] = run([*ack, "--database-url", url])
-        durations["ack latency, PostgreSQL, with a worker"] = run([*ack, "--database-url", url, "--worker"])
+        ran("ack latency, SQLite", run(ack))
+        ran("ack latency, PostgreSQL", run([*ack, "--database-url", url]))
+        ran("ack latency, PostgreSQL, with a worker", run([*ack, "--database-url", url, "--worker"]))
     if "throughput" not in skip:
-        durations["throughput"] = run(["bench.throughput", "--postgres-url", url])
+        ran("throughput", run(["bench.throughput", "--postgres-url", url]))
     if "scale" not in skip:
-        durations["scale"] = run(["bench.scale", "--url", url, "--sizes", args.sizes])
+        ran("scale", run(["bench.scale", "--url", url, "--sizes", args.sizes]))
     if "backlog" not in skip:
-        durations["outbox backlog"] = run(["bench.outbox_backlog", "--postgres-url", url])
+        ran("outbox backlog", run(["bench.outbox_backlog", "--postgres-url", url]))
     if "audit" not in skip:
         audit_out = OUT / "audit_verify.txt"
         started = time.perf_counter()
@@ -158,15 +154,8 @@ def main() -> None:
                 check=True,
                 stdout=sink,
             )
-        durations["audit chain, 200,000 events"] = time.perf_counter() - started
+        ran("audit chain, 200,000 events", time.perf_counter() - started)
 
-    # When each benchmark's section was measured (the file is written when it finishes), not when the
-    # sections were gathered.
-    finished = {
-        name: f"{datetime.fromtimestamp(path.stat().st_mtime, UTC):%Y-%m-%d %H:%M}"
-        for name, path in OUTPUTS.items()
-        if name in durations and path.exists()
-    }
     durations = merged("durations.json", durations)
     finished = merged("finished.json", finished)
     audit_lines = (
