@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import re
 
+from slack_sdk.web import base_client
+
 TOKEN = re.compile(r"\b(xox[abposre]|xapp)-[A-Za-z0-9-]+")
 
 
@@ -38,3 +40,7 @@ def configure(level: str, secrets: list[str]) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # slack_sdk's WebClient formats every request it sends (the whole modal or message) and every response
+    # into a debug message unless its logger's own level is above DEBUG: it reads `logger.level`, which is
+    # 0 (NOTSET) until set, not the effective level. Set it as Bolt sets its loggers, from the root's.
+    logging.getLogger(base_client.__name__).setLevel(level)
