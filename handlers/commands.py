@@ -27,6 +27,9 @@ UNAVAILABLE = "The bot cannot reach its database just now. Nothing was changed; 
 def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
     workflow = services.workflow
     policy = services.policy.policy
+    # The policy is fixed for the life of the process, and so is the blank form: built once, not on the
+    # thread that answers each command (Slack only reads it; nothing here changes it).
+    blank_form = views.request_modal(policy)
 
     def show_status(reference: str, user_id: str, respond: Respond) -> None:
         try:
@@ -56,7 +59,7 @@ def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
             ack(text=views.HELP_TEXT + "\n" + USAGE)
         elif verb == "":
             ack()  # the trigger_id is only good for 3 seconds: the modal opens just after the answer
-            after_answer("command", open_view, client, body, views.request_modal(policy))
+            after_answer("command", open_view, client, body, blank_form)
         elif verb == "status" and len(words) == 2:
             ack()
             after_answer("command", show_status, words[1].upper(), body["user_id"], respond)
