@@ -669,8 +669,10 @@ class Workflow:
     ) -> FrRequest | Refusal:
         """`authorise` and `load` for a reviewer's click, in one read in the usual case: the request is
         read once, without a write lock (which on SQLite would queue every click behind every writer), and
-        a write transaction is opened only to record a refusal."""
-        with transaction(self.db, read_only=True) as session:
+        a write transaction is opened only to record a refusal. The read needs no snapshot of its own (on
+        PostgreSQL one statement without BEGIN and COMMIT): the decision is authorised again as it is
+        recorded."""
+        with transaction(self.db, read_only=True, single_statement=True) as session:
             request = request_for_review(session, request_id)
             refusal = self._refusal(session, request, position, user_id)
         if refusal is None and request is not None:

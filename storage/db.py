@@ -258,16 +258,17 @@ def transaction(
     """One unit of work: commit on success, roll back on any error, map outages to DatabaseUnavailable.
 
     `read_only` lets SQLite readers run beside a writer instead of queueing for the write lock.
-    `single_statement`: the unit is one statement, atomic by itself, so on PostgreSQL it runs without
-    BEGIN and COMMIT (two round trips fewer on the path of an answer); on SQLite it still queues for the
-    writer lock like any write.
+    `single_statement`: the unit is one statement, atomic by itself (or reads that share no snapshot: each
+    is checked again where it counts), so on PostgreSQL it runs without BEGIN and COMMIT (two round trips
+    fewer); on SQLite a write still queues for the writer lock like any write.
     """
     session = factory()
     try:
-        if read_only:
-            session.connection(execution_options={READ_ONLY_OPTION: True})
-        elif single_statement and session.get_bind().dialect.name == "postgresql":
-            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        options: dict[str, Any] = {READ_ONLY_OPTION: True} if read_only else {}
+        if single_statement and session.get_bind().dialect.name == "postgresql":
+            options["isolation_level"] = "AUTOCOMMIT"
+        if options:
+            session.connection(execution_options=options)
         yield session
         session.commit()
     except OperationalError as exc:

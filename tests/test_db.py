@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from psycopg import pq
 from sqlalchemy import Engine, select, text
 
 from bot.forms import check_request
@@ -152,6 +153,40 @@ def test_a_stored_form_is_one_statement_and_the_next_transaction_is_a_transactio
         with transaction(factory, read_only=True) as session:
             keys = session.scalars(select(SubmissionReceipt.submission_key)).all()
         assert keys == ["V1"]
+    finally:
+        engine.dispose()
+
+
+def test_a_read_that_needs_no_snapshot_opens_no_transaction_and_takes_no_writer(database_url: str) -> None:
+    """A reviewer's click reads its request this way (it is authorised again when the decision is
+    recorded): on PostgreSQL without BEGIN and COMMIT, on SQLite beside a writer, not behind it; the
+    pooled connection it used is a transaction again afterwards."""
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)  # the same connection every time
+    try:
+        factory = make_session_factory(engine)
+        if engine.dialect.name == "postgresql":
+            with transaction(factory, read_only=True, single_statement=True) as session:
+                assert session.execute(select(1)).scalar_one() == 1
+                status = session.connection().connection.dbapi_connection.info.transaction_status
+                assert status == pq.TransactionStatus.IDLE  # no transaction left open on the server
+            with pytest.raises(RuntimeError), transaction(factory) as session:
+                session.add(SubmissionReceipt(**_receipt("V1")))
+                session.flush()
+                raise RuntimeError("failed after its first write")
+            with transaction(factory, read_only=True) as session:
+                assert session.scalars(select(SubmissionReceipt.submission_key)).all() == []
+            return
+        with transaction(factory) as writing:
+            writing.add(SubmissionReceipt(**_receipt("V1")))
+            writing.flush()  # holds the writer lock: a reader that wanted it would wait 2 s, then fail
+            other = make_engine(database_url)
+            try:
+                with transaction(
+                    make_session_factory(other), read_only=True, single_statement=True
+                ) as session:
+                    assert session.scalars(select(SubmissionReceipt.submission_key)).all() == []
+            finally:
+                other.dispose()
     finally:
         engine.dispose()
 
