@@ -23,6 +23,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from storage.db import background_work
+
 # The niceness of background threads (0 keeps them level with the answers). At 19 the kernel gives a busy
 # answering thread about 70 times the CPU of a background thread that competes with it for a core.
 DEFAULT_BACKGROUND_NICENESS = 19
@@ -95,3 +97,13 @@ class BackgroundPriority:
 
 
 BACKGROUND = BackgroundPriority()
+
+
+@contextmanager
+def background_thread() -> Iterator[None]:
+    """Marks what runs inside (a thread's loop, a sweep) as background work twice over: at background CPU
+    priority (BACKGROUND), and on SQLite behind the writers that answer Slack (storage.db.background_work).
+    Used as a decorator on the loops of the intake and the outbox and on the scheduler's runs."""
+    BACKGROUND.lower_this_thread()
+    with background_work():
+        yield

@@ -39,9 +39,9 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from sqlalchemy import select
 
-from bot.foreground import ANSWERS, BACKGROUND
+from bot.foreground import ANSWERS, background_thread
 from bot.workflow import Submitted, Workflow
-from storage.db import DatabaseUnavailable, background_work, transaction
+from storage.db import DatabaseUnavailable, transaction
 from storage.models import SubmissionReceipt, utcnow
 
 log = logging.getLogger(__name__)
@@ -105,9 +105,8 @@ class IntakeWorker:
                 log.warning("intake: still recording at shutdown; the rest is recorded after restart")
             self._thread = None
 
-    @background_work()
+    @background_thread()
     def _loop(self) -> None:
-        BACKGROUND.lower_this_thread()
         next_scan = 0.0  # at start: receipts a dead process left behind
         while not (self._stop.is_set() and self._queue.empty()):
             try:

@@ -52,10 +52,10 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from bot import views
 from bot.copies import RETIRE_COPY, Landing, ReportMarks, land, live_message, post_metadata
-from bot.foreground import ANSWERS, BACKGROUND
+from bot.foreground import ANSWERS, background_thread
 from bot.pacing import UPDATE_KEY, Pacer, post_key, posted_to
 from bot.policy import Policy
-from storage.db import DatabaseUnavailable, background_work, transaction
+from storage.db import DatabaseUnavailable, transaction
 from storage.models import (
     DirectMessage,
     FrRequest,
@@ -236,9 +236,8 @@ class OutboxDispatcher:
                 log.warning("outbox: dispatcher still busy at shutdown; its row is retried after the lease")
             self._thread = None
 
-    @background_work()
+    @background_thread()
     def _loop(self) -> None:
-        BACKGROUND.lower_this_thread()
         while not self._stop.is_set():
             try:
                 sent = self.run_once()

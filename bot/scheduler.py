@@ -21,10 +21,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import retention
-from bot.foreground import BACKGROUND
+from bot.foreground import background_thread
 from bot.policy import Policy
 from bot.sweeps import SweepReport, run_sweeps, sweep_digests
-from storage.db import DatabaseUnavailable, background_work
+from storage.db import DatabaseUnavailable
 from storage.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -99,10 +99,9 @@ class SweepScheduler:
     def digest(self) -> SweepReport | None:
         return self._run("digest", lambda: sweep_digests(self.db, self.policy, self.clock))
 
-    @background_work()
+    @background_thread()
     def purge(self) -> int:
         """The daily retention purge (bot/retention.py); returns how many requests were redacted."""
-        BACKGROUND.lower_this_thread()
         try:
             purged = retention.purge(self.db, self.policy, self.clock, on_outbox=self._on_outbox)
         except DatabaseUnavailable as exc:
@@ -115,9 +114,8 @@ class SweepScheduler:
             log.info("retention purge: %d request(s) redacted", len(purged))
         return len(purged)
 
-    @background_work()
+    @background_thread()
     def _run(self, what: str, work: Callable[[], SweepReport]) -> SweepReport | None:
-        BACKGROUND.lower_this_thread()
         # A failed run changes nothing (each unit of work is one transaction); the next run retries.
         try:
             report = work()
