@@ -31,6 +31,7 @@ from bot.policy import PolicyError, load_policy
 from storage.db import migrate
 
 if TYPE_CHECKING:
+    from bot.follow_up import FollowUpProcess
     from bot.scheduler import SweepScheduler
     from bot.services import Services
 
@@ -57,13 +58,13 @@ def make_client(settings: Settings) -> WebClient:
 
 def wait_for_slack(
     client: WebClient, sleep: Callable[[float], Any] = time.sleep, stopping: threading.Event | None = None
-) -> None:
-    """Check the token with auth.test; while Slack is down or busy, wait and try again rather than exit."""
+) -> dict[str, Any]:
+    """Check the token with auth.test; while Slack is down or busy, wait and try again rather than exit.
+    Returns Slack's answer (the bot's identity), or {} when stopped first."""
     delay = 1.0
     while stopping is None or not stopping.is_set():
         try:
-            client.auth_test()
-            return
+            return dict(client.auth_test().data)  # type: ignore[arg-type]
         except SlackApiError as exc:
             status = exc.response.status_code
             if status != 429 and status < 500:
@@ -75,6 +76,7 @@ def wait_for_slack(
         log.warning("Slack is not reachable (%s); trying again in %.0fs", reason, delay)
         sleep(delay)
         delay = min(delay * 2, 30.0)
+    return {}
 
 
 def _prepare_database(url: str) -> None:
@@ -85,7 +87,9 @@ def _prepare_database(url: str) -> None:
         raise CliError(f"FRBOT_DATABASE_URL: cannot open or migrate the database: {first}") from None
 
 
-def _bootstrap(settings: Settings, records_all_receipts: bool = False) -> Services:
+def bootstrap(
+    settings: Settings, records_all_receipts: bool = False, prepare_database: bool = True
+) -> Services:
     """What every long-running process does first: secret-safe logging, the policy, the schema, services."""
     from bot.services import build_services
 
@@ -97,7 +101,8 @@ def _bootstrap(settings: Settings, records_all_receipts: bool = False) -> Servic
     logs.configure(settings.log_level, secrets)
     BACKGROUND.niceness = settings.background_niceness
     policy = load_policy(settings.policy_file)
-    _prepare_database(settings.database_url)
+    if prepare_database:
+        _prepare_database(settings.database_url)
     return build_services(
         settings.database_url,
         policy,
@@ -111,7 +116,7 @@ def _bootstrap(settings: Settings, records_all_receipts: bool = False) -> Servic
     )
 
 
-def _freeze_start_up_objects() -> None:
+def freeze_start_up_objects() -> None:
     """What start-up made (modules, SQLAlchemy's mappers and statements, the Bolt app, the policy) lives
     as long as the process. Frozen, the garbage collector no longer walks it in every full collection:
     each such walk held the GIL for 50-70 ms, stalling every answer in flight (bench/NOTES.md)."""
@@ -131,7 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["worker_enabled"] = False
     settings = load_settings(**overrides)
     settings.require_slack_credentials()
-    services = _bootstrap(settings)
+    services = bootstrap(settings)
     policy = services.policy
 
     from bot.app import create_app
@@ -140,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stopping = threading.Event()  # SIGTERM while waiting for Slack is a clean stop too
     on_termination(stopping.set)
     try:
-        wait_for_slack(services.client, sleep=stopping.wait, stopping=stopping)
+        identity = wait_for_slack(services.client, sleep=stopping.wait, stopping=stopping)
     except CliError:
         services.close()
         raise
@@ -158,25 +163,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
     )
     try:
+        follow_up = _follow_up_process(settings, overrides, identity, stopping)
+    except CliError:
+        services.close()
+        raise
+    try:
         app = create_app(
             services,
             signing_secret=signing_secret,
             allowed_team_id=settings.allowed_team_id,
             allowed_app_id=settings.allowed_app_id,
             listener_executor=listeners,
+            hand_over=follow_up.hand_over if follow_up is not None else None,
         )
     except BoltError as exc:
+        if follow_up is not None:
+            follow_up.stop()
         services.close()
         raise CliError(f"FRBOT_SLACK_BOT_TOKEN: Slack refused the token ({exc})") from None
-    _freeze_start_up_objects()
-    if settings.worker_enabled:
-        services.dispatcher.start()
-        services.intake.start()
+    freeze_start_up_objects()
+    if follow_up is None:
+        stop_background = start_background_work(services, settings)
     else:
-        log.info("--no-worker: submissions are recorded and Slack messages sent by `fr-bot worker`")
-        if settings.database_url.startswith("sqlite"):
-            log.warning("--no-worker on SQLite: the worker's writes wait on SQLite's file lock; see README")
-    scheduler = _start_scheduler(services, settings) if settings.scheduler_enabled else None
+        stop_background = follow_up.stop
+        services.dispatcher.wake_elsewhere = follow_up.wake_outbox  # outbox rows of a decision
     log.info("policy %s (version %s) loaded; database ready", policy.path, policy.version)
     try:
         if settings.mode == "http":
@@ -186,19 +196,60 @@ def cmd_run(args: argparse.Namespace) -> int:
                 settings.http_port,
                 settings.http_threads,
                 signing_secret=signing_secret,
+                stopping=stopping,
             )
         else:
             assert settings.slack_app_token is not None
             serve_socket(app, settings.slack_app_token.get_secret_value())
     finally:
-        # Shutdown order: no new requests (above), listeners finish their work after ack, then the
-        # dispatcher finishes the row it is sending; what is left in the outbox goes out after restart.
+        # Shutdown order: no new requests (above), listeners finish their work after ack (in the
+        # follow-up process, if there is one), then the dispatcher finishes the row it is sending; what
+        # is left in the outbox goes out after restart.
         listeners.shutdown(wait=True)
-        if scheduler is not None:
-            scheduler.stop()
+        stop_background()
         services.close()
         log.info("stopped")
     return 0
+
+
+def start_background_work(services: Services, settings: Settings) -> Callable[[], None]:
+    """Start what follows the answers in this process (recording, the outbox, the scheduler, as the
+    settings ask); returns what stops it."""
+    if settings.worker_enabled:
+        services.dispatcher.start()
+        services.intake.start()
+    else:
+        log.info("--no-worker: submissions are recorded and Slack messages sent by `fr-bot worker`")
+        if settings.database_url.startswith("sqlite"):
+            log.warning("--no-worker on SQLite: the worker's writes wait on SQLite's file lock; see README")
+    scheduler = _start_scheduler(services, settings) if settings.scheduler_enabled else None
+
+    def stop() -> None:
+        if scheduler is not None:
+            scheduler.stop()
+        services.intake.stop()
+        services.dispatcher.stop()
+
+    return stop
+
+
+def _follow_up_process(
+    settings: Settings, overrides: dict[str, object], identity: dict[str, Any], stopping: threading.Event
+) -> FollowUpProcess | None:
+    """The follow-up process (bot/follow_up.py), when the settings ask for one; None: work in this one."""
+    from bot.follow_up import FollowUpProcess, FollowUpUnavailable
+
+    wanted = settings.follow_up_process
+    if settings.mode != "http" or wanted == "off":
+        return None
+    if wanted == "auto" and not settings.database_url.startswith("postgresql"):
+        return None
+    follow_up = FollowUpProcess(overrides, identity, on_failure=stopping.set)
+    try:
+        follow_up.start()
+    except FollowUpUnavailable as exc:
+        raise CliError(f"FRBOT_FOLLOW_UP_PROCESS: {exc}") from None
+    return follow_up
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
@@ -331,11 +382,11 @@ def _background_settings() -> Settings:
 def _run_background(what: str, settings: Settings, records_receipts: bool, scheduler: bool) -> int:
     from bot.server import on_termination
 
-    services = _bootstrap(settings, records_all_receipts=records_receipts)
+    services = bootstrap(settings, records_all_receipts=records_receipts)
     policy = services.policy
     stopped = threading.Event()
     on_termination(stopped.set)
-    _freeze_start_up_objects()
+    freeze_start_up_objects()
     services.dispatcher.start()
     if records_receipts:
         services.intake.start()

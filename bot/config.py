@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # False (`fr-bot run --no-worker`): this process answers Slack and stores submissions; `fr-bot worker`
     # processes record them and send the outbox, so the answering process's CPU goes to answers.
     worker_enabled: bool = True
+    # HTTP mode: a second process does what follows the answers (opening modals, storing forms, recording,
+    # the outbox, the scheduler), so the answering process's GIL is free for answers (bot/follow_up.py).
+    # auto: on PostgreSQL only (SQLite's writes from two processes would wait on its file lock).
+    follow_up_process: Literal["auto", "on", "off"] = "auto"
     # How long a dispatcher owns a row it is sending; a crashed dispatcher's row is retried after it.
     outbox_lease_seconds: float = Field(30.0, ge=2, le=3600)
     # A post cut off by a crash is sent again no sooner than this after the cut-off send began, so Slack's

@@ -203,11 +203,15 @@ class OutboxDispatcher:
         self.report_marks = ReportMarks()
         self._calling: str = UPDATE_KEY  # the rate-limit key of the Slack call in progress
         self._failing = False  # a send failed since the last success: Slack may be down
+        # Set in an answering process whose outbox is sent by its follow-up process (bot/follow_up.py).
+        self.wake_elsewhere: Callable[[], None] | None = None
 
     # --- Lifecycle --------------------------------------------------------------------------------
 
     def wake(self) -> None:
         self._wake.set()
+        if self.wake_elsewhere is not None:
+            self.wake_elsewhere()
 
     def note_landing(self, landing: Landing) -> bool:
         """Take Slack's report of a post this dispatcher is still sending (the event often comes before

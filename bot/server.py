@@ -119,8 +119,10 @@ def serve_http(
     ready: Callable[[int], None] | None = None,
     drain_seconds: float = 20.0,
     signing_secret: str | None = None,
+    stopping: threading.Event | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then stop listening and let in-flight requests finish."""
+    """Serve until SIGTERM/SIGINT (or `stopping` is set), then stop listening and let in-flight requests
+    finish."""
     from waitress.server import create_server
 
     server = create_server(
@@ -134,7 +136,7 @@ def serve_http(
     )
     bound_port = server.effective_port  # type: ignore[union-attr]
     log.info("HTTP mode: listening on %s:%s%s", host, bound_port, EVENTS_PATH)
-    stopping = threading.Event()
+    stopping = stopping or threading.Event()
     on_termination(stopping.set)
     if ready:
         ready(int(bound_port))

@@ -42,6 +42,25 @@ def child_env(database_url: str, policy_file: Path, slack_api_url: str, **settin
     return env
 
 
+def follow_up_processes(pid: int) -> list[int]:
+    """The bot's follow-up process(es): children started by multiprocessing's spawn (not its resource
+    tracker, the other child spawn starts)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return [child for child in found if b"--multiprocessing-fork" in _command_line(child)]
+
+
+def _command_line(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 class BotProcess:
     def __init__(
         self, database_url: str, policy_file: Path, slack_api_url: str, workdir: Path, **env: str

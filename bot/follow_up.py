@@ -1,0 +1,271 @@
+"""The follow-up process: what follows Slack's answers, in a process of its own.
+
+`fr-bot run` in HTTP mode on PostgreSQL starts a second process, the follow-up process, and leaves itself
+only the answers. The answering process verifies each request, runs its listener up to `ack()` and
+answers; whatever the listener hands to `AfterAnswer` (opening a modal, a reviewer's click read, storing a
+submitted form, App Home) is handed over here instead: the request's payload is sent down a pipe and this
+process runs the same listener again, whose work after the answer then runs on this process's listener
+pool. The recording of submissions, the outbox and the scheduler run here too, for the process that sends
+a modal's "recorded" update must be the one that stored its form.
+
+Why: the work after an answer held the answering process's one GIL while the next answers waited for it
+(bench/NOTES.md, items 33 and 34). In a process of its own, at background CPU priority, it holds no lock
+an answer needs, and the kernel runs the answers first.
+
+What a listener may do before handing work over: only what has no side effect (parse, check, ack), as it
+runs twice. Listeners that write before answering (a decision, a question) hand nothing over; the outbox
+rows they queue are announced here (`wake_outbox`).
+
+If this process dies, the answering process starts another and sends it what the dead one had not yet
+received; what the dead one was doing is lost as in a crash of a single process (a stored form is still
+recorded: by the next process's scan). If no new one starts, the answering process stops, so its
+supervisor restarts both. SQLite keeps one process: two writers would wait on its file lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import Any
+
+from slack_bolt import BoltRequest
+
+log = logging.getLogger(__name__)
+
+# How long a new follow-up process may take to import, connect and say it is ready.
+READY_SECONDS = 60.0
+# How long the answering process waits at shutdown for the follow-up process to finish what it was given.
+STOP_SECONDS = 90.0
+# Messages down the pipe: (kind, payload).
+REQUEST, WAKE_OUTBOX, STOP, READY = "request", "wake-outbox", "stop", "ready"
+_SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of this one's threads or pools
+
+
+class FollowUpUnavailable(Exception):
+    """No follow-up process could be started."""
+
+
+class FollowUpProcess:
+    """The answering process's side: starts the follow-up process and sends it requests in order."""
+
+    def __init__(
+        self, overrides: dict[str, object], identity: dict[str, Any], on_failure: Callable[[], None]
+    ) -> None:
+        # The settings the answering process was given on its command line; the rest come from the
+        # environment, which the follow-up process inherits.
+        self._overrides = dict(overrides)
+        self._identity = identity  # Slack's auth.test answer: a new follow-up process need not ask
+        self._on_failure = on_failure  # stops the answering process when no follow-up process will start
+        self._queue: queue.SimpleQueue[tuple[str, Any, Callable[[], None] | None]] = queue.SimpleQueue()
+        self._process: Any = None
+        self._connection: Connection | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        """Start the follow-up process and wait until it is ready (raises FollowUpUnavailable)."""
+        self._spawn()
+        self._thread = threading.Thread(target=self._send_loop, name="follow-up", daemon=True)
+        self._thread.start()
+
+    def hand_over(self, payload: dict[str, Any], here: Callable[[], None]) -> None:
+        """AfterAnswer's hand-over: called on the answering thread, so it only queues."""
+        self._queue.put((REQUEST, payload, here))
+
+    def wake_outbox(self) -> None:
+        """This process queued outbox rows (a decision): the follow-up process sends them now."""
+        self._queue.put((WAKE_OUTBOX, None, None))
+
+    def stop(self) -> None:
+        """After the last answer: the follow-up process finishes what it was given, then exits."""
+        if self._thread is None:
+            return
+        self._queue.put((STOP, None, None))
+        self._thread.join(STOP_SECONDS)
+        self._thread = None
+        process = self._process
+        if process is not None and process.is_alive():
+            log.warning("follow-up process still busy after %.0fs: stopping it", STOP_SECONDS)
+            process.kill()
+            process.join(5)
+
+    # --- The sending thread -----------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        # At the answers' priority: its work is a few microseconds a request, and a modal's trigger_id
+        # lives 3 s (the follow-up process itself runs at background priority).
+        while True:
+            kind, payload, here = self._queue.get()
+            if kind == STOP:
+                self._finish()
+                return
+            if self._send((kind, payload)):
+                continue
+            if here is not None:
+                here()  # no follow-up process: this process opens the modal rather than nobody
+
+    def _send(self, message: tuple[str, Any]) -> bool:
+        for attempt in (1, 2):
+            connection = self._connection
+            try:
+                if connection is None:
+                    raise BrokenPipeError("no follow-up process")
+                connection.send(message)
+                return True
+            except (OSError, ValueError) as exc:
+                if attempt == 2:
+                    break
+                log.error(
+                    "follow-up process gone (%s, exit code %s): starting another", exc, self._exit_code()
+                )
+                try:
+                    self._spawn()
+                except FollowUpUnavailable as problem:
+                    log.error("%s: stopping, so that the supervisor restarts the bot", problem)
+                    self._connection = None
+                    self._on_failure()
+                    break
+        return False
+
+    def _finish(self) -> None:
+        connection, process = self._connection, self._process
+        if connection is not None:
+            with contextlib.suppress(OSError, ValueError):
+                connection.send((STOP, None))
+        if process is not None:
+            process.join(STOP_SECONDS)
+        if connection is not None:
+            connection.close()
+        self._connection = None
+
+    def _exit_code(self) -> int | None:
+        process = self._process
+        if process is None:
+            return None
+        process.join(1)
+        return process.exitcode  # type: ignore[no-any-return]
+
+    def _spawn(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+        ours, theirs = _SPAWN.Pipe()
+        process = _SPAWN.Process(
+            target=follow_up_main,
+            args=(theirs, self._overrides, self._identity),
+            name="fr-bot follow-up",
+            daemon=False,  # a clean stop waits for it (stop)
+        )
+        process.start()
+        theirs.close()  # only the child holds its end: a dead child is a broken pipe here at once
+        try:
+            if not ours.poll(READY_SECONDS):
+                raise FollowUpUnavailable(f"the follow-up process was not ready within {READY_SECONDS:.0f}s")
+            message = ours.recv()
+        except (EOFError, OSError) as exc:
+            process.join(5)
+            raise FollowUpUnavailable(
+                f"the follow-up process stopped while starting (exit code {process.exitcode}): see its log"
+            ) from exc
+        except FollowUpUnavailable:
+            process.kill()
+            raise
+        if message != (READY, None):
+            process.kill()
+            raise FollowUpUnavailable(f"the follow-up process said {message!r} instead of ready")
+        self._process, self._connection = process, ours
+        log.info("follow-up process %s ready: the work after each answer runs there", process.pid)
+
+
+# --- The follow-up process's side ---------------------------------------------------------------------
+
+
+def follow_up_main(connection: Connection, overrides: dict[str, object], identity: dict[str, Any]) -> None:
+    """The follow-up process: the same services and listeners, fed from the pipe instead of HTTP."""
+    _die_with_parent()
+    # SIGTERM and Ctrl-C reach the whole process group: the answering process decides when this one stops
+    # (STOP, after its last answer), so that nothing it answered is dropped.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from bot import cli
+    from bot.app import create_app
+    from bot.config import load_settings
+
+    settings = load_settings(**overrides)
+    _lower_this_process(settings.background_niceness)
+    services = cli.bootstrap(settings, prepare_database=False)  # the answering process migrated it
+    listeners = ThreadPoolExecutor(max_workers=settings.http_threads * 2, thread_name_prefix="listener")
+    signing_secret = (
+        settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
+    )
+    app = create_app(
+        services,
+        signing_secret=signing_secret,
+        allowed_team_id=settings.allowed_team_id,
+        allowed_app_id=settings.allowed_app_id,
+        listener_executor=listeners,
+        identity=identity,  # the answering process checked the token; Slack may be down by now
+    )
+    cli.freeze_start_up_objects()
+    stop_background = cli.start_background_work(services, settings)
+    connection.send((READY, None))
+    try:
+        _serve(connection, app, services.dispatcher.wake)
+    finally:
+        listeners.shutdown(wait=True)
+        stop_background()
+        services.close()
+        log.info("follow-up process stopped")
+
+
+def _serve(connection: Connection, app: Any, wake_outbox: Callable[[], None]) -> None:
+    while True:
+        try:
+            kind, payload = connection.recv()
+        except (EOFError, OSError):
+            log.warning("follow-up process: the answering process is gone; finishing what was received")
+            return
+        if kind == STOP:
+            return
+        if kind == WAKE_OUTBOX:
+            wake_outbox()
+            continue
+        try:
+            # Answered already (and its signature checked) by the answering process: Bolt skips the
+            # signature check for Socket Mode requests, and what ack() builds here is dropped.
+            app.dispatch(BoltRequest(body=payload, mode="socket_mode"))
+        except Exception:
+            log.exception("follow-up process: a handed-over request failed")
+
+
+def _lower_this_process(niceness: int) -> None:
+    # Before any thread starts: threads inherit their creator's niceness on Linux.
+    with contextlib.suppress(OSError):
+        current = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, max(current, niceness))
+
+
+def _die_with_parent() -> None:
+    """A SIGKILL of the answering process takes this one with it, as it would a thread: a crash of the
+    bot leaves no half of it running (Linux; elsewhere the closed pipe ends it)."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)

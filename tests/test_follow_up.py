@@ -1,0 +1,213 @@
+"""The follow-up process (bot/follow_up.py): on PostgreSQL in HTTP mode, what follows an answer runs in a
+second process, and the bot still behaves as one bot.
+
+The end-to-end suites run the PostgreSQL bot this way already (`FRBOT_FOLLOW_UP_PROCESS` is `auto`); these
+tests check what is particular to the split: the work really leaves the answering process, a dead
+follow-up process is replaced, a decision's messages go out at once although the answering process does
+not send them, a clean stop finishes what was answered, and a killed bot leaves no half running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from bot import views
+from bot.cli import _follow_up_process
+from bot.config import load_settings
+from handlers.after_answer import AfterAnswer
+from storage.db import make_engine
+from storage.models import FrRequest
+from tests.botprocess import SIGNING_SECRET, BotProcess, follow_up_processes
+from tests.conftest import TEST_POLICY, _truncate_postgres, slack_state, valid_form_values
+from tests.e2e_support import decide, recorded_answer, reference_of, reviewer_message, submitted_reference
+from tests.slackstub import SlackDriver, SlackStub
+
+# --- Which work is handed over -------------------------------------------------------------------------
+
+
+def test_work_after_an_answer_is_handed_over_once_with_the_request_it_answered() -> None:
+    handed: list[tuple[dict[str, Any], Callable[[], None]]] = []
+    ran: list[str] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        after_answer = AfterAnswer(pool, hand_over=lambda payload, here: handed.append((payload, here)))
+        payload = {"type": "block_actions", "user": {"id": "U1"}}
+        after_answer.remember(payload)
+        after_answer("block_actions", ran.append, "first")
+        after_answer("block_actions", ran.append, "second")  # the other process runs the whole listener
+        assert [p for p, _ in handed] == [payload] and ran == []
+        handed[0][1]()  # the other process could not take it: this one does the work after all
+    assert ran == ["first"]
+
+
+def test_work_with_no_request_behind_it_runs_here() -> None:
+    handed: list[dict[str, Any]] = []
+    ran: list[str] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        AfterAnswer(pool, hand_over=lambda payload, _here: handed.append(payload))("test", ran.append, "x")
+        AfterAnswer(pool)("test", ran.append, "y")  # no follow-up process at all
+    assert handed == [] and sorted(ran) == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"mode": "http", "database_url": "sqlite:///x.db"},  # auto: SQLite keeps one process
+        {"mode": "socket", "database_url": "postgresql+psycopg://h/db"},
+        {"mode": "http", "database_url": "postgresql+psycopg://h/db", "follow_up_process": "off"},
+    ],
+)
+def test_one_process_where_a_second_would_not_help(settings: dict[str, str]) -> None:
+    assert _follow_up_process(load_settings(**settings), {}, {}, threading.Event()) is None
+
+
+# --- A real bot on PostgreSQL ------------------------------------------------------------------------
+
+
+def alive(pid: int) -> bool:
+    """Whether any of the process's threads is still running: a killed process's first thread turns
+    zombie before the others have exited and closed its end of the pipe."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        threads = len(list(Path(f"/proc/{pid}/task").iterdir()))
+    except OSError:
+        return False
+    return state != "Z" or threads > 1
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def pg_bot(postgres_migrated: str, stub: SlackStub, tmp_path: Path) -> Iterator[Callable[..., BotProcess]]:
+    """Starts the real bot on PostgreSQL in HTTP mode (so with a follow-up process, by default)."""
+    _truncate_postgres(postgres_migrated)
+    policy = tmp_path / "policy.yml"
+    policy.write_text(TEST_POLICY)
+    started: list[BotProcess] = []
+    stub.clear()
+    stub.violations.clear()
+
+    def start(**env: str) -> BotProcess:
+        process = BotProcess(postgres_migrated, policy, stub.base_url, tmp_path, **env).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop(signal.SIGKILL)
+    stub.assert_no_violations()
+
+
+def open_form(slack: SlackDriver, stub: SlackStub, user: str) -> dict[str, Any]:
+    trigger = stub.issue_trigger_id(user)
+    status, _ = slack.slash_command("/fr-request", "", user, trigger_id=trigger)
+    assert status == 200
+    call = stub.wait_for(lambda c: c.method == "views.open" and c.args.get("trigger_id") == trigger)
+    assert call.ok, call.describe()
+    return call.response["view"]
+
+
+def test_the_work_after_answers_runs_in_the_follow_up_process_and_a_dead_one_is_replaced(
+    pg_bot: Callable[..., BotProcess], stub: SlackStub
+) -> None:
+    bot = pg_bot()
+    assert bot.process is not None
+    (first,) = wait_until(lambda: follow_up_processes(bot.process.pid), "the follow-up process")
+    slack = SlackDriver(bot.url, SIGNING_SECRET, stub=stub)
+    open_form(slack, stub, "UOFFICER1")
+
+    os.kill(first, signal.SIGKILL)  # the answers do not depend on it
+    wait_until(lambda: not alive(first), "the follow-up process to die")
+    view = open_form(slack, stub, "UOFFICER1")  # a new one opens the modal
+    (second,) = follow_up_processes(bot.process.pid)
+    assert second != first
+    assert "follow-up process gone" in bot.log() and "starting another" in bot.log()
+
+    os.kill(second, signal.SIGKILL)
+    wait_until(lambda: not alive(second), "the follow-up process to die")
+    status, answer = slack.view_submission("UOFFICER1", view, slack_state(valid_form_values()))
+    assert status == 200
+    # Stored, recorded and announced by the third follow-up process.
+    assert "FR-20" in reference_of(recorded_answer(stub, view, answer))
+    assert bot.stop() == 0
+    assert "Traceback" not in bot.log(), bot.log()
+
+
+def test_a_decision_answered_here_is_sent_at_once_by_the_follow_up_process(
+    pg_bot: Callable[..., BotProcess], stub: SlackStub
+) -> None:
+    # Outbox polls a minute apart: only the wake the answering process passes on sends the officer's DM
+    # promptly. (The modal's "recorded" update, due a second after it is queued, waits for that poll: the
+    # officer's DM carries the reference.)
+    bot = pg_bot(FRBOT_OUTBOX_POLL_SECONDS="60")
+    slack = SlackDriver(bot.url, SIGNING_SECRET, stub=stub)
+    view = open_form(slack, stub, "UOFFICER1")
+    status, _ = slack.view_submission("UOFFICER1", view, slack_state(valid_form_values()))
+    assert status == 200
+    reference = submitted_reference(stub, "UOFFICER1")
+    message = reviewer_message(stub, "C0SUPER", reference)
+    status, body = decide(
+        slack,
+        stub,
+        "USUP1",
+        views.REJECT_ACTION,
+        message,
+        rationale="Not necessary: other routes remain.",
+        reason_code="alternatives_not_exhausted",
+    )
+    assert status == 200 and "Decision recorded" in str(body), body
+    decided = time.monotonic()
+    stub.wait_for(
+        lambda c: (
+            c.method == "chat.postMessage"
+            and c.ok
+            and c.args.get("channel") == "UOFFICER1"
+            and "rejected" in c.args.get("text", "")
+        ),
+        timeout=20,
+    )
+    assert time.monotonic() - decided < 10  # not the next poll, a minute later
+    assert bot.stop() == 0
+
+
+def test_a_clean_stop_finishes_what_was_answered_and_a_killed_bot_leaves_no_half_running(
+    pg_bot: Callable[..., BotProcess], stub: SlackStub, postgres_migrated: str
+) -> None:
+    bot = pg_bot()
+    assert bot.process is not None
+    (follow_up,) = wait_until(lambda: follow_up_processes(bot.process.pid), "the follow-up process")
+    slack = SlackDriver(bot.url, SIGNING_SECRET, stub=stub)
+    view = open_form(slack, stub, "UOFFICER1")
+    status, answer = slack.view_submission("UOFFICER1", view, slack_state(valid_form_values()))
+    assert status == 200 and "Request received" in str(answer)
+    assert bot.stop(signal.SIGTERM) == 0  # at once: the form is stored and recorded before both exit
+    assert not alive(follow_up)
+    engine = make_engine(postgres_migrated)
+    try:
+        with engine.connect() as connection:
+            assert connection.scalar(select(func.count()).select_from(FrRequest)) == 1
+    finally:
+        engine.dispose()
+
+    bot = pg_bot()
+    assert bot.process is not None
+    (follow_up,) = wait_until(lambda: follow_up_processes(bot.process.pid), "the follow-up process")
+    bot.stop(signal.SIGKILL)
+    wait_until(lambda: not alive(follow_up), "the follow-up process to die with the bot", timeout=10)
