@@ -32,6 +32,7 @@ Run: python -m bench.ack_latency [--database-url URL] [--requests N] [--duration
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -134,9 +135,32 @@ def run_level(
     return samples, time.perf_counter() - started
 
 
+def children(pid: int) -> list[int]:
+    """A process's child processes (the bot's follow-up process, bot/follow_up.py)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def child_memory(pid: int, when: str) -> dict[str, int]:
+    """The resident memory of the bot's child processes: its follow-up process and the resource tracker
+    that Python's multiprocessing starts beside it."""
+    found = {}
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            spawned = b"--multiprocessing-fork" in Path(f"/proc/{child}/cmdline").read_bytes()
+            what = "follow-up process" if spawned else "multiprocessing resource tracker"
+            found[f"bot's {what} {when}"] = rss_kib(child)
+    return found
+
+
 def cpu_ticks(pid: int) -> int:
+    """The CPU of a process and its children: the bot's work after its answers counts as the bot's."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
+    own = int(fields[11]) + int(fields[12])  # utime + stime
+    return own + sum(cpu_ticks(child) for child in children(pid))
 
 
 def settle(pids: list[int], timeout: float = 60.0) -> None:
@@ -247,6 +271,7 @@ def main() -> None:
                 wait_healthy(port)
             assert bot.process is not None
             memory["bot idle"] = rss_kib(bot.process.pid)
+            memory.update(child_memory(bot.process.pid, "idle"))
             urls = {
                 "bot": bot.url,
                 **{app: f"http://127.0.0.1:{port}/slack/events" for app, port in ports.items()},
@@ -313,6 +338,7 @@ def main() -> None:
                             rates.setdefault(model, {})[users] = answered / elapsed_total
                         if model == "saturation" and users == max(levels):
                             memory[f"bot after {kind} load"] = rss_kib(bot.process.pid)
+                            memory.update(child_memory(bot.process.pid, f"after {kind} load"))
         finally:
             for process in bares:
                 process.terminate()
