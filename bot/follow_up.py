@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 READY_SECONDS = 60.0
 # How long the answering process waits at shutdown for the follow-up process to finish what it was given.
 STOP_SECONDS = 90.0
+# How often the sending thread, when idle, checks that the follow-up process is alive: the outbox and the
+# scheduler run there, so a dead one is replaced although no request came to notice it.
+WATCH_SECONDS = 1.0
 # Messages down the pipe: (kind, payload).
 REQUEST, WAKE_OUTBOX, STOP, READY = "request", "wake-outbox", "stop", "ready"
 _SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of this one's threads or pools
@@ -70,10 +73,6 @@ class FollowUpProcess:
         self._process: Any = None
         self._connection: Connection | None = None
         self._thread: threading.Thread | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     def start(self) -> None:
         """Start the follow-up process and wait until it is ready (raises FollowUpUnavailable)."""
@@ -108,7 +107,12 @@ class FollowUpProcess:
         # At the answers' priority: its work is a few microseconds a request, and a modal's trigger_id
         # lives 3 s (the follow-up process itself runs at background priority).
         while True:
-            kind, payload, here = self._queue.get()
+            try:
+                kind, payload, here = self._queue.get(timeout=WATCH_SECONDS)
+            except queue.Empty:
+                if self._connection is not None and not self._process.is_alive():
+                    self._replace("it exited")
+                continue
             if kind == STOP:
                 self._finish()
                 return
@@ -126,19 +130,21 @@ class FollowUpProcess:
                 connection.send(message)
                 return True
             except (OSError, ValueError) as exc:
-                if attempt == 2:
-                    break
-                log.error(
-                    "follow-up process gone (%s, exit code %s): starting another", exc, self._exit_code()
-                )
-                try:
-                    self._spawn()
-                except FollowUpUnavailable as problem:
-                    log.error("%s: stopping, so that the supervisor restarts the bot", problem)
-                    self._connection = None
-                    self._on_failure()
+                if attempt == 2 or not self._replace(str(exc)):
                     break
         return False
+
+    def _replace(self, reason: str) -> bool:
+        """Start a follow-up process in place of a dead one; if none starts, stop the bot."""
+        log.error("follow-up process gone (%s, exit code %s): starting another", reason, self._exit_code())
+        try:
+            self._spawn()
+        except FollowUpUnavailable as problem:
+            log.error("%s: stopping, so that the supervisor restarts the bot", problem)
+            self._connection = None
+            self._on_failure()
+            return False
+        return True
 
     def _finish(self) -> None:
         connection, process = self._connection, self._process
