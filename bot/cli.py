@@ -31,9 +31,12 @@ from bot.policy import PolicyError, load_policy
 from storage.db import migrate
 
 if TYPE_CHECKING:
+    from slack_bolt import App
+
     from bot.follow_up import FollowUpProcess
     from bot.scheduler import SweepScheduler
     from bot.services import Services
+    from handlers.after_answer import HandOver
 
 log = logging.getLogger("fr-bot")
 T = TypeVar("T")
@@ -139,7 +142,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     services = bootstrap(settings)
     policy = services.policy
 
-    from bot.app import create_app
     from bot.server import on_termination, serve_http, serve_socket
 
     stopping = threading.Event()  # SIGTERM while waiting for Slack is a clean stop too
@@ -153,28 +155,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         services.close()
         log.info("stopped before Slack answered")
         return 0
-    listeners = ThreadPoolExecutor(
-        # The work after each answer (handlers/after_answer.py); Bolt's default pool of 5 would queue it
-        # behind slow Slack calls under load, and trigger_ids expire after 3 s.
-        max_workers=settings.http_threads * 2,
-        thread_name_prefix="listener",
-    )
-    signing_secret = (
-        settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
-    )
     try:
         follow_up = _follow_up_process(settings, overrides, identity, stopping)
     except CliError:
         services.close()
         raise
     try:
-        app = create_app(
-            services,
-            signing_secret=signing_secret,
-            allowed_team_id=settings.allowed_team_id,
-            allowed_app_id=settings.allowed_app_id,
-            listener_executor=listeners,
-            hand_over=follow_up.hand_over if follow_up is not None else None,
+        app, listeners = build_app(
+            services, settings, hand_over=follow_up.hand_over if follow_up is not None else None
         )
     except BoltError as exc:
         if follow_up is not None:
@@ -195,7 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 settings.http_host,
                 settings.http_port,
                 settings.http_threads,
-                signing_secret=signing_secret,
+                signing_secret=settings.signing_secret(),
                 stopping=stopping,
             )
         else:
@@ -210,6 +198,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         services.close()
         log.info("stopped")
     return 0
+
+
+def build_app(
+    services: Services,
+    settings: Settings,
+    hand_over: HandOver | None = None,
+    identity: dict[str, Any] | None = None,
+) -> tuple[App, ThreadPoolExecutor]:
+    """The Bolt app as the settings describe it, and its pool for the work after each answer (Bolt's
+    default pool of 5 would queue that work behind slow Slack calls under load, and trigger_ids expire
+    after 3 s). `hand_over` and `identity`: bot/app.py, `create_app`."""
+    from bot.app import create_app
+
+    listeners = ThreadPoolExecutor(max_workers=settings.http_threads * 2, thread_name_prefix="listener")
+    app = create_app(
+        services,
+        signing_secret=settings.signing_secret(),
+        allowed_team_id=settings.allowed_team_id,
+        allowed_app_id=settings.allowed_app_id,
+        listener_executor=listeners,
+        hand_over=hand_over,
+        identity=identity,
+    )
+    return app, listeners
 
 
 def start_background_work(services: Services, settings: Settings) -> Callable[[], None]:
@@ -242,8 +254,13 @@ def _follow_up_process(
     wanted = settings.follow_up_process
     if settings.mode != "http" or wanted == "off":
         return None
-    if wanted == "auto" and not settings.database_url.startswith("postgresql"):
-        return None
+    if not settings.database_url.startswith("postgresql"):
+        if wanted == "auto":
+            return None
+        log.warning(
+            "follow-up process on SQLite: a decision's write waits on SQLite's file lock behind the "
+            "follow-up process's writes; see README"
+        )
     follow_up = FollowUpProcess(overrides, identity, on_failure=stopping.set)
     try:
         follow_up.start()

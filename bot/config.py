@@ -81,6 +81,9 @@ class Settings(BaseSettings):
             raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
         return value
 
+    def signing_secret(self) -> str | None:
+        return self.slack_signing_secret.get_secret_value() if self.slack_signing_secret else None
+
     def require_slack_credentials(self) -> None:
         """Fail with one clear message when a token the chosen mode needs is missing or malformed."""
         checks: list[tuple[str, SecretStr | None, str | None]] = [

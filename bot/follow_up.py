@@ -34,7 +34,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -206,24 +205,13 @@ def follow_up_main(connection: Connection, overrides: dict[str, object], identit
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from bot import cli
-    from bot.app import create_app
     from bot.config import load_settings
 
     settings = load_settings(**overrides)
     _lower_this_process(settings.background_niceness)
     services = cli.bootstrap(settings, prepare_database=False)  # the answering process migrated it
-    listeners = ThreadPoolExecutor(max_workers=settings.http_threads * 2, thread_name_prefix="listener")
-    signing_secret = (
-        settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
-    )
-    app = create_app(
-        services,
-        signing_secret=signing_secret,
-        allowed_team_id=settings.allowed_team_id,
-        allowed_app_id=settings.allowed_app_id,
-        listener_executor=listeners,
-        identity=identity,  # the answering process checked the token; Slack may be down by now
-    )
+    # The answering process checked the token (identity): Slack may be down by now.
+    app, listeners = cli.build_app(services, settings, identity=identity)
     cli.freeze_start_up_objects()
     stop_background = cli.start_background_work(services, settings)
     connection.send((READY, None))

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, text
@@ -213,13 +214,14 @@ linux_only = pytest.mark.skipif(
 )
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 90.0, every: float = 0.2) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = 90.0, every: float = 0.2) -> Any:
+    """Poll `condition` until it holds and return its value; fail naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
+            raise AssertionError(f"timed out waiting for {what}")
         time.sleep(every)
+    return value
 
 
 class FakeClock:

@@ -48,6 +48,7 @@ from storage.models import (
 from storage.queries import request_with_history
 from tests.botprocess import SIGNING_SECRET, BotProcess
 from tests.conftest import GROUPS, TEST_POLICY, slack_state, valid_form_values
+from tests.conftest import wait_until as conftest_wait_until
 from tests.e2e_support import open_form, report_landings_to
 from tests.slackstub import SlackDriver, SlackStub
 
@@ -115,14 +116,9 @@ def running(bot: BotProcess) -> Iterator[BotProcess]:
             bot.stop(signal.SIGKILL)
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_until(condition: Callable[[], Any], what: str) -> Any:
+    # Polled often: some conditions (a send in flight) hold only for a moment.
+    return conftest_wait_until(condition, what, timeout=30.0, every=0.01)
 
 
 def outbox(world: World) -> list[OutboxMessage]:

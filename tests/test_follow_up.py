@@ -28,7 +28,7 @@ from handlers.after_answer import AfterAnswer
 from storage.db import make_engine
 from storage.models import FrRequest
 from tests.botprocess import SIGNING_SECRET, BotProcess, follow_up_processes
-from tests.conftest import TEST_POLICY, _truncate_postgres, slack_state, valid_form_values
+from tests.conftest import TEST_POLICY, _truncate_postgres, slack_state, valid_form_values, wait_until
 from tests.e2e_support import decide, recorded_answer, reference_of, reviewer_message, submitted_reference
 from tests.slackstub import SlackDriver, SlackStub
 
@@ -82,16 +82,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z" or threads > 1
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
