@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot import logs
 from bot.config import Settings, SettingsError, load_settings
 from bot.foreground import BACKGROUND
-from bot.policy import PolicyError, load_policy
+from bot.policy import LoadedPolicy, PolicyError, load_policy
 from storage.db import migrate
 
 if TYPE_CHECKING:
@@ -91,9 +91,13 @@ def _prepare_database(url: str) -> None:
 
 
 def bootstrap(
-    settings: Settings, records_all_receipts: bool = False, prepare_database: bool = True
+    settings: Settings,
+    records_all_receipts: bool = False,
+    prepare_database: bool = True,
+    policy: LoadedPolicy | None = None,
 ) -> Services:
-    """What every long-running process does first: secret-safe logging, the policy, the schema, services."""
+    """What every long-running process does first: secret-safe logging, the policy (read from its file
+    unless given), the schema, services."""
     from bot.services import build_services
 
     secrets = [
@@ -103,7 +107,8 @@ def bootstrap(
     ]
     logs.configure(settings.log_level, secrets)
     BACKGROUND.niceness = settings.background_niceness
-    policy = load_policy(settings.policy_file)
+    if policy is None:
+        policy = load_policy(settings.policy_file)
     if prepare_database:
         _prepare_database(settings.database_url)
     return build_services(
@@ -156,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("stopped before Slack answered")
         return 0
     try:
-        follow_up = _follow_up_process(settings, overrides, identity, stopping)
+        follow_up = _follow_up_process(settings, overrides, identity, policy, stopping)
     except CliError:
         services.close()
         raise
@@ -246,7 +251,11 @@ def start_background_work(services: Services, settings: Settings) -> Callable[[]
 
 
 def _follow_up_process(
-    settings: Settings, overrides: dict[str, object], identity: dict[str, Any], stopping: threading.Event
+    settings: Settings,
+    overrides: dict[str, object],
+    identity: dict[str, Any],
+    policy: LoadedPolicy,
+    stopping: threading.Event,
 ) -> FollowUpProcess | None:
     """The follow-up process (bot/follow_up.py), when the settings ask for one; None: work in this one."""
     from bot.follow_up import FollowUpProcess, FollowUpUnavailable
@@ -261,7 +270,7 @@ def _follow_up_process(
             "follow-up process on SQLite: a decision's write waits on SQLite's file lock behind the "
             "follow-up process's writes; see README"
         )
-    follow_up = FollowUpProcess(overrides, identity, on_failure=stopping.set)
+    follow_up = FollowUpProcess(overrides, identity, policy, on_failure=stopping.set)
     try:
         follow_up.start()
     except FollowUpUnavailable as exc:

@@ -18,7 +18,8 @@ rows they queue are announced here (`wake_outbox`).
 
 If this process dies, the answering process starts another and sends it what the dead one had not yet
 received; what the dead one was doing is lost as in a crash of a single process (a stored form is still
-recorded: by the next process's scan). If no new one starts, the answering process stops, so its
+recorded: by the next process's scan). Every follow-up process runs with the answering process's policy,
+not the policy file as it may be now. If no new one starts, the answering process stops, so its
 supervisor restarts both. SQLite keeps one process: two writers would wait on its file lock.
 """
 
@@ -38,6 +39,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from slack_bolt import BoltRequest
+
+from bot.policy import LoadedPolicy
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +64,19 @@ class FollowUpProcess:
     """The answering process's side: starts the follow-up process and sends it requests in order."""
 
     def __init__(
-        self, overrides: dict[str, object], identity: dict[str, Any], on_failure: Callable[[], None]
+        self,
+        overrides: dict[str, object],
+        identity: dict[str, Any],
+        policy: LoadedPolicy,
+        on_failure: Callable[[], None],
     ) -> None:
         # The settings the answering process was given on its command line; the rest come from the
         # environment, which the follow-up process inherits.
         self._overrides = dict(overrides)
         self._identity = identity  # Slack's auth.test answer: a new follow-up process need not ask
+        # The policy the answering process checks forms against: a follow-up process started later must
+        # not read an edited policy file and judge the same form by other rules.
+        self._policy = policy
         self._on_failure = on_failure  # stops the answering process when no follow-up process will start
         self._queue: queue.SimpleQueue[tuple[str, Any, Callable[[], None] | None]] = queue.SimpleQueue()
         self._process: Any = None
@@ -169,7 +179,7 @@ class FollowUpProcess:
         ours, theirs = _SPAWN.Pipe()
         process = _SPAWN.Process(
             target=follow_up_main,
-            args=(theirs, self._overrides, self._identity),
+            args=(theirs, self._overrides, self._identity, self._policy),
             name="fr-bot follow-up",
             daemon=False,  # a clean stop waits for it (stop)
         )
@@ -197,7 +207,9 @@ class FollowUpProcess:
 # --- The follow-up process's side ---------------------------------------------------------------------
 
 
-def follow_up_main(connection: Connection, overrides: dict[str, object], identity: dict[str, Any]) -> None:
+def follow_up_main(
+    connection: Connection, overrides: dict[str, object], identity: dict[str, Any], policy: LoadedPolicy
+) -> None:
     """The follow-up process: the same services and listeners, fed from the pipe instead of HTTP."""
     _die_with_parent()
     # SIGTERM and Ctrl-C reach the whole process group: the answering process decides when this one stops
@@ -209,7 +221,8 @@ def follow_up_main(connection: Connection, overrides: dict[str, object], identit
 
     settings = load_settings(**overrides)
     _lower_this_process(settings.background_niceness)
-    services = cli.bootstrap(settings, prepare_database=False)  # the answering process migrated it
+    # The answering process migrated the database, and its policy is the one in force.
+    services = cli.bootstrap(settings, prepare_database=False, policy=policy)
     # The answering process checked the token (identity): Slack may be down by now.
     app, listeners = cli.build_app(services, settings, identity=identity)
     cli.freeze_start_up_objects()

@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from bot import views
 from bot.cli import _follow_up_process
 from bot.config import load_settings
+from bot.policy import parse_policy
 from handlers.after_answer import AfterAnswer
 from storage.db import make_engine
 from storage.models import FrRequest
@@ -67,7 +68,10 @@ def test_work_with_no_request_behind_it_runs_here() -> None:
     ],
 )
 def test_one_process_where_a_second_would_not_help(settings: dict[str, str]) -> None:
-    assert _follow_up_process(load_settings(**settings), {}, {}, threading.Event()) is None
+    chosen = _follow_up_process(
+        load_settings(**settings), {}, {}, parse_policy(TEST_POLICY), threading.Event()
+    )
+    assert chosen is None
 
 
 # --- A real bot on PostgreSQL ------------------------------------------------------------------------
@@ -140,6 +144,34 @@ def test_the_work_after_answers_runs_in_the_follow_up_process_and_a_dead_one_is_
     assert "FR-20" in reference_of(recorded_answer(stub, view, answer))
     assert bot.stop() == 0
     assert "Traceback" not in bot.log(), bot.log()
+
+
+def test_a_new_follow_up_process_judges_forms_by_the_policy_the_bot_started_with(
+    pg_bot: Callable[..., BotProcess], stub: SlackStub, postgres_migrated: str
+) -> None:
+    # The policy file is edited while the bot runs (it is read at start-up only); a follow-up process
+    # started after that must not store forms under rules the answering process did not check them by.
+    bot = pg_bot()
+    assert bot.process is not None
+    (first,) = wait_until(lambda: follow_up_processes(bot.process.pid), "the follow-up process")
+    policy_file = Path(bot.env["FRBOT_POLICY_FILE"])
+    policy_file.write_text(TEST_POLICY + "\n# edited while the bot runs\n")
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: [pid for pid in follow_up_processes(bot.process.pid) if pid != first], "a new one")
+
+    slack = SlackDriver(bot.url, SIGNING_SECRET, stub=stub)
+    view = open_form(slack, stub, "UOFFICER1")
+    status, _ = slack.view_submission("UOFFICER1", view, slack_state(valid_form_values()))
+    assert status == 200
+    submitted_reference(stub, "UOFFICER1")
+    engine = make_engine(postgres_migrated)
+    try:
+        with engine.connect() as connection:
+            recorded = connection.scalar(select(FrRequest.policy_version))
+    finally:
+        engine.dispose()
+    assert recorded == parse_policy(TEST_POLICY).version
+    assert bot.stop() == 0
 
 
 def test_a_decision_answered_here_is_sent_at_once_by_the_follow_up_process(
