@@ -109,6 +109,23 @@ def pg_bot(postgres_migrated: str, stub: SlackStub, tmp_path: Path) -> Iterator[
     stub.assert_no_violations()
 
 
+def started(pg_bot: Callable[..., BotProcess]) -> tuple[BotProcess, int]:
+    """A bot and the pid of its follow-up process."""
+    bot = pg_bot()
+    assert bot.process is not None
+    pid = bot.process.pid
+    (follow_up,) = wait_until(lambda: follow_up_processes(pid), "the follow-up process")
+    return bot, follow_up
+
+
+def replacement(bot: BotProcess, dead: int) -> int:
+    """The follow-up process started in place of `dead`."""
+    assert bot.process is not None
+    pid = bot.process.pid
+    (new,) = wait_until(lambda: [child for child in follow_up_processes(pid) if child != dead], "a new one")
+    return int(new)
+
+
 def open_form(slack: SlackDriver, stub: SlackStub, user: str) -> dict[str, Any]:
     trigger = stub.issue_trigger_id(user)
     status, _ = slack.slash_command("/fr-request", "", user, trigger_id=trigger)
@@ -121,17 +138,13 @@ def open_form(slack: SlackDriver, stub: SlackStub, user: str) -> dict[str, Any]:
 def test_the_work_after_answers_runs_in_the_follow_up_process_and_a_dead_one_is_replaced(
     pg_bot: Callable[..., BotProcess], stub: SlackStub
 ) -> None:
-    bot = pg_bot()
-    assert bot.process is not None
-    (first,) = wait_until(lambda: follow_up_processes(bot.process.pid), "the follow-up process")
+    bot, first = started(pg_bot)
     slack = SlackDriver(bot.url, SIGNING_SECRET, stub=stub)
     open_form(slack, stub, "UOFFICER1")
 
     # Killed while idle: replaced without waiting for a request (the outbox and scheduler run there).
     os.kill(first, signal.SIGKILL)
-    (second,) = wait_until(
-        lambda: [pid for pid in follow_up_processes(bot.process.pid) if pid != first], "a new one"
-    )
+    second = replacement(bot, first)
     assert "follow-up process gone (it exited, exit code -9): starting another" in bot.log()
     view = open_form(slack, stub, "UOFFICER1")  # the new one opens the modal
 
@@ -151,13 +164,11 @@ def test_a_new_follow_up_process_judges_forms_by_the_policy_the_bot_started_with
 ) -> None:
     # The policy file is edited while the bot runs (it is read at start-up only); a follow-up process
     # started after that must not store forms under rules the answering process did not check them by.
-    bot = pg_bot()
-    assert bot.process is not None
-    (first,) = wait_until(lambda: follow_up_processes(bot.process.pid), "the follow-up process")
+    bot, first = started(pg_bot)
     policy_file = Path(bot.env["FRBOT_POLICY_FILE"])
     policy_file.write_text(TEST_POLICY + "\n# edited while the bot runs\n")
     os.kill(first, signal.SIGKILL)
-    wait_until(lambda: [pid for pid in follow_up_processes(bot.process.pid) if pid != first], "a new one")
+    replacement(bot, first)
 
     slack = SlackDriver(bot.url, SIGNING_SECRET, stub=stub)
     view = open_form(slack, stub, "UOFFICER1")
@@ -214,9 +225,7 @@ def test_a_decision_answered_here_is_sent_at_once_by_the_follow_up_process(
 def test_a_clean_stop_finishes_what_was_answered_and_a_killed_bot_leaves_no_half_running(
     pg_bot: Callable[..., BotProcess], stub: SlackStub, postgres_migrated: str
 ) -> None:
-    bot = pg_bot()
-    assert bot.process is not None
-    (follow_up,) = wait_until(lambda: follow_up_processes(bot.process.pid), "the follow-up process")
+    bot, follow_up = started(pg_bot)
     slack = SlackDriver(bot.url, SIGNING_SECRET, stub=stub)
     view = open_form(slack, stub, "UOFFICER1")
     status, answer = slack.view_submission("UOFFICER1", view, slack_state(valid_form_values()))
@@ -230,8 +239,6 @@ def test_a_clean_stop_finishes_what_was_answered_and_a_killed_bot_leaves_no_half
     finally:
         engine.dispose()
 
-    bot = pg_bot()
-    assert bot.process is not None
-    (follow_up,) = wait_until(lambda: follow_up_processes(bot.process.pid), "the follow-up process")
+    bot, follow_up = started(pg_bot)
     bot.stop(signal.SIGKILL)
     wait_until(lambda: not alive(follow_up), "the follow-up process to die with the bot", timeout=10)
