@@ -231,7 +231,7 @@ def build_app(
 
 def start_background_work(services: Services, settings: Settings) -> Callable[[], None]:
     """Start what follows the answers in this process (recording, the outbox, the scheduler, as the
-    settings ask); returns what stops it."""
+    settings ask); returns what stops the scheduler (`Services.close` stops the other two)."""
     if settings.worker_enabled:
         services.dispatcher.start()
         services.intake.start()
@@ -239,15 +239,9 @@ def start_background_work(services: Services, settings: Settings) -> Callable[[]
         log.info("--no-worker: submissions are recorded and Slack messages sent by `fr-bot worker`")
         if settings.database_url.startswith("sqlite"):
             log.warning("--no-worker on SQLite: the worker's writes wait on SQLite's file lock; see README")
-    scheduler = _start_scheduler(services, settings) if settings.scheduler_enabled else None
-
-    def stop() -> None:
-        if scheduler is not None:
-            scheduler.stop()
-        services.intake.stop()
-        services.dispatcher.stop()
-
-    return stop
+    if not settings.scheduler_enabled:
+        return lambda: None
+    return _start_scheduler(services, settings).stop
 
 
 def _follow_up_process(
