@@ -51,7 +51,14 @@ from typing import Any
 from bench import output
 from bench.stub_process import RemoteStub
 from storage.db import recreate_schema
-from tests.botprocess import SIGNING_SECRET, BackgroundProcess, BotProcess, free_port
+from tests.botprocess import (
+    SIGNING_SECRET,
+    BackgroundProcess,
+    BotProcess,
+    child_processes,
+    free_port,
+    is_follow_up_process,
+)
 from tests.conftest import GROUPS, TEST_POLICY, slack_state, valid_form_values
 from tests.slackstub import SlackDriver
 
@@ -135,23 +142,13 @@ def run_level(
     return samples, time.perf_counter() - started
 
 
-def children(pid: int) -> list[int]:
-    """A process's child processes (the bot's follow-up process, bot/follow_up.py)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            found += [int(child) for child in (task / "children").read_text().split()]
-    return found
-
-
 def child_memory(pid: int, when: str) -> dict[str, int]:
     """The resident memory of the bot's child processes: its follow-up process and the resource tracker
     that Python's multiprocessing starts beside it."""
     found = {}
-    for child in children(pid):
+    for child in child_processes(pid):
+        what = "follow-up process" if is_follow_up_process(child) else "multiprocessing resource tracker"
         with contextlib.suppress(OSError):
-            spawned = b"--multiprocessing-fork" in Path(f"/proc/{child}/cmdline").read_bytes()
-            what = "follow-up process" if spawned else "multiprocessing resource tracker"
             found[f"bot's {what} {when}"] = rss_kib(child)
     return found
 
@@ -160,7 +157,7 @@ def cpu_ticks(pid: int) -> int:
     """The CPU of a process and its children: the bot's work after its answers counts as the bot's."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     own = int(fields[11]) + int(fields[12])  # utime + stime
-    return own + sum(cpu_ticks(child) for child in children(pid))
+    return own + sum(cpu_ticks(child) for child in child_processes(pid))
 
 
 def settle(pids: list[int], timeout: float = 60.0) -> None:

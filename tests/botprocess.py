@@ -42,23 +42,29 @@ def child_env(database_url: str, policy_file: Path, slack_api_url: str, **settin
     return env
 
 
-def follow_up_processes(pid: int) -> list[int]:
-    """The bot's follow-up process(es): children started by multiprocessing's spawn (not its resource
-    tracker, the other child spawn starts)."""
+def child_processes(pid: int) -> list[int]:
+    """A process's children (the bot's follow-up process and multiprocessing's resource tracker)."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             found += [int(child) for child in (task / "children").read_text().split()]
         except OSError:
             continue
-    return [child for child in found if b"--multiprocessing-fork" in _command_line(child)]
+    return found
 
 
-def _command_line(pid: int) -> bytes:
+def is_follow_up_process(pid: int) -> bool:
+    """Started by multiprocessing's spawn, as the follow-up process is (the resource tracker, the other
+    child spawn starts, is not)."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"--multiprocessing-fork" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return b""
+        return False
+
+
+def follow_up_processes(pid: int) -> list[int]:
+    """The bot's follow-up process(es)."""
+    return [child for child in child_processes(pid) if is_follow_up_process(child)]
 
 
 class BotProcess:
