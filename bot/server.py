@@ -56,7 +56,9 @@ def wsgi_app(
                 start_response("400 Bad Request", [("Content-Type", "text/plain")])
                 return [b"malformed request"]
             request = WsgiHttpRequest(environ)
-            parsed = ParsedRequest(text, payload, request.query_string, request.get_headers())
+            parsed = ParsedRequest(
+                text, payload, request.query_string, request.get_headers(), verified=verifier is not None
+            )
             with ANSWERS.answering():  # what follows answers waits meanwhile (bot/foreground.py)
                 answer = app.dispatch(parsed)
             response = WsgiHttpResponse(status=answer.status, headers=answer.headers, body=answer.body)
@@ -71,13 +73,20 @@ def wsgi_app(
 class ParsedRequest(BoltRequest):
     """An HTTP request whose body `read_body` has parsed and checked: Bolt takes the payload as it is
     instead of parsing the text again (a submission's form is the largest part of its CPU before the
-    answer; bench/NOTES.md). Bolt accepts a parsed body only when building a Socket Mode request; once
-    built the request is an HTTP one, so Bolt still verifies its signature over the raw text."""
+    answer; bench/NOTES.md). Bolt accepts a parsed body only when building a Socket Mode request.
 
-    def __init__(self, text: str, payload: dict[str, Any], query: str, headers: dict[str, Any]) -> None:
+    `verified`: `wsgi_app` has checked the signature already, with the same secret and slack_sdk's same
+    verifier. The request then stays a Socket Mode one for Bolt, the one thing that changes being that Bolt
+    does not check it a second time (a hash over the whole body: item 35); otherwise it becomes an HTTP
+    request and Bolt checks it."""
+
+    def __init__(
+        self, text: str, payload: dict[str, Any], query: str, headers: dict[str, Any], verified: bool
+    ) -> None:
         super().__init__(body=payload, query=query, headers=headers, mode="socket_mode")
         self.raw_body = text
-        self.mode = "http"
+        if not verified:
+            self.mode = "http"
 
 
 def _signed(verifier: SignatureVerifier, body: bytes, timestamp: str, signature: str) -> bool:

@@ -7,14 +7,24 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, quote, quote_plus, unquote_plus, urlencode
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from slack_bolt import App, BoltResponse
 from slack_bolt.request.internals import parse_body
 from slack_sdk.socket_mode.request import SocketModeRequest
 
-from bot.guard import EventDeduplicator, MalformedRequest, quiet_errors, read_body, shape_problem
+from bot.guard import (
+    EventDeduplicator,
+    MalformedRequest,
+    form_fields,
+    quiet_errors,
+    read_body,
+    shape_problem,
+    unquote_form,
+)
 from bot.server import CheckedSocketModeHandler
 from handlers.after_answer import AfterAnswer
 
@@ -69,6 +79,53 @@ def test_read_body_gives_what_bolt_would_parse(content_type: str, body: bytes) -
     assert payload == parse_body(text, content_type)
 
 
+# Characters that the fast decoder must hand to urllib or decode as urllib does: escapes' own characters,
+# line breaks, non-ASCII (and an emoji joined by U+200D), and the start of a broken escape.
+AWKWARD = st.sampled_from(
+    ["%", "=", "+", " ", "&", "\r\n", "\n", "é", "👨\u200d👩", "%4", "%zz", "%%41", "%2b"]
+)
+TEXT = st.lists(st.one_of(st.characters(), AWKWARD), max_size=40).map("".join)
+
+
+def _both(text: str) -> tuple[object, object]:
+    def urllib_reads() -> object:
+        try:
+            return dict(parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text)))
+        except ValueError:
+            return "refused"
+
+    def ours() -> object:
+        try:
+            return form_fields(text)
+        except MalformedRequest:
+            return "refused"
+
+    return ours(), urllib_reads()
+
+
+@settings(max_examples=400, deadline=None)
+@given(TEXT, st.sampled_from(["plus", "percent", "lower", "raw"]))
+def test_form_decoding_reads_what_urllib_reads(raw: str, how: str) -> None:
+    encoded = {
+        "plus": quote_plus(raw),
+        "percent": quote(raw, safe=""),
+        "lower": quote_plus(raw).lower(),  # lowercase hex digits are escapes too
+        "raw": raw,  # unencoded and broken escapes: urllib's reading is the rule
+    }[how]
+    assert unquote_form(encoded) == unquote_plus(encoded)
+    ours, urllib_reads = _both(f"payload={encoded}&x={encoded}")
+    assert ours == urllib_reads
+    ours, urllib_reads = _both(encoded)
+    assert ours == urllib_reads
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=30))
+def test_form_decoding_replaces_bytes_that_are_not_utf8_as_urllib_does(raw: bytes) -> None:
+    encoded = quote_plus(raw)
+    assert unquote_form(encoded) == unquote_plus(encoded)
+
+
 @pytest.mark.parametrize(
     "payload",
     [
@@ -94,7 +151,8 @@ def test_redelivered_event_is_acknowledged_not_run_again() -> None:
     def deliver(event_id: str, retry: str | None = None) -> Any:
         headers = {"x-slack-retry-num": [retry]} if retry else {}
         body = {"type": "event_callback", "event_id": event_id, "event": {"type": "app_home_opened"}}
-        return dedupe.middleware(SimpleNamespace(headers=headers), body, lambda: runs.append(event_id))
+        request = SimpleNamespace(headers=headers, body=body)
+        return dedupe.process(req=request, resp=BoltResponse(status=200), next=lambda: runs.append(event_id))
 
     deliver("Ev1")
     response = deliver("Ev1", retry="1")
@@ -103,7 +161,8 @@ def test_redelivered_event_is_acknowledged_not_run_again() -> None:
     deliver("Ev3")
     deliver("Ev1", retry="2")  # forgotten after 2 newer events: a retry this process never ran is run
     assert runs == ["Ev1", "Ev2", "Ev3", "Ev1"]
-    dedupe.middleware(SimpleNamespace(headers={}), {"type": "block_actions"}, lambda: runs.append("action"))
+    action = SimpleNamespace(headers={}, body={"type": "block_actions"})
+    dedupe.process(req=action, resp=BoltResponse(status=200), next=lambda: runs.append("action"))
     assert runs[-1] == "action"  # interactions are not deduplicated here (the database keys do that)
 
 

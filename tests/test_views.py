@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +35,7 @@ from bot.forms import (
     clean_text,
 )
 from bot.home import HomePublisher
-from bot.mrkdwn import ZWJ, escape
+from bot.mrkdwn import KEEP, ZWJ, escape, strip_control
 from bot.policy import LoadedPolicy
 from bot.workflow import Decided, Refusal, RequestView, Workflow
 from storage.models import FrRequest, InfoRequest, RequestStatus, StageStatus
@@ -870,3 +871,22 @@ def test_messages_with_arbitrary_texts(workflow: Workflow, policy: LoadedPolicy,
         check_message(block_kit, views.answer_note(request, info))
 
     check()
+
+
+def _strip_control_by_category(text: str) -> str:
+    """strip_control's rule, a character at a time (how it reads any text that is not all ASCII)."""
+    return "".join(
+        ch for ch in text if ch in KEEP or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn")
+    )
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(text=st.text(st.characters(max_codepoint=127)) | st.text())
+def test_strip_control_drops_the_same_characters_in_ascii_and_other_text(text: str) -> None:
+    assert strip_control(text) == _strip_control_by_category(text)
+
+
+def test_strip_control_drops_every_ascii_control_but_tab_and_line_feed() -> None:
+    every_ascii = "".join(map(chr, range(128)))
+    assert strip_control(every_ascii) == _strip_control_by_category(every_ascii)
+    assert strip_control(every_ascii) == "\t\n" + "".join(map(chr, range(32, 127)))
