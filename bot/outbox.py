@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 import urllib.error
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -194,6 +194,9 @@ class OutboxDispatcher:
         # Extra outbox kinds delivered by other modules (e.g. App Home publishing), by kind.
         self.senders = dict(senders or {})
         self._wake = threading.Event()
+        self._wake_lock = threading.Lock()
+        self._pass_wanted = False  # a wake that asks for a pass now, not only at a pace key's release
+        self._pass_at: float | None = None  # monotonic: when queued rows' keys are free to send
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._paced_wait: float | None = None  # soonest a row skipped for pacing may go
@@ -208,10 +211,48 @@ class OutboxDispatcher:
 
     # --- Lifecycle --------------------------------------------------------------------------------
 
-    def wake(self) -> None:
-        self._wake.set()
+    def wake(self, queued: Sequence[Mapping[str, Any]] | None = None) -> None:
+        """New rows may be due: pass now. `queued`: the values of the rows just committed (new requests'
+        rows and rows of no request, as `workflow.outbox_row` gives them), when the caller has them: if
+        none of them may go now, as every one that is due waits for a pace key that has sent its share,
+        the pass waits for the first of those keys to be free instead. Under a burst into one channel
+        each recorded batch would otherwise cost a pass (two due queries over the whole backlog) that
+        can send nothing (bench/NOTES.md item 36)."""
         if self.wake_elsewhere is not None:
+            self._wake.set()
             self.wake_elsewhere()
+            return
+        free_in = self._free_in(queued) if queued is not None else 0.0
+        with self._wake_lock:
+            if free_in is None:
+                return  # nothing due yet: the poll finds it
+            if free_in <= 0:
+                self._pass_wanted = True
+            else:
+                at = time.monotonic() + free_in
+                self._pass_at = at if self._pass_at is None else min(self._pass_at, at)
+        self._wake.set()
+
+    def _free_in(self, queued: Sequence[Mapping[str, Any]]) -> float | None:
+        """Seconds until the first of the queued rows may be sent as far as the pace allows (0: now);
+        None if none is due yet. Only each request's first row counts: the rest wait behind it."""
+        now = self.clock()
+        waits = []
+        requests: set[int] = set()
+        for row in queued:
+            request_id = row["request_id"]
+            if request_id is not None:
+                if request_id in requests:
+                    continue
+                requests.add(request_id)
+            if row["next_attempt_at"] > now:
+                continue
+            key = row["pace_key"]
+            wait = self.pacer.ready_in([key]) if key else 0.0
+            if wait <= 0:
+                return 0.0
+            waits.append(wait)
+        return min(waits, default=None)
 
     def note_landing(self, landing: Landing) -> bool:
         """Take Slack's report of a post this dispatcher is still sending (the event often comes before
@@ -255,8 +296,24 @@ class OutboxDispatcher:
                 wait = self.poll_seconds
                 if self._paced_wait is not None:
                     wait = min(wait, max(self._paced_wait, 0.01))
-                self._wake.wait(wait)
+                self._sleep(wait)
+
+    def _sleep(self, wait: float) -> None:
+        """Until the next pass: `wait` seconds, a wake that asks for a pass now, or the moment the keys of
+        rows queued meanwhile are free, whichever comes first."""
+        until = time.monotonic() + wait
+        while not self._stop.is_set():
+            remaining = until - time.monotonic()
+            if remaining <= 0 or not self._wake.wait(remaining):
+                return
+            with self._wake_lock:
                 self._wake.clear()
+                wanted, at = self._pass_wanted, self._pass_at
+                self._pass_wanted, self._pass_at = False, None
+            if wanted:
+                return
+            if at is not None:
+                until = min(until, at)
 
     # --- One pass ---------------------------------------------------------------------------------
 
@@ -272,9 +329,11 @@ class OutboxDispatcher:
         tried: set[int] = set()
         self._paced_wait = None
         while not self._stop.is_set():
-            due = [row for row in self._due(held) if row[0] not in tried]
+            found = self._due(held)
+            due = [row for row in found if row[0] not in tried]
             if not due:
                 break
+            all_held = True
             for row_id, key in due:
                 if self._stop.is_set():
                     break
@@ -285,6 +344,7 @@ class OutboxDispatcher:
                     held.update(keys)
                     self._paced_wait = wait if self._paced_wait is None else min(self._paced_wait, wait)
                     continue
+                all_held = False
                 ANSWERS.step_aside()  # each row is a claim, a Slack call and an outcome: answers go first
                 row = self._claim(row_id)
                 if row is None:
@@ -292,6 +352,10 @@ class OutboxDispatcher:
                 self.pacer.take(keys)
                 self._deliver(row, key)
                 handled += 1
+            if all_held and len(found) < self.batch_size:
+                # The query gave every key's first due row and each waits for its key: asked again with
+                # those keys held it would find none (a full batch may have left keys out).
+                break
         return handled
 
     def _due(self, held: set[str]) -> list[tuple[int, str | None]]:

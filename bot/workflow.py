@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -169,6 +169,17 @@ MODAL_UPDATE = "update_modal"  # outbox kind (bot/intake.py sends it)
 MODAL_UPDATE_DELAY = timedelta(seconds=1)
 
 
+class OutboxWake(Protocol):
+    """Told after a commit that queued Slack messages (`OutboxDispatcher.wake`), with the rows' values
+    when the caller has them."""
+
+    def __call__(self, queued: Sequence[Mapping[str, Any]] | None = None) -> None: ...
+
+
+def _no_outbox(queued: Sequence[Mapping[str, Any]] | None = None) -> None:
+    pass
+
+
 class Workflow:
     def __init__(
         self,
@@ -176,7 +187,7 @@ class Workflow:
         policy: LoadedPolicy,
         approvers: ApproverDirectory,
         clock: Callable[[], datetime] = utcnow,
-        on_outbox: Callable[[], None] = lambda: None,
+        on_outbox: OutboxWake = _no_outbox,
     ) -> None:
         self.db = db
         self.loaded = policy
@@ -360,7 +371,7 @@ class Workflow:
                 insert_outbox(session, self._close_receipts(session, [(submission.receipt, found)]))
                 return [self._submitted(found, created=False)]
         if queued:
-            self._on_outbox()
+            self._on_outbox(queued)
         return results
 
     def _close_receipts(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import timedelta
@@ -596,3 +597,58 @@ def test_the_due_query_finds_each_requests_first_pending_row_once_whatever_the_s
         if first_of_each_request.setdefault(row.request_id, row.id) == row.id:
             first_of_each_key.setdefault(row.pace_key or f"row:{row.id}", row.id)
     assert [row_id for row_id, _key in due] == sorted(first_of_each_key.values())[: dispatcher.batch_size]
+
+
+def test_a_pass_whose_due_rows_all_wait_for_their_pace_asks_the_database_once(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock, engine: Engine
+) -> None:
+    """Under a burst into one channel every due row waits for that channel's next second: asking again
+    with the channel held could only find nothing (bench/NOTES.md item 36)."""
+    dispatcher = make_dispatcher(workflow, stub, clock)
+    for index in range(3):
+        submit(workflow, f"VHELD{index}")
+    dispatcher.run_once()  # the first request's messages; its post takes the reviewers' channel's second
+    assert len(delivered(stub)) == 2  # the reviewers' post and the officer's DM
+    with statements_run(engine) as sent:
+        assert dispatcher.run_once() == 0
+    assert sum("GROUP BY" in statement for statement in sent) == 1
+    clock.advance(seconds=1)
+    with statements_run(engine) as sent:
+        assert dispatcher.run_once() > 0  # the channel's next second: the second request's post goes
+    assert sum("GROUP BY" in statement for statement in sent) > 1
+
+
+def test_rows_queued_while_their_channel_waits_are_sent_when_it_is_free_without_a_pass_before(
+    workflow: Workflow, stub: SlackStub, engine: Engine
+) -> None:
+    """A submission's rows wake the dispatcher; if the reviewers' channel has just had its post, the pass
+    waits until the channel is free (not for the next poll, a minute away here) and none runs before."""
+    limits = SlackLimits(post_per_channel=Rate(2.0))
+    client = dispatcher_client(stub.client(), timeout=5)
+    dispatcher = OutboxDispatcher(
+        workflow.db,
+        client,
+        workflow.policy,
+        pacer=Pacer(limits),
+        poll_seconds=60,
+        senders={"publish_home": lambda payload: None},
+    )
+    recording = Workflow(workflow.db, workflow.loaded, workflow.approvers, on_outbox=dispatcher.wake)
+    dispatcher.start()
+    try:
+        submit(recording, "VWAKE1")
+        stub.wait_for(lambda call: len(delivered(stub)) == 2, timeout=10)  # post and DM, at once
+        posted_at = time.monotonic()
+        while any(row.status == OutboxStatus.PENDING for row in rows(recording)):
+            time.sleep(0.01)
+        time.sleep(0.3)  # the pass that finds nothing more, then the dispatcher sleeps
+        with statements_run(engine) as sent:
+            submit(recording, "VWAKE2")  # its post must wait for the channel's next 2 s
+            time.sleep(0.5)
+        assert not [statement for statement in sent if "GROUP BY" in statement]
+        stub.wait_for(lambda call: len(delivered(stub)) == 4, timeout=10)
+        assert time.monotonic() - posted_at < 30  # at the channel's next slot, not at the next poll
+    finally:
+        dispatcher.stop()
+    posted = [outbox_id(call) for call in delivered(stub)]
+    assert posted == sorted(posted)
