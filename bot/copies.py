@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.pacing import UPDATE_KEY
 from storage.db import transaction
 from storage.models import DirectMessage, OutboxMessage, OutboxStatus, StageReview, utcnow
+from storage.queries import stage_review
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,18 @@ class Landing:
     permalink: str | None = None
 
 
-def post_metadata(row: OutboxMessage) -> dict[str, Any]:
+class PostedRow(Protocol):
+    """What a post's metadata names of the outbox row that sends it."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def request_id(self) -> int | None: ...
+    @property
+    def kind(self) -> str: ...
+
+
+def post_metadata(row: PostedRow) -> dict[str, Any]:
     """The metadata every post carries, so any copy in Slack can be traced to the row that made it.
     Workspace members can read message metadata: it names rows, never people or request text."""
     return {
@@ -126,7 +138,7 @@ def record_landing(
 ) -> LandingOutcome:
     """Record a landing reported by Slack's event."""
     now = clock()
-    with transaction(db, read_only=True) as session:
+    with transaction(db, read_only=True, single_statement=True) as session:
         # The usual case: the post Slack's answer already told us of. Nothing to write, unless it is
         # time to note again that reports arrive here.
         recorded = session.execute(
@@ -221,7 +233,7 @@ def note_clicked_message(
 def live_message(session: Session, payload: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
     """(permalink, channel, ts) of the live message a retired copy points at."""
     if payload.get("stage_review_id") is not None:
-        stage = session.get(StageReview, int(payload["stage_review_id"]))
+        stage = stage_review(session, int(payload["stage_review_id"]))
         if stage is not None:
             return stage.message_permalink, stage.message_channel, stage.message_ts
     if payload.get("of_outbox_id") is not None:
@@ -237,7 +249,7 @@ def live_message(session: Session, payload: dict[str, Any]) -> tuple[str | None,
 def _stage_of(session: Session, row: OutboxMessage) -> StageReview | None:
     if row.kind != "post_review":
         return None
-    return session.get(StageReview, int(row.payload["stage_review_id"]))
+    return stage_review(session, int(row.payload["stage_review_id"]))
 
 
 def _queue_retirement(

@@ -65,7 +65,7 @@ from storage.models import (
     UTCDateTime,
     utcnow,
 )
-from storage.queries import request_with_history
+from storage.queries import request_with_history, stage_review
 
 log = logging.getLogger(__name__)
 
@@ -98,36 +98,44 @@ REDACT_DMS = "redact_dms"
 UPDATE_KINDS = ("refresh_reviews", RETIRE_COPY, REDACT_DMS)  # chat.update only
 FINISH_TRIES = 5  # a sent row whose outcome cannot be saved would be sent again: try hard to save it
 
+_OUTBOX = OutboxMessage.__table__
 # The usual claim, in one statement (one round trip, no BEGIN/COMMIT on PostgreSQL): lease a due row whose
-# last send finished, note that a send starts, and return it. A row whose last send was cut off (it has
-# attempt_started_at) takes OutboxDispatcher._claim_cut_off's longer path.
+# last send finished, note that a send starts, and return what the send reads of it. A row whose last send
+# was cut off (it has attempt_started_at) takes OutboxDispatcher._claim_cut_off's longer path. A Core
+# statement: the ORM's UPDATE ... RETURNING of a whole entity cost twice the CPU (bench/NOTES.md item 37).
 CLAIM_FINISHED = (
-    update(OutboxMessage)
+    update(_OUTBOX)
     .where(
-        OutboxMessage.id == bindparam("row_id"),
-        OutboxMessage.status == OutboxStatus.PENDING,
-        OutboxMessage.attempt_started_at.is_(None),
-        or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < bindparam("now")),
+        _OUTBOX.c.id == bindparam("row_id"),
+        _OUTBOX.c.status == OutboxStatus.PENDING,
+        _OUTBOX.c.attempt_started_at.is_(None),
+        or_(_OUTBOX.c.claimed_until.is_(None), _OUTBOX.c.claimed_until < bindparam("now")),
     )
     .values(claimed_until=bindparam("until"), attempt_started_at=bindparam("now"))
-    .returning(OutboxMessage)
-    .execution_options(synchronize_session=False)
+    .returning(
+        _OUTBOX.c.id,
+        _OUTBOX.c.request_id,
+        _OUTBOX.c.kind,
+        _OUTBOX.c.payload,
+        _OUTBOX.c.attempts,
+        _OUTBOX.c.doubtful_attempts,
+    )
 )
 # The usual outcome of a row that posts nothing (a modal update, an edit, App Home), in one statement: the
-# row lock the longer path takes is the statement's own, and there is no landing to record.
+# row lock the longer path takes is the statement's own, and there is no landing to record. Core, as
+# CLAIM_FINISHED is.
 SENT_WITHOUT_POST = (
-    update(OutboxMessage)
-    .where(OutboxMessage.id == bindparam("row_id"))
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id == bindparam("row_id"))
     .values(
         status=OutboxStatus.SENT,
         claimed_until=None,
         attempt_started_at=None,
-        attempts=OutboxMessage.attempts + 1,
+        attempts=_OUTBOX.c.attempts + 1,
         last_error=None,
-        doubtful_attempts=OutboxMessage.doubtful_attempts + bindparam("doubtful"),
+        doubtful_attempts=_OUTBOX.c.doubtful_attempts + bindparam("doubtful"),
         sent_at=bindparam("now"),
     )
-    .execution_options(synchronize_session=False)
 )
 
 
@@ -144,6 +152,22 @@ class RetryLater(Exception):
         self.delay = delay
         # True when Slack may have acted on the call although we saw a failure.
         self.doubtful = doubtful
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A claimed outbox row, as its send reads it."""
+
+    id: int
+    request_id: int | None
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+    doubtful_attempts: int
+
+    @classmethod
+    def of(cls, row: OutboxMessage) -> Claimed:
+        return cls(row.id, row.request_id, row.kind, row.payload, row.attempts, row.doubtful_attempts)
 
 
 @dataclass(frozen=True)
@@ -285,18 +309,17 @@ class OutboxDispatcher:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                sent = self.run_once()
+                # A pass sends until nothing is due but rows that fell due during it: the next wake, pace
+                # key or poll finds those, rather than another query at once (bench/NOTES.md item 37).
+                self.run_once()
             except DatabaseUnavailable as exc:
                 log.warning("outbox: database unavailable, will retry: %s", exc)
-                sent = 0
             except Exception:
                 log.exception("outbox: unexpected error; continuing")
-                sent = 0
-            if sent == 0:
-                wait = self.poll_seconds
-                if self._paced_wait is not None:
-                    wait = min(wait, max(self._paced_wait, 0.01))
-                self._sleep(wait)
+            wait = self.poll_seconds
+            if self._paced_wait is not None:
+                wait = min(wait, max(self._paced_wait, 0.01))
+            self._sleep(wait)
 
     def _sleep(self, wait: float) -> None:
         """Until the next pass: `wait` seconds, a wake that asks for a pass now, or the moment the keys of
@@ -333,7 +356,7 @@ class OutboxDispatcher:
             due = [row for row in found if row[0] not in tried]
             if not due:
                 break
-            all_held = True
+            unblocked = False  # whether a row handled here may have let its request's next row go
             for row_id, key in due:
                 if self._stop.is_set():
                     break
@@ -344,7 +367,6 @@ class OutboxDispatcher:
                     held.update(keys)
                     self._paced_wait = wait if self._paced_wait is None else min(self._paced_wait, wait)
                     continue
-                all_held = False
                 ANSWERS.step_aside()  # each row is a claim, a Slack call and an outcome: answers go first
                 row = self._claim(row_id)
                 if row is None:
@@ -352,9 +374,12 @@ class OutboxDispatcher:
                 self.pacer.take(keys)
                 self._deliver(row, key)
                 handled += 1
-            if all_held and len(found) < self.batch_size:
-                # The query gave every key's first due row and each waits for its key: asked again with
-                # those keys held it would find none (a full batch may have left keys out).
+                unblocked = unblocked or row.request_id is not None
+            if not unblocked and len(found) < self.batch_size:
+                # The query gave every key's first due row, and each was sent or waits for its key; none
+                # of those sent was followed by a row of its request. Asked again it would find only rows
+                # that fell due meanwhile, which the next pass finds (bench/NOTES.md items 36 and 37). A
+                # full batch may have left keys out.
                 break
         return handled
 
@@ -368,15 +393,15 @@ class OutboxDispatcher:
             rows = session.execute(_DUE_HOLDING if held else _DUE, params)
             return [(row.id, row.pace_key) for row in rows]
 
-    def _claim(self, row_id: int) -> OutboxMessage | None:
+    def _claim(self, row_id: int) -> Claimed | None:
         """Lease the row and record that a send is starting, committed before the send."""
         now = self.clock()
         params = {"row_id": row_id, "now": now, "until": now + self.lease}
         with transaction(self.db, single_statement=True) as session:
-            row = session.scalars(CLAIM_FINISHED, params).one_or_none()
-        return row if row is not None else self._claim_cut_off(row_id, now)
+            row = session.execute(CLAIM_FINISHED, params).one_or_none()
+        return Claimed(*row) if row is not None else self._claim_cut_off(row_id, now)
 
-    def _claim_cut_off(self, row_id: int, now: datetime) -> OutboxMessage | None:
+    def _claim_cut_off(self, row_id: int, now: datetime) -> Claimed | None:
         """`_claim` of a row whose last send began and never recorded an outcome (or of a row that is not
         due after all: another dispatcher took it)."""
         with transaction(self.db) as session:
@@ -424,7 +449,7 @@ class OutboxDispatcher:
                     " (a second copy would be marked as such)" if row.kind in POST_KINDS else "",
                 )
             row.attempt_started_at = now
-            return row
+            return Claimed.of(row)
 
     def _renew(self, row_id: int) -> None:
         """Extend the lease before another Slack call of a multi-call row."""
@@ -435,7 +460,7 @@ class OutboxDispatcher:
                 .values(claimed_until=self.clock() + self.lease)
             )
 
-    def _deliver(self, row: OutboxMessage, key: str | None = None) -> None:
+    def _deliver(self, row: Claimed, key: str | None = None) -> None:
         with self._in_flight_lock:
             self._in_flight[row.id] = None
         try:
@@ -462,7 +487,7 @@ class OutboxDispatcher:
         with self._in_flight_lock:
             return self._in_flight.pop(row_id, None)
 
-    def _failed(self, row: OutboxMessage, exc: PermanentFailure | RetryLater, key: str | None) -> None:
+    def _failed(self, row: Claimed, exc: PermanentFailure | RetryLater, key: str | None) -> None:
         if isinstance(exc, PermanentFailure):
             advice = PERMANENT_ERRORS.get(exc.error, "see the Slack error code")
             log.error(
@@ -577,7 +602,7 @@ class OutboxDispatcher:
 
     # --- Slack calls -------------------------------------------------------------------------------
 
-    def _send(self, row: OutboxMessage) -> Sent:
+    def _send(self, row: Claimed) -> Sent:
         try:
             if row.kind == "post_review":
                 return self._post_review(row, int(row.payload["stage_review_id"]))
@@ -627,16 +652,18 @@ class OutboxDispatcher:
             log.exception("outbox row %s (%s): unexpected error", row.id, row.kind)
             raise RetryLater(f"unexpected error: {type(exc).__name__}", backoff(row.attempts)) from None
 
-    def _load_stage(self, stage_review_id: int) -> tuple[FrRequest, StageReview] | None:
-        with transaction(self.db, read_only=True) as session:
-            stage = session.get(StageReview, stage_review_id)
-            request = request_with_history(session, stage.request_id) if stage is not None else None
-            if request is None:
-                return None
-            return request, request.stages[stage.position]
+    def _load_stage(self, row: Claimed, stage_review_id: int) -> tuple[FrRequest, StageReview] | None:
+        """The request of a stage post with its history, and the stage. Reads that share no snapshot (each
+        statement of a read-committed transaction takes its own anyway), so without BEGIN and COMMIT."""
+        if row.request_id is None:  # every stage post is queued with its request
+            return None
+        with transaction(self.db, read_only=True, single_statement=True) as session:
+            request = request_with_history(session, row.request_id)
+        stage = next((s for s in request.stages if s.id == stage_review_id), None) if request else None
+        return (request, stage) if request is not None and stage is not None else None
 
-    def _post_review(self, row: OutboxMessage, stage_review_id: int) -> Sent:
-        loaded = self._load_stage(stage_review_id)
+    def _post_review(self, row: Claimed, stage_review_id: int) -> Sent:
+        loaded = self._load_stage(row, stage_review_id)
         if loaded is None:
             raise PermanentFailure("stage review no longer exists")
         request, stage = loaded
@@ -666,15 +693,15 @@ class OutboxDispatcher:
             )
             return None
 
-    def _channel_post(self, row: OutboxMessage) -> Sent:
+    def _channel_post(self, row: Claimed) -> Sent:
         """A scheduler notice. With `thread_stage_review_id` it is threaded under that stage's reviewer
         message, looked up now because the message may have been posted after the notice was queued."""
         payload = row.payload
         thread_ts = None
         stage_review_id = payload.get("thread_stage_review_id")
         if stage_review_id is not None:
-            with transaction(self.db, read_only=True) as session:
-                stage = session.get(StageReview, int(stage_review_id))
+            with transaction(self.db, read_only=True, single_statement=True) as session:
+                stage = stage_review(session, int(stage_review_id))
                 if stage is not None and (stage.message_channel or stage.channel_id) == payload["channel"]:
                     thread_ts = stage.message_ts
         extra = {"thread_ts": thread_ts} if thread_ts else {}
@@ -684,11 +711,11 @@ class OutboxDispatcher:
         )
         return Sent(channel=response["channel"], ts=response["ts"])
 
-    def _stage_note(self, row: OutboxMessage) -> Sent:
+    def _stage_note(self, row: Claimed) -> Sent:
         """A reply threaded under a stage's reviewer message (or in its channel if it was never posted)."""
         payload = row.payload
-        with transaction(self.db, read_only=True) as session:
-            stage = session.get(StageReview, int(payload["stage_review_id"]))
+        with transaction(self.db, read_only=True, single_statement=True) as session:
+            stage = stage_review(session, int(payload["stage_review_id"]))
         if stage is None:
             raise PermanentFailure("stage review no longer exists")
         thread = {"thread_ts": stage.message_ts} if stage.message_ts else {}
@@ -703,7 +730,7 @@ class OutboxDispatcher:
         )
         return Sent(channel=response["channel"], ts=response["ts"])
 
-    def _retire_copy(self, row: OutboxMessage) -> None:
+    def _retire_copy(self, row: Claimed) -> None:
         """Edit a second copy of a post down to a pointer at the live message (bot/copies.py)."""
         payload = row.payload
         with transaction(self.db, read_only=True) as session:
@@ -734,7 +761,7 @@ class OutboxDispatcher:
             self.client.chat_update(channel=channel, ts=ts, **_body(message))
 
     def _refresh_reviews(self, row_id: int, request_id: int) -> None:
-        with transaction(self.db, read_only=True) as session:
+        with transaction(self.db, read_only=True, single_statement=True) as session:  # as _load_stage
             request = request_with_history(session, request_id)
         if request is None:
             raise PermanentFailure("request no longer exists")
@@ -758,7 +785,7 @@ def pace_key_for(
     `stage`: the stage a stage post goes to, when the caller has it (otherwise it is looked up)."""
     if kind in STAGE_POST_KINDS:
         if stage is None:
-            stage = session.get(StageReview, int(payload.get("stage_review_id", 0)))
+            stage = stage_review(session, int(payload.get("stage_review_id", 0)))
         return post_key(stage.channel_id) if stage is not None else None
     if kind == "dm":
         return post_key(str(payload.get("user", "")))
@@ -833,7 +860,7 @@ def _body(message: dict[str, Any]) -> dict[str, Any]:
     return {"text": message["text"], "blocks": message["blocks"]}
 
 
-def _owning_up(row: OutboxMessage, blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _owning_up(row: Claimed, blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A post sent again after a cut-off send says so, so a second copy explains itself."""
     if row.doubtful_attempts == 0 or len(blocks) >= views.MESSAGE_BLOCK_LIMIT:
         return blocks

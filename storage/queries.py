@@ -4,31 +4,45 @@ from __future__ import annotations
 
 from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session, joinedload, raiseload, selectinload
-from sqlalchemy.orm.interfaces import ORMOption
 
 from storage.models import FrRequest, StageReview
 
 
-def _request(request_id: int, *loads: ORMOption) -> Select[tuple[FrRequest]]:
-    # populate_existing: a request already in the session is refreshed, not returned as it was read.
-    return (
+def _built_with_history(lock: bool) -> Select[tuple[FrRequest]]:
+    stages = selectinload(FrRequest.stages)
+    query = (
         select(FrRequest)
-        .where(FrRequest.id == request_id)
-        .options(selectinload(FrRequest.stages).selectinload(StageReview.decisions), *loads)
+        .where(FrRequest.id == bindparam("request_id"))
+        .options(
+            stages.selectinload(StageReview.decisions),
+            stages.selectinload(StageReview.info_requests),
+            selectinload(FrRequest.comments),
+        )
+        # A request already in the session is refreshed, not returned as it was read.
         .execution_options(populate_existing=True)
     )
+    return query.with_for_update(of=FrRequest) if lock else query
+
+
+# Built once, as _FOR_REVIEW below: a statement built afresh for every read is keyed afresh too.
+_WITH_HISTORY = _built_with_history(lock=False)
+_WITH_HISTORY_LOCKED = _built_with_history(lock=True)
 
 
 def request_with_history(session: Session, request_id: int, lock: bool = False) -> FrRequest | None:
     """The request, its stages, their decisions and questions; `lock` takes the row lock for an update."""
-    query = _request(
-        request_id,
-        selectinload(FrRequest.stages).selectinload(StageReview.info_requests),
-        selectinload(FrRequest.comments),
-    )
-    if lock:
-        query = query.with_for_update(of=FrRequest)
-    return session.scalars(query).first()
+    query = _WITH_HISTORY_LOCKED if lock else _WITH_HISTORY
+    return session.scalars(query, {"request_id": request_id}).first()
+
+
+def stage_review(session: Session, stage_review_id: int) -> StageReview | None:
+    """One stage review without its decisions and questions, which a stage's own columns (its channel,
+    its message) do not need: `session.get` would load both collections, two queries more (touching them
+    on the result raises)."""
+    return session.get(StageReview, stage_review_id, options=_STAGE_ONLY)
+
+
+_STAGE_ONLY = (raiseload(StageReview.decisions), raiseload(StageReview.info_requests))
 
 
 def _built_for_review() -> Select[tuple[FrRequest]]:

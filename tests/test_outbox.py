@@ -652,3 +652,72 @@ def test_rows_queued_while_their_channel_waits_are_sent_when_it_is_free_without_
         dispatcher.stop()
     posted = [outbox_id(call) for call in delivered(stub)]
     assert posted == sorted(posted)
+
+
+def _notice(channel: str, text: str) -> dict[str, Any]:
+    return {
+        "channel": channel,
+        "text": text,
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
+    }
+
+
+def test_a_pass_that_sends_only_rows_of_no_request_asks_the_database_once(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock, engine: Engine
+) -> None:
+    """A row of no request (a scheduler notice, a modal update) lets no other row go when it is sent, so
+    the pass does not ask again for what it has just sent (bench/NOTES.md item 37); a row of a request
+    may let its request's next row go, and then the pass asks again."""
+    dispatcher = make_dispatcher(workflow, stub, clock)
+    with transaction(workflow.db) as session:
+        for channel in ("C0AUTH", "C0DPO", "C0LEADS"):  # not the reviewers' channel, used below
+            enqueue(session, "channel_post", _notice(channel, f"notice for {channel}"), None, clock.now)
+    with statements_run(engine) as sent:
+        assert dispatcher.run_once() == 3
+    assert sum("GROUP BY" in statement for statement in sent) == 1
+    assert len(delivered(stub)) == 3
+
+    submit(workflow, "VAGAIN")  # its post, then its DM and App Home, each behind the one before
+    with statements_run(engine) as sent:
+        assert dispatcher.run_once() == 3
+    assert sum("GROUP BY" in statement for statement in sent) > 1
+
+
+def test_the_dispatcher_sleeps_after_a_pass_that_sent_what_was_due(
+    workflow: Workflow, stub: SlackStub, engine: Engine
+) -> None:
+    """After a pass the dispatcher waits for a wake, a pace key or the poll: it does not pass again at once
+    only to find nothing (bench/NOTES.md item 37)."""
+    client = dispatcher_client(stub.client(), timeout=5)
+    dispatcher = OutboxDispatcher(workflow.db, client, workflow.policy, poll_seconds=60)
+    dispatcher.start()
+    try:
+        time.sleep(0.3)  # the first pass, which finds nothing
+        with statements_run(engine) as sent:
+            with transaction(workflow.db) as session:
+                enqueue(session, "channel_post", _notice("C0LEADS", "a digest"), None, utcnow())
+            dispatcher.wake()
+            stub.wait_for(lambda call: len(delivered(stub)) == 1, timeout=10)
+            time.sleep(0.5)
+        assert sum("GROUP BY" in statement for statement in sent) == 1
+    finally:
+        dispatcher.stop()
+
+
+def test_a_stage_post_reads_each_of_its_requests_collections_once(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock, engine: Engine
+) -> None:
+    """The reviewer message is drawn from the request with its history, read once; the stage's own
+    columns (its channel, where its message landed) are read without the stage's decisions and questions,
+    which loading the stage on its own would add (bench/NOTES.md item 37)."""
+    dispatcher = make_dispatcher(workflow, stub, clock)
+    submit(workflow, "VREADS")
+    with statements_run(engine) as sent:
+        assert dispatcher.run_once() == 3  # the reviewers' post, the officer's DM, App Home
+    normalised = [" ".join(statement.split()).upper() for statement in sent]
+    assert sum("FROM DECISIONS" in s for s in normalised) == 1, normalised
+    assert sum("FROM INFO_REQUESTS" in s for s in normalised) == 1, normalised
+    assert sum("FROM COMMENTS" in s for s in normalised) == 1, normalised
+    with transaction(workflow.db) as session:
+        stage = session.scalars(select(StageReview).where(StageReview.position == 0)).one()
+    assert stage.message_ts == delivered(stub)[0].response["ts"]
