@@ -50,6 +50,7 @@ from typing import Any
 
 from bench import output
 from bench.stub_process import RemoteStub
+from bot.config import Settings
 from storage.db import recreate_schema
 from tests.botprocess import (
     SIGNING_SECRET,
@@ -215,7 +216,7 @@ def main() -> None:
         help="the bot answers with `run --no-worker` and a `worker` process records and sends (PostgreSQL)",
     )
     args = parser.parse_args()
-    bot_env = dict(item.split("=", 1) for item in args.bot_env)
+    bot_env = _bot_env(args)
     models = [m for m in MODELS if m in args.models.split(",")]
     kinds = [k for k in KINDS if k in args.kinds.split(",")]
     levels = [int(u) for u in args.users.split(",")]
@@ -377,6 +378,14 @@ def stored_floor_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _bot_env(args: argparse.Namespace) -> dict[str, str]:
+    """The bot as deployed: tests/botprocess.py gives the test suite's bot a fast outbox poll (0.2 s) so that
+    tests wait less; deployed, it polls at the default, and each poll is a due query (bench/NOTES.md
+    item 37). --bot-env can still set it."""
+    deployed = {"FRBOT_OUTBOX_POLL_SECONDS": str(Settings.model_fields["outbox_poll_seconds"].default)}
+    return {**deployed, **dict(item.split("=", 1) for item in args.bot_env)}
+
+
 def write_results(
     results: dict[str, Any],
     rates: dict[str, dict[int, float]],
@@ -402,7 +411,8 @@ def write_results(
         "saturation": f"saturation: closed loop, no think time, {args.requests} requests per level",
     }
     deployment = ", answering process (`run --no-worker`) and a worker process" if args.worker else ""
-    lines = [f"### Ack latency over real HTTP, {backend}{deployment}", ""]
+    settings = ", ".join(f"`{key}={value}`" for key, value in sorted(_bot_env(args).items()))
+    lines = [f"### Ack latency over real HTTP, {backend}{deployment}", "", f"Bot settings: {settings}.", ""]
     for model in results:
         per_round = model == "think" and args.rounds > 1  # the largest level ran in rounds
         lines += [
