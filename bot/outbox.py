@@ -399,7 +399,7 @@ class OutboxDispatcher:
         params = {"row_id": row_id, "now": now, "until": now + self.lease}
         with transaction(self.db, single_statement=True) as session:
             row = session.execute(CLAIM_FINISHED, params).one_or_none()
-        return Claimed(*row) if row is not None else self._claim_cut_off(row_id, now)
+        return Claimed(**row._mapping) if row is not None else self._claim_cut_off(row_id, now)
 
     def _claim_cut_off(self, row_id: int, now: datetime) -> Claimed | None:
         """`_claim` of a row whose last send began and never recorded an outcome (or of a row that is not
