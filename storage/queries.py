@@ -9,12 +9,29 @@ from storage.models import FrRequest, StageReview
 
 
 def _built_with_history(lock: bool) -> Select[tuple[FrRequest]]:
-    stages = selectinload(FrRequest.stages)
+    if lock:
+        # A writer's read: the request's row is locked by the first statement, and the stages, decisions,
+        # questions and comments are read after it, each statement with a snapshot taken once the lock
+        # is held, so they include what the lock's previous holder committed. Joined to the locked row
+        # they would not: PostgreSQL re-reads only the locked row itself after waiting for its lock, and
+        # the joined rows stay as they were when the statement began (two deciders would both see a
+        # stage with no decision).
+        stages = selectinload(FrRequest.stages)
+        loaders = (stages.selectinload(StageReview.decisions),)
+    else:
+        # A reader's: the stages and their decisions joined to the request (a request has a few stages
+        # with a few decisions each), so its status, its stages' and their decisions come from one
+        # snapshot. Read a statement each, a decision committed between them gave a reviewer's message
+        # a stage marked rejected under a request still pending, with its buttons (bench/NOTES.md item
+        # 38). Questions and comments, which no status depends on, by a query each: joining them too
+        # would multiply the rows. Three statements, not five.
+        stages = joinedload(FrRequest.stages)
+        loaders = (stages.joinedload(StageReview.decisions),)
     query = (
         select(FrRequest)
         .where(FrRequest.id == bindparam("request_id"))
         .options(
-            stages.selectinload(StageReview.decisions),
+            *loaders,
             stages.selectinload(StageReview.info_requests),
             selectinload(FrRequest.comments),
         )
@@ -30,9 +47,10 @@ _WITH_HISTORY_LOCKED = _built_with_history(lock=True)
 
 
 def request_with_history(session: Session, request_id: int, lock: bool = False) -> FrRequest | None:
-    """The request, its stages, their decisions and questions; `lock` takes the row lock for an update."""
+    """The request, its stages, their decisions and questions, and its comments; `lock` takes the row
+    lock for an update (and reads the rest after it, in five statements; unlocked, three)."""
     query = _WITH_HISTORY_LOCKED if lock else _WITH_HISTORY
-    return session.scalars(query, {"request_id": request_id}).first()
+    return session.scalars(query, {"request_id": request_id}).unique().one_or_none()
 
 
 def stage_review(session: Session, stage_review_id: int) -> StageReview | None:
@@ -67,7 +85,7 @@ _FOR_REVIEW = _built_for_review()
 def request_for_review(session: Session, request_id: int) -> FrRequest | None:
     """The request, its stages and their decisions: what authorising a reviewer's click and the decision
     and question modals read, in one joined query (a request has a few stages with a few decisions each);
-    request_with_history takes five. On the path of every reviewer click, where the selectin loaders'
-    two extra queries cost half the click's CPU (bench/NOTES.md, item 24). Questions and comments are not
-    loaded (touching them on the result raises)."""
+    request_with_history takes three, or five with the lock. On the path of every reviewer click, where
+    the selectin loaders' two extra queries cost half the click's CPU (bench/NOTES.md, item 24). Questions
+    and comments are not loaded (touching them on the result raises)."""
     return session.scalars(_FOR_REVIEW, {"request_id": request_id}).unique().one_or_none()
