@@ -105,13 +105,12 @@ def test_a_decision_committed_during_the_read_is_seen_whole_or_not_at_all(
         assert [s.status for s in after.stages] == ["approved", "rejected", "cancelled"]
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SQLite has no row locks
 def test_the_locked_read_holds_the_requests_row_until_the_transaction_ends(
     workflow: Workflow, engine: Engine
 ) -> None:
-    """The outer joins to stages and decisions do not stop the row lock that serialises a request's
-    writers (PostgreSQL refuses FOR UPDATE on an outer join's nullable side, so it is the request's own)."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite locks the whole database for a write, not a row")
+    """A writer's read locks the request's row, which serialises the request's writers, until its
+    transaction ends."""
     rid = _request_with_some_history(workflow)
     with transaction(workflow.db) as session:
         assert request_with_history(session, rid, lock=True) is not None
