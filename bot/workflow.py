@@ -50,7 +50,7 @@ from storage.models import (
     SubmissionReceipt,
     utcnow,
 )
-from storage.queries import request_for_review, request_with_history
+from storage.queries import request_for_review, request_with_history, requests_with_history
 
 log = logging.getLogger(__name__)
 
@@ -1203,7 +1203,7 @@ class Workflow:
                 .order_by(FrRequest.id.desc())
                 .limit(limit)
             ).all()
-            return [r for r in (request_with_history(session, i) for i in ids) if r is not None]
+            return requests_with_history(session, ids)
 
     def my_delegations(self, user_id: str) -> list[Delegation]:
         today = self.clock().astimezone(self.policy.zone).date()
@@ -1247,9 +1247,8 @@ class Workflow:
                 .limit(limit * 2)
             ).all()
             found: list[tuple[FrRequest, StageReview]] = []
-            for request_id in candidates:
-                request = request_with_history(session, request_id)
-                if request is None or request.current is None:
+            for request in requests_with_history(session, candidates):
+                if request.current is None:
                     continue
                 if self._authority(session, request, request.current.position, user_id)[0] is None:
                     found.append((request, request.current))

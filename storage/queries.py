@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Select, bindparam, select
+from collections.abc import Sequence
+
+from sqlalchemy import ColumnElement, Select, bindparam, select
 from sqlalchemy.orm import Session, joinedload, raiseload, selectinload
 
 from storage.models import FrRequest, StageReview
 
 
-def _built_with_history(lock: bool) -> Select[tuple[FrRequest]]:
+def _built_with_history(where: ColumnElement[bool], lock: bool) -> Select[tuple[FrRequest]]:
     if lock:
         # A writer's read: the request's row is locked by the first statement, and the stages, decisions,
         # questions and comments are read after it, each statement with a snapshot taken once the lock
@@ -29,7 +31,7 @@ def _built_with_history(lock: bool) -> Select[tuple[FrRequest]]:
         loaders = (stages.joinedload(StageReview.decisions),)
     query = (
         select(FrRequest)
-        .where(FrRequest.id == bindparam("request_id"))
+        .where(where)
         .options(
             *loaders,
             stages.selectinload(StageReview.info_requests),
@@ -42,8 +44,12 @@ def _built_with_history(lock: bool) -> Select[tuple[FrRequest]]:
 
 
 # Built once, as _FOR_REVIEW below: a statement built afresh for every read is keyed afresh too.
-_WITH_HISTORY = _built_with_history(lock=False)
-_WITH_HISTORY_LOCKED = _built_with_history(lock=True)
+_ONE = FrRequest.id == bindparam("request_id")
+_WITH_HISTORY = _built_with_history(_ONE, lock=False)
+_WITH_HISTORY_LOCKED = _built_with_history(_ONE, lock=True)
+_MANY_WITH_HISTORY = _built_with_history(
+    FrRequest.id.in_(bindparam("request_ids", expanding=True)), lock=False
+)
 
 
 def request_with_history(session: Session, request_id: int, lock: bool = False) -> FrRequest | None:
@@ -51,6 +57,17 @@ def request_with_history(session: Session, request_id: int, lock: bool = False) 
     lock for an update (and reads the rest after it, in five statements; unlocked, three)."""
     query = _WITH_HISTORY_LOCKED if lock else _WITH_HISTORY
     return session.scalars(query, {"request_id": request_id}).unique().one_or_none()
+
+
+def requests_with_history(session: Session, request_ids: Sequence[int]) -> list[FrRequest]:
+    """Several requests as request_with_history reads one (unlocked), in the order of `request_ids`,
+    leaving out any that do not exist: three statements for them all, not three for each (a list in App
+    Home; bench/NOTES.md item 39)."""
+    if not request_ids:
+        return []
+    found = session.scalars(_MANY_WITH_HISTORY, {"request_ids": list(request_ids)}).unique()
+    by_id = {request.id: request for request in found}
+    return [by_id[request_id] for request_id in request_ids if request_id in by_id]
 
 
 def stage_review(session: Session, stage_review_id: int) -> StageReview | None:

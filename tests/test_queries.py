@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 from bot.workflow import Decided, Recorded, Workflow
 from storage.db import transaction
 from storage.models import FrRequest
-from storage.queries import request_with_history
+from storage.queries import request_with_history, requests_with_history
 from tests.conftest import statements_run
 from tests.test_workflow import APPROVE, REJECT, submit
 
@@ -121,3 +121,39 @@ def test_the_locked_read_holds_the_requests_row_until_the_transaction_ends(
             text("SELECT id FROM fr_requests WHERE id = :id FOR UPDATE NOWAIT"), {"id": rid}
         )
         assert locked.scalar_one() == rid
+
+
+def test_several_requests_are_read_with_their_histories_in_three_statements(
+    workflow: Workflow, engine: Engine
+) -> None:
+    """A list (the officer's requests, the approver's queue in App Home) reads its requests' histories
+    in three statements whatever their number, in the order asked, leaving out ids that do not exist."""
+    first = _request_with_some_history(workflow)
+    others = [submit(workflow, f"V-MANY-{n}", tool="engine-a").request_id for n in range(4)]
+    asked = [others[2], 999_999, first, others[0]]
+    with transaction(workflow.db) as session:
+        singly = [_history(r) for r in (request_with_history(session, i) for i in asked) if r is not None]
+    with transaction(workflow.db) as session, statements_run(engine) as statements:
+        requests = requests_with_history(session, asked)
+        together = [_history(request) for request in requests]
+        assert requests_with_history(session, []) == []
+    assert [request.id for request in requests] == [others[2], first, others[0]]
+    assert together == singly
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 3, statements
+
+
+@pytest.mark.parametrize("pending", [2, 12])
+def test_an_approvers_queue_takes_as_many_statements_however_many_requests_wait(
+    workflow: Workflow, engine: Engine, pending: int
+) -> None:
+    """App Home's "awaiting your decision" read each request of the queue by itself, three statements (five
+    before item 38) a request; now the whole queue's histories take three."""
+    for n in range(pending):
+        submit(workflow, f"V-QUEUE-{n}", tool="engine-a")
+    with statements_run(engine) as statements:
+        queue = workflow.awaiting_decision("USUP1")
+    assert len(queue) == pending
+    assert all(stage.position == 0 and request.current is stage for request, stage in queue)
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    # Delegations to USUP1 for the two stages it does not approve, the queue, and the three reads.
+    assert len(selects) == 6, statements
