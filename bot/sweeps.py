@@ -27,10 +27,12 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager, selectinload, sessionmaker
 
 from bot import deadlines, views
+from bot.audit import PreparedEvent, append_events, prepare_event
 from bot.policy import Policy
 from bot.workflow import audit, enqueue
 from storage.db import transaction
@@ -103,14 +105,36 @@ def _try_channel_lock(session: Session, channel: str) -> bool:
     return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key}))
 
 
+_NOTICES = ScheduledNotice.__table__
+_NOTICE_KEY = ("kind", "subject_id", "sequence")  # uq_scheduled_notices_kind_subject_sequence
+
+
 def _record(session: Session, notice: ScheduledNotice) -> bool:
-    """Insert a notice record; False when it already exists (sent before, or by another process)."""
-    try:
-        with session.begin_nested():
-            session.add(notice)
-    except IntegrityError:
-        return False
-    return True
+    """Insert a notice record; False when it already exists (sent before, or by another process).
+
+    One statement: the database skips a notice whose key is taken (on PostgreSQL after waiting for a
+    concurrent insert of the same key to commit or roll back, as the unique index would), where a
+    savepoint caught the IntegrityError in three statements and a flush (bench/NOTES.md item 40)."""
+    values = {
+        column.key: getattr(notice, column.key)
+        for column in _NOTICES.columns
+        if getattr(notice, column.key) is not None  # the id, and the defaults the table fills in
+    }
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = (
+        insert(_NOTICES)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=_NOTICE_KEY)
+        .returning(_NOTICES.c.id)
+    )
+    return session.execute(statement).first() is not None
+
+
+# The sweeps' claims (conditional updates, one per row) leave the session's objects as they were read: by
+# default the ORM would test each update's criteria against every object in the session, which made a
+# batch's claims quadratic in its size (half the first sweep's CPU with 200 reviews due; bench/NOTES.md
+# item 40), and nothing reads the claimed columns from those objects afterwards.
+_UNSYNCED: dict[str, Any] = {"synchronize_session": False}
 
 
 def _due_reviews(now: datetime, policy: Policy) -> list[Any]:
@@ -265,6 +289,7 @@ def _sweep_channel(
                     or_(StageReview.next_check_at.is_(None), StageReview.next_check_at <= now),
                 )
                 .values(next_check_at=min(checks))
+                .execution_options(**_UNSYNCED),
             ).rowcount
             if claimed != 1:
                 continue
@@ -318,21 +343,19 @@ def _queue_reminders(
     else:
         enqueue(session, "channel_post", views.reminder_message(channel, items, policy, now), None, now)
     report.messages_queued += 1
+    events: list[PreparedEvent] = []
     for stage, _, sequence in reminded:
-        audit(
-            session,
-            "system",
-            "reminder_sent",
-            stage.request_id,
-            now,
-            stage=stage.stage_id,
-            sequence=sequence,
-            channel=channel,
-            consolidated=len(reminded) > 1,
-        )
+        details = {
+            "stage": stage.stage_id,
+            "sequence": sequence,
+            "channel": channel,
+            "consolidated": len(reminded) > 1,
+        }
+        events.append(prepare_event("system", "reminder_sent", stage.request_id, now, details))
         if sequence == 0:  # the reviewer message now shows the review as overdue
             enqueue(session, "refresh_reviews", {"request_id": stage.request_id}, stage.request_id, now)
         report.reminders += 1
+    append_events(session, events)  # chained together: three statements for the batch, not for each
 
 
 def _reminder_counts(session: Session, stage_ids: list[int]) -> dict[int, int]:
@@ -355,19 +378,17 @@ def _record_escalations(
     if not escalations:
         return
     counts = _reminder_counts(session, [stage.id for stage, _ in escalations])
+    events: list[PreparedEvent] = []
     for stage, _ in escalations:
-        audit(
-            session,
-            "system",
-            "review_escalated",
-            stage.request_id,
-            now,
-            stage=stage.stage_id,
-            due_at=stage.due_at.isoformat() if stage.due_at else None,
-            reminders_sent=counts.get(stage.id, 0),
-            leads_channel=policy.leads_channel,
-        )
+        details = {
+            "stage": stage.stage_id,
+            "due_at": stage.due_at.isoformat() if stage.due_at else None,
+            "reminders_sent": counts.get(stage.id, 0),
+            "leads_channel": policy.leads_channel,
+        }
+        events.append(prepare_event("system", "review_escalated", stage.request_id, now, details))
         report.escalations += 1
+    append_events(session, events)
 
 
 def _announce_escalations(
@@ -385,14 +406,18 @@ def _announce_escalations(
         ).all()
         if not notices:
             return
-        claimed = []
-        for notice in notices:  # the conditional update is the claim on SQLite, where readers do not lock
-            if session.execute(
-                update(ScheduledNotice)
-                .where(ScheduledNotice.id == notice.id, ScheduledNotice.announced_at.is_(None))
-                .values(announced_at=now)
-            ).rowcount:
-                claimed.append(notice.subject_id)
+        # The conditional update is the claim on SQLite, where readers do not lock: one statement for the
+        # batch, returning the notices it claimed.
+        claimed = session.scalars(
+            update(ScheduledNotice)
+            .where(
+                ScheduledNotice.id.in_([notice.id for notice in notices]),
+                ScheduledNotice.announced_at.is_(None),
+            )
+            .values(announced_at=now)
+            .returning(ScheduledNotice.subject_id)
+            .execution_options(**_UNSYNCED)
+        ).all()
         stages = session.scalars(
             select(StageReview)
             .where(StageReview.id.in_(claimed))
@@ -454,6 +479,7 @@ def _remind_post_use(db: sessionmaker[Session], now: datetime, report: SweepRepo
             .limit(BATCH_SIZE)
             .with_for_update(of=FrRequest, skip_locked=True)
         ).all()
+        events: list[PreparedEvent] = []
         for request in requests:
             assert request.valid_until is not None
             days = int((now - request.valid_until) / timedelta(days=1))
@@ -469,9 +495,10 @@ def _remind_post_use(db: sessionmaker[Session], now: datetime, report: SweepRepo
             if not _record(session, notice):
                 continue  # today's reminder already went
             enqueue(session, "dm", views.post_use_reminder_dm(request, days, now), request.id, now)
-            audit(session, "system", "post_use_reminder_sent", request.id, now, day=days)
+            events.append(prepare_event("system", "post_use_reminder_sent", request.id, now, {"day": days}))
             report.post_use_reminders += 1
             report.messages_queued += 1
+        append_events(session, events)
 
 
 def _warn_expiring(db: sessionmaker[Session], policy: Policy, now: datetime, report: SweepReport) -> None:
@@ -490,6 +517,7 @@ def _warn_expiring(db: sessionmaker[Session], policy: Policy, now: datetime, rep
             .limit(BATCH_SIZE)
             .with_for_update(of=FrRequest, skip_locked=True)
         ).all()
+        events: list[PreparedEvent] = []
         for request in requests:
             assert request.valid_until is not None
             notice = ScheduledNotice(
@@ -504,16 +532,11 @@ def _warn_expiring(db: sessionmaker[Session], policy: Policy, now: datetime, rep
             if not _record(session, notice):
                 continue
             enqueue(session, "dm", views.expiry_warning_dm(request, policy, now), request.id, now)
-            audit(
-                session,
-                "system",
-                "expiry_warning_sent",
-                request.id,
-                now,
-                valid_until=request.valid_until.isoformat(),
-            )
+            details = {"valid_until": request.valid_until.isoformat()}
+            events.append(prepare_event("system", "expiry_warning_sent", request.id, now, details))
             report.expiry_warnings += 1
             report.messages_queued += 1
+        append_events(session, events)
 
 
 def _remind_ratification(
@@ -539,6 +562,7 @@ def _remind_ratification(
             .with_for_update(of=FrRequest, skip_locked=True)
         ).all()
         items: list[views.RatificationItem] = []
+        events: list[PreparedEvent] = []
         for request in requests:
             approving = [s for s in request.stages if s.status == StageStatus.APPROVED]
             if rule.single_stage_only and len(approving) != 1:
@@ -565,10 +589,10 @@ def _remind_ratification(
                     link=_link(last) if last is not None else None,
                 )
             )
-            audit(
-                session, "system", "ratification_reminder_sent", request.id, now, channel=policy.leads_channel
-            )
+            details = {"channel": policy.leads_channel}
+            events.append(prepare_event("system", "ratification_reminder_sent", request.id, now, details))
             report.ratifications += 1
+        append_events(session, events)
         if items:
             message = views.ratification_message(policy.leads_channel, items, policy)
             enqueue(session, "channel_post", message, None, now)

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 
 from bot import sweeps, views
+from bot.audit import verify_chain
 from bot.forms import DecisionForm, check_request
 from bot.outbox import OutboxDispatcher
 from bot.pacing import Pacer, Rate, SlackLimits
@@ -29,8 +30,9 @@ from storage.models import (
     ScheduledNotice,
     StageReview,
 )
-from tests.conftest import GROUPS, FakeClock, valid_form_values
+from tests.conftest import GROUPS, FakeClock, statements_run, valid_form_values
 from tests.slackstub import SlackStub
+from tests.test_workflow import audit_actions
 
 OFFICER = "UOFFICER"
 WHY = "Suspect is armed and has threatened a named victim tonight."
@@ -679,3 +681,30 @@ def test_scheduler_jobs_have_stable_ids_and_purge_runs_retention(
     assert scheduler.purge() == 1
     request = workflow.load(request_id)
     assert request is not None and request.redacted_at is not None
+
+
+def test_a_sweep_writes_a_batch_with_a_statement_a_row_and_chains_its_audit_events_together(
+    workflow: Workflow, clock: FakeClock, engine: Engine
+) -> None:
+    """A due review costs its claim and its notice, a statement each: the notice is inserted with the
+    database skipping a key already taken (no savepoint round), and a batch's audit events are chained
+    with one append (bench/NOTES.md item 40). The chain still verifies and every event is there."""
+    for n in range(8):
+        submit(workflow, f"B{n}")  # supervisor channel, due Thursday 09:00
+    for n in range(4):
+        submit(workflow, f"BT{n}", urgency="threat_to_life", urgency_justification=WHY)  # authoriser channel
+    clock.now = datetime(2026, 3, 5, 9, 0, tzinfo=UTC)
+    with statements_run(engine) as statements:
+        report = sweep(workflow, clock)
+    assert (report.reminders, report.escalations) == (12, 4)
+    normalised = [" ".join(statement.split()).upper() for statement in statements]
+    assert not [s for s in normalised if s.startswith("SAVEPOINT")]
+    assert sum(s.startswith("INSERT INTO SCHEDULED_NOTICES") for s in normalised) == 12 + 4
+    # One append for each channel's reminders and one for the authorisers' escalations: 3 for 16 events.
+    assert sum(s.startswith("INSERT INTO AUDIT_EVENTS") for s in normalised) == 3
+    assert sum(s.startswith("UPDATE SCHEDULED_NOTICES") for s in normalised) == 1  # escalations announced
+
+    actions = audit_actions(workflow)
+    assert (actions.count("reminder_sent"), actions.count("review_escalated")) == (12, 4)
+    assert verify_chain(engine).ok
+    assert sweep(workflow, clock).reminders == 0  # claimed: the next sweep finds nothing due
