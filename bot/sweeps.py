@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, text, update
+from sqlalchemy import and_, case, exists, func, literal, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager, selectinload, sessionmaker
@@ -109,25 +109,32 @@ _NOTICES = ScheduledNotice.__table__
 _NOTICE_KEY = ("kind", "subject_id", "sequence")  # uq_scheduled_notices_kind_subject_sequence
 
 
-def _record(session: Session, notice: ScheduledNotice) -> bool:
-    """Insert a notice record; False when it already exists (sent before, or by another process).
+NoticeKey = tuple[str, int, int]
 
-    One statement: the database skips a notice whose key is taken (on PostgreSQL after waiting for a
-    concurrent insert of the same key to commit or roll back, as the unique index would), where a
-    savepoint caught the IntegrityError in three statements and a flush (bench/NOTES.md item 40)."""
-    values = {
-        column.key: getattr(notice, column.key)
-        for column in _NOTICES.columns
-        if getattr(notice, column.key) is not None  # the id, and the defaults the table fills in
-    }
+
+def _key(notice: ScheduledNotice) -> NoticeKey:
+    return (notice.kind, notice.subject_id, notice.sequence)
+
+
+def _record_all(session: Session, notices: list[ScheduledNotice]) -> set[NoticeKey]:
+    """Insert notice records; the keys of those inserted, leaving out any already recorded.
+
+    One statement for them all: the database skips a notice whose key is taken (on PostgreSQL after
+    waiting for a concurrent insert of the same key to commit or roll back, as the unique index would),
+    where a savepoint caught the IntegrityError in three statements and a flush for each notice
+    (bench/NOTES.md item 40)."""
+    if not notices:
+        return set()
+    columns = [column for column in _NOTICES.columns if not column.primary_key]
+    rows = [{column.key: getattr(notice, column.key) for column in columns} for notice in notices]
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     statement = (
         insert(_NOTICES)
-        .values(values)
+        .values(rows)
         .on_conflict_do_nothing(index_elements=_NOTICE_KEY)
-        .returning(_NOTICES.c.id)
+        .returning(*(_NOTICES.c[name] for name in _NOTICE_KEY))
     )
-    return session.execute(statement).first() is not None
+    return {(kind, subject_id, sequence) for kind, subject_id, sequence in session.execute(statement)}
 
 
 # The sweeps' claims (conditional updates, one per row) leave the session's objects as they were read: by
@@ -255,8 +262,10 @@ def _sweep_channel(
             if gap_ends <= now:
                 gap_ends = None
 
-        reminded: list[tuple[StageReview, views.OverdueItem, int]] = []
-        escalations: list[tuple[StageReview, views.OverdueItem]] = []
+        # When to look at each review again, and the notices it is due; claimed and recorded together.
+        next_checks: dict[int, datetime] = {}
+        reminders: list[tuple[ScheduledNotice, StageReview, views.OverdueItem]] = []
+        escalating: list[tuple[ScheduledNotice, StageReview, views.OverdueItem]] = []
         for stage in stages:
             request = stage.request
             assert stage.due_at is not None
@@ -279,20 +288,7 @@ def _sweep_channel(
             checks = [gap_ends if gap_ends is not None else slot.next_due]
             if escalate_at is not None and escalate_at > now:
                 checks.append(escalate_at)
-            # The claim, a conditional update: it matches only while the review is still due, so of two
-            # sweeps that both read it (possible on SQLite, whose readers do not lock) only one goes on.
-            claimed = session.execute(
-                update(StageReview)
-                .where(
-                    StageReview.id == stage.id,
-                    StageReview.status == StageStatus.PENDING,
-                    or_(StageReview.next_check_at.is_(None), StageReview.next_check_at <= now),
-                )
-                .values(next_check_at=min(checks))
-                .execution_options(**_UNSYNCED),
-            ).rowcount
-            if claimed != 1:
-                continue
+            next_checks[stage.id] = min(checks)
             if gap_ends is None:
                 notice = ScheduledNotice(
                     kind=NoticeKind.REMINDER,
@@ -303,8 +299,7 @@ def _sweep_channel(
                     due_at=slot.due,
                     created_at=now,
                 )
-                if _record(session, notice):
-                    reminded.append((stage, item, slot.sequence))
+                reminders.append((notice, stage, item))
             if escalate_at is not None and escalate_at <= now:
                 notice = ScheduledNotice(
                     kind=NoticeKind.ESCALATION,
@@ -315,12 +310,44 @@ def _sweep_channel(
                     due_at=escalate_at,
                     created_at=now,
                 )
-                if _record(session, notice):
-                    escalations.append((stage, item))
+                escalating.append((notice, stage, item))
 
+        claimed = _claim_reviews(session, next_checks, now)
+        reminders = [(notice, stage, item) for notice, stage, item in reminders if stage.id in claimed]
+        escalating = [(notice, stage, item) for notice, stage, item in escalating if stage.id in claimed]
+        recorded = _record_all(session, [notice for notice, _, _ in reminders + escalating])
+        reminded = [
+            (stage, item, notice.sequence) for notice, stage, item in reminders if _key(notice) in recorded
+        ]
+        escalations = [(stage, item) for notice, stage, item in escalating if _key(notice) in recorded]
         _queue_reminders(session, policy, channel, reminded, now, report)
         _record_escalations(session, policy, escalations, now, report)
         return len(stages)
+
+
+def _claim_reviews(session: Session, next_checks: dict[int, datetime], now: datetime) -> set[int]:
+    """Claim the reviews, each with when to look at it again; the ids of those claimed.
+
+    The claim is a conditional update: it matches a review only while it is still due, so of two sweeps
+    that both read it (possible on SQLite, whose readers do not lock) only one goes on. One statement for
+    the batch, each review's time chosen by its id (bench/NOTES.md item 40)."""
+    if not next_checks:
+        return set()
+    column_type = StageReview.next_check_at.type
+    when = {stage_id: literal(at, column_type) for stage_id, at in next_checks.items()}
+    return set(
+        session.scalars(
+            update(StageReview)
+            .where(
+                StageReview.id.in_(list(next_checks)),
+                StageReview.status == StageStatus.PENDING,
+                or_(StageReview.next_check_at.is_(None), StageReview.next_check_at <= now),
+            )
+            .values(next_check_at=case(when, value=StageReview.id))
+            .returning(StageReview.id)
+            .execution_options(**_UNSYNCED)
+        )
+    )
 
 
 def _queue_reminders(
@@ -479,7 +506,7 @@ def _remind_post_use(db: sessionmaker[Session], now: datetime, report: SweepRepo
             .limit(BATCH_SIZE)
             .with_for_update(of=FrRequest, skip_locked=True)
         ).all()
-        events: list[PreparedEvent] = []
+        notices: list[tuple[ScheduledNotice, FrRequest]] = []
         for request in requests:
             assert request.valid_until is not None
             days = int((now - request.valid_until) / timedelta(days=1))
@@ -492,8 +519,13 @@ def _remind_post_use(db: sessionmaker[Session], now: datetime, report: SweepRepo
                 due_at=request.valid_until + timedelta(days=days),
                 created_at=now,
             )
-            if not _record(session, notice):
+            notices.append((notice, request))
+        recorded = _record_all(session, [notice for notice, _ in notices])
+        events: list[PreparedEvent] = []
+        for notice, request in notices:
+            if _key(notice) not in recorded:
                 continue  # today's reminder already went
+            days = notice.sequence
             enqueue(session, "dm", views.post_use_reminder_dm(request, days, now), request.id, now)
             events.append(prepare_event("system", "post_use_reminder_sent", request.id, now, {"day": days}))
             report.post_use_reminders += 1
@@ -517,7 +549,7 @@ def _warn_expiring(db: sessionmaker[Session], policy: Policy, now: datetime, rep
             .limit(BATCH_SIZE)
             .with_for_update(of=FrRequest, skip_locked=True)
         ).all()
-        events: list[PreparedEvent] = []
+        notices: list[tuple[ScheduledNotice, FrRequest]] = []
         for request in requests:
             assert request.valid_until is not None
             notice = ScheduledNotice(
@@ -529,8 +561,13 @@ def _warn_expiring(db: sessionmaker[Session], policy: Policy, now: datetime, rep
                 due_at=request.valid_until - lead,
                 created_at=now,
             )
-            if not _record(session, notice):
+            notices.append((notice, request))
+        recorded = _record_all(session, [notice for notice, _ in notices])
+        events: list[PreparedEvent] = []
+        for notice, request in notices:
+            if _key(notice) not in recorded:
                 continue
+            assert request.valid_until is not None
             enqueue(session, "dm", views.expiry_warning_dm(request, policy, now), request.id, now)
             details = {"valid_until": request.valid_until.isoformat()}
             events.append(prepare_event("system", "expiry_warning_sent", request.id, now, details))
@@ -561,8 +598,7 @@ def _remind_ratification(
             .limit(BATCH_SIZE)
             .with_for_update(of=FrRequest, skip_locked=True)
         ).all()
-        items: list[views.RatificationItem] = []
-        events: list[PreparedEvent] = []
+        notices: list[tuple[ScheduledNotice, FrRequest, list[StageReview]]] = []
         for request in requests:
             approving = [s for s in request.stages if s.status == StageStatus.APPROVED]
             if rule.single_stage_only and len(approving) != 1:
@@ -577,8 +613,14 @@ def _remind_ratification(
                 due_at=request.decided_at + after,
                 created_at=now,
             )
-            if not _record(session, notice):
+            notices.append((notice, request, approving))
+        recorded = _record_all(session, [notice for notice, _, _ in notices])
+        items: list[views.RatificationItem] = []
+        events: list[PreparedEvent] = []
+        for notice, request, approving in notices:
+            if _key(notice) not in recorded:
                 continue
+            assert request.decided_at is not None
             last = approving[-1] if approving else None
             items.append(
                 views.RatificationItem(

@@ -683,12 +683,12 @@ def test_scheduler_jobs_have_stable_ids_and_purge_runs_retention(
     assert request is not None and request.redacted_at is not None
 
 
-def test_a_sweep_writes_a_batch_with_a_statement_a_row_and_chains_its_audit_events_together(
+def test_a_sweep_claims_and_records_a_channels_reviews_a_batch_at_a_time(
     workflow: Workflow, clock: FakeClock, engine: Engine
 ) -> None:
-    """A due review costs its claim and its notice, a statement each: the notice is inserted with the
-    database skipping a key already taken (no savepoint round), and a batch's audit events are chained
-    with one append (bench/NOTES.md item 40). The chain still verifies and every event is there."""
+    """A channel's due reviews are claimed with one statement and their notices inserted with another, the
+    database skipping a key already taken (no savepoint round for each), and a batch's audit events are
+    chained with one append (bench/NOTES.md item 40). The chain still verifies and every event is there."""
     for n in range(8):
         submit(workflow, f"B{n}")  # supervisor channel, due Thursday 09:00
     for n in range(4):
@@ -699,7 +699,10 @@ def test_a_sweep_writes_a_batch_with_a_statement_a_row_and_chains_its_audit_even
     assert (report.reminders, report.escalations) == (12, 4)
     normalised = [" ".join(statement.split()).upper() for statement in statements]
     assert not [s for s in normalised if s.startswith("SAVEPOINT")]
-    assert sum(s.startswith("INSERT INTO SCHEDULED_NOTICES") for s in normalised) == 12 + 4
+    # For each reviewer channel one claim of its reviews and one insert of their notices (the authorisers'
+    # reminders and escalations together).
+    assert sum(s.startswith("UPDATE STAGE_REVIEWS") for s in normalised) == 2
+    assert sum(s.startswith("INSERT INTO SCHEDULED_NOTICES") for s in normalised) == 2
     # One append for each channel's reminders and one for the authorisers' escalations: 3 for 16 events.
     assert sum(s.startswith("INSERT INTO AUDIT_EVENTS") for s in normalised) == 3
     assert sum(s.startswith("UPDATE SCHEDULED_NOTICES") for s in normalised) == 1  # escalations announced
@@ -707,4 +710,34 @@ def test_a_sweep_writes_a_batch_with_a_statement_a_row_and_chains_its_audit_even
     actions = audit_actions(workflow)
     assert (actions.count("reminder_sent"), actions.count("review_escalated")) == (12, 4)
     assert verify_chain(engine).ok
+    with transaction(workflow.db) as session:  # each claimed review's own time to look again
+        checks = session.scalars(select(StageReview.next_check_at).where(StageReview.status == "pending"))
+        assert all(at is not None and at > clock.now for at in checks)
     assert sweep(workflow, clock).reminders == 0  # claimed: the next sweep finds nothing due
+
+
+def test_notices_already_recorded_are_skipped_and_the_rest_recorded(workflow: Workflow) -> None:
+    """Another process may have recorded a notice first: its key is skipped, the others go in."""
+    rid = submit(workflow, "V-NOTICE")
+    now = datetime(2026, 3, 5, 9, 0, tzinfo=UTC)
+    reminder, later, escalation = (
+        (NoticeKind.REMINDER, 0),
+        (NoticeKind.REMINDER, 1),
+        (NoticeKind.ESCALATION, 0),
+    )
+
+    def notice(key: tuple[str, int]) -> ScheduledNotice:
+        kind, sequence = key
+        return ScheduledNotice(
+            kind=kind, subject_id=rid, sequence=sequence, request_id=rid, due_at=now, created_at=now
+        )
+
+    with transaction(workflow.db) as session:
+        assert sweeps._record_all(session, [notice(reminder)]) == {(NoticeKind.REMINDER, rid, 0)}
+        recorded = sweeps._record_all(session, [notice(reminder), notice(later), notice(escalation)])
+        assert recorded == {(NoticeKind.REMINDER, rid, 1), (NoticeKind.ESCALATION, rid, 0)}
+        assert sweeps._record_all(session, [notice(escalation)]) == set()
+        assert sweeps._record_all(session, []) == set()
+    with transaction(workflow.db) as session:
+        stored = session.execute(select(ScheduledNotice.kind, ScheduledNotice.sequence)).all()
+    assert sorted(tuple(row) for row in stored) == sorted([reminder, later, escalation])
