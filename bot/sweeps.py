@@ -137,10 +137,10 @@ def _record_all(session: Session, notices: list[ScheduledNotice]) -> set[NoticeK
     return {(kind, subject_id, sequence) for kind, subject_id, sequence in session.execute(statement)}
 
 
-# The sweeps' claims (conditional updates, one per row) leave the session's objects as they were read: by
-# default the ORM would test each update's criteria against every object in the session, which made a
-# batch's claims quadratic in its size (half the first sweep's CPU with 200 reviews due; bench/NOTES.md
-# item 40), and nothing reads the claimed columns from those objects afterwards.
+# The sweeps' claims (conditional updates) leave the session's objects as they were read: by default the
+# ORM tests an update's criteria against every object in the session, which with a claim for each row
+# was quadratic in the batch (half the first sweep's CPU with 200 reviews due; bench/NOTES.md item 40),
+# and nothing reads the claimed columns from those objects afterwards.
 _UNSYNCED: dict[str, Any] = {"synchronize_session": False}
 
 
