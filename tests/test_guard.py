@@ -84,7 +84,9 @@ def test_read_body_gives_what_bolt_would_parse(content_type: str, body: bytes) -
 AWKWARD = st.sampled_from(
     ["%", "=", "+", " ", "&", "\r\n", "\n", "é", "👨\u200d👩", "%4", "%zz", "%%41", "%2b"]
 )
-TEXT = st.lists(st.one_of(st.characters(), AWKWARD), max_size=40).map("".join)
+# No lone surrogates: text from a body's UTF-8 never holds one, and quote() cannot encode one (invalid
+# bytes are the next test's).
+TEXT = st.lists(st.one_of(st.characters(exclude_categories=("Cs",)), AWKWARD), max_size=40).map("".join)
 
 
 def _both(text: str) -> tuple[object, object]:
