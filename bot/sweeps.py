@@ -24,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, case, exists, func, literal, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -109,32 +109,36 @@ _NOTICES = ScheduledNotice.__table__
 _NOTICE_KEY = ("kind", "subject_id", "sequence")  # uq_scheduled_notices_kind_subject_sequence
 
 
-NoticeKey = tuple[str, int, int]
+Entry = TypeVar("Entry")
 
 
-def _key(notice: ScheduledNotice) -> NoticeKey:
-    return (notice.kind, notice.subject_id, notice.sequence)
-
-
-def _record_all(session: Session, notices: list[ScheduledNotice]) -> set[NoticeKey]:
-    """Insert notice records; the keys of those inserted, leaving out any already recorded.
+def _record_all(
+    session: Session, entries: list[tuple[ScheduledNotice, Entry]]
+) -> list[tuple[ScheduledNotice, Entry]]:
+    """Insert the entries' notices; the entries whose notice this recorded, in order, leaving out those
+    already recorded (sent before, or by another process).
 
     One statement for them all: the database skips a notice whose key is taken (on PostgreSQL after
     waiting for a concurrent insert of the same key to commit or roll back, as the unique index would),
     where a savepoint caught the IntegrityError in three statements and a flush for each notice
     (bench/NOTES.md item 40)."""
-    if not notices:
-        return set()
+    if not entries:
+        return []
     columns = [column for column in _NOTICES.columns if not column.primary_key]
-    rows = [{column.key: getattr(notice, column.key) for column in columns} for notice in notices]
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    rows = [{column.key: getattr(notice, column.key) for column in columns} for notice, _ in entries]
+    insert = postgresql.insert if _is_postgres(session) else sqlite.insert
     statement = (
         insert(_NOTICES)
         .values(rows)
         .on_conflict_do_nothing(index_elements=_NOTICE_KEY)
         .returning(*(_NOTICES.c[name] for name in _NOTICE_KEY))
     )
-    return {(kind, subject_id, sequence) for kind, subject_id, sequence in session.execute(statement)}
+    recorded = {(kind, subject_id, sequence) for kind, subject_id, sequence in session.execute(statement)}
+    return [
+        (notice, entry)
+        for notice, entry in entries
+        if (notice.kind, notice.subject_id, notice.sequence) in recorded
+    ]
 
 
 # The sweeps' claims (conditional updates) leave the session's objects as they were read: by default the
@@ -264,8 +268,7 @@ def _sweep_channel(
 
         # When to look at each review again, and the notices it is due; claimed and recorded together.
         next_checks: dict[int, datetime] = {}
-        reminders: list[tuple[ScheduledNotice, StageReview, views.OverdueItem]] = []
-        escalating: list[tuple[ScheduledNotice, StageReview, views.OverdueItem]] = []
+        due: list[tuple[ScheduledNotice, tuple[StageReview, views.OverdueItem]]] = []
         for stage in stages:
             request = stage.request
             assert stage.due_at is not None
@@ -299,7 +302,7 @@ def _sweep_channel(
                     due_at=slot.due,
                     created_at=now,
                 )
-                reminders.append((notice, stage, item))
+                due.append((notice, (stage, item)))
             if escalate_at is not None and escalate_at <= now:
                 notice = ScheduledNotice(
                     kind=NoticeKind.ESCALATION,
@@ -310,16 +313,18 @@ def _sweep_channel(
                     due_at=escalate_at,
                     created_at=now,
                 )
-                escalating.append((notice, stage, item))
+                due.append((notice, (stage, item)))
 
         claimed = _claim_reviews(session, next_checks, now)
-        reminders = [(notice, stage, item) for notice, stage, item in reminders if stage.id in claimed]
-        escalating = [(notice, stage, item) for notice, stage, item in escalating if stage.id in claimed]
-        recorded = _record_all(session, [notice for notice, _, _ in reminders + escalating])
+        recorded = _record_all(session, [(notice, entry) for notice, entry in due if entry[0].id in claimed])
         reminded = [
-            (stage, item, notice.sequence) for notice, stage, item in reminders if _key(notice) in recorded
+            (stage, item, notice.sequence)
+            for notice, (stage, item) in recorded
+            if notice.kind == NoticeKind.REMINDER
         ]
-        escalations = [(stage, item) for notice, stage, item in escalating if _key(notice) in recorded]
+        escalations = [
+            (stage, item) for notice, (stage, item) in recorded if notice.kind == NoticeKind.ESCALATION
+        ]
         _queue_reminders(session, policy, channel, reminded, now, report)
         _record_escalations(session, policy, escalations, now, report)
         return len(stages)
@@ -520,11 +525,8 @@ def _remind_post_use(db: sessionmaker[Session], now: datetime, report: SweepRepo
                 created_at=now,
             )
             notices.append((notice, request))
-        recorded = _record_all(session, [notice for notice, _ in notices])
         events: list[PreparedEvent] = []
-        for notice, request in notices:
-            if _key(notice) not in recorded:
-                continue  # today's reminder already went
+        for notice, request in _record_all(session, notices):  # not those whose reminder went today
             days = notice.sequence
             enqueue(session, "dm", views.post_use_reminder_dm(request, days, now), request.id, now)
             events.append(prepare_event("system", "post_use_reminder_sent", request.id, now, {"day": days}))
@@ -562,11 +564,8 @@ def _warn_expiring(db: sessionmaker[Session], policy: Policy, now: datetime, rep
                 created_at=now,
             )
             notices.append((notice, request))
-        recorded = _record_all(session, [notice for notice, _ in notices])
         events: list[PreparedEvent] = []
-        for notice, request in notices:
-            if _key(notice) not in recorded:
-                continue
+        for _, request in _record_all(session, notices):
             assert request.valid_until is not None
             enqueue(session, "dm", views.expiry_warning_dm(request, policy, now), request.id, now)
             details = {"valid_until": request.valid_until.isoformat()}
@@ -598,7 +597,7 @@ def _remind_ratification(
             .limit(BATCH_SIZE)
             .with_for_update(of=FrRequest, skip_locked=True)
         ).all()
-        notices: list[tuple[ScheduledNotice, FrRequest, list[StageReview]]] = []
+        notices: list[tuple[ScheduledNotice, tuple[FrRequest, list[StageReview]]]] = []
         for request in requests:
             approving = [s for s in request.stages if s.status == StageStatus.APPROVED]
             if rule.single_stage_only and len(approving) != 1:
@@ -613,13 +612,10 @@ def _remind_ratification(
                 due_at=request.decided_at + after,
                 created_at=now,
             )
-            notices.append((notice, request, approving))
-        recorded = _record_all(session, [notice for notice, _, _ in notices])
+            notices.append((notice, (request, approving)))
         items: list[views.RatificationItem] = []
         events: list[PreparedEvent] = []
-        for notice, request, approving in notices:
-            if _key(notice) not in recorded:
-                continue
+        for _, (request, approving) in _record_all(session, notices):
             assert request.decided_at is not None
             last = approving[-1] if approving else None
             items.append(

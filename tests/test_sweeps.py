@@ -732,12 +732,20 @@ def test_notices_already_recorded_are_skipped_and_the_rest_recorded(workflow: Wo
             kind=kind, subject_id=rid, sequence=sequence, request_id=rid, due_at=now, created_at=now
         )
 
-    with transaction(workflow.db) as session:
-        assert sweeps._record_all(session, [notice(reminder)]) == {(NoticeKind.REMINDER, rid, 0)}
-        recorded = sweeps._record_all(session, [notice(reminder), notice(later), notice(escalation)])
-        assert recorded == {(NoticeKind.REMINDER, rid, 1), (NoticeKind.ESCALATION, rid, 0)}
-        assert sweeps._record_all(session, [notice(escalation)]) == set()
-        assert sweeps._record_all(session, []) == set()
+    def recorded(*keys: tuple[str, int]) -> list[tuple[str, int, str]]:
+        """What _record_all recorded of these notices (each entry is named by its own key), in order."""
+        entries = [(notice(key), f"{key[0]}/{key[1]}") for key in keys]
+        with transaction(workflow.db) as session:
+            done = sweeps._record_all(session, entries)
+        return [(n.kind, n.subject_id, entry) for n, entry in done]
+
+    assert recorded(reminder) == [(NoticeKind.REMINDER, rid, "reminder/0")]
+    assert recorded(reminder, later, escalation) == [
+        (NoticeKind.REMINDER, rid, "reminder/1"),
+        (NoticeKind.ESCALATION, rid, "escalation/0"),
+    ]
+    assert recorded(escalation) == []
+    assert recorded() == []
     with transaction(workflow.db) as session:
         stored = session.execute(select(ScheduledNotice.kind, ScheduledNotice.sequence)).all()
     assert sorted(tuple(row) for row in stored) == sorted([reminder, later, escalation])
