@@ -688,7 +688,8 @@ def test_a_sweep_claims_and_records_a_channels_reviews_a_batch_at_a_time(
 ) -> None:
     """A channel's due reviews are claimed with one statement and their notices inserted with another, the
     database skipping a key already taken (no savepoint round for each), and a batch's audit events are
-    chained with one append (bench/NOTES.md item 40). The chain still verifies and every event is there."""
+    chained with one append (bench/NOTES.md items 40 and 41). The chain still verifies and every event is
+    there."""
     for n in range(8):
         submit(workflow, f"B{n}")  # supervisor channel, due Thursday 09:00
     for n in range(4):
@@ -706,6 +707,18 @@ def test_a_sweep_claims_and_records_a_channels_reviews_a_batch_at_a_time(
     # One append for each channel's reminders and one for the authorisers' escalations: 3 for 16 events.
     assert sum(s.startswith("INSERT INTO AUDIT_EVENTS") for s in normalised) == 3
     assert sum(s.startswith("UPDATE SCHEDULED_NOTICES") for s in normalised) == 1  # escalations announced
+    # Each channel's message and its reviews' refreshes in one insert, and the leads' announcement.
+    assert sum(s.startswith("INSERT INTO OUTBOX") for s in normalised) == 3
+    # A due review is read with its request's reference and urgency only: none of the request's free
+    # text, and no decisions, questions or comments, which the sweep never reads (bench/NOTES.md item 41).
+    assert not [
+        s
+        for s in normalised
+        if s.startswith(("SELECT DECISIONS.", "SELECT INFO_REQUESTS.", "SELECT COMMENTS."))
+    ]
+    reviews_read = [s for s in normalised if s.startswith("SELECT") and "FROM STAGE_REVIEWS" in s]
+    assert reviews_read
+    assert not [s for s in reviews_read if "FR_REQUESTS.PURPOSE_DETAIL" in s or "FR_REQUESTS.NECESSITY" in s]
 
     actions = audit_actions(workflow)
     assert (actions.count("reminder_sent"), actions.count("review_escalated")) == (12, 4)
