@@ -163,12 +163,12 @@ _UNSYNCED: dict[str, Any] = {"synchronize_session": False}
 
 # Written into the SQL, not bound: a generic plan of a prepared statement cannot use the partial index of
 # pending stages (ix_stage_reviews_pending_due) for a status it does not know (as bot/outbox.py's due query).
-PENDING_STAGE = literal(StageStatus.PENDING, String, literal_execute=True)
+_PENDING_STATUS = literal(StageStatus.PENDING, String, literal_execute=True)
 
 
 def _due_reviews(now: datetime, policy: Policy) -> list[Any]:
     conditions = [
-        StageReview.status == PENDING_STAGE,
+        StageReview.status == _PENDING_STATUS,
         FrRequest.status == RequestStatus.PENDING,
         StageReview.due_at.is_not(None),
         StageReview.due_at <= now,
@@ -801,7 +801,7 @@ def digest_summary(
 
     # Aggregated and limited in SQL: loading every pending review (and its request, one query each) made
     # the digest's cost grow with the queue.
-    is_pending = and_(StageReview.status == PENDING_STAGE, FrRequest.status == RequestStatus.PENDING)
+    is_pending = and_(StageReview.status == _PENDING_STATUS, FrRequest.status == RequestStatus.PENDING)
     pending = [
         {
             "stage": name,
