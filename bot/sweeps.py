@@ -219,6 +219,7 @@ def _backfill_due_times(db: sessionmaker[Session], policy: Policy) -> None:
                 StageReview.due_at.is_(None),
                 StageReview.started_at.is_not(None),
             )
+            .options(*_review_with_request())  # its urgency, without a query for each stage's request
             .with_for_update(of=StageReview, skip_locked=True)
         ).all()
         for stage in stages:
