@@ -387,16 +387,15 @@ def _queue_reminders(
     items = [item for _, item, _ in reminded]
     if len(reminded) == 1:
         stage, _, sequence = reminded[0]
-        message = views.reminder_message(channel, items, policy, now, sequence)
-        payload = {**message, "thread_stage_review_id": stage.id}
+        message = {
+            **views.reminder_message(channel, items, policy, now, sequence),
+            "thread_stage_review_id": stage.id,
+        }
         # Queued under the request, so it waits for the reviewer message it is threaded under.
-        rows = [outbox_row(session, "channel_post", payload, stage.request_id, now)]
+        queued_under: int | None = stage.request_id
     else:
-        rows = [
-            outbox_row(
-                session, "channel_post", views.reminder_message(channel, items, policy, now), None, now
-            )
-        ]
+        message, queued_under = views.reminder_message(channel, items, policy, now), None
+    rows = [outbox_row(session, "channel_post", message, queued_under, now)]
     report.messages_queued += 1
     events: list[PreparedEvent] = []
     for stage, _, sequence in reminded:
@@ -657,11 +656,11 @@ def _remind_ratification(
             details = {"channel": policy.leads_channel}
             events.append(prepare_event("system", "ratification_reminder_sent", request.id, now, details))
             report.ratifications += 1
-        append_events(session, events)
         if items:
             message = views.ratification_message(policy.leads_channel, items, policy)
             enqueue(session, "channel_post", message, None, now)
             report.messages_queued += 1
+        append_events(session, events)  # last: the chain's head is locked until the commit
 
 
 # --- The leads' daily digest ----------------------------------------------------------------------------
