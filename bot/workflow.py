@@ -50,7 +50,12 @@ from storage.models import (
     SubmissionReceipt,
     utcnow,
 )
-from storage.queries import request_for_review, request_with_history, requests_with_history
+from storage.queries import (
+    pending_by_stage,
+    request_for_review,
+    request_with_history,
+    requests_with_history,
+)
 
 log = logging.getLogger(__name__)
 
@@ -1268,20 +1273,14 @@ class Workflow:
             self.clock().astimezone(self.policy.zone).replace(hour=0, minute=0, second=0, microsecond=0)
         )
         with transaction(self.db, read_only=True) as session:
-            pending = session.execute(
-                select(StageReview.stage_name, func.count(), func.min(StageReview.started_at))
-                .join(FrRequest, FrRequest.id == StageReview.request_id)
-                .where(StageReview.status == StageStatus.PENDING, FrRequest.status == RequestStatus.PENDING)
-                .group_by(StageReview.stage_name)
-                .order_by(StageReview.stage_name)
-            ).all()
+            pending = pending_by_stage(session)
             decided = session.execute(
                 select(FrRequest.status, func.count())
                 .where(FrRequest.decided_at >= today_start)
                 .group_by(FrRequest.status)
             ).all()
         return Overview(
-            pending_by_stage=[(name, int(count), oldest) for name, count, oldest in pending],
+            pending_by_stage=pending,
             decided_today={status: int(count) for status, count in decided},
         )
 

@@ -153,7 +153,12 @@ class FrRequest(Base):
         return self.stages[self.current_stage]
 
 
-# Stages awaiting decisions: at most a few thousand among the millions decided.
+# Stages awaiting decisions: at most a few thousand among the millions decided. A pending stage always
+# belongs to a pending request: a stage becomes pending only while its request is (routing, or the stage
+# before it approved), and every change of a request away from pending (its decision, its withdrawal)
+# moves its pending stage on in the same transaction (bot/workflow.py; tests/test_workflow.py checks it).
+# So queries of pending stages need not join their requests to test the request's status: the join is
+# what PostgreSQL planned from all pending requests (bench/NOTES.md item 42).
 PENDING_STAGE = "status = 'pending'"
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import ColumnElement, Select, bindparam, select
+from sqlalchemy import ColumnElement, Select, String, bindparam, func, literal, select
 from sqlalchemy.orm import Session, joinedload, raiseload, selectinload
 
-from storage.models import FrRequest, StageReview
+from storage.models import FrRequest, StageReview, StageStatus
 
 
 def _built_with_history(where: ColumnElement[bool], lock: bool) -> Select[tuple[FrRequest]]:
@@ -106,3 +107,23 @@ def request_for_review(session: Session, request_id: int) -> FrRequest | None:
     the selectin loaders' two extra queries cost half the click's CPU (bench/NOTES.md, item 24). Questions
     and comments are not loaded (touching them on the result raises)."""
     return session.scalars(_FOR_REVIEW, {"request_id": request_id}).unique().one_or_none()
+
+
+# A stage awaiting its decision, whose request is then pending too (storage/models.py, PENDING_STAGE). The
+# status is written into the SQL, not bound: a generic plan of a prepared statement cannot use the partial
+# index of pending stages (ix_stage_reviews_pending_due) for a status it does not know (as bot/outbox.py's
+# due query).
+IS_PENDING_STAGE = StageReview.status == literal(StageStatus.PENDING, String, literal_execute=True)
+
+
+def pending_by_stage(session: Session) -> list[tuple[str, int, datetime | None]]:
+    """Pending stages counted by stage name, each with its oldest's start, in name order: the leads'
+    figures in App Home and in the digest. From the stages alone, without joining their requests
+    (bench/NOTES.md item 42)."""
+    rows = session.execute(
+        select(StageReview.stage_name, func.count(), func.min(StageReview.started_at))
+        .where(IS_PENDING_STAGE)
+        .group_by(StageReview.stage_name)
+        .order_by(StageReview.stage_name)
+    )
+    return [(name, int(count), oldest) for name, count, oldest in rows]

@@ -9,7 +9,15 @@ from sqlalchemy.exc import DBAPIError
 from bot.forms import DecisionForm, check_request
 from bot.workflow import Decided, Refusal, Workflow
 from storage.db import transaction
-from storage.models import AuditEvent, Decision, FrRequest, OutboxMessage, RequestStatus, StageStatus
+from storage.models import (
+    AuditEvent,
+    Decision,
+    FrRequest,
+    OutboxMessage,
+    RequestStatus,
+    StageReview,
+    StageStatus,
+)
 from tests.conftest import FakeClock, valid_form_values
 
 APPROVE = DecisionForm(
@@ -158,6 +166,49 @@ def test_rejection_ends_the_request(workflow: Workflow) -> None:
     ]
     late = workflow.decide(result.request_id, 1, "UAUTH1", "approve", APPROVE)
     assert isinstance(late, Refusal) and late.code == "request_closed"
+
+
+def _pending_stages_of_closed_requests(workflow: Workflow) -> list[tuple[str, int, str]]:
+    with transaction(workflow.db) as session:
+        rows = session.execute(
+            select(FrRequest.reference, StageReview.position, FrRequest.status)
+            .join(FrRequest, FrRequest.id == StageReview.request_id)
+            .where(StageReview.status == StageStatus.PENDING, FrRequest.status != RequestStatus.PENDING)
+        )
+        return [tuple(row) for row in rows]
+
+
+def test_a_pending_stage_always_belongs_to_a_pending_request(workflow: Workflow) -> None:
+    """The sweeps, the digest and the leads' figures find pending stages without testing their requests'
+    status (storage/models.py, PENDING_STAGE; bench/NOTES.md item 42): every way a request leaves pending
+    moves its pending stage on in the same transaction, and a stage becomes pending only under a pending
+    request."""
+    approved = submit(workflow, "V-A").request_id  # one stage
+    rejected_first = submit(workflow, "V-R1", tool="engine-a").request_id  # three stages
+    rejected_later = submit(workflow, "V-R2", tool="engine-a").request_id
+    withdrawn_first = submit(workflow, "V-W1", tool="engine-a").request_id
+    withdrawn_later = submit(workflow, "V-W2", tool="engine-a").request_id
+    three_stages = submit(workflow, "V-3", tool="engine-a").request_id
+    assert isinstance(workflow.decide(approved, 0, "USUP1", "approve", APPROVE), Decided)
+    assert isinstance(workflow.decide(rejected_first, 0, "USUP1", "reject", REJECT), Decided)
+    for rid in (rejected_later, withdrawn_later, three_stages):
+        assert isinstance(workflow.decide(rid, 0, "USUP1", "approve", APPROVE), Decided)
+    assert isinstance(workflow.decide(rejected_later, 1, "UAUTH1", "reject", REJECT), Decided)
+    assert not isinstance(workflow.withdraw(withdrawn_first, "UOFFICER"), Refusal)
+    assert not isinstance(workflow.withdraw(withdrawn_later, "UOFFICER"), Refusal)
+    for approver in ("UAUTH1", "UAUTH2"):
+        assert isinstance(workflow.decide(three_stages, 1, approver, "approve", APPROVE), Decided)
+    assert isinstance(workflow.decide(three_stages, 2, "UDPO1", "approve", APPROVE), Decided)
+
+    statuses = {rid: workflow.load(rid).status for rid in (approved, rejected_first, three_stages)}  # type: ignore[union-attr]
+    assert set(statuses.values()) == {RequestStatus.APPROVED, RequestStatus.REJECTED}
+    assert _pending_stages_of_closed_requests(workflow) == []
+    still_open = submit(workflow, "V-OPEN").request_id  # and the check does see a pending stage
+    with transaction(workflow.db) as session:
+        session.execute(
+            text("UPDATE fr_requests SET status = 'withdrawn' WHERE id = :id"), {"id": still_open}
+        )
+    assert len(_pending_stages_of_closed_requests(workflow)) == 1
 
 
 def test_request_info_records_the_question(workflow: Workflow) -> None:
