@@ -80,11 +80,10 @@ class SweepReport:
 
 
 def run_sweeps(db: sessionmaker[Session], policy: Policy, clock: Clock) -> SweepReport:
-    """Every sweep once; what the scheduler's interval job runs."""
+    """Every sweep once (SWEEPS, in order); what the scheduler's interval job runs."""
     report = SweepReport()
-    sweep_reviews(db, policy, clock, report)
-    sweep_approvals(db, policy, clock, report)
-    sweep_digests(db, policy, clock, report)
+    for sweep in SWEEPS:
+        sweep(db, policy, clock, report)
     return report
 
 
@@ -263,12 +262,8 @@ def _backfill_due_times(db: sessionmaker[Session], policy: Policy) -> None:
         stages = session.scalars(
             select(StageReview)
             .join(FrRequest)
-            .where(
-                StageReview.status == StageStatus.PENDING,
-                FrRequest.status == RequestStatus.PENDING,
-                StageReview.due_at.is_(None),
-                StageReview.started_at.is_not(None),
-            )
+            # From the index of pending stages, in which these have no due time (models' PENDING_STAGE).
+            .where(IS_PENDING_STAGE, StageReview.due_at.is_(None), StageReview.started_at.is_not(None))
             # The request's urgency with the stage, not a query for each; nothing else of it, no collection.
             .options(
                 contains_eager(StageReview.request).load_only(FrRequest.urgency, raiseload=True),
@@ -788,17 +783,18 @@ def sweep_digests(
     now = clock()
     day, moment = deadlines.latest_digest_slot(policy, now)
     with transaction(db) as session:
-        last = session.scalars(
-            select(DigestRun)
+        # Dates and times only: a digest's row holds its whole summary, which every sweep would parse.
+        last = session.scalar(
+            select(DigestRun.local_date)
             .where(DigestRun.channel == channel)
             .order_by(DigestRun.local_date.desc())
             .limit(1)
-        ).first()
-        if last is not None and last.local_date >= day:
+        )
+        if last is not None and last >= day:
             return report  # already sent or recorded as missed
         skipped: list[date] = []
         if last is not None:
-            cursor = max(last.local_date + timedelta(days=1), day - timedelta(days=MAX_MISSED_DAYS_RECORDED))
+            cursor = max(last + timedelta(days=1), day - timedelta(days=MAX_MISSED_DAYS_RECORDED))
             while cursor < day:
                 skipped.append(cursor)
                 cursor += timedelta(days=1)
@@ -808,14 +804,13 @@ def sweep_digests(
             if last is not None:  # a new installation has missed nothing: its first digest comes next time
                 _record_missed(session, policy, channel, day, now, report)
             return report
-        previous = session.scalars(
-            select(DigestRun)
+        previous_end = session.scalar(
+            select(DigestRun.period_end)
             .where(DigestRun.channel == channel, DigestRun.status == DigestStatus.SENT)
             .order_by(DigestRun.local_date.desc())
             .limit(1)
-        ).first()
-        period_start = previous.period_end if previous is not None and previous.period_end else None
-        period_start = period_start or moment - timedelta(days=1)
+        )
+        period_start = previous_end or moment - timedelta(days=1)
         summary = digest_summary(session, policy, period_start, moment, now)
         summary["missed_dates"] = [
             d.isoformat()
@@ -1013,3 +1008,11 @@ def digest_summary(
         "decision_hours": decision_hours,
         "expiring": expiring,
     }
+
+
+# What run_sweeps runs, in order: overdue reviews, approvals, the digest's catch-up.
+SWEEPS: tuple[Callable[[sessionmaker[Session], Policy, Clock, SweepReport | None], SweepReport], ...] = (
+    sweep_reviews,
+    sweep_approvals,
+    sweep_digests,
+)
