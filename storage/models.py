@@ -176,6 +176,9 @@ class StageReview(Base):
             postgresql_where=text(PENDING_STAGE),
             sqlite_where=text(PENDING_STAGE),
         ),
+        # Room on each page for a claimed review's new version, so the claim updates no index (migration
+        # 0013; bench/NOTES.md item 42).
+        {"postgresql_with": {"fillfactor": 90}},
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -12,7 +12,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from psycopg import pq
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.forms import check_request
@@ -242,3 +242,16 @@ def test_the_migrations_build_the_schema_the_models_describe(engine: Engine) -> 
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
+
+
+def test_stage_reviews_leave_room_on_each_page_for_heap_only_updates(postgres_migrated: str) -> None:
+    """The sweep's claim of a review (its next check time) and the dispatcher's landing (its message) are
+    heap-only updates only where the page has room for the new version (migration 0013; bench/NOTES.md
+    item 42). SQLite has no such setting."""
+    engine = create_engine(postgres_migrated)
+    try:
+        with engine.connect() as conn:
+            options = conn.scalar(text("SELECT reloptions FROM pg_class WHERE relname = 'stage_reviews'"))
+        assert options == ["fillfactor=90"]
+    finally:
+        engine.dispose()
