@@ -244,14 +244,21 @@ def test_the_migrations_build_the_schema_the_models_describe(engine: Engine) -> 
         assert compare_metadata(context, Base.metadata) == []
 
 
-def test_stage_reviews_leave_room_on_each_page_for_heap_only_updates(postgres_migrated: str) -> None:
+def test_stage_reviews_leave_room_for_heap_only_updates_and_the_pending_index_covers_counts(
+    postgres_migrated: str,
+) -> None:
     """The sweep's claim of a review (its next check time) and the dispatcher's landing (its message) are
-    heap-only updates only where the page has room for the new version (migration 0013; bench/NOTES.md
-    item 42). SQLite has no such setting."""
+    heap-only updates only where the page has room for the new version, and the leads' counts of pending
+    stages read the index of pending stages alone (migration 0013; bench/NOTES.md item 42). SQLite has
+    neither setting."""
     engine = create_engine(postgres_migrated)
     try:
         with engine.connect() as conn:
             options = conn.scalar(text("SELECT reloptions FROM pg_class WHERE relname = 'stage_reviews'"))
+            index = conn.scalar(
+                text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_stage_reviews_pending_due'")
+            )
         assert options == ["fillfactor=90"]
+        assert "(due_at, id) INCLUDE (stage_name, started_at) WHERE" in index
     finally:
         engine.dispose()
