@@ -120,7 +120,8 @@ class Notice(NamedTuple):
 
 
 _NOTICES = ScheduledNotice.__table__
-_NOTICE_KEY = ("kind", "subject_id", "sequence")  # uq_scheduled_notices_kind_subject_sequence; Notice's first
+# uq_scheduled_notices_kind_subject_sequence: a Notice's first three fields.
+_NOTICE_KEY = ("kind", "subject_id", "sequence")
 _NOTICE_COLUMNS = list(Notice._fields)
 
 
@@ -270,8 +271,8 @@ def _backfill_due_times(db: sessionmaker[Session], policy: Policy) -> None:
         ).all()
         if missing:  # the ORM's bulk update by primary key: one statement, run for each stage
             due = [
-                {"id": stage_id, "due_at": deadlines.review_due(policy, stage, urgency, started_at)}
-                for stage_id, stage, started_at, urgency in missing
+                {"id": review_id, "due_at": deadlines.review_due(policy, stage_id, urgency, started_at)}
+                for review_id, stage_id, started_at, urgency in missing
             ]
             session.execute(update(StageReview), due)
 
