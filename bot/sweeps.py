@@ -215,6 +215,11 @@ _DUE_REVIEW_COLUMNS = select(
 _UNSYNCED: dict[str, Any] = {"synchronize_session": False}
 
 
+def _not_checked_after(now: Any) -> Any:
+    """A review the sweep has not put off past `now` (a time, or the claim's bound parameter)."""
+    return or_(StageReview.next_check_at.is_(None), StageReview.next_check_at <= now)
+
+
 def _due_reviews(now: datetime, policy: Policy) -> list[Any]:
     """Pending stages due by `now`, by the stage's columns alone: a pending stage's request is pending
     (storage/models.py, PENDING_STAGE). Testing the request's status as well made PostgreSQL, which
@@ -224,7 +229,7 @@ def _due_reviews(now: datetime, policy: Policy) -> list[Any]:
         IS_PENDING_STAGE,
         StageReview.due_at.is_not(None),
         StageReview.due_at <= now,
-        or_(StageReview.next_check_at.is_(None), StageReview.next_check_at <= now),
+        _not_checked_after(now),
     ]
     if policy.review_deadlines.pause_while_awaiting_officer:
         waiting = exists().where(InfoRequest.stage_review_id == StageReview.id, InfoRequest.answer.is_(None))
@@ -427,10 +432,8 @@ def _claim_reviews(session: Session, next_checks: dict[int, datetime], now: date
     )
 
 
-_STILL_DUE = (
-    StageReview.status == StageStatus.PENDING,
-    or_(StageReview.next_check_at.is_(None), StageReview.next_check_at <= bindparam("now")),
-)
+# The claim's test that a review read as due still is: the due query's own conditions on the stage.
+_STILL_DUE = (IS_PENDING_STAGE, _not_checked_after(bindparam("now")))
 _NEXT_CHECKS = _unnested(StageReview.__table__, ["id", "next_check_at"])
 _CLAIM_REVIEWS = (
     update(StageReview)
