@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import and_, bindparam, case, exists, func, literal, or_, select, text, update
+from sqlalchemy import and_, any_, bindparam, case, exists, func, literal, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, raiseload, sessionmaker
@@ -92,6 +92,16 @@ def run_sweeps(db: sessionmaker[Session], policy: Policy, clock: Clock) -> Sweep
 
 def _is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
+
+
+def _one_of(session: Session, column: Any, values: list[Any]) -> Any:
+    """`column IN (values)` for a batch's ids. PostgreSQL: `column = ANY(:array)`, one parameter whatever
+    the batch, so the statement's text is the same for every batch; an IN list has a parameter per id,
+    and each new length is a new text that psycopg converts and PostgreSQL parses and plans again (a list
+    of 150 to 200 ids 2.9 ms against 1.2, bench/NOTES.md item 44). SQLite keeps the IN list."""
+    if _is_postgres(session):
+        return column == any_(bindparam(None, values, type_=postgresql.ARRAY(column.type)))
+    return column.in_(values)
 
 
 def _try_channel_lock(session: Session, channel: str) -> bool:
@@ -323,7 +333,8 @@ def _sweep_channel(
         escalated = set(
             session.scalars(
                 select(ScheduledNotice.subject_id).where(
-                    ScheduledNotice.kind == NoticeKind.ESCALATION, ScheduledNotice.subject_id.in_(ids)
+                    ScheduledNotice.kind == NoticeKind.ESCALATION,
+                    _one_of(session, ScheduledNotice.subject_id, ids),
                 )
             )
         )
@@ -490,7 +501,10 @@ def _queue_reminders(
 def _reminder_counts(session: Session, stage_ids: list[int]) -> dict[int, int]:
     rows = session.execute(
         select(ScheduledNotice.subject_id, func.count())
-        .where(ScheduledNotice.kind == NoticeKind.REMINDER, ScheduledNotice.subject_id.in_(stage_ids))
+        .where(
+            ScheduledNotice.kind == NoticeKind.REMINDER,
+            _one_of(session, ScheduledNotice.subject_id, stage_ids),
+        )
         .group_by(ScheduledNotice.subject_id)
     ).all()
     return {int(subject): int(number) for subject, number in rows}
@@ -541,7 +555,9 @@ def _announce_escalations(
         # PostgreSQL's plan slower, 8 ms against 2.5, on a table it has no statistics of yet.)
         claimed = session.scalars(
             update(ScheduledNotice)
-            .where(ScheduledNotice.id.in_(notices), ScheduledNotice.announced_at.is_(None))
+            .where(
+                _one_of(session, ScheduledNotice.id, list(notices)), ScheduledNotice.announced_at.is_(None)
+            )
             .values(announced_at=now)
             .returning(ScheduledNotice.subject_id)
             .execution_options(**_UNSYNCED)
@@ -567,7 +583,7 @@ def _announce_escalations(
                 reminders_sent,
             )
             .join(FrRequest, FrRequest.id == StageReview.request_id)
-            .where(StageReview.id.in_(claimed))
+            .where(_one_of(session, StageReview.id, list(claimed)))
             .order_by(StageReview.due_at, StageReview.id)
         ).all()
         if not escalated:
@@ -987,7 +1003,7 @@ def digest_summary(
                 StageReview.message_channel,
                 StageReview.message_ts,
             )
-            .where(StageReview.request_id.in_([row.id for row in soon]))
+            .where(_one_of(session, StageReview.request_id, [row.id for row in soon]))
             .order_by(StageReview.position)  # a later stage's link replaces an earlier one's
         ):
             last_link[request_id] = views.message_link(permalink, channel, ts)

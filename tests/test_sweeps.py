@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -716,6 +717,10 @@ def test_a_sweep_claims_and_records_a_channels_reviews_a_batch_at_a_time(
         inserts = {s for s in normalised if s.startswith("INSERT INTO SCHEDULED_NOTICES")}
         assert len(claims) == len(inserts) == 1
         assert "UNNEST(" in next(iter(claims)) and "UNNEST(" in next(iter(inserts))
+        # Nor does any list of the batch's ids: `= ANY(array)`, never an IN list with a parameter for each
+        # id, whose text changes with the batch's length (item 44).
+        assert not [s for s in normalised if re.search(r"(\bID|_ID) IN \(%\(", s)]
+        assert [s for s in normalised if "= ANY (%(" in s]
     # A due review is read with its request's reference and urgency only: none of the request's free
     # text, and no decisions, questions or comments, which the sweep never reads (bench/NOTES.md item 41).
     assert not [
