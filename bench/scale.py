@@ -334,9 +334,9 @@ def measure(url: str) -> dict[str, Measured]:
     return results
 
 
-# bot.sweeps.SWEEPS, by name: what the first sweep's time is made of.
 FIRST_SWEEP = "sweep, first run (work due)"
 FIRST_SWEEP_WARM = "sweep, work due, by a process that has swept before"
+# bot.sweeps.SWEEPS, by name: what the first sweep's time is made of.
 FIRST_SWEEP_PARTS = (
     "sweep, first run: reviews (reminders, escalations)",
     "sweep, first run: approvals (expiry warnings)",
