@@ -39,7 +39,7 @@ from bot.approvers import ApproverDirectory, StaticGroupSource
 from bot.cli import freeze_start_up_objects
 from bot.evidence import export_events
 from bot.home import HomePublisher
-from bot.policy import parse_policy
+from bot.policy import LoadedPolicy, parse_policy
 from bot.sweeps import SWEEPS, SweepReport, digest_summary, run_sweeps
 from bot.workflow import Workflow
 from storage.db import make_engine, make_session_factory, recreate_schema, transaction
@@ -227,12 +227,18 @@ def table_counts(engine: Engine) -> dict[str, int]:
         }
 
 
+def _copy_url(url: str) -> str:
+    """Where `seeded_copy` puts its copy: the same name for every copy of one seeded database."""
+    seeded = make_url(url)
+    return seeded.set(database=f"{seeded.database}_sweep").render_as_string(hide_password=False)
+
+
 @contextmanager
 def seeded_copy(url: str) -> Iterator[str]:
     """A copy of the seeded database (`CREATE DATABASE … TEMPLATE`), dropped afterwards: the first sweep
     changes what is due, so each of its runs needs the seeded state again."""
     seeded = make_url(url)
-    copy = f"{seeded.database}_sweep"
+    copy = make_url(_copy_url(url)).database
     maintenance = make_engine(seeded.set(database="postgres").render_as_string(hide_password=False))
     with maintenance.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{copy}"'))
@@ -243,7 +249,7 @@ def seeded_copy(url: str) -> Iterator[str]:
         conn.execute(text("CHECKPOINT"))
     os.sync()
     try:
-        yield seeded.set(database=copy).render_as_string(hide_password=False)
+        yield _copy_url(url)
     finally:
         with maintenance.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{copy}"'))
@@ -271,24 +277,19 @@ def first_sweeps(url: str, results: dict[str, Measured]) -> None:
                         part(db, loaded.policy, lambda: NOW, report)
             engine.dispose()
     print(f"  first sweep queued: {report}")
-    _swept_before(url, results[FIRST_SWEEP_WARM])
+    _swept_before(url, loaded, results[FIRST_SWEEP_WARM])
 
 
-def _swept_before(url: str, into: Measured) -> None:
+def _swept_before(url: str, loaded: LoadedPolicy, into: Measured) -> None:
     """The same sweep with work due, by a process that has swept such work before, as a running
     scheduler has: one engine throughout, whose statement cache the untimed first run fills. Its pool
     is emptied after each run (each copy is a new database), so each timed run still opens a new
     connection, whose server process has read none of the tables yet."""
-    loaded = parse_policy(TEST_POLICY, "bench-policy.yml")
-    engine: Engine | None = None
-    counter: StatementCounter | None = None
+    engine = make_engine(_copy_url(url))  # every copy has the same name, so one engine reaches each
+    counter = StatementCounter(engine)
+    db = make_session_factory(engine)
     for run in range(REPEATS + 1):
-        with seeded_copy(url) as copy:
-            if engine is None:  # the copy's name is the same each time, so one engine reaches each copy
-                engine = make_engine(copy)
-                counter = StatementCounter(engine)
-            assert counter is not None
-            db = make_session_factory(engine)
+        with seeded_copy(url):
             _connect(engine)
             if run == 0:
                 run_sweeps(db, loaded.policy, lambda: NOW)
