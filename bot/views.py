@@ -6,10 +6,10 @@ limits, so the longest allowed input still renders.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -1003,11 +1003,16 @@ def linked(reference: str, link: str | None) -> str:
     return f"<{link}|{reference}>" if link and "|" not in link and ">" not in link else f"*{esc(reference)}*"
 
 
-def capped(lines: list[str], limit: int) -> list[str]:
-    """The first `limit` lines, then "and N more" for the rest."""
-    if len(lines) <= limit:
-        return lines
-    return [*lines[:limit], f"_…and {len(lines) - limit} more_"]
+Item = TypeVar("Item")
+
+
+def capped(items: Sequence[Item], limit: int, line: Callable[[Item], str]) -> list[str]:
+    """A line for each of the first `limit` items, then "and N more" for the rest. Lines past the limit
+    are never shown, so never built: a backlog's reminder lists hundreds of reviews and shows ten."""
+    lines = [line(item) for item in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"_…and {len(items) - limit} more_")
+    return lines
 
 
 @dataclass(frozen=True)
@@ -1063,7 +1068,7 @@ def reminder_message(
         ]
         return {"channel": channel, "text": clip(escape(text), 300), "blocks": blocks}
     limit = policy.digest.list_limit
-    lines = capped([_overdue_line(item, policy, now) for item in items], limit)
+    lines = capped(items, limit, lambda item: _overdue_line(item, policy, now))
     blocks = [
         header(f"⏰ {len(items)} overdue FR reviews"),
         *[section(text) for text in pack(lines)],
@@ -1079,13 +1084,13 @@ def escalation_message(
     """The leads' channel is told of reviews still undecided after the reminders."""
     limit = policy.digest.list_limit
     lines = capped(
-        [
+        items,
+        limit,
+        lambda item: (
             _overdue_line(item, policy, now)
             + (f" · {item.reminders_sent} reminder{'s' if item.reminders_sent != 1 else ''} sent")
             + f" · approvers {' '.join(mention(a) for a in item.approvers)}"
-            for item in items
-        ],
-        limit,
+        ),
     )
     title = (
         f"Escalated: {items[0].reference} is overdue at {items[0].stage_name}"
@@ -1147,12 +1152,12 @@ def ratification_message(channel: str, items: list[RatificationItem], policy: Po
     """Urgent approvals given by a single stage, which the leads must now ratify."""
     limit = policy.digest.list_limit
     lines = capped(
-        [
+        items,
+        limit,
+        lambda item: (
             f"• {linked(item.reference, item.link)} · {_urgency_label(item.urgency)} · approved "
             f"{when(item.decided_at, policy)} by {' '.join(user(a) for a in item.approvers) or '—'}"
-            for item in items
-        ],
-        limit,
+        ),
     )
     count = len(items)
     title = f"{count} urgent FR approval{'s' if count != 1 else ''} to ratify"
@@ -1205,36 +1210,47 @@ def digest_message(channel: str, summary: dict[str, Any], policy: Policy) -> dic
         )
         blocks.append(section(text))
     else:
-        lines = [
-            f"• *{esc(p['stage'])}*: {p['count']} pending, oldest {age(timedelta(hours=p['oldest_hours']))}"
-            for p in pending
-        ]
-        blocks.append(section("*Pending reviews by stage*\n" + "\n".join(capped(lines, limit))))
-    if overdue:
-        lines = [
-            f"• {linked(o['reference'], o['link'])} · {esc(o['stage'])} · {_urgency_label(o['urgency'])}"
-            f" · due {when(datetime.fromisoformat(o['due_at']), policy)}"
-            for o in overdue
-        ]
-        blocks.extend(section(t) for t in pack(["*Overdue*", *capped(lines, limit)]))
-    if summary["prohibited"]:
-        lines = [
-            f"• {user(p['requester'])} asked to use {esc(p['tool'], 200)} "
-            f"{when(datetime.fromisoformat(p['at']), policy)}"
-            for p in summary["prohibited"]
-        ]
-        blocks.extend(
-            section(t) for t in pack(["*Requests for prohibited tools (refused)*", *capped(lines, limit)])
+        lines = capped(
+            pending,
+            limit,
+            lambda p: (
+                f"• *{esc(p['stage'])}*: {p['count']} pending, "
+                f"oldest {age(timedelta(hours=p['oldest_hours']))}"
+            ),
         )
+        blocks.append(section("*Pending reviews by stage*\n" + "\n".join(lines)))
+    if overdue:
+        lines = capped(
+            overdue,
+            limit,
+            lambda o: (
+                f"• {linked(o['reference'], o['link'])} · {esc(o['stage'])} · "
+                f"{_urgency_label(o['urgency'])} · due {when(datetime.fromisoformat(o['due_at']), policy)}"
+            ),
+        )
+        blocks.extend(section(t) for t in pack(["*Overdue*", *lines]))
+    if summary["prohibited"]:
+        lines = capped(
+            summary["prohibited"],
+            limit,
+            lambda p: (
+                f"• {user(p['requester'])} asked to use {esc(p['tool'], 200)} "
+                f"{when(datetime.fromisoformat(p['at']), policy)}"
+            ),
+        )
+        blocks.extend(section(t) for t in pack(["*Requests for prohibited tools (refused)*", *lines]))
     if summary["expiring"]:
-        lines = [
-            f"• {linked(e['reference'], e['link'])} · valid until "
-            f"{when(datetime.fromisoformat(e['valid_until']), policy)}"
-            for e in summary["expiring"]
-        ]
+        lines = capped(
+            summary["expiring"],
+            limit,
+            lambda e: (
+                f"• {linked(e['reference'], e['link'])} · valid until "
+                f"{when(datetime.fromisoformat(e['valid_until']), policy)}"
+            ),
+        )
         hours = policy.digest.expiring_within_hours
         title = f"*Approvals expiring within {age(timedelta(hours=hours))}*"
-        blocks.extend(section(t) for t in pack([title, *capped(lines, limit)]))
+        blocks.extend(section(t) for t in pack([title, *lines]))
     missed = [date.fromisoformat(d).strftime("%a %d %b") for d in summary.get("missed_dates", [])]
     if missed:
         blocks.append(

@@ -890,3 +890,18 @@ def test_strip_control_drops_every_ascii_control_but_tab_and_line_feed() -> None
     every_ascii = "".join(map(chr, range(128)))
     assert strip_control(every_ascii) == _strip_control_by_category(every_ascii)
     assert strip_control(every_ascii) == "\t\n" + "".join(map(chr, range(32, 127)))
+
+
+def test_a_capped_list_builds_only_the_lines_it_shows() -> None:
+    """A backlog's reminder or escalation lists hundreds of reviews and shows `list_limit` of them: the
+    rest are counted, never rendered."""
+    built: list[int] = []
+
+    def line(n: int) -> str:
+        built.append(n)
+        return f"• {n}"
+
+    assert views.capped(list(range(250)), 3, line) == ["• 0", "• 1", "• 2", "_…and 247 more_"]
+    assert built == [0, 1, 2]
+    assert views.capped([7, 8], 3, line) == ["• 7", "• 8"]
+    assert views.capped([], 3, line) == []
