@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event, make_url, text
+from sqlalchemy import URL, Engine, event, make_url, text
 
 from bench.output import write_results
 from bot.approvers import ApproverDirectory, StaticGroupSource
@@ -227,10 +227,10 @@ def table_counts(engine: Engine) -> dict[str, int]:
         }
 
 
-def _copy_url(url: str) -> str:
+def _copy_url(url: str) -> URL:
     """Where `seeded_copy` puts its copy: the same name for every copy of one seeded database."""
     seeded = make_url(url)
-    return seeded.set(database=f"{seeded.database}_sweep").render_as_string(hide_password=False)
+    return seeded.set(database=f"{seeded.database}_sweep")
 
 
 @contextmanager
@@ -238,21 +238,21 @@ def seeded_copy(url: str) -> Iterator[str]:
     """A copy of the seeded database (`CREATE DATABASE … TEMPLATE`), dropped afterwards: the first sweep
     changes what is due, so each of its runs needs the seeded state again."""
     seeded = make_url(url)
-    copy = make_url(_copy_url(url)).database
+    copy = _copy_url(url)
     maintenance = make_engine(seeded.set(database="postgres").render_as_string(hide_password=False))
     with maintenance.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{copy}"'))
-        conn.execute(text(f'CREATE DATABASE "{copy}" TEMPLATE "{seeded.database}"'))
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{copy.database}"'))
+        conn.execute(text(f'CREATE DATABASE "{copy.database}" TEMPLATE "{seeded.database}"'))
         # Written out before the sweep starts, or the copy's writes go on beside the sweep, whose commits
         # wait on them. (PostgreSQL 15 copies through its buffers, which leaves the copy's pages cached
         # as a running server has its recent rows; copied as files, they were read from disk.)
         conn.execute(text("CHECKPOINT"))
     os.sync()
     try:
-        yield _copy_url(url)
+        yield copy.render_as_string(hide_password=False)
     finally:
         with maintenance.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{copy}"'))
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{copy.database}"'))
         maintenance.dispose()
 
 
@@ -285,7 +285,8 @@ def _swept_before(url: str, loaded: LoadedPolicy, into: Measured) -> None:
     scheduler has: one engine throughout, whose statement cache the untimed first run fills. Its pool
     is emptied after each run (each copy is a new database), so each timed run still opens a new
     connection, whose server process has read none of the tables yet."""
-    engine = make_engine(_copy_url(url))  # every copy has the same name, so one engine reaches each
+    # Every copy has the same name, so one engine reaches each.
+    engine = make_engine(_copy_url(url).render_as_string(hide_password=False))
     counter = StatementCounter(engine)
     db = make_session_factory(engine)
     for run in range(REPEATS + 1):
