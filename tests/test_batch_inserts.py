@@ -58,9 +58,10 @@ def test_outbox_rows_take_the_list_order_and_the_column_defaults(engine: Engine)
         }
         for n in range(40)
     ]
-    with transaction(db) as session:
+    with statements_run(engine) as statements, transaction(db) as session:
         insert_outbox(session, rows)
         insert_outbox(session, [])  # nothing to queue: no statement, no error
+    assert len([s for s in statements if s.startswith("INSERT INTO outbox ")]) == 1
     with transaction(db, read_only=True) as session:
         stored = session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)).all()
     assert [m.payload["text"] for m in stored] == [f"message {n}" for n in range(40)]
