@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Text, cast, event, func, insert, select, update
+from sqlalchemy import JSON, Connection, Engine, Text, bindparam, cast, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,6 +35,7 @@ from bot.forms import FREE_TEXT_FIELDS
 from storage.canonical import canonical_json
 from storage.db import READ_SNAPSHOT, transaction
 from storage.models import AuditChainHead, AuditEvent, AuditEventText, utcnow
+from storage.recordsets import records, recordset
 
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
@@ -220,21 +221,70 @@ class PreparedEvent:
     at: datetime
     details: dict[str, Any]  # chained form: free text replaced by commitments
     texts: list[SealedText]
+    # `details` in canonical text: what the chain hashes and the database stores, serialised once here.
+    details_json: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.details_json:
+            object.__setattr__(self, "details_json", canonical_json(self.details))
 
     def with_plain(self, **values: str | int | None) -> PreparedEvent:
         """The event with details added that are not free text (nothing to seal), e.g. a reference only
         known at the end of the transaction: what is costly to prepare can be done before taking locks."""
         if SEALED_KEYS.intersection(values):
             raise ValueError(f"free text must be sealed: {sorted(SEALED_KEYS.intersection(values))}")
-        return replace(self, details={**self.details, **values})
+        return replace(self, details={**self.details, **values}, details_json="")
+
+
+# How a sealed key appears in canonical JSON text: as a key, quoted and followed by a colon. Inside a
+# string value the quotes would be escaped, so text without any of these has nothing to seal.
+_SEALED_KEY_TEXTS = tuple(f'"{key}":' for key in SEALED_KEYS)
 
 
 def prepare_event(
     actor: str, action: str, request_id: int | None, at: datetime, details: dict[str, Any]
 ) -> PreparedEvent:
     # Round-trip through JSON so what we hash is exactly what the database gives back later.
-    chained, texts = seal(json.loads(json.dumps(details)))
+    text = canonical_json(details)
+    plain = json.loads(text)
+    if not any(key in text for key in _SEALED_KEY_TEXTS):  # most events: no free text to seal
+        return PreparedEvent(actor, action, request_id, at, plain, [], text)
+    chained, texts = seal(plain)
     return PreparedEvent(actor, action, request_id, at, chained, texts)
+
+
+_EVENT_COLUMNS = ["seq", "request_id", "actor_id", "action", "details", "created_at", "prev_hash", "hash"]
+
+
+def _insert_events(details: Any) -> Any:
+    values = {name: bindparam(name) for name in _EVENT_COLUMNS if name != "details"}
+    return insert(EVENTS).values({**values, "details": details})
+
+
+# The details go in as the canonical text the chain hashed (`PreparedEvent.details_json`), not as a dict
+# for the JSON type to serialise again; a `json` column keeps the text as given, as SQLite's text does.
+# PostgreSQL: the batch as one JSON parameter (storage/recordsets.py), else an executemany.
+_INSERT_EVENTS = {
+    "postgresql": insert(EVENTS).from_select(_EVENT_COLUMNS, select(recordset(EVENTS, _EVENT_COLUMNS))),
+    "postgresql rows": _insert_events(cast(bindparam("details_json", type_=Text), JSON)),
+    "sqlite": _insert_events(bindparam("details_json", type_=Text)),
+}
+
+
+def _insert_event_rows(session: Session, rows: list[dict[str, Any]], details: list[str]) -> None:
+    """Insert the events' rows with one statement, in the list's order. As JSON, `details` goes in the
+    document, written in canonical text as the chain hashed it (`details_json` is canonical_json's
+    text of the same value, which round trips: see prepare_event); as an executemany, as that text."""
+    dialect = session.get_bind().dialect.name
+    as_json = records(rows) if dialect == "postgresql" else None
+    if as_json is not None:
+        session.execute(_INSERT_EVENTS["postgresql"], as_json)
+        return
+    texts = [
+        {**{key: value for key, value in row.items() if key != "details"}, "details_json": text}
+        for row, text in zip(rows, details, strict=True)
+    ]
+    session.execute(_INSERT_EVENTS["postgresql rows" if dialect == "postgresql" else "sqlite"], texts)
 
 
 def append_events(session: Session, events: list[PreparedEvent]) -> None:
@@ -252,15 +302,16 @@ def append_events(session: Session, events: list[PreparedEvent]) -> None:
     texts: list[dict[str, Any]] = []
     for prepared in events:
         seq += 1
-        digest = event_hash(
+        serialised = serialised_event(
             seq,
             prepared.request_id,
             prepared.actor,
             prepared.action,
-            prepared.details,
+            prepared.details_json,
             prepared.at,
             prev_hash,
         )
+        digest = hashlib.sha256(serialised.encode("utf-8")).hexdigest()
         rows.append(
             {
                 "seq": seq,
@@ -285,7 +336,7 @@ def append_events(session: Session, events: list[PreparedEvent]) -> None:
         )
         prev_hash = digest
     # Inserted while holding the head lock, in seq order, so ids grow with seq (verify checks that too).
-    session.execute(insert(EVENTS), rows)
+    _insert_event_rows(session, rows, [prepared.details_json for prepared in events])
     if texts:
         session.execute(insert(TEXTS), texts)
     session.execute(update(HEAD).where(HEAD.c.id == HEAD_ID).values(seq=seq, hash=prev_hash))

@@ -26,7 +26,19 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import and_, any_, bindparam, case, exists, func, literal, or_, select, text, update
+from sqlalchemy import (
+    and_,
+    any_,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, raiseload, sessionmaker
@@ -49,6 +61,7 @@ from storage.models import (
     StageStatus,
 )
 from storage.queries import IS_PENDING_STAGE, pending_by_stage
+from storage.recordsets import records, recordset
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +148,8 @@ _NOTICE_KEY = ("kind", "subject_id", "sequence")
 _NOTICE_COLUMNS = list(Notice._fields)
 
 
-def _unnested(table: Any, names: list[str]) -> Any:
-    """PostgreSQL: the rows given as one array parameter per column, `unnest(:a, :b, …) AS t(a, b, …)`.
-    One statement of fixed text whatever the batch, so it is compiled (by SQLAlchemy) and parsed (by
-    psycopg and by PostgreSQL) once, where a VALUES list, a CASE or an IN list holds a parameter for each
-    row and is built, sent and parsed anew for each batch size (bench/NOTES.md item 42)."""
-    # Parameters named apart from the columns, which an UPDATE's SET clause keeps for itself.
-    arrays = [bindparam(f"{name}_values", type_=postgresql.ARRAY(table.c[name].type)) for name in names]
-    return func.unnest(*arrays).table_valued(*names).render_derived()
-
-
-_NEW_NOTICES = _unnested(_NOTICES, _NOTICE_COLUMNS)
+# From one JSON parameter (storage/recordsets.py), where an executemany binds and sends each notice apart.
+_NEW_NOTICES = recordset(_NOTICES, _NOTICE_COLUMNS)
 _RETURNED_KEY = tuple(_NOTICES.c[name] for name in _NOTICE_KEY)
 # The database skips a notice whose key is taken (on PostgreSQL after waiting for a concurrent insert of
 # the same key to commit or roll back, as the unique index would) and returns the keys it recorded.
@@ -154,10 +158,14 @@ _RECORD_NOTICES = {
     .from_select(_NOTICE_COLUMNS, select(_NEW_NOTICES))
     .on_conflict_do_nothing(index_elements=_NOTICE_KEY)
     .returning(*_RETURNED_KEY),
-    # SQLite has no arrays: an executemany of one cached statement, sent as one INSERT with VALUES.
-    "sqlite": sqlite.insert(_NOTICES)
-    .on_conflict_do_nothing(index_elements=_NOTICE_KEY)
-    .returning(*_RETURNED_KEY),
+    # SQLite (and a PostgreSQL batch that cannot go as JSON): an executemany of one cached statement,
+    # sent as one INSERT with VALUES.
+    **{
+        name: dialect.insert(_NOTICES)
+        .on_conflict_do_nothing(index_elements=_NOTICE_KEY)
+        .returning(*_RETURNED_KEY)
+        for name, dialect in (("sqlite", sqlite), ("postgresql rows", postgresql))
+    },
 }
 
 
@@ -173,14 +181,13 @@ def _record_all(session: Session, entries: list[tuple[Notice, Entry]]) -> list[t
     if not entries:
         return []
     notices = [notice for notice, _ in entries]
-    if _is_postgres(session):
-        by_column = zip(*notices, strict=True)  # each notice has every column
-        columns = {
-            f"{name}_values": list(values) for name, values in zip(_NOTICE_COLUMNS, by_column, strict=True)
-        }
-        result = session.execute(_RECORD_NOTICES["postgresql"], columns)
+    rows = [notice._asdict() for notice in notices]
+    as_json = records(rows) if _is_postgres(session) else None
+    if as_json is not None:
+        result = session.execute(_RECORD_NOTICES["postgresql"], as_json)
     else:
-        result = session.execute(_RECORD_NOTICES["sqlite"], [notice._asdict() for notice in notices])
+        dialect = "postgresql rows" if _is_postgres(session) else "sqlite"
+        result = session.execute(_RECORD_NOTICES[dialect], rows)
     recorded = {(kind, subject_id, sequence) for kind, subject_id, sequence in result}
     return [(notice, entry) for notice, entry in entries if notice[:3] in recorded]
 
@@ -423,12 +430,9 @@ def _claim_reviews(session: Session, next_checks: dict[int, datetime], now: date
     if not next_checks:
         return set()
     if _is_postgres(session):
-        times = {
-            "id_values": list(next_checks),
-            "next_check_at_values": list(next_checks.values()),
-            "now": now,
-        }
-        return set(session.scalars(_CLAIM_REVIEWS, times))
+        times = records([{"id": review, "next_check_at": at} for review, at in next_checks.items()])
+        assert times is not None  # numbers and times only: no text to hold a NUL
+        return set(session.scalars(_CLAIM_REVIEWS, {**times, "now": now}))
     column_type = StageReview.next_check_at.type
     when = {stage_id: literal(at, column_type) for stage_id, at in next_checks.items()}
     return set(
@@ -445,7 +449,8 @@ def _claim_reviews(session: Session, next_checks: dict[int, datetime], now: date
 
 # The claim's test that a review read as due still is: the due query's own conditions on the stage.
 _STILL_DUE = (IS_PENDING_STAGE, _not_checked_after(bindparam("now")))
-_NEXT_CHECKS = _unnested(StageReview.__table__, ["id", "next_check_at"])
+_CLAIM_COLUMNS = ["id", "next_check_at"]
+_NEXT_CHECKS = recordset(StageReview.__table__, _CLAIM_COLUMNS)
 _CLAIM_REVIEWS = (
     update(StageReview)
     .where(StageReview.id == _NEXT_CHECKS.c.id, *_STILL_DUE)

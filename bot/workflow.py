@@ -56,6 +56,7 @@ from storage.queries import (
     request_with_history,
     requests_with_history,
 )
+from storage.recordsets import records, recordset
 
 log = logging.getLogger(__name__)
 
@@ -162,10 +163,23 @@ def enqueue(
     session.add(OutboxMessage(**outbox_row(session, kind, payload, request_id, at)))
 
 
+_OUTBOX_COLUMNS = ["request_id", "kind", "payload", "next_attempt_at", "created_at", "pace_key"]
+# PostgreSQL: the batch as one JSON parameter (storage/recordsets.py); the other columns take their
+# defaults, as in the executemany that SQLite (or a batch that cannot go as JSON) uses.
+_INSERT_OUTBOX_RECORDS = insert(OUTBOX).from_select(
+    _OUTBOX_COLUMNS, select(recordset(OUTBOX, _OUTBOX_COLUMNS)), include_defaults=True
+)
+
+
 def insert_outbox(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Queue outbox rows with one statement. Their ids follow the list, and a request's messages are sent
-    in id order."""
-    if rows:
+    """Queue outbox rows (`outbox_row`'s values) with one statement. Their ids follow the list, and a
+    request's messages are sent in id order."""
+    if not rows:
+        return
+    as_json = records(rows) if session.get_bind().dialect.name == "postgresql" else None
+    if as_json is not None:
+        session.execute(_INSERT_OUTBOX_RECORDS, as_json)
+    else:
         session.execute(insert(OUTBOX), rows)
 
 

@@ -1,16 +1,19 @@
 """A batch of audit events or outbox rows (a sweep queues hundreds at once) is one statement, kept in order,
-with the columns' defaults, on both databases."""
+with the columns' defaults, on both databases: on PostgreSQL one JSON parameter (storage/recordsets.py),
+unless the batch holds a NUL character, which PostgreSQL's JSON functions refuse; then an executemany."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Text, cast, select
 
 from bot.audit import append_events, prepare_event, verify_chain
 from bot.workflow import insert_outbox
+from storage.canonical import canonical_json
 from storage.db import make_session_factory, transaction
 from storage.models import AuditEvent, AuditEventText, OutboxMessage, OutboxStatus
+from storage.recordsets import records
 from tests.conftest import statements_run
 
 AT = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -68,3 +71,41 @@ def test_outbox_rows_take_the_list_order_and_the_column_defaults(engine: Engine)
     assert [m.pace_key for m in stored] == [row["pace_key"] for row in rows]
     assert {(m.status, m.attempts, m.doubtful_attempts) for m in stored} == {(OutboxStatus.PENDING, 0, 0)}
     assert stored[5].created_at == AT - timedelta(minutes=5)
+
+
+def test_a_batch_is_stored_in_canonical_text_and_one_with_a_nul_still_goes_in(engine: Engine) -> None:
+    """The chain hashes each event's details in canonical text, and verification hashes the stored text as
+    it is: the batch stores exactly that text. A NUL in any row sends the batch as an executemany, which
+    stores it too (and PostgreSQL would refuse it as JSON)."""
+    db = make_session_factory(engine)
+    details = [
+        {"z": 'é "quoted" \n', "a": [1, 2.5, None]},
+        {"tool": "nul\u0000inside", "b": {"y": 1, "x": 2}},
+    ]
+    assert records([{"details": details[1]}]) is None  # this batch cannot go as JSON
+    for batch in ([details[0]], details):
+        events = [prepare_event("system", "reminder_sent", None, AT, d) for d in batch]
+        outbox = [
+            {
+                "request_id": None,
+                "kind": "channel_post",
+                "payload": {"text": str(d)},
+                "next_attempt_at": AT,
+                "created_at": AT,
+                "pace_key": None,
+            }
+            for d in batch
+        ]
+        with statements_run(engine) as statements, transaction(db) as session:
+            append_events(session, events)
+            insert_outbox(session, outbox)
+        assert len([s for s in statements if s.startswith("INSERT INTO audit_events ")]) == 1
+        assert len([s for s in statements if s.startswith("INSERT INTO outbox ")]) == 1
+    with transaction(db, read_only=True) as session:
+        stored = (
+            session.execute(select(cast(AuditEvent.details, Text)).order_by(AuditEvent.id)).scalars().all()
+        )
+        payloads = session.scalars(select(OutboxMessage.payload).order_by(OutboxMessage.id)).all()
+    assert stored == [canonical_json(d) for d in (details[0], *details)]
+    assert [p["text"] for p in payloads] == [str(d) for d in (details[0], *details)]
+    assert verify_chain(engine).ok

@@ -1,0 +1,55 @@
+"""Batches of rows sent to PostgreSQL as one JSON parameter: `json_to_recordset(:rows) AS t(a type, …)`.
+
+The scheduler's sweep writes hundreds of rows at once (notices, audit events, outbox rows). As an
+executemany, psycopg binds and sends each row apart, in Python (about 15 µs a row, and the server runs
+the statement once per row); as arrays, one parameter per column, psycopg dumps every element in Python.
+One JSON text, written by Python's C encoder, is one parameter and one statement of fixed text whatever
+the batch, so it is compiled (by SQLAlchemy) and parsed (by psycopg and PostgreSQL) once
+(bench/NOTES.md items 42 and 47).
+
+PostgreSQL's JSON functions cannot turn `\\u0000` (a NUL character) into text, so a batch whose text
+holds one cannot go this way: `records` returns None and the caller writes the batch as an executemany,
+which stores such JSON as it is. A `json` column receives its value's text unchanged: nested values are
+written with canonical_json's settings, so the stored text is the canonical text (storage/canonical.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Table, Text, bindparam, cast, column, func
+
+PARAMETER = "rows"
+_NUL = "\\u0000"
+
+
+def recordset(table: Table, names: list[str]) -> Any:
+    """The table-valued `json_to_recordset` of `names`, typed as the table's columns, to select from."""
+    columns = [column(name, table.c[name].type) for name in names]
+    rows = cast(bindparam(PARAMETER, type_=Text), JSON)
+    return func.json_to_recordset(rows).table_valued(*columns).render_derived(with_types=True)
+
+
+def _time(value: Any) -> str:
+    if not isinstance(value, datetime):
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    if value.tzinfo is None:  # as storage.models.UTCDateTime refuses them
+        raise ValueError("naive datetime given to the database; use aware UTC datetimes")
+    return value.isoformat()  # with its offset, which PostgreSQL reads as timestamptz
+
+
+# canonical_json's settings, so JSON values nested in a row (a payload, an event's details) are stored in
+# the canonical text every JSON column holds; and times, which the encoder hands to `_time`.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_time)
+
+
+def records(rows: Sequence[Mapping[str, Any]]) -> dict[str, str] | None:
+    """The parameters of a statement selecting from a `recordset`: the rows as one JSON array of
+    objects, or None if the text holds a NUL."""
+    document = _ENCODER.encode(rows)
+    if _NUL in document:
+        return None
+    return {PARAMETER: document}
