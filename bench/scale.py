@@ -504,7 +504,9 @@ def render(data: dict[str, Any], sizes: list[int]) -> str:
         f"{PENDING:,} pending requests at every size (the same reviews overdue); only the history "
         f"grows. Median of {REPEATS} runs; the first sweep's on a fresh copy of the seeded database each, "
         "by a new process (its statements compiled for the first time) and by one that has swept such "
-        "work before. The process's start-up objects are frozen for the garbage collector, as the bot's are.",
+        "work before (one connection throughout, as a running scheduler's pool keeps it; the copy put "
+        "back after each run). The process's start-up objects are frozen for the garbage collector, as the "
+        "bot's are.",
         "",
         "| rows | " + " | ".join(f"{size:,}" for size in sizes) + " |",
         "|---|" + "---:|" * len(sizes),
