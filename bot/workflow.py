@@ -164,6 +164,7 @@ def enqueue(
 
 
 _OUTBOX_COLUMNS = ["request_id", "kind", "payload", "next_attempt_at", "created_at", "pace_key"]
+_OUTBOX_KEYS = set(_OUTBOX_COLUMNS)
 # PostgreSQL: the batch as one JSON parameter (storage/recordsets.py); the other columns take their
 # defaults, as in the executemany that SQLite (or a batch that cannot go as JSON) uses.
 _INSERT_OUTBOX_RECORDS = insert(OUTBOX).from_select(
@@ -176,7 +177,9 @@ def insert_outbox(session: Session, rows: list[dict[str, Any]]) -> None:
     request's messages are sent in id order."""
     if not rows:
         return
-    as_json = records(rows) if session.get_bind().dialect.name == "postgresql" else None
+    # A row without one of the columns would read as NULL from JSON, not take the column's default.
+    complete = all(row.keys() == _OUTBOX_KEYS for row in rows)
+    as_json = records(rows) if complete and session.get_bind().dialect.name == "postgresql" else None
     if as_json is not None:
         session.execute(_INSERT_OUTBOX_RECORDS, as_json)
     else:

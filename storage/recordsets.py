@@ -16,6 +16,7 @@ written with canonical_json's settings, so the stored text is the canonical text
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,9 @@ from sqlalchemy import JSON, Table, Text, bindparam, cast, column, func
 
 PARAMETER = "rows"
 _NUL = "\\u0000"
+# The escape itself, after an even run of backslashes: a typed backslash before "u0000" is written as two
+# backslashes, and is no NUL.
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def recordset(table: Table, names: list[str]) -> Any:
@@ -50,6 +54,6 @@ def records(rows: Sequence[Mapping[str, Any]]) -> dict[str, str] | None:
     """The parameters of a statement selecting from a `recordset`: the rows as one JSON array of
     objects, or None if the text holds a NUL."""
     document = _ENCODER.encode(rows)
-    if _NUL in document:
+    if _NUL in document and _ESCAPED_NUL.search(document):
         return None
     return {PARAMETER: document}

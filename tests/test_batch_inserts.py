@@ -8,11 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, Text, cast, select
 
+from bot import sweeps
 from bot.audit import append_events, prepare_event, verify_chain
 from bot.workflow import insert_outbox
 from storage.canonical import canonical_json
 from storage.db import make_session_factory, transaction
-from storage.models import AuditEvent, AuditEventText, OutboxMessage, OutboxStatus
+from storage.models import AuditEvent, AuditEventText, OutboxMessage, OutboxStatus, ScheduledNotice
 from storage.recordsets import records
 from tests.conftest import statements_run
 
@@ -109,3 +110,26 @@ def test_a_batch_is_stored_in_canonical_text_and_one_with_a_nul_still_goes_in(en
     assert stored == [canonical_json(d) for d in (details[0], *details)]
     assert [p["text"] for p in payloads] == [str(d) for d in (details[0], *details)]
     assert verify_chain(engine).ok
+
+
+def test_a_typed_backslash_u0000_is_no_nul_and_an_incomplete_outbox_row_takes_the_defaults(
+    engine: Engine,
+) -> None:
+    """Text holding a backslash and "u0000" (as typed, not a NUL) still goes as JSON and is stored as it is;
+    an outbox row missing a column goes as an executemany, which takes the column's default where JSON
+    would read NULL."""
+    db = make_session_factory(engine)
+    typed = "C\\u0000"
+    assert records([{"channel": typed}]) is not None and records([{"text": "a\x00"}]) is None
+    notices = [sweeps.Notice("reminder", n, 0, None, typed if n == 1 else "C1", AT, AT) for n in range(3)]
+    with transaction(db) as session:
+        recorded = sweeps._record_all(session, [(notice, notice.subject_id) for notice in notices])
+        again = sweeps._record_all(session, [(notices[1], 1)])  # its key is taken: skipped
+        insert_outbox(session, [{"request_id": None, "kind": "dm", "payload": {"text": typed}}])
+    assert [entry for _, entry in recorded] == [0, 1, 2] and again == []
+    with transaction(db, read_only=True) as session:
+        channels = session.scalars(select(ScheduledNotice.channel).order_by(ScheduledNotice.id)).all()
+        queued = session.scalars(select(OutboxMessage)).one()
+    assert channels == ["C1", typed, "C1"]
+    assert queued.payload == {"text": typed} and queued.status == OutboxStatus.PENDING
+    assert queued.next_attempt_at is not None
