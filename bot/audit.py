@@ -35,7 +35,7 @@ from bot.forms import FREE_TEXT_FIELDS
 from storage.canonical import canonical_json
 from storage.db import READ_SNAPSHOT, transaction
 from storage.models import AuditChainHead, AuditEvent, AuditEventText, utcnow
-from storage.recordsets import records, recordset
+from storage.recordsets import execute_batch, recordset
 
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
@@ -261,30 +261,25 @@ def _insert_events(details: Any) -> Any:
     return insert(EVENTS).values({**values, "details": details})
 
 
-# The details go in as the canonical text the chain hashed (`PreparedEvent.details_json`), not as a dict
-# for the JSON type to serialise again; a `json` column keeps the text as given, as SQLite's text does.
-# PostgreSQL: the batch as one JSON parameter (storage/recordsets.py), else an executemany.
-_INSERT_EVENTS = {
-    "postgresql": insert(EVENTS).from_select(_EVENT_COLUMNS, select(recordset(EVENTS, _EVENT_COLUMNS))),
-    "postgresql rows": _insert_events(cast(bindparam("details_json", type_=Text), JSON)),
+# PostgreSQL: the batch as one JSON parameter (storage/recordsets.py).
+_INSERT_EVENTS_FROM_JSON = insert(EVENTS).from_select(
+    _EVENT_COLUMNS, select(recordset(EVENTS, _EVENT_COLUMNS))
+)
+# SQLite, or a batch that cannot go as JSON: an executemany, by dialect. The details go in as the canonical
+# text the chain hashed (`PreparedEvent.details_json`), not as a dict for the JSON type to serialise again;
+# a `json` column keeps the text as given, as SQLite's text does.
+_INSERT_EVENT_ROWS = {
+    "postgresql": _insert_events(cast(bindparam("details_json", type_=Text), JSON)),
     "sqlite": _insert_events(bindparam("details_json", type_=Text)),
 }
 
 
-def _insert_event_rows(session: Session, rows: list[dict[str, Any]], details: list[str]) -> None:
-    """Insert the events' rows with one statement, in the list's order. As JSON, `details` goes in the
-    document, written in canonical text as the chain hashed it (`details_json` is canonical_json's
-    text of the same value, which round trips: see prepare_event); as an executemany, as that text."""
-    dialect = session.get_bind().dialect.name
-    as_json = records(rows) if dialect == "postgresql" else None
-    if as_json is not None:
-        session.execute(_INSERT_EVENTS["postgresql"], as_json)
-        return
-    texts = [
-        {**{key: value for key, value in row.items() if key != "details"}, "details_json": text}
-        for row, text in zip(rows, details, strict=True)
+def _with_details_text(rows: list[dict[str, Any]], events: list[PreparedEvent]) -> list[dict[str, Any]]:
+    """The executemany's rows: each event's details as the canonical text the chain hashed."""
+    return [
+        {**{key: value for key, value in row.items() if key != "details"}, "details_json": event.details_json}
+        for row, event in zip(rows, events, strict=True)
     ]
-    session.execute(_INSERT_EVENTS["postgresql rows" if dialect == "postgresql" else "sqlite"], texts)
 
 
 def append_events(session: Session, events: list[PreparedEvent]) -> None:
@@ -336,7 +331,12 @@ def append_events(session: Session, events: list[PreparedEvent]) -> None:
         )
         prev_hash = digest
     # Inserted while holding the head lock, in seq order, so ids grow with seq (verify checks that too).
-    _insert_event_rows(session, rows, [prepared.details_json for prepared in events])
+    # As JSON the details go in the document, in canonical text as the chain hashed them (`details_json`
+    # is canonical_json's text of the same value, which round trips: see prepare_event).
+    as_rows = _INSERT_EVENT_ROWS[session.get_bind().dialect.name]
+    execute_batch(
+        session, _INSERT_EVENTS_FROM_JSON, as_rows, rows, lambda rows: _with_details_text(rows, events)
+    )
     if texts:
         session.execute(insert(TEXTS), texts)
     session.execute(update(HEAD).where(HEAD.c.id == HEAD_ID).values(seq=seq, hash=prev_hash))

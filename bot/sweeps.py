@@ -49,7 +49,7 @@ from storage.models import (
     StageStatus,
 )
 from storage.queries import IS_PENDING_STAGE, pending_by_stage
-from storage.recordsets import records, recordset
+from storage.recordsets import execute_batch, records, recordset
 
 log = logging.getLogger(__name__)
 
@@ -141,19 +141,19 @@ _NEW_NOTICES = recordset(_NOTICES, _NOTICE_COLUMNS)
 _RETURNED_KEY = tuple(_NOTICES.c[name] for name in _NOTICE_KEY)
 # The database skips a notice whose key is taken (on PostgreSQL after waiting for a concurrent insert of
 # the same key to commit or roll back, as the unique index would) and returns the keys it recorded.
-_RECORD_NOTICES = {
-    "postgresql": postgresql.insert(_NOTICES)
+_RECORD_NOTICES_FROM_JSON = (
+    postgresql.insert(_NOTICES)
     .from_select(_NOTICE_COLUMNS, select(_NEW_NOTICES))
     .on_conflict_do_nothing(index_elements=_NOTICE_KEY)
-    .returning(*_RETURNED_KEY),
-    # SQLite (and a PostgreSQL batch that cannot go as JSON): an executemany of one cached statement,
-    # sent as one INSERT with VALUES.
-    **{
-        name: dialect.insert(_NOTICES)
-        .on_conflict_do_nothing(index_elements=_NOTICE_KEY)
-        .returning(*_RETURNED_KEY)
-        for name, dialect in (("sqlite", sqlite), ("postgresql rows", postgresql))
-    },
+    .returning(*_RETURNED_KEY)
+)
+# SQLite (or a PostgreSQL batch that cannot go as JSON): an executemany of one cached statement, sent as
+# one INSERT with VALUES; by dialect.
+_RECORD_NOTICE_ROWS = {
+    name: dialect.insert(_NOTICES)
+    .on_conflict_do_nothing(index_elements=_NOTICE_KEY)
+    .returning(*_RETURNED_KEY)
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
 }
 
 
@@ -170,12 +170,8 @@ def _record_all(session: Session, entries: list[tuple[Notice, Entry]]) -> list[t
         return []
     notices = [notice for notice, _ in entries]
     rows = [notice._asdict() for notice in notices]
-    as_json = records(rows) if _is_postgres(session) else None
-    if as_json is not None:
-        result = session.execute(_RECORD_NOTICES["postgresql"], as_json)
-    else:
-        dialect = "postgresql rows" if _is_postgres(session) else "sqlite"
-        result = session.execute(_RECORD_NOTICES[dialect], rows)
+    as_rows = _RECORD_NOTICE_ROWS[session.get_bind().dialect.name]
+    result = execute_batch(session, _RECORD_NOTICES_FROM_JSON, as_rows, rows)
     recorded = {(kind, subject_id, sequence) for kind, subject_id, sequence in result}
     return [(notice, entry) for notice, entry in entries if notice[:3] in recorded]
 

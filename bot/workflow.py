@@ -56,7 +56,7 @@ from storage.queries import (
     request_with_history,
     requests_with_history,
 )
-from storage.recordsets import records, recordset
+from storage.recordsets import execute_batch, recordset
 
 log = logging.getLogger(__name__)
 
@@ -177,13 +177,11 @@ def insert_outbox(session: Session, rows: list[dict[str, Any]]) -> None:
     request's messages are sent in id order."""
     if not rows:
         return
-    # A row without one of the columns would read as NULL from JSON, not take the column's default.
-    complete = all(row.keys() == _OUTBOX_KEYS for row in rows)
-    as_json = records(rows) if complete and session.get_bind().dialect.name == "postgresql" else None
-    if as_json is not None:
-        session.execute(_INSERT_OUTBOX_RECORDS, as_json)
-    else:
+    if not all(row.keys() == _OUTBOX_KEYS for row in rows):
+        # A row without one of the columns would read as NULL from JSON, not take the column's default.
         session.execute(insert(OUTBOX), rows)
+        return
+    execute_batch(session, _INSERT_OUTBOX_RECORDS, insert(OUTBOX), rows)
 
 
 MODAL_UPDATE = "update_modal"  # outbox kind (bot/intake.py sends it)

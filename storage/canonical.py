@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# The canonical form's settings, shared with the encoder of batches sent as JSON (storage/recordsets.py).
+CANONICAL: dict[str, Any] = {"sort_keys": True, "separators": (",", ":"), "ensure_ascii": False}
+_ENCODER = json.JSONEncoder(**CANONICAL)
 
 
 def canonical_json(value: Any) -> str:

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Table, Text, bindparam, cast, column, func
+from sqlalchemy import JSON, Executable, Result, Table, Text, bindparam, cast, column, func
+from sqlalchemy.orm import Session
+
+from storage.canonical import CANONICAL
 
 PARAMETER = "rows"
 _NUL = "\\u0000"
@@ -47,7 +50,7 @@ def _time(value: Any) -> str:
 
 # canonical_json's settings, so JSON values nested in a row (a payload, an event's details) are stored in
 # the canonical text every JSON column holds; and times, which the encoder hands to `_time`.
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_time)
+_ENCODER = json.JSONEncoder(**CANONICAL, default=_time)
 
 
 def records(rows: Sequence[Mapping[str, Any]]) -> dict[str, str] | None:
@@ -57,3 +60,21 @@ def records(rows: Sequence[Mapping[str, Any]]) -> dict[str, str] | None:
     if _NUL in document and _ESCAPED_NUL.search(document):
         return None
     return {PARAMETER: document}
+
+
+Rows = list[dict[str, Any]]
+
+
+def execute_batch(
+    session: Session,
+    from_json: Executable,
+    as_rows: Executable,
+    rows: Rows,
+    for_rows: Callable[[Rows], Rows] | None = None,
+) -> Result[Any]:
+    """Write a batch with one statement: on PostgreSQL `from_json` (selecting from a `recordset`) with the
+    rows as one JSON parameter; on SQLite, or for a batch that cannot go as JSON, `as_rows` as an
+    executemany of the rows (given to `for_rows` first, where that statement binds them differently)."""
+    if session.get_bind().dialect.name == "postgresql" and (as_json := records(rows)) is not None:
+        return session.execute(from_json, as_json)
+    return session.execute(as_rows, for_rows(rows) if for_rows is not None else rows)
