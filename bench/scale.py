@@ -26,9 +26,10 @@ import io
 import os
 import re
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -159,12 +160,17 @@ class Measured:
 
 
 class StatementCounter:
-    def __init__(self, engine: Engine) -> None:
+    """Counts the statements an engine sends (or another of its events: "connect", the connections its
+    pool opens), from any thread: the sweeps run at once on PostgreSQL."""
+
+    def __init__(self, engine: Engine, on: str = "before_cursor_execute") -> None:
         self.count = 0
-        event.listen(engine, "before_cursor_execute", self._seen)
+        self._lock = threading.Lock()
+        event.listen(engine, on, self._seen)
 
     def _seen(self, *_args: Any) -> None:
-        self.count += 1
+        with self._lock:
+            self.count += 1
 
     @contextmanager
     def measure(self, into: Measured) -> Iterator[None]:
@@ -260,63 +266,62 @@ def seeded_copy(url: str) -> Iterator[str]:
 
 def first_sweeps(url: str, results: dict[str, Measured]) -> None:
     """The first sweep has work: reminders and escalations for the overdue reviews, expiry warnings and
-    the day's digest (an hour late, so the sweep's catch-up sends it). Each run on a fresh copy of the
-    seeded database, by a process that has not swept before (a new engine: SQLAlchemy's statement cache
-    is the engine's). The sweep's parts are what `run_sweeps` runs, in its order, timed apart as well:
-    in a running bot the digest is normally sent by its own daily job, not by the sweep."""
+    the day's digest (an hour late, so the sweep's catch-up sends it). Timed as the scheduler runs it,
+    `run_sweeps`, whose sweeps run at once on PostgreSQL, each on its own connection. Each run on a fresh
+    copy of the seeded database, by a process that has not swept before (a new engine: SQLAlchemy's
+    statement cache is the engine's)."""
     loaded = parse_policy(TEST_POLICY, "bench-policy.yml")
-    parts = dict(zip(FIRST_SWEEP_PARTS, SWEEPS, strict=True))
     for _ in range(REPEATS):
         with seeded_copy(url) as copy:
             engine = make_engine(copy)
             counter = StatementCounter(engine)
             db = make_session_factory(engine)
             _connect(engine)
-            report = SweepReport()
             with counter.measure(results[FIRST_SWEEP]):
-                for name, part in parts.items():
-                    with counter.measure(results[name]):
-                        part(db, loaded.policy, lambda: NOW, report)
+                report = run_sweeps(db, loaded.policy, lambda: NOW)
             engine.dispose()
     print(f"  first sweep queued: {report}")
-    _swept_before(url, loaded, results[FIRST_SWEEP_WARM])
+    _swept_before(url, loaded, results)
 
 
-def _swept_before(url: str, loaded: LoadedPolicy, into: Measured) -> None:
+def _swept_before(url: str, loaded: LoadedPolicy, results: dict[str, Measured]) -> None:
     """The same sweep with work due, by a process that has swept such work before, as a running
-    scheduler has: one engine and one pooled connection throughout, so the statements are compiled
-    (SQLAlchemy's cache), the server process has read the tables' catalogs and psycopg has prepared
-    what it ran five times. One copy of the seeded database serves every run: after each run
+    scheduler has: one engine whose pooled connections are kept throughout, so the statements are
+    compiled (SQLAlchemy's cache), the server processes have read the tables' catalogs and psycopg has
+    prepared what it ran five times. One copy of the seeded database serves every run: after each run
     `SweepUndo` puts back what the sweep wrote (checked, not trusted), so each run finds the same work
-    due. A copy per run would need a new connection each time (a server process serves one database),
-    whose catalog reads and planning the first run already measures (item 47)."""
+    due. A copy per run would need new connections each time (a server process serves one database),
+    whose catalog reads and planning the first run already measures (item 47). Then each sweep alone,
+    in turn, as SQLite runs them: what the whole is made of."""
     with seeded_copy(url) as copy:
         engine = make_engine(copy)
         counter = StatementCounter(engine)
+        connected = StatementCounter(engine, "connect")
         db = make_session_factory(engine)
         undo = SweepUndo(copy, engine)
-        server_process = _server_process(engine)
+        policy = loaded.policy
         queued = None
         for run in range(REPEATS + 1):
-            report = SweepReport()
             if run == 0:
-                run_sweeps(db, loaded.policy, lambda: NOW)
+                run_sweeps(db, policy, lambda: NOW)
+                opened = connected.count
             else:
-                with counter.measure(into):
-                    for sweep in SWEEPS:
-                        sweep(db, loaded.policy, lambda: NOW, report)
-                # Each run had the same work due, on the same connection.
+                with counter.measure(results[FIRST_SWEEP_WARM]):
+                    report = run_sweeps(db, policy, lambda: NOW)
+                # Each run had the same work due, on the connections the first run opened.
                 assert queued in (None, str(report)), f"run {run} queued {report}, not {queued}"
                 queued = str(report)
-                assert _server_process(engine) == server_process, "the pool opened a new connection"
             undo.undo()
+        for _ in range(REPEATS):
+            report = SweepReport()
+            for name, sweep in zip(SWEEP_PARTS, SWEEPS, strict=True):
+                with counter.measure(results[name]):
+                    sweep(db, policy, lambda: NOW, report)
+            assert str(report) == queued, f"the sweeps in turn queued {report}, not {queued}"
+            undo.undo()
+        assert connected.count == opened, "the pool opened a new connection"
         undo.dispose()
         engine.dispose()
-
-
-def _server_process(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
 
 
 # What a sweep writes (bot/sweeps.py): rows it adds to these tables (and updates: a notice's announced_at),
@@ -405,9 +410,11 @@ class SweepUndo:
 
 
 def _connect(engine: Engine) -> None:
-    """Open the pool's connection before the timed sweep, as a running scheduler has it."""
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
+    """Open the pool's connections before the timed sweep, as a running scheduler has them: one for each
+    sweep, which run at once."""
+    with ExitStack() as held:
+        for conn in [held.enter_context(engine.connect()) for _ in SWEEPS]:
+            conn.execute(text("SELECT 1"))
 
 
 def measure(url: str) -> dict[str, Measured]:
@@ -442,16 +449,16 @@ def measure(url: str) -> dict[str, Measured]:
 
 FIRST_SWEEP = "sweep, first run (work due)"
 FIRST_SWEEP_WARM = "sweep, work due, by a process that has swept before"
-# bot.sweeps.SWEEPS, by name: what the first sweep's time is made of.
-FIRST_SWEEP_PARTS = (
-    "sweep, first run: reviews (reminders, escalations)",
-    "sweep, first run: approvals (expiry warnings)",
-    "sweep, first run: the digest's catch-up",
+# bot.sweeps.SWEEPS, by name: what the sweep with work due is made of, each run alone.
+SWEEP_PARTS = (
+    "work due, alone: reviews (reminders, escalations)",
+    "work due, alone: approvals (expiry warnings)",
+    "work due, alone: the digest's catch-up",
 )
 MEASURES = (
     FIRST_SWEEP,
-    *FIRST_SWEEP_PARTS,
     FIRST_SWEEP_WARM,
+    *SWEEP_PARTS,
     "sweep, steady state (nothing new due)",
     "digest summary",
     "App Home, approver",
@@ -502,11 +509,12 @@ def render(data: dict[str, Any], sizes: list[int]) -> str:
         "### Scale of history, PostgreSQL",
         "",
         f"{PENDING:,} pending requests at every size (the same reviews overdue); only the history "
-        f"grows. Median of {REPEATS} runs; the first sweep's on a fresh copy of the seeded database each, "
-        "by a new process (its statements compiled for the first time) and by one that has swept such "
-        "work before (one connection throughout, as a running scheduler's pool keeps it; the copy put "
-        "back after each run). The process's start-up objects are frozen for the garbage collector, as the "
-        "bot's are.",
+        f"grows. Median of {REPEATS} runs. The sweep with work due is timed as the scheduler runs it "
+        "(`run_sweeps`: on PostgreSQL its three sweeps at once, each on its own connection), on a fresh "
+        "copy of the seeded database each, by a new process (its statements compiled for the first time), "
+        "and by one that has swept such work before (its pool's connections kept throughout, as a running "
+        "scheduler's are; the copy put back after each run), which also times each sweep alone, in turn. "
+        "The process's start-up objects are frozen for the garbage collector, as the bot's are.",
         "",
         "| rows | " + " | ".join(f"{size:,}" for size in sizes) + " |",
         "|---|" + "---:|" * len(sizes),

@@ -251,6 +251,11 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def dialect_of(factory: sessionmaker[Session]) -> str:
+    """The name of the database a session factory's engine talks to: "postgresql" or "sqlite"."""
+    return str(factory.kw["bind"].dialect.name)
+
+
 @contextmanager
 def transaction(
     factory: sessionmaker[Session], read_only: bool = False, single_statement: bool = False

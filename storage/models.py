@@ -95,6 +95,9 @@ class FrRequest(Base):
             postgresql_where=text(OPEN_APPROVAL),
             sqlite_where=text(OPEN_APPROVAL),
         ),
+        # Decisions in a period, with the urgency and status the sweep and the digest test checked in the
+        # index, so only the rows that match are read from the table (migration 0014).
+        Index("ix_fr_requests_decided", "decided_at", "urgency", "status"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -129,7 +132,7 @@ class FrRequest(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Set explicitly with the workflow's clock: an ORM onupdate would stamp the wall clock mid-transaction.
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     # A re-request links to the request it was started from (after a rejection or expiry). No foreign key:
     # adding one would make SQLite rebuild this table, which its incoming foreign keys forbid.

@@ -5,7 +5,6 @@ which runs the dispatcher thread for real against a stand-in that rate-limits li
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -13,8 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from psycopg import sql as psql
-from sqlalchemy import Engine, event, func, select
+from sqlalchemy import Engine, func, select
 
 from bot import cli
 from bot.copies import (
@@ -33,6 +31,7 @@ from bot.workflow import Workflow, enqueue
 from storage.db import transaction
 from storage.models import AuditEvent, DirectMessage, OutboxMessage, OutboxStatus, StageReview, utcnow
 from tests.conftest import FakeClock, statements_run, valid_form_values
+from tests.plans import plan_of
 from tests.slackstub import DROP, RecordedCall, SlackStub
 
 APPROVE = DecisionForm(rationale="Necessary and proportionate for this robbery.")
@@ -530,39 +529,8 @@ def test_a_row_that_posts_nothing_is_claimed_and_closed_in_one_statement_each(
 
 
 def _due_query_plan(engine: Engine, dispatcher: OutboxDispatcher) -> str:
-    """The plan the database uses for the dispatcher's due query as the dispatcher sends it; on
-    PostgreSQL the generic plan a prepared statement settles on after a few runs."""
-    sent: list[tuple[str, Any]] = []
-
-    def seen(_conn: object, _cursor: object, statement: str, parameters: Any, *_args: object) -> None:
-        sent.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
-        dispatcher._due(set())
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
-    statement, parameters = next((s, p) for s, p in sent if "GROUP BY" in s)
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()
-            return "\n".join(str(row[-1]) for row in rows)
-        names: list[str] = []
-
-        def numbered(match: re.Match[str]) -> str:
-            if match[1] not in names:
-                names.append(match[1])
-            return f"${names.index(match[1]) + 1}"
-
-        conn.exec_driver_sql("PREPARE due AS " + re.sub(r"%\((\w+)\)s", numbered, statement))
-        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
-        try:
-            values = psql.SQL(", ").join(psql.Literal(parameters[name]) for name in names)
-            explain = psql.SQL("EXPLAIN EXECUTE due({})").format(values).as_string(None)
-            return "\n".join(row[0] for row in conn.exec_driver_sql(explain).all())
-        finally:
-            conn.exec_driver_sql("DEALLOCATE due")
-            conn.exec_driver_sql("RESET plan_cache_mode")
+    """The plan the database uses for the dispatcher's due query as the dispatcher sends it."""
+    return plan_of(engine, lambda: dispatcher._due(set()), lambda statement: "GROUP BY" in statement)
 
 
 def test_the_due_query_finds_each_requests_first_pending_row_once_whatever_the_statistics(
