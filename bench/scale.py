@@ -43,7 +43,7 @@ from bot.cli import freeze_start_up_objects
 from bot.evidence import export_events
 from bot.home import HomePublisher
 from bot.policy import LoadedPolicy, parse_policy
-from bot.sweeps import SWEEPS, SweepReport, digest_summary, run_sweeps
+from bot.sweeps import MOST_AT_ONCE, SWEEPS, SweepReport, digest_summary, run_sweeps
 from bot.workflow import Workflow
 from storage.db import make_engine, make_session_factory, recreate_schema, transaction
 from tests.conftest import GROUPS, TEST_POLICY
@@ -267,7 +267,8 @@ def seeded_copy(url: str) -> Iterator[str]:
 def first_sweeps(url: str, results: dict[str, Measured]) -> None:
     """The first sweep has work: reminders and escalations for the overdue reviews, expiry warnings and
     the day's digest (an hour late, so the sweep's catch-up sends it). Timed as the scheduler runs it,
-    `run_sweeps`, whose sweeps run at once on PostgreSQL, each on its own connection. Each run on a fresh
+    `run_sweeps`, whose sweeps (and reviewer channels) run at once on PostgreSQL, each on its own
+    connection. Each run on a fresh
     copy of the seeded database, by a process that has not swept before (a new engine: SQLAlchemy's
     statement cache is the engine's)."""
     loaded = parse_policy(TEST_POLICY, "bench-policy.yml")
@@ -409,11 +410,15 @@ class SweepUndo:
         self.engine.dispose()
 
 
+# The most connections a sweep holds at once: the other sweeps' and the reviewer channels' (bot/sweeps.py).
+SWEEP_CONNECTIONS = len(SWEEPS) - 1 + MOST_AT_ONCE
+
+
 def _connect(engine: Engine) -> None:
-    """Open the pool's connections before the timed sweep, as a running scheduler has them: one for each
-    sweep, which run at once."""
+    """Open the pool's connections before the timed sweep, as a running scheduler has them: as many as
+    the sweep holds at once."""
     with ExitStack() as held:
-        for conn in [held.enter_context(engine.connect()) for _ in SWEEPS]:
+        for conn in [held.enter_context(engine.connect()) for _ in range(SWEEP_CONNECTIONS)]:
             conn.execute(text("SELECT 1"))
 
 
@@ -510,7 +515,8 @@ def render(data: dict[str, Any], sizes: list[int]) -> str:
         "",
         f"{PENDING:,} pending requests at every size (the same reviews overdue); only the history "
         f"grows. Median of {REPEATS} runs. The sweep with work due is timed as the scheduler runs it "
-        "(`run_sweeps`: on PostgreSQL its three sweeps at once, each on its own connection), on a fresh "
+        "(`run_sweeps`: on PostgreSQL its three sweeps, and the reviewer channels, at once, each on its "
+        "own connection), on a fresh "
         "copy of the seeded database each, by a new process (its statements compiled for the first time), "
         "and by one that has swept such work before (its pool's connections kept throughout, as a running "
         "scheduler's are; the copy put back after each run), which also times each sweep alone, in turn. "

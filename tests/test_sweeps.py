@@ -400,6 +400,59 @@ def test_run_sweeps_runs_the_sweeps_at_once_on_postgresql_and_adds_up_their_repo
         assert ran_in == [threading.current_thread()] * 3
 
 
+def test_the_reviewer_channels_are_swept_at_once_on_postgresql(
+    workflow: Workflow, clock: FakeClock, engine: Engine, stub: SlackStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each reviewer channel's overdue reviews are swept in a thread of their own on PostgreSQL: each
+    channel's sweep here waits at a barrier until the other's has reached it. Each channel still gets its
+    one reminder, and the leads the escalation (the threat to life's: the routine one is not yet due).
+    SQLite sweeps them in turn, in the caller's thread."""
+    submit(workflow, "R1")  # supervisor channel
+    submit(workflow, "T1", urgency="threat_to_life", urgency_justification=WHY)  # authoriser channel
+    clock.now = datetime(2026, 3, 5, 9, 0, tzinfo=UTC)  # both overdue, both escalated
+    at_once = engine.dialect.name == "postgresql"
+    barrier = threading.Barrier(2, timeout=10)
+    swept_in: dict[str, threading.Thread] = {}
+    sweep_channel = sweeps._sweep_channel
+
+    def meeting(db: Any, policy: Any, channel: str, *rest: Any) -> int:
+        if channel not in swept_in:
+            swept_in[channel] = threading.current_thread()
+            if at_once:
+                barrier.wait()
+        return sweep_channel(db, policy, channel, *rest)
+
+    monkeypatch.setattr(sweeps, "_sweep_channel", meeting)
+    report = sweeps.sweep_reviews(workflow.db, workflow.policy, clock)
+    assert sorted(swept_in) == ["C0AUTH", "C0SUPER"]
+    assert (len(set(swept_in.values())) == 2) is at_once
+    assert (report.reminders, report.escalations) == (2, 1)
+    deliver(workflow, stub, clock)
+    assert len(posts(stub, "C0SUPER")) == 1 + 1 and len(posts(stub, "C0AUTH")) == 1 + 1
+    assert len(posts(stub, "C0LEADS")) == 1
+
+
+def test_a_channel_that_fails_does_not_stop_the_others_nor_the_leads_escalation(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submit(workflow, "R1")  # supervisor channel: its sweep fails
+    submit(workflow, "T1", urgency="threat_to_life", urgency_justification=WHY)  # authoriser channel
+    clock.now = datetime(2026, 3, 5, 9, 0, tzinfo=UTC)
+    sweep_channel = sweeps._sweep_channel
+
+    def failing_in_supervisors(db: Any, policy: Any, channel: str, *rest: Any) -> int:
+        if channel == "C0SUPER":
+            raise RuntimeError("the supervisors' channel is broken")
+        return sweep_channel(db, policy, channel, *rest)
+
+    monkeypatch.setattr(sweeps, "_sweep_channel", failing_in_supervisors)
+    with pytest.raises(RuntimeError, match="supervisors' channel"):
+        sweeps.sweep_reviews(workflow.db, workflow.policy, clock)
+    deliver(workflow, stub, clock)
+    assert len(posts(stub, "C0AUTH")) == 1 + 1 and len(posts(stub, "C0SUPER")) == 1  # reviewers' posts
+    assert len(posts(stub, "C0LEADS")) == 1  # the authoriser channel's escalation, announced
+
+
 def test_a_sweep_that_fails_does_not_stop_the_others_and_its_error_is_raised_after(
     workflow: Workflow, clock: FakeClock, stub: SlackStub, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
