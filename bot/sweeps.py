@@ -89,7 +89,7 @@ class SweepReport:
 def run_sweeps(db: sessionmaker[Session], policy: Policy, clock: Clock) -> SweepReport:
     """Every sweep once (SWEEPS); what the scheduler's interval job runs.
 
-    On PostgreSQL the sweeps run at once (`_all_of`): a backlog's sweep took 85 ms against 105
+    On PostgreSQL the sweeps run at once (`_all_of`): a backlog's sweep took 84 ms against 96
     in turn (bench/NOTES.md item 48). On SQLite they run in turn. Either way a sweep that fails does not
     stop the others (a broken digest must not hold back reminders); its error is raised once all have
     run."""
