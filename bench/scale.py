@@ -159,9 +159,9 @@ class Measured:
         return max(self.statements)
 
 
-class StatementCounter:
-    """Counts the statements an engine sends (or another of its events: "connect", the connections its
-    pool opens), from any thread: the sweeps run at once on PostgreSQL."""
+class EventCounter:
+    """Counts an engine's events, from any thread (the sweeps run at once on PostgreSQL): by default the
+    statements it sends; with "connect", the connections its pool opens."""
 
     def __init__(self, engine: Engine, on: str = "before_cursor_execute") -> None:
         self.count = 0
@@ -268,14 +268,13 @@ def first_sweeps(url: str, results: dict[str, Measured]) -> None:
     """The first sweep has work: reminders and escalations for the overdue reviews, expiry warnings and
     the day's digest (an hour late, so the sweep's catch-up sends it). Timed as the scheduler runs it,
     `run_sweeps`, whose sweeps (and reviewer channels) run at once on PostgreSQL, each on its own
-    connection. Each run on a fresh
-    copy of the seeded database, by a process that has not swept before (a new engine: SQLAlchemy's
-    statement cache is the engine's)."""
+    connection. Each run on a fresh copy of the seeded database, by a process that has not swept before
+    (a new engine: SQLAlchemy's statement cache is the engine's)."""
     loaded = parse_policy(TEST_POLICY, "bench-policy.yml")
     for _ in range(REPEATS):
         with seeded_copy(url) as copy:
             engine = make_engine(copy)
-            counter = StatementCounter(engine)
+            counter = EventCounter(engine)
             db = make_session_factory(engine)
             _connect(engine)
             with counter.measure(results[FIRST_SWEEP]):
@@ -296,8 +295,8 @@ def _swept_before(url: str, loaded: LoadedPolicy, results: dict[str, Measured]) 
     in turn, as SQLite runs them: what the whole is made of."""
     with seeded_copy(url) as copy:
         engine = make_engine(copy)
-        counter = StatementCounter(engine)
-        connected = StatementCounter(engine, "connect")
+        counter = EventCounter(engine)
+        connections = EventCounter(engine, "connect")
         db = make_session_factory(engine)
         undo = SweepUndo(copy, engine)
         policy = loaded.policy
@@ -305,7 +304,7 @@ def _swept_before(url: str, loaded: LoadedPolicy, results: dict[str, Measured]) 
         for run in range(REPEATS + 1):
             if run == 0:
                 run_sweeps(db, policy, lambda: NOW)
-                opened = connected.count
+                opened = connections.count
             else:
                 with counter.measure(results[FIRST_SWEEP_WARM]):
                     report = run_sweeps(db, policy, lambda: NOW)
@@ -320,7 +319,7 @@ def _swept_before(url: str, loaded: LoadedPolicy, results: dict[str, Measured]) 
                     sweep(db, policy, lambda: NOW, report)
             assert str(report) == queued, f"the sweeps in turn queued {report}, not {queued}"
             undo.undo()
-        assert connected.count == opened, "the pool opened a new connection"
+        assert connections.count == opened, "the pool opened a new connection"
         undo.dispose()
         engine.dispose()
 
@@ -430,7 +429,7 @@ def measure(url: str) -> dict[str, Measured]:
     freeze_start_up_objects()
     first_sweeps(url, results)
     engine = make_engine(url)
-    counter = StatementCounter(engine)
+    counter = EventCounter(engine)
     db = make_session_factory(engine)
     directory = ApproverDirectory(StaticGroupSource({k: set(v) for k, v in GROUPS.items()}))
     workflow = Workflow(db, loaded, directory, clock=lambda: NOW)

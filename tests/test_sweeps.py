@@ -409,7 +409,7 @@ def test_the_reviewer_channels_are_swept_at_once_on_postgresql(
     SQLite sweeps them in turn, in the caller's thread."""
     submit(workflow, "R1")  # supervisor channel
     submit(workflow, "T1", urgency="threat_to_life", urgency_justification=WHY)  # authoriser channel
-    clock.now = datetime(2026, 3, 5, 9, 0, tzinfo=UTC)  # both overdue, both escalated
+    clock.now = datetime(2026, 3, 5, 9, 0, tzinfo=UTC)  # both overdue; the threat to life's escalated
     at_once = engine.dialect.name == "postgresql"
     barrier = threading.Barrier(2, timeout=10)
     swept_in: dict[str, threading.Thread] = {}
