@@ -86,6 +86,20 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[index]
 
 
+def ratio_interval(ours: list[float], floor: list[float], resamples: int = 1000) -> tuple[float, float]:
+    """A 95 % bootstrap interval of p99(ours) / p99(floor): both sample sets drawn again with replacement,
+    the ratio's 2.5th and 97.5th percentiles over `resamples` draws (seeded, so a rerun of the same
+    samples prints the same interval). It treats answers as independent draws, so it shows how far the
+    ratio moves with which answers happened to be slow, not how the machine drifts between runs."""
+    draw = random.Random(0)
+    ratios = sorted(
+        percentile(draw.choices(ours, k=len(ours)), 0.99)
+        / percentile(draw.choices(floor, k=len(floor)), 0.99)
+        for _ in range(resamples)
+    )
+    return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
+
+
 def send(driver: SlackDriver, kind: str, user: str, target: dict[str, Any]) -> float:
     """One request as Slack sends it; returns the HTTP round trip (payload building not counted)."""
     if kind == "command":
@@ -161,6 +175,18 @@ def cpu_ticks(pid: int) -> int:
     return own + sum(cpu_ticks(child) for child in child_processes(pid))
 
 
+def runqueue_wait_ns(pid: int) -> int:
+    """How long the process's answering threads (those at niceness 0: the bot lowers its background
+    threads) have waited for a CPU while runnable (schedstat), in ns: the part of an answer's time that
+    the kernel, not the process, decides."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that has just ended
+            if int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]) == 0:
+                total += int((task / "schedstat").read_text().split()[1])
+    return total
+
+
 def settle(pids: list[int], timeout: float = 60.0) -> None:
     """Wait until the servers' CPU is quiet, so the next level starts clean (a channel's posts paced at one
     a second may still be waiting: the bot sends them as the next level runs, as it would with Slack)."""
@@ -230,6 +256,8 @@ def main() -> None:
     results: dict[str, Any] = {m: {app: {k: {} for k in KINDS} for app in APPS} for m in models}
     rates: dict[str, dict[int, float]] = {}  # bot submissions/s per model and level
     cpu: dict[str, Any] = {m: {k: {} for k in KINDS} for m in models}  # bot CPU ms per request
+    # waits[model][kind][users][app] = [ns its server's threads waited for a CPU during the level, answers]
+    waits: dict[str, Any] = {m: {k: {} for k in KINDS} for m in models}
     # round_ratios[model][kind][users]: each round's bot p99 / floor p99, where a level runs in rounds
     round_ratios: dict[str, Any] = {m: {k: {} for k in KINDS} for m in models}
     memory: dict[str, int] = {}
@@ -274,6 +302,7 @@ def main() -> None:
                 "bot": bot.url,
                 **{app: f"http://127.0.0.1:{port}/slack/events" for app, port in ports.items()},
             }
+            pids = {"bot": bot.process.pid, **{app: p.pid for app, p in zip(ports, bares, strict=True)}}
             # One real request whose reviewer message the button clicks target.
             setup = SlackDriver(bot.url, SIGNING_SECRET, stub=stub)  # type: ignore[arg-type]
             setup.slash_command("/fr-request", "", "UOFFICER")
@@ -304,6 +333,7 @@ def main() -> None:
                                 settle(servers)
                                 stub.clear()
                                 ticks_before = [cpu_ticks(pid) for pid in bots]
+                                waited_before = runqueue_wait_ns(pids[app])
                                 samples, elapsed = run_level(
                                     urls[app],
                                     stub,
@@ -315,6 +345,9 @@ def main() -> None:
                                     duration=args.duration,
                                     min_samples=args.min_samples,
                                 )
+                                waited = waits[model][kind].setdefault(users, {}).setdefault(app, [0, 0])
+                                waited[0] += runqueue_wait_ns(pids[app]) - waited_before
+                                waited[1] += len(samples)
                                 ours[app] = samples
                                 results[model][app][kind].setdefault(users, []).extend(samples)
                                 if app == "bot":
@@ -347,7 +380,7 @@ def main() -> None:
         late = stub.late_acks
 
     print(json.dumps({"memory_kib": memory, "late_acks": late, "refused_calls": refused}, indent=2))
-    write_results(results, rates, cpu, round_ratios, memory, late, refused, database_url, args)
+    write_results(results, rates, cpu, waits, round_ratios, memory, late, refused, database_url, args)
 
 
 def stored_floor_table(results: dict[str, Any]) -> list[str]:
@@ -390,6 +423,7 @@ def write_results(
     results: dict[str, Any],
     rates: dict[str, dict[int, float]],
     cpu: dict[str, Any],
+    waits: dict[str, Any],
     round_ratios: dict[str, Any],
     memory: dict[str, int],
     late_acks: int,
@@ -419,11 +453,12 @@ def write_results(
             f"#### {titles[model]}",
             "",
             "| request | users | n | bot p50 ms | bot p99 ms | bot max ms | bare p50 ms | bare p99 ms | "
-            "bare max ms | p99 ratio | Bolt-defaults bare p50 / p99 ms | p99 ratio to it | "
-            "bot CPU ms/request |"
+            "bare max ms | p99 ratio | its 95 % interval | Bolt-defaults bare p50 / p99 ms | "
+            "p99 ratio to it | bot CPU ms/request |"
             + (" worker CPU ms/request |" if args.worker else "")
+            + " waited for a CPU µs/answer, bot / bare |"
             + (" p99 ratio per round |" if per_round else ""),
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
             + ("---:|" if args.worker else "")
             + ("---:|" if per_round else ""),
         ]
@@ -432,13 +467,21 @@ def write_results(
                 ours, floor = results[model]["bot"][kind][users], results[model]["bare"][kind][users]
                 usual = results[model]["defaults"][kind][users]
                 p99, floor_p99, usual_p99 = (percentile(s, 0.99) for s in (ours, floor, usual))
+                low, high = ratio_interval(ours, floor)
                 lines.append(
                     f"| {kind} | {users} | {len(ours)} | {statistics.median(ours) * 1000:.1f} | "
                     f"{p99 * 1000:.1f} | {max(ours) * 1000:.1f} | {statistics.median(floor) * 1000:.1f} | "
                     f"{floor_p99 * 1000:.1f} | {max(floor) * 1000:.1f} | {p99 / floor_p99:.2f} | "
+                    f"{low:.2f}–{high:.2f} | "
                     f"{statistics.median(usual) * 1000:.1f} / {usual_p99 * 1000:.1f} | "
                     f"{p99 / usual_p99:.2f} |"
                     + "".join(f" {value:.1f} |" for value in cpu[model][kind][users])
+                    + " "
+                    + " / ".join(
+                        f"{waited / max(answers, 1) / 1000:.0f}"
+                        for waited, answers in (waits[model][kind][users][app] for app in ("bot", "bare"))
+                    )
+                    + " |"
                     + (
                         " " + " / ".join(f"{r:.2f}" for r in round_ratios[model][kind].get(users, [])) + " |"
                         if per_round

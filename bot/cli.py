@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot import logs
 from bot.config import Settings, SettingsError, load_settings
-from bot.foreground import BACKGROUND
+from bot.foreground import ANSWER_SLICE, BACKGROUND
 from bot.policy import LoadedPolicy, PolicyError, load_policy
 from storage.db import migrate
 
@@ -144,6 +144,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["worker_enabled"] = False
     settings = load_settings(**overrides)
     settings.require_slack_credentials()
+    # Before any thread or process starts, so that the server's threads inherit it; background threads
+    # and the follow-up process go back to the kernel's slice (bot/foreground.py).
+    if settings.answer_slice_us:
+        ANSWER_SLICE.set_this_thread(settings.answer_slice_us)
     services = bootstrap(settings)
     policy = services.policy
 

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bot.foreground import DEFAULT_BACKGROUND_NICENESS
+from bot.foreground import DEFAULT_ANSWER_SLICE_US, DEFAULT_BACKGROUND_NICENESS
 
 DEFAULT_DATABASE_URL = "sqlite:///fr-bot.db"
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # The niceness (CPU priority, Linux) of the threads doing work that follows answers: the kernel runs
     # the threads answering Slack first when the cores are busy. 0 keeps them level (bot/foreground.py).
     background_niceness: int = Field(DEFAULT_BACKGROUND_NICENESS, ge=0, le=19)
+    # The kernel's time slice, in microseconds, for the threads that answer Slack (Linux 6.12+): a short
+    # one lets an answer preempt busy threads of other processes sooner. 0 keeps the kernel's default.
+    answer_slice_us: int = Field(DEFAULT_ANSWER_SLICE_US, ge=0, le=100_000)
     # Members of approver user groups are re-read from Slack after this long.
     approver_cache_seconds: float = Field(60.0, ge=0, le=3600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -40,6 +40,7 @@ from typing import Any
 
 from slack_bolt import BoltRequest
 
+from bot.foreground import ANSWER_SLICE
 from bot.policy import LoadedPolicy
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,9 @@ def _serve(connection: Connection, app: Any, wake_outbox: Callable[[], None]) ->
 
 
 def _lower_this_process(niceness: int) -> None:
-    # Before any thread starts: threads inherit their creator's niceness on Linux.
+    # Before any thread starts: threads inherit their creator's niceness and time slice on Linux, and
+    # this process inherited the answering process's short slice.
+    ANSWER_SLICE.set_this_thread(0)
     with contextlib.suppress(OSError):
         current = os.getpriority(os.PRIO_PROCESS, 0)
         os.setpriority(os.PRIO_PROCESS, 0, max(current, niceness))

@@ -12,12 +12,20 @@ A piece already started also yields the CPU: the threads that do background work
 than the ones that answer (`lower_this_thread`; on Linux a thread's niceness is its own), so when an answer
 arrives while the machine's cores are busy, the kernel runs the answer first. It lowers only CPU priority:
 idle CPU still goes to the background work, and its locks and transactions are the same.
+
+The answering threads also ask the kernel for a short time slice (`AnswerSlice`; Linux 6.12 and later,
+where EEVDF takes a thread's own slice from `sched_setattr`). A thread woken by a request then preempts
+whatever holds its core instead of waiting for that thread's slice to run out (1.4 ms by default on two
+cores): PostgreSQL's backends, the Slack calls' peers, other processes. Background threads go back to
+the kernel's slice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import platform
 import sys
 import threading
 from collections.abc import Iterator
@@ -28,6 +36,11 @@ from storage.db import background_work
 # The niceness of background threads (0 keeps them level with the answers). At 19 the kernel gives a busy
 # answering thread about 70 times the CPU of a background thread that competes with it for a core.
 DEFAULT_BACKGROUND_NICENESS = 19
+
+# The time slice asked for the answering threads, in microseconds (0: the kernel's). The kernel takes
+# 100 us to 100 ms; a shorter slice lets a woken thread preempt sooner, and costs more switches only
+# while it and another thread both want one core.
+DEFAULT_ANSWER_SLICE_US = 100
 
 # Long enough for the answers in flight to finish (a few ms each), short against trigger_id's 3 s.
 MOST_WAIT_SECONDS = 0.02
@@ -80,13 +93,12 @@ class BackgroundPriority:
         if getattr(self._lowered, "done", False):
             return
         self._lowered.done = True
+        if threading.current_thread() is threading.main_thread():
+            return
+        ANSWER_SLICE.set_this_thread(0)  # an answering thread's short slice is not for background work
         # Only Linux gives each thread its own niceness; elsewhere PRIO_PROCESS with a thread id would
         # name a process.
-        if (
-            self.niceness <= 0
-            or not sys.platform.startswith("linux")
-            or threading.current_thread() is threading.main_thread()
-        ):
+        if self.niceness <= 0 or not sys.platform.startswith("linux"):
             return
         thread = threading.get_native_id()
         # A sandbox that forbids it leaves the work at the usual priority. Without privileges niceness
@@ -97,6 +109,68 @@ class BackgroundPriority:
 
 
 BACKGROUND = BackgroundPriority()
+
+
+class _SchedAttr(ctypes.Structure):
+    # struct sched_attr (linux/sched/types.h); sched_runtime is a fair thread's slice in ns (6.12+).
+    _fields_ = [
+        ("size", ctypes.c_uint32),
+        ("sched_policy", ctypes.c_uint32),
+        ("sched_flags", ctypes.c_uint64),
+        ("sched_nice", ctypes.c_int32),
+        ("sched_priority", ctypes.c_uint32),
+        ("sched_runtime", ctypes.c_uint64),
+        ("sched_deadline", ctypes.c_uint64),
+        ("sched_period", ctypes.c_uint64),
+        ("sched_util_min", ctypes.c_uint32),
+        ("sched_util_max", ctypes.c_uint32),
+    ]
+
+
+# (sched_setattr, sched_getattr) by machine; glibc has no wrapper for either.
+_SCHED_ATTR_SYSCALLS = {"x86_64": (314, 315), "aarch64": (274, 275)}
+_SCHED_OTHER = 0
+
+
+class AnswerSlice:
+    """The kernel's time slice for this process's threads (Linux 6.12+); elsewhere nothing happens."""
+
+    def __init__(self) -> None:
+        linux = sys.platform.startswith("linux")
+        self._calls = _SCHED_ATTR_SYSCALLS.get(platform.machine()) if linux else None
+
+    def set_this_thread(self, microseconds: int) -> bool:
+        """Asks for a slice of `microseconds` (0: the kernel's default) for the calling thread, keeping
+        its policy and niceness; threads and processes it starts later inherit it. False where the
+        kernel or the machine cannot (then nothing changed)."""
+        attr = self._attr_of_this_thread()
+        if attr is None or attr.sched_policy != _SCHED_OTHER:  # real-time or idle: not ours to change
+            return False
+        attr.size = ctypes.sizeof(attr)
+        attr.sched_flags = 0
+        attr.sched_runtime = microseconds * 1000
+        return self._syscall(0, attr, 0)
+
+    def of_this_thread(self) -> int | None:
+        """The calling thread's slice in microseconds, None where it cannot be read."""
+        attr = self._attr_of_this_thread()
+        return None if attr is None else int(attr.sched_runtime // 1000)
+
+    def _attr_of_this_thread(self) -> _SchedAttr | None:
+        attr = _SchedAttr()
+        return attr if self._syscall(1, attr, ctypes.sizeof(attr), 0) else None
+
+    def _syscall(self, which: int, attr: _SchedAttr, *rest: int) -> bool:
+        if self._calls is None:
+            return False
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            return libc.syscall(self._calls[which], 0, ctypes.byref(attr), *rest) == 0
+        except (OSError, AttributeError):
+            return False
+
+
+ANSWER_SLICE = AnswerSlice()
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -211,6 +212,28 @@ def statements_run(engine: Engine) -> Iterator[list[str]]:
 # Tests of per-thread CPU priority (bot/foreground.py BackgroundPriority): only Linux gives threads their own.
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="a thread's own niceness is Linux's"
+)
+
+
+def _kernel_takes_a_thread_slice() -> bool:
+    """Whether this kernel keeps a fair thread's own time slice (Linux 6.12+), tried in a throwaway
+    thread."""
+    from bot.foreground import ANSWER_SLICE
+
+    seen: list[int | None] = []
+
+    def attempt() -> None:
+        ANSWER_SLICE.set_this_thread(300)
+        seen.append(ANSWER_SLICE.of_this_thread())
+
+    worker = threading.Thread(target=attempt)
+    worker.start()
+    worker.join(timeout=10)
+    return seen == [300]
+
+
+needs_thread_slices = pytest.mark.skipif(
+    not _kernel_takes_a_thread_slice(), reason="this kernel keeps no per-thread time slice (Linux 6.12+ does)"
 )
 
 

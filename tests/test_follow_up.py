@@ -29,7 +29,14 @@ from handlers.after_answer import AfterAnswer
 from storage.db import make_engine
 from storage.models import FrRequest
 from tests.botprocess import SIGNING_SECRET, BotProcess, follow_up_processes
-from tests.conftest import TEST_POLICY, _truncate_postgres, slack_state, valid_form_values, wait_until
+from tests.conftest import (
+    TEST_POLICY,
+    _truncate_postgres,
+    needs_thread_slices,
+    slack_state,
+    valid_form_values,
+    wait_until,
+)
 from tests.e2e_support import decide, recorded_answer, reference_of, reviewer_message, submitted_reference
 from tests.slackstub import SlackDriver, SlackStub
 
@@ -109,9 +116,9 @@ def pg_bot(postgres_migrated: str, stub: SlackStub, tmp_path: Path) -> Iterator[
     stub.assert_no_violations()
 
 
-def started(pg_bot: Callable[..., BotProcess]) -> tuple[BotProcess, int]:
+def started(pg_bot: Callable[..., BotProcess], **env: str) -> tuple[BotProcess, int]:
     """A bot and the pid of its follow-up process."""
-    bot = pg_bot()
+    bot = pg_bot(**env)
     assert bot.process is not None
     pid = bot.process.pid
     (follow_up,) = wait_until(lambda: follow_up_processes(pid), "the follow-up process")
@@ -157,6 +164,60 @@ def test_the_work_after_answers_runs_in_the_follow_up_process_and_a_dead_one_is_
     assert "FR-20" in reference_of(recorded_answer(stub, view, answer))
     assert bot.stop() == 0
     assert "Traceback" not in bot.log(), bot.log()
+
+
+def thread_priorities(pid: int) -> list[tuple[int, int]]:
+    """(niceness, time slice in us) of each of the process's threads, from /proc."""
+    seen = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            niceness = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+            sched = (task / "sched").read_text()
+        except OSError:  # a thread that has just ended
+            continue
+        (line,) = [line for line in sched.splitlines() if line.startswith("se.slice")]
+        seen.append((niceness, int(line.split(":")[1]) // 1000))
+    return seen
+
+
+@needs_thread_slices
+def test_the_answering_threads_take_a_short_slice_and_the_work_after_them_the_kernels(
+    pg_bot: Callable[..., BotProcess], stub: SlackStub
+) -> None:
+    bot, follow_up = started(pg_bot, FRBOT_ANSWER_SLICE_US="200")
+    slack = SlackDriver(bot.url, SIGNING_SECRET, stub=stub)
+    open_form(slack, stub, "UOFFICER1")  # the server's threads and the follow-up's pool have started
+    assert bot.process is not None
+    kernel_default = thread_priorities(os.getpid())[0][1]  # pytest's main thread: never changed
+
+    answering = thread_priorities(bot.process.pid)
+    assert len(answering) > 1 and {slice_us for _, slice_us in answering} == {200}, answering
+    following = thread_priorities(follow_up)
+    assert len(following) > 1, following
+    assert {slice_us for _, slice_us in following} == {kernel_default}, following
+    assert bot.stop() == 0
+
+
+@needs_thread_slices
+def test_in_one_process_the_background_threads_go_back_to_the_kernels_slice(
+    stub: SlackStub, tmp_path: Path
+) -> None:
+    """SQLite keeps one process: its answering threads have the short slice, and the threads that lower
+    their niceness for background work (intake, outbox, scheduler, work after answers) drop it."""
+    policy = tmp_path / "policy.yml"
+    policy.write_text(TEST_POLICY)
+    bot = BotProcess(f"sqlite:///{tmp_path / 'bot.db'}", policy, stub.base_url, tmp_path).start()
+    try:
+        slack = SlackDriver(bot.url, SIGNING_SECRET, stub=stub)
+        open_form(slack, stub, "UOFFICER1")
+        assert bot.process is not None
+        kernel_default = thread_priorities(os.getpid())[0][1]
+        threads = thread_priorities(bot.process.pid)
+        assert {slice_us for niceness, slice_us in threads if niceness == 0} == {100}, threads
+        assert {slice_us for niceness, slice_us in threads if niceness == 19} == {kernel_default}, threads
+        assert bot.stop() == 0
+    finally:
+        bot.stop(signal.SIGKILL)
 
 
 def test_a_new_follow_up_process_judges_forms_by_the_policy_the_bot_started_with(

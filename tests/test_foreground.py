@@ -16,10 +16,10 @@ from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.signature import SignatureVerifier
 
 from bot import foreground
-from bot.foreground import ANSWERS, AnswersInFlight, BackgroundPriority
+from bot.foreground import ANSWER_SLICE, ANSWERS, AnswersInFlight, BackgroundPriority
 from bot.server import EVENTS_PATH, wsgi_app
 from handlers.after_answer import AfterAnswer
-from tests.conftest import linux_only
+from tests.conftest import linux_only, needs_thread_slices
 
 # Long enough for a waiting thread to be waiting, and for one that did not wait to have finished.
 SETTLE = 0.1
@@ -169,3 +169,43 @@ def test_work_after_an_answer_runs_at_the_background_priority() -> None:
     with ThreadPoolExecutor(max_workers=1) as pool:
         AfterAnswer(pool)("test", lambda: seen.append(own_niceness()))
     assert seen == [foreground.BACKGROUND.niceness]
+
+
+def in_a_new_thread(work: Any) -> Any:
+    seen: list[Any] = []
+    worker = threading.Thread(target=lambda: seen.append(work()))
+    worker.start()
+    worker.join(timeout=10)
+    return seen[0]
+
+
+@needs_thread_slices
+def test_answering_threads_pass_their_short_slice_on_and_background_work_drops_it() -> None:
+    kernel_default = ANSWER_SLICE.of_this_thread()
+    assert kernel_default is not None and kernel_default != 250
+
+    def answering_thread() -> tuple[int | None, int | None, int | None]:
+        assert ANSWER_SLICE.set_this_thread(250)
+        started_by_it = in_a_new_thread(ANSWER_SLICE.of_this_thread)  # as the server's threads are
+
+        def background() -> int | None:
+            BackgroundPriority(niceness=7).lower_this_thread()
+            return ANSWER_SLICE.of_this_thread()
+
+        return ANSWER_SLICE.of_this_thread(), started_by_it, in_a_new_thread(background)
+
+    own, inherited, background = in_a_new_thread(answering_thread)
+    assert (own, inherited, background) == (250, 250, kernel_default)
+    assert ANSWER_SLICE.of_this_thread() == kernel_default  # the caller's thread is untouched
+
+
+@needs_thread_slices
+def test_background_work_drops_the_short_slice_even_at_niceness_zero() -> None:
+    kernel_default = ANSWER_SLICE.of_this_thread()
+
+    def answering_then_background() -> int | None:
+        ANSWER_SLICE.set_this_thread(250)
+        BackgroundPriority(niceness=0).lower_this_thread()
+        return ANSWER_SLICE.of_this_thread()
+
+    assert in_a_new_thread(answering_then_background) == kernel_default
