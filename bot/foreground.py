@@ -138,6 +138,7 @@ class AnswerSlice:
     def __init__(self) -> None:
         linux = sys.platform.startswith("linux")
         self._calls = _SCHED_ATTR_SYSCALLS.get(platform.machine()) if linux else None
+        self._libc: ctypes.CDLL | None = None  # loaded at the first call: most processes never make one
 
     def set_this_thread(self, microseconds: int) -> bool:
         """Asks for a slice of `microseconds` (0: the kernel's default) for the calling thread, keeping
@@ -164,8 +165,9 @@ class AnswerSlice:
         if self._calls is None:
             return False
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            return libc.syscall(self._calls[which], 0, ctypes.byref(attr), *rest) == 0
+            if self._libc is None:
+                self._libc = ctypes.CDLL(None, use_errno=True)
+            return self._libc.syscall(self._calls[which], 0, ctypes.byref(attr), *rest) == 0
         except (OSError, AttributeError):
             return False
 

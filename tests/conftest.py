@@ -215,21 +215,25 @@ linux_only = pytest.mark.skipif(
 )
 
 
+def in_a_new_thread(work: Callable[[], Any]) -> Any:
+    """What `work` returns when run in a thread of its own (a thread's niceness and slice are its own)."""
+    seen: list[Any] = []
+    worker = threading.Thread(target=lambda: seen.append(work()))
+    worker.start()
+    worker.join(timeout=10)
+    return seen[0]
+
+
 def _kernel_takes_a_thread_slice() -> bool:
     """Whether this kernel keeps a fair thread's own time slice (Linux 6.12+), tried in a throwaway
     thread."""
     from bot.foreground import ANSWER_SLICE
 
-    seen: list[int | None] = []
-
-    def attempt() -> None:
+    def attempt() -> int | None:
         ANSWER_SLICE.set_this_thread(300)
-        seen.append(ANSWER_SLICE.of_this_thread())
+        return ANSWER_SLICE.of_this_thread()
 
-    worker = threading.Thread(target=attempt)
-    worker.start()
-    worker.join(timeout=10)
-    return seen == [300]
+    return in_a_new_thread(attempt) == 300
 
 
 needs_thread_slices = pytest.mark.skipif(

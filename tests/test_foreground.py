@@ -19,7 +19,7 @@ from bot import foreground
 from bot.foreground import ANSWER_SLICE, ANSWERS, AnswersInFlight, BackgroundPriority
 from bot.server import EVENTS_PATH, wsgi_app
 from handlers.after_answer import AfterAnswer
-from tests.conftest import linux_only, needs_thread_slices
+from tests.conftest import in_a_new_thread, linux_only, needs_thread_slices
 
 # Long enough for a waiting thread to be waiting, and for one that did not wait to have finished.
 SETTLE = 0.1
@@ -127,19 +127,15 @@ def own_niceness() -> int:
 
 def niceness_in_a_new_thread(priority: BackgroundPriority, before: int = 0) -> int:
     """The niceness of a new thread that starts at `before` and lowers itself (twice: once counts)."""
-    seen: list[int] = []
 
-    def work() -> None:
+    def work() -> int:
         if before > own_niceness():
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), before)
         priority.lower_this_thread()
         priority.lower_this_thread()
-        seen.append(own_niceness())
+        return own_niceness()
 
-    worker = threading.Thread(target=work)
-    worker.start()
-    worker.join(timeout=10)
-    return seen[0]
+    return int(in_a_new_thread(work))
 
 
 @linux_only
@@ -169,14 +165,6 @@ def test_work_after_an_answer_runs_at_the_background_priority() -> None:
     with ThreadPoolExecutor(max_workers=1) as pool:
         AfterAnswer(pool)("test", lambda: seen.append(own_niceness()))
     assert seen == [foreground.BACKGROUND.niceness]
-
-
-def in_a_new_thread(work: Any) -> Any:
-    seen: list[Any] = []
-    worker = threading.Thread(target=lambda: seen.append(work()))
-    worker.start()
-    worker.join(timeout=10)
-    return seen[0]
 
 
 @needs_thread_slices
