@@ -224,9 +224,10 @@ def _record_all(session: Session, entries: list[tuple[Notice, Entry]]) -> list[t
 
 
 class DueReview(NamedTuple):
-    """A due review as the overdue-review sweep reads it: the stage's columns it needs and its request's
-    reference and urgency. Columns, not ORM objects, which cost more to build than the sweep's own work
-    (bench/NOTES.md item 42); none of the request's free text, nor any collection (item 41)."""
+    """A due review as the overdue-review sweep reads it: the stage's columns it needs, its request's
+    reference and urgency, and what its notices say of it (counted in the same statement, item 50).
+    Columns, not ORM objects, which cost more to build than the sweep's own work (bench/NOTES.md item
+    42); none of the request's free text, nor any collection (item 41)."""
 
     id: int
     request_id: int
@@ -239,6 +240,13 @@ class DueReview(NamedTuple):
     message_ts: str | None
     reference: str
     urgency: str
+    escalated: bool  # its escalation is recorded (it escalates once)
+    reminders_sent: int  # before this sweep's
+
+
+def _notices_of_the_stage(kind: str) -> Any:
+    """The notices of one kind about the review on the row (the unique index's first two columns)."""
+    return and_(ScheduledNotice.kind == kind, ScheduledNotice.subject_id == StageReview.id)
 
 
 _DUE_REVIEW_COLUMNS = select(
@@ -253,7 +261,19 @@ _DUE_REVIEW_COLUMNS = select(
     StageReview.message_ts,
     FrRequest.reference,
     FrRequest.urgency,
+    exists().where(_notices_of_the_stage(NoticeKind.ESCALATION)),
+    select(func.count()).where(_notices_of_the_stage(NoticeKind.REMINDER)).scalar_subquery(),
 ).join(FrRequest, FrRequest.id == StageReview.request_id)
+
+
+def _last_reminder_in(channel: str) -> Any:
+    """When the channel's last reminder was recorded (the gap between reminders runs from it): one value
+    for the whole query, which both databases compute once."""
+    return (
+        select(func.max(ScheduledNotice.created_at))
+        .where(ScheduledNotice.kind == NoticeKind.REMINDER, ScheduledNotice.channel == channel)
+        .scalar_subquery()
+    )
 
 
 # The sweeps' claims (conditional updates) leave the session's objects as they were read: by default the
@@ -297,8 +317,8 @@ def sweep_reviews(
 ) -> SweepReport:
     report = report if report is not None else SweepReport()
     now = clock()
-    _backfill_due_times(db, policy)
     with transaction(db) as session:
+        _backfill_due_times(session, policy)
         channels = list(
             session.scalars(select(StageReview.channel_id).where(*_due_reviews(now, policy)).distinct())
         )
@@ -315,25 +335,25 @@ def sweep_reviews(
     return report
 
 
-def _backfill_due_times(db: sessionmaker[Session], policy: Policy) -> None:
+def _backfill_due_times(session: Session, policy: Policy) -> None:
     """Pending stages without a due time (created before deadlines existed, or by a code path that does
-    not set one) get it from when they started."""
-    with transaction(db) as session:
-        # Columns, not objects, and the stage's urgency with it (a query for each stage before item 41):
-        # this runs in every sweep and nearly always finds nothing (bench/NOTES.md item 42).
-        missing = session.execute(
-            select(StageReview.id, StageReview.stage_id, StageReview.started_at, FrRequest.urgency)
-            .join(FrRequest, FrRequest.id == StageReview.request_id)
-            # From the index of pending stages, in which these have no due time (models' PENDING_STAGE).
-            .where(IS_PENDING_STAGE, StageReview.due_at.is_(None), StageReview.started_at.is_not(None))
-            .with_for_update(of=StageReview, skip_locked=True)
-        ).all()
-        if missing:  # the ORM's bulk update by primary key: one statement, run for each stage
-            due = [
-                {"id": review_id, "due_at": deadlines.review_due(policy, stage_id, urgency, started_at)}
-                for review_id, stage_id, started_at, urgency in missing
-            ]
-            session.execute(update(StageReview), due)
+    not set one) get it from when they started; in the transaction that then reads which channels have
+    reviews due, which sees them."""
+    # Columns, not objects, and the stage's urgency with it (a query for each stage before item 41):
+    # this runs in every sweep and nearly always finds nothing (bench/NOTES.md item 42).
+    missing = session.execute(
+        select(StageReview.id, StageReview.stage_id, StageReview.started_at, FrRequest.urgency)
+        .join(FrRequest, FrRequest.id == StageReview.request_id)
+        # From the index of pending stages, in which these have no due time (models' PENDING_STAGE).
+        .where(IS_PENDING_STAGE, StageReview.due_at.is_(None), StageReview.started_at.is_not(None))
+        .with_for_update(of=StageReview, skip_locked=True)
+    ).all()
+    if missing:  # the ORM's bulk update by primary key: one statement, run for each stage
+        due = [
+            {"id": review_id, "due_at": deadlines.review_due(policy, stage_id, urgency, started_at)}
+            for review_id, stage_id, started_at, urgency in missing
+        ]
+        session.execute(update(StageReview), due)
 
 
 def _approvers(policy: Policy, stage_id: str) -> tuple[str, ...]:
@@ -359,34 +379,22 @@ def _sweep_channel(
     with transaction(db) as session:
         if not _try_channel_lock(session, channel):
             return 0
-        stages = [
-            DueReview(*row)
-            for row in session.execute(
-                _DUE_REVIEW_COLUMNS.where(StageReview.channel_id == channel, *_due_reviews(now, policy))
-                .order_by(StageReview.due_at, StageReview.id)
-                .limit(batch_size)
-                # Wait, never skip: the channel lock already keeps other sweepers out, so a locked review
-                # is one the dispatcher is writing a landing to, and skipping it would hold its reminder
-                # back until the channel's gap has passed.
-                .with_for_update(of=StageReview)
-            )
-        ]
-        if not stages:
+        # The reviews with what else the batch needs (whether each has escalated, how many reminders it
+        # had, when the channel's last reminder went) in one statement, where these took three.
+        rows = session.execute(
+            _DUE_REVIEW_COLUMNS.add_columns(_last_reminder_in(channel))
+            .where(StageReview.channel_id == channel, *_due_reviews(now, policy))
+            .order_by(StageReview.due_at, StageReview.id)
+            .limit(batch_size)
+            # Wait, never skip: the channel lock already keeps other sweepers out, so a locked review is
+            # one the dispatcher is writing a landing to, and skipping it would hold its reminder back
+            # until the channel's gap has passed.
+            .with_for_update(of=StageReview)
+        ).all()
+        if not rows:
             return 0
-        ids = [stage.id for stage in stages]
-        escalated = set(
-            session.scalars(
-                select(ScheduledNotice.subject_id).where(
-                    ScheduledNotice.kind == NoticeKind.ESCALATION,
-                    _one_of(session, ScheduledNotice.subject_id, ids),
-                )
-            )
-        )
-        last_reminder = session.scalar(
-            select(func.max(ScheduledNotice.created_at)).where(
-                ScheduledNotice.kind == NoticeKind.REMINDER, ScheduledNotice.channel == channel
-            )
-        )
+        stages = [DueReview(*row[:-1]) for row in rows]
+        last_reminder = rows[0][-1]
         gap_ends = None
         if last_reminder is not None:
             gap_ends = last_reminder + timedelta(minutes=policy.reminders.channel_gap_minutes)
@@ -408,7 +416,7 @@ def _sweep_channel(
                 approvers=_approvers(policy, stage.stage_id),
             )
             escalate_at = None
-            if stage.id not in escalated:
+            if not stage.escalated:
                 escalate_at = deadlines.escalation_due(
                     policy, stage.stage_id, stage.urgency, stage.started_at or stage.due_at, stage.due_at
                 )
@@ -451,7 +459,8 @@ def _sweep_channel(
             (stage, item) for notice, (stage, item) in recorded if notice.kind == NoticeKind.ESCALATION
         ]
         events = _queue_reminders(session, policy, channel, reminded, now, report)
-        events += _record_escalations(session, policy, escalations, now, report)
+        reminded_now = {stage.id for stage, _, _ in reminded}
+        events += _record_escalations(policy, escalations, reminded_now, now, report)
         # The batch's events chained with one append, last: it holds the chain's head until the commit.
         append_events(session, events)
         return len(stages)
@@ -540,22 +549,10 @@ def _queue_reminders(
     return events
 
 
-def _reminder_counts(session: Session, stage_ids: list[int]) -> dict[int, int]:
-    rows = session.execute(
-        select(ScheduledNotice.subject_id, func.count())
-        .where(
-            ScheduledNotice.kind == NoticeKind.REMINDER,
-            _one_of(session, ScheduledNotice.subject_id, stage_ids),
-        )
-        .group_by(ScheduledNotice.subject_id)
-    ).all()
-    return {int(subject): int(number) for subject, number in rows}
-
-
 def _record_escalations(
-    session: Session,
     policy: Policy,
     escalations: list[tuple[DueReview, views.OverdueItem]],
+    reminded: set[int],
     now: datetime,
     report: SweepReport,
 ) -> list[PreparedEvent]:
@@ -563,13 +560,14 @@ def _record_escalations(
     `_announce_escalations` tells the leads."""
     if not escalations:
         return []
-    counts = _reminder_counts(session, [stage.id for stage, _ in escalations])
     events: list[PreparedEvent] = []
     for stage, _ in escalations:
         details = {
             "stage": stage.stage_id,
             "due_at": stage.due_at.isoformat(),
-            "reminders_sent": counts.get(stage.id, 0),
+            # Its reminders before this sweep and the one this sweep recorded with the escalation, if any
+            # (the channel's lock keeps any other sweep from recording one meanwhile).
+            "reminders_sent": stage.reminders_sent + (1 if stage.id in reminded else 0),
             "leads_channel": policy.leads_channel,
         }
         events.append(prepare_event("system", "review_escalated", stage.request_id, now, details))

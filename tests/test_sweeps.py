@@ -166,6 +166,10 @@ def test_overdue_review_is_reminded_in_its_thread_repeats_then_escalates(
     deliver(workflow, stub, clock)
     (escalation,) = posts(stub, "C0LEADS")
     assert ref in escalation.args["text"] and "3 reminders sent" in blocks_text(escalation)
+    # The audit trail counts them as the leads' message does: two before, and this sweep's own.
+    with transaction(workflow.db) as session:
+        escalated = session.scalars(select(AuditEvent).where(AuditEvent.action == "review_escalated")).one()
+        assert escalated.details["reminders_sent"] == 3
 
     clock.now = due + timedelta(hours=6)
     report = sweep(workflow, clock)
@@ -837,6 +841,13 @@ def test_a_sweep_claims_and_records_a_channels_reviews_a_batch_at_a_time(
     assert sum(s.startswith("UPDATE SCHEDULED_NOTICES") for s in normalised) == 1  # escalations announced
     # Each channel's message and its reviews' refreshes in one insert, and the leads' announcement.
     assert sum(s.startswith("INSERT INTO OUTBOX") for s in normalised) == 3
+    # Each channel's due reviews are read with one statement, which also gives whether each has escalated,
+    # how many reminders it had and when the channel's last reminder went; the notices are read apart only
+    # by the leads' announcement (the escalations not yet announced).
+    due_reads = [s for s in normalised if s.startswith("SELECT STAGE_REVIEWS.ID, STAGE_REVIEWS.REQUEST_ID")]
+    assert len(due_reads) == 2 and all("SCHEDULED_NOTICES.KIND" in s for s in due_reads)
+    notices_read = [s for s in normalised if re.match(r"SELECT [^(]*\bFROM SCHEDULED_NOTICES\b", s)]
+    assert len(notices_read) == 1 and "ANNOUNCED_AT IS NULL" in notices_read[0]
     if engine.dialect.name == "postgresql":
         # Each channel's batch is sent as one JSON parameter: the claim and the inserts of notices, audit
         # events and outbox rows have the same text whatever the batch, built and parsed once
