@@ -249,6 +249,10 @@ def _notices_of_the_stage(kind: str) -> Any:
     return and_(ScheduledNotice.kind == kind, ScheduledNotice.subject_id == StageReview.id)
 
 
+# How many reminders the review on the row has had: in its due read and in the leads' escalation message.
+_REMINDERS_SENT = select(func.count()).where(_notices_of_the_stage(NoticeKind.REMINDER)).scalar_subquery()
+
+
 _DUE_REVIEW_COLUMNS = select(
     StageReview.id,
     StageReview.request_id,
@@ -262,7 +266,7 @@ _DUE_REVIEW_COLUMNS = select(
     FrRequest.reference,
     FrRequest.urgency,
     exists().where(_notices_of_the_stage(NoticeKind.ESCALATION)),
-    select(func.count()).where(_notices_of_the_stage(NoticeKind.REMINDER)).scalar_subquery(),
+    _REMINDERS_SENT,
 ).join(FrRequest, FrRequest.id == StageReview.request_id)
 
 
@@ -605,11 +609,6 @@ def _announce_escalations(
         if not claimed:
             return
         # Columns, not objects: each review's line, with the reminders it had (bench/NOTES.md item 42).
-        reminders_sent = (
-            select(func.count())
-            .where(ScheduledNotice.kind == NoticeKind.REMINDER, ScheduledNotice.subject_id == StageReview.id)
-            .scalar_subquery()
-        )
         escalated = session.execute(
             select(
                 FrRequest.reference,
@@ -620,7 +619,7 @@ def _announce_escalations(
                 StageReview.message_permalink,
                 StageReview.message_channel,
                 StageReview.message_ts,
-                reminders_sent,
+                _REMINDERS_SENT,
             )
             .join(FrRequest, FrRequest.id == StageReview.request_id)
             .where(_one_of(session, StageReview.id, list(claimed)))
