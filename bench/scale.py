@@ -328,7 +328,11 @@ def _swept_before(url: str, loaded: LoadedPolicy, results: dict[str, Measured]) 
 # the chain head, and the pending stages' next_check_at (and due_at, which it backfills where missing).
 _ADDED_TO = ("audit_event_texts", "audit_events", "scheduled_notices", "outbox", "digests")
 _UPDATED = ("stage_reviews", "audit_chain_head", "scheduled_notices", "outbox", "digests")
-_WRITE = re.compile(r"^\s*(?:(INSERT)\s+INTO|(UPDATE)|(DELETE)\s+FROM)\s+\"?(\w+)", re.IGNORECASE)
+# Every write of a statement, its data-modifying CTEs' too (the audit chain's append is the head's update
+# with the events' insert in a CTE); not a row lock's FOR UPDATE, nor an upsert's DO UPDATE.
+_WRITE = re.compile(
+    r"\b(?:(INSERT)\s+INTO|(?<!FOR )(?<!KEY )(?<!DO )(UPDATE)|(DELETE)\s+FROM)\s+\"?(\w+)", re.IGNORECASE
+)
 _PENDING_STAGES = "SELECT id, due_at, next_check_at FROM stage_reviews WHERE status = 'pending' ORDER BY id"
 
 
@@ -347,8 +351,7 @@ class SweepUndo:
         event.listen(sweeping, "before_cursor_execute", self._seen)
 
     def _seen(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if match := _WRITE.match(statement):
-            insert, update, delete, table = match.groups()
+        for insert, update, delete, table in _WRITE.findall(" ".join(statement.split())):
             self.writes.add(((insert or update or delete).upper(), table))
 
     def _state(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import JSON, Connection, Engine, Text, bindparam, cast, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -35,7 +35,7 @@ from bot.forms import FREE_TEXT_FIELDS
 from storage.canonical import canonical_json
 from storage.db import READ_SNAPSHOT, transaction
 from storage.models import AuditChainHead, AuditEvent, AuditEventText, utcnow
-from storage.recordsets import execute_batch, recordset
+from storage.recordsets import PARAMETER, document, members, recordset
 
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
@@ -95,6 +95,19 @@ def event_hash(
     return hashlib.sha256(canonical_json(record).encode("utf-8")).hexdigest()
 
 
+def _serialised_around(
+    request_id: int | None, actor: str, action: str, details_json: str, created_at: datetime
+) -> tuple[str, str]:
+    """serialised_event's text but for the two values the chain's head gives: the text before the previous
+    hash, and the text between it and the sequence number (the number and a closing brace end it)."""
+    request = "null" if request_id is None else str(int(request_id))
+    return (
+        f'{{"action":{canonical_json(action)},"actor":{canonical_json(actor)},'
+        f'"created_at":"{canonical_time(created_at)}","details":{details_json},"prev_hash":',
+        f',"request_id":{request},"seq":',
+    )
+
+
 def serialised_event(
     seq: int,
     request_id: int | None,
@@ -109,12 +122,8 @@ def serialised_event(
     The database stores JSON canonically (storage/canonical.py), so verification can use the stored text
     as it is; keys appear here in sorted order, exactly as canonical_json would put them.
     """
-    request = "null" if request_id is None else str(int(request_id))
-    return (
-        f'{{"action":{canonical_json(action)},"actor":{canonical_json(actor)},'
-        f'"created_at":"{canonical_time(created_at)}","details":{details_json},'
-        f'"prev_hash":{canonical_json(prev_hash)},"request_id":{request},"seq":{int(seq)}}}'
-    )
+    before_prev, before_seq = _serialised_around(request_id, actor, action, details_json, created_at)
+    return f"{before_prev}{canonical_json(prev_hash)}{before_seq}{int(seq)}}}"
 
 
 def commitment(salt: str, text: str) -> str:
@@ -261,10 +270,6 @@ def _insert_events(details: Any) -> Any:
     return insert(EVENTS).values({**values, "details": details})
 
 
-# PostgreSQL: the batch as one JSON parameter (storage/recordsets.py).
-_INSERT_EVENTS_FROM_JSON = insert(EVENTS).from_select(
-    _EVENT_COLUMNS, select(recordset(EVENTS, _EVENT_COLUMNS))
-)
 # SQLite, or a batch that cannot go as JSON: an executemany, by dialect. The details go in as the canonical
 # text the chain hashed (`PreparedEvent.details_json`), not as a dict for the JSON type to serialise again;
 # a `json` column keeps the text as given, as SQLite's text does.
@@ -274,46 +279,122 @@ _INSERT_EVENT_ROWS = {
 }
 
 
-def _with_details_text(rows: list[dict[str, Any]], events: list[PreparedEvent]) -> list[dict[str, Any]]:
-    """The executemany's rows: each event's details as the canonical text the chain hashed."""
-    return [
-        {**{key: value for key, value in row.items() if key != "details"}, "details_json": event.details_json}
-        for row, event in zip(rows, events, strict=True)
+_TEXT_COLUMNS = ["event_seq", "request_id", "path", "salt", "text"]
+
+
+def _appending(with_texts: bool) -> Any:
+    """PostgreSQL's append as one statement: the batch's events (and their sealed texts) inserted from JSON
+    (storage/recordsets.py) by data-modifying CTEs of the head's update, which PostgreSQL runs to
+    completion whether or not the update reads them. Under the head's lock that is one round trip where
+    it took three, each a wait for the server and then for this process's GIL, which the other sweeps'
+    threads hold while they build their rows (bench/NOTES.md item 51)."""
+    events = insert(EVENTS).from_select(_EVENT_COLUMNS, select(recordset(EVENTS, _EVENT_COLUMNS)))
+    statement = (
+        update(HEAD)
+        .where(HEAD.c.id == HEAD_ID)
+        .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
+        .add_cte(events.cte("new_events"))
+    )
+    if with_texts:
+        texts = insert(TEXTS).from_select(
+            _TEXT_COLUMNS, select(recordset(TEXTS, _TEXT_COLUMNS, parameter="texts"))
+        )
+        statement = statement.add_cte(texts.cte("new_texts"))
+    return statement
+
+
+_APPEND = {False: _appending(False), True: _appending(True)}
+
+
+class _Ahead(NamedTuple):
+    """What an event's append can do before the chain's head is locked: everything but the sequence
+    number and the hashes."""
+
+    # serialised_event's text before the previous hash, and between it and the sequence number.
+    before_prev: str
+    before_seq: str
+    # Its row's other columns, and each sealed text's, as JSON members (storage/recordsets.members);
+    # None where the text holds a NUL, which PostgreSQL's JSON cannot take.
+    row: str | None
+    texts: list[str | None]
+
+
+def _ahead(prepared: PreparedEvent, as_json: bool) -> _Ahead:
+    before_prev, before_seq = _serialised_around(
+        prepared.request_id, prepared.actor, prepared.action, prepared.details_json, prepared.at
+    )
+    if not as_json:
+        return _Ahead(before_prev, before_seq, None, [])
+    row = {
+        "request_id": prepared.request_id,
+        "actor_id": prepared.actor,
+        "action": prepared.action,
+        "created_at": prepared.at,
+    }
+    # The details as the canonical text the chain hashes (canonical_json's text of the same value, which
+    # round trips: see prepare_event), not encoded again.
+    texts = [
+        members({"request_id": prepared.request_id, "path": text.path, "salt": text.salt, "text": text.text})
+        for text in prepared.texts
     ]
+    return _Ahead(before_prev, before_seq, members(row, {"details": prepared.details_json}), texts)
 
 
 def append_events(session: Session, events: list[PreparedEvent]) -> None:
     """Chain prepared events, in order, inside the caller's transaction.
 
-    The head row is locked from here to the commit. The session's pending changes are written first, so
-    only the events' own rows are written under the lock. Core statements, not the ORM's unit of work:
-    every write transaction ends here (bench/NOTES.md).
+    The head row is locked from here to the commit, and every writer waits for it, so what does not need
+    the head is done first: the session's pending changes are written, and each event's serialisation
+    and row are written out but for the sequence number and hashes. Under the lock there is then one
+    loop of hashing and, on PostgreSQL, one statement (`_appending`). Core statements, not the ORM's unit
+    of work: every write transaction ends here (bench/NOTES.md).
     """
     if not events:
         return
     session.flush()
+    as_json = session.get_bind().dialect.name == "postgresql"
+    ahead = [_ahead(prepared, as_json) for prepared in events]
+    as_json = as_json and all(a.row is not None and None not in a.texts for a in ahead)
     seq, prev_hash = _locked_head(session)
+    head_seq = seq
+    # Each event's previous hash as JSON text: the head's as canonical_json writes it, then hex digests.
+    previous = [canonical_json(prev_hash)]
+    hashes: list[str] = []
+    for a in ahead:
+        seq += 1
+        serialised = f"{a.before_prev}{previous[-1]}{a.before_seq}{seq}}}"
+        hashes.append(hashlib.sha256(serialised.encode("utf-8")).hexdigest())
+        previous.append(f'"{hashes[-1]}"')
+    # Inserted while holding the head lock, in seq order, so ids grow with seq (verify checks that too).
+    if as_json:
+        numbers = range(head_seq + 1, seq + 1)
+        chained = zip(numbers, previous, hashes, ahead, strict=False)  # `previous` has one more
+        rows = [f'"hash":"{digest}","prev_hash":{prev},"seq":{n},{a.row}' for n, prev, digest, a in chained]
+        texts = [f'"event_seq":{n},{text}' for n, a in zip(numbers, ahead, strict=True) for text in a.texts]
+        parameters = {PARAMETER: document(rows), "head_seq": seq, "head_hash": hashes[-1]}
+        if texts:
+            parameters["texts"] = document(texts)
+        session.execute(_APPEND[bool(texts)], parameters)
+        return
+    _append_as_rows(session, events, head_seq, prev_hash, hashes)
+
+
+def _append_as_rows(
+    session: Session, events: list[PreparedEvent], head_seq: int, prev_hash: str, hashes: list[str]
+) -> None:
+    """SQLite's append, and PostgreSQL's for a batch that cannot go as JSON: the events and their texts as
+    executemanys, then the head's update. The details go in as the canonical text the chain hashed
+    (`PreparedEvent.details_json`), not as a dict for the JSON type to serialise again."""
     rows: list[dict[str, Any]] = []
     texts: list[dict[str, Any]] = []
-    for prepared in events:
-        seq += 1
-        serialised = serialised_event(
-            seq,
-            prepared.request_id,
-            prepared.actor,
-            prepared.action,
-            prepared.details_json,
-            prepared.at,
-            prev_hash,
-        )
-        digest = hashlib.sha256(serialised.encode("utf-8")).hexdigest()
+    for seq, (prepared, digest) in enumerate(zip(events, hashes, strict=True), start=head_seq + 1):
         rows.append(
             {
                 "seq": seq,
                 "request_id": prepared.request_id,
                 "actor_id": prepared.actor,
                 "action": prepared.action,
-                "details": prepared.details,
+                "details_json": prepared.details_json,
                 "created_at": prepared.at,
                 "prev_hash": prev_hash,
                 "hash": digest,
@@ -330,16 +411,12 @@ def append_events(session: Session, events: list[PreparedEvent]) -> None:
             for text in prepared.texts
         )
         prev_hash = digest
-    # Inserted while holding the head lock, in seq order, so ids grow with seq (verify checks that too).
-    # As JSON the details go in the document, in canonical text as the chain hashed them (`details_json`
-    # is canonical_json's text of the same value, which round trips: see prepare_event).
-    as_rows = _INSERT_EVENT_ROWS[session.get_bind().dialect.name]
-    execute_batch(
-        session, _INSERT_EVENTS_FROM_JSON, as_rows, rows, lambda rows: _with_details_text(rows, events)
-    )
+    session.execute(_INSERT_EVENT_ROWS[session.get_bind().dialect.name], rows)
     if texts:
         session.execute(insert(TEXTS), texts)
-    session.execute(update(HEAD).where(HEAD.c.id == HEAD_ID).values(seq=seq, hash=prev_hash))
+    session.execute(
+        update(HEAD).where(HEAD.c.id == HEAD_ID).values(seq=head_seq + len(hashes), hash=prev_hash)
+    )
 
 
 def append_event(

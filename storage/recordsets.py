@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -33,10 +33,11 @@ _NUL = "\\u0000"
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
-def recordset(table: Table, names: list[str]) -> Any:
-    """The table-valued `json_to_recordset` of `names`, typed as the table's columns, to select from."""
+def recordset(table: Table, names: list[str], parameter: str = PARAMETER) -> Any:
+    """The table-valued `json_to_recordset` of `names`, typed as the table's columns, to select from; its
+    rows are the bound `parameter` (one statement may read two batches)."""
     columns = [column(name, table.c[name].type) for name in names]
-    rows = cast(bindparam(PARAMETER, type_=Text), JSON)
+    rows = cast(bindparam(parameter, type_=Text), JSON)
     return func.json_to_recordset(rows).table_valued(*columns).render_derived(with_types=True)
 
 
@@ -53,13 +54,32 @@ def _time(value: Any) -> str:
 _ENCODER = json.JSONEncoder(**CANONICAL, default=_time)
 
 
+def _holds_nul(text: str) -> bool:
+    return _NUL in text and _ESCAPED_NUL.search(text) is not None
+
+
 def records(rows: Sequence[Mapping[str, Any]]) -> dict[str, str] | None:
     """The parameters of a statement selecting from a `recordset`: the rows as one JSON array of
     objects, or None if the text holds a NUL."""
     document = _ENCODER.encode(rows)
-    if _NUL in document and _ESCAPED_NUL.search(document):
-        return None
-    return {PARAMETER: document}
+    return None if _holds_nul(document) else {PARAMETER: document}
+
+
+def members(row: Mapping[str, Any], raw: Mapping[str, str] | None = None) -> str | None:
+    """Part of a batch's row, written ahead: `row`'s columns as JSON object members (no braces), then
+    `raw`'s, whose values are JSON text already (canonical, as a nested value would be written); None if
+    the text holds a NUL. A caller that learns the rest of the row later (the audit chain's sequence
+    numbers and hashes, known only once its head is locked) adds those members and joins the rows with
+    `document`, so that little is left to do then."""
+    text = _ENCODER.encode(row)[1:-1]
+    if raw:
+        text += "".join(f",{_ENCODER.encode(name)}:{value}" for name, value in raw.items())
+    return None if _holds_nul(text) else text
+
+
+def document(rows: Iterable[str]) -> str:
+    """A batch's parameter text from its rows' members, each row's complete (see `members`)."""
+    return "[{" + "},{".join(rows) + "}]"
 
 
 Rows = list[dict[str, Any]]

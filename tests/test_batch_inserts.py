@@ -14,7 +14,7 @@ from bot.workflow import insert_outbox
 from storage.canonical import canonical_json
 from storage.db import make_session_factory, transaction
 from storage.models import AuditEvent, AuditEventText, OutboxMessage, OutboxStatus, ScheduledNotice
-from storage.recordsets import records
+from storage.recordsets import members, records
 from tests.conftest import statements_run
 
 AT = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -33,10 +33,24 @@ def test_a_batch_of_events_chains_in_order_and_verifies(engine: Engine) -> None:
         )
         for n in range(250)
     ]
+    with transaction(db) as session:  # the first event starts the chain
+        append_events(session, events[:1])
     with statements_run(engine) as statements, transaction(db) as session:
-        append_events(session, events)
-    inserts = [s for s in statements if s.startswith("INSERT INTO audit_events ")]
-    assert len(inserts) == 1  # one executemany for the batch
+        append_events(session, events[1:])
+    # What runs once the chain's head is read (and, on PostgreSQL, locked): on PostgreSQL one statement,
+    # which inserts the events and their texts and moves the head; on SQLite one executemany each.
+    under_lock = statements[_head_read(statements) + 1 :]
+    if engine.dialect.name == "postgresql":
+        assert len(under_lock) == 1
+        assert under_lock[0].startswith("WITH new_events AS \n(INSERT INTO audit_events ")
+        assert "new_texts AS \n(INSERT INTO audit_event_texts " in under_lock[0]
+        assert "UPDATE audit_chain_head SET" in under_lock[0]
+    else:
+        assert [s.split(" (")[0] for s in under_lock] == [
+            "INSERT INTO audit_events",
+            "INSERT INTO audit_event_texts",
+            "UPDATE audit_chain_head SET seq=?, hash=? WHERE audit_chain_head.id = ?",
+        ]
 
     with transaction(db, read_only=True) as session:
         rows = session.execute(select(AuditEvent).order_by(AuditEvent.id)).scalars().all()
@@ -47,6 +61,10 @@ def test_a_batch_of_events_chains_in_order_and_verifies(engine: Engine) -> None:
     assert rows[0].created_at == AT
     assert [t.text for t in texts] == [f"note {n} — ünïcode" for n in range(0, 250, 3)]
     assert verify_chain(engine).ok
+
+
+def _head_read(statements: list[str]) -> int:
+    return next(n for n, s in enumerate(statements) if s.startswith("SELECT audit_chain_head.seq"))
 
 
 def test_outbox_rows_take_the_list_order_and_the_column_defaults(engine: Engine) -> None:
@@ -100,7 +118,11 @@ def test_a_batch_is_stored_in_canonical_text_and_one_with_a_nul_still_goes_in(en
         with statements_run(engine) as statements, transaction(db) as session:
             append_events(session, events)
             insert_outbox(session, outbox)
-        assert len([s for s in statements if s.startswith("INSERT INTO audit_events ")]) == 1
+        # One statement writes the batch's events: on PostgreSQL the head's update with them as JSON,
+        # unless a NUL sends them as an executemany before it.
+        assert len([s for s in statements if "INSERT INTO audit_events " in s]) == 1
+        as_json = engine.dialect.name == "postgresql" and len(batch) == 1
+        assert any(s.startswith("WITH new_events AS") for s in statements) == as_json
         assert len([s for s in statements if s.startswith("INSERT INTO outbox ")]) == 1
     with transaction(db, read_only=True) as session:
         stored = (
@@ -133,3 +155,32 @@ def test_a_typed_backslash_u0000_is_no_nul_and_an_incomplete_outbox_row_takes_th
     assert channels == ["C1", typed, "C1"]
     assert queued.payload == {"text": typed} and queued.status == OutboxStatus.PENDING
     assert queued.next_attempt_at is not None
+
+
+def test_sealed_texts_go_in_the_heads_one_statement_and_with_a_nul_as_rows(engine: Engine) -> None:
+    """An event's sealed free text goes with it: in the head's one statement on PostgreSQL, unless the
+    batch holds a NUL (here in an event's details: a text column cannot hold one at all), which sends
+    the batch as executemanys, as on SQLite always. Either way the texts are stored as typed, under
+    their events, and the chain verifies."""
+    db = make_session_factory(engine)
+    assert members({"text": "a\x00"}) is None
+    assert members({"a": 1}, {"details": '{"b":2}'}) == '"a":1,"details":{"b":2}'
+    typed = 'quoted "C\\u0000" — ünïcode'
+    for tool in ("PimEyes", "nul\x00inside"):
+        events = [
+            prepare_event("U1", "comment_added", None, AT, {"comment": typed}),
+            prepare_event("system", "reminder_sent", None, AT, {"tool": tool}),
+        ]
+        with statements_run(engine) as statements, transaction(db) as session:
+            append_events(session, events)
+        one_statement = engine.dialect.name == "postgresql" and tool == "PimEyes"
+        assert any(s.startswith("WITH new_events AS") for s in statements) == one_statement
+        assert any(s.startswith("INSERT INTO audit_event_texts") for s in statements) != one_statement
+    with transaction(db, read_only=True) as session:
+        stored = session.execute(
+            select(AuditEventText.event_seq, AuditEventText.path, AuditEventText.text).order_by(
+                AuditEventText.event_seq
+            )
+        ).all()
+    assert [tuple(row) for row in stored] == [(1, "comment", typed), (3, "comment", typed)]
+    assert verify_chain(engine).ok
