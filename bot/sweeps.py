@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, TypeVar
 from sqlalchemy import and_, any_, bindparam, case, exists, func, literal, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, raiseload, sessionmaker
+from sqlalchemy.orm import Session, load_only, raiseload, sessionmaker
 
 from bot import deadlines, views
 from bot.audit import PreparedEvent, append_events, prepare_event
@@ -675,6 +675,25 @@ def sweep_approvals(
     return report
 
 
+# What an officer's reminder or warning reads of each request (views.expiry_warning_dm and
+# post_use_reminder_dm, with the officer's buttons): none of its free text, which a batch of 200 whole
+# requests read and held only to drop (as the reviews sweep does not, bench/NOTES.md item 41), and none of
+# its history. Touching any other column or relationship raises, rather than loading it row by row.
+_FOR_A_DM = (
+    load_only(
+        FrRequest.id,
+        FrRequest.reference,
+        FrRequest.requester_id,
+        FrRequest.status,
+        FrRequest.tool_snapshot,
+        FrRequest.valid_until,
+        FrRequest.closed_at,
+        raiseload=True,
+    ),
+    raiseload("*"),
+)
+
+
 def _remind_post_use(db: sessionmaker[Session], now: datetime, report: SweepReport) -> None:
     """Once a day after an approval ends, until the officer records what the search did."""
     with transaction(db) as session:
@@ -688,7 +707,7 @@ def _remind_post_use(db: sessionmaker[Session], now: datetime, report: SweepRepo
             .order_by(FrRequest.valid_until)
             .limit(BATCH_SIZE)
             .with_for_update(of=FrRequest, skip_locked=True)
-            .options(raiseload("*"))  # the message reads the request's own columns, none of its history
+            .options(*_FOR_A_DM)
         ).all()
         notices: list[tuple[Notice, FrRequest]] = []
         for request in requests:
@@ -732,7 +751,7 @@ def _warn_expiring(db: sessionmaker[Session], policy: Policy, now: datetime, rep
             .order_by(FrRequest.valid_until)
             .limit(BATCH_SIZE)
             .with_for_update(of=FrRequest, skip_locked=True)
-            .options(raiseload("*"))  # the warning reads the request's own columns, none of its history
+            .options(*_FOR_A_DM)
         ).all()
         notices: list[tuple[Notice, FrRequest]] = []
         for request in requests:
@@ -783,6 +802,17 @@ def _remind_ratification(
             .order_by(FrRequest.decided_at)
             .limit(BATCH_SIZE)
             .with_for_update(of=FrRequest, skip_locked=True)
+            # Its stages and their decisions (who approved), none of its free text or comments.
+            .options(
+                load_only(
+                    FrRequest.id,
+                    FrRequest.reference,
+                    FrRequest.urgency,
+                    FrRequest.decided_at,
+                    raiseload=True,
+                ),
+                raiseload(FrRequest.comments),
+            )
         ).all()
         notices: list[tuple[Notice, tuple[FrRequest, list[StageReview]]]] = []
         for request in requests:

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, func, select, update
 
 from bot import sweeps, views
 from bot.audit import verify_chain
-from bot.forms import DecisionForm, check_request
+from bot.forms import FREE_TEXT_FIELDS, DecisionForm, check_request
 from bot.outbox import OutboxDispatcher
 from bot.pacing import Pacer, Rate, SlackLimits
 from bot.workflow import Workflow
@@ -246,8 +246,14 @@ def test_decided_stage_is_not_reminded_and_the_next_stage_gets_its_own_deadline(
     assert len(posts(stub, "C0SUPER")) == 1
 
 
+def _free_text_read(statements: list[str]) -> list[str]:
+    """The statements that select a request's free text (the officer's justifications)."""
+    columns = [f"fr_requests.{name}" for name in FREE_TEXT_FIELDS]
+    return [s for s in statements if s.lstrip().upper().startswith("SELECT") and any(c in s for c in columns)]
+
+
 def test_expiring_approval_warns_the_officer_and_urgent_approval_needs_ratification(
-    workflow: Workflow, clock: FakeClock, stub: SlackStub
+    workflow: Workflow, clock: FakeClock, stub: SlackStub, engine: Engine
 ) -> None:
     request_id = submit(workflow, "V1", urgency="threat_to_life", urgency_justification=WHY)
     clock.advance(minutes=20)
@@ -259,7 +265,10 @@ def test_expiring_approval_warns_the_officer_and_urgent_approval_needs_ratificat
     clock.now = decided + timedelta(hours=4) - timedelta(seconds=1)
     assert sweep(workflow, clock).expiry_warnings == 0
     clock.now = decided + timedelta(hours=4)  # 2 hours before expiry
-    assert sweep(workflow, clock).expiry_warnings == 1
+    with statements_run(engine) as statements:
+        assert sweep(workflow, clock).expiry_warnings == 1
+    # The warning reads the request's own columns it shows, none of the officer's free text.
+    assert not _free_text_read(statements)
     assert sweep(workflow, clock).expiry_warnings == 0
     deliver(workflow, stub, clock)
     assert "expires" in posts(stub, "D" + OFFICER)[-1].args["text"]
@@ -766,7 +775,7 @@ def test_the_clock_stops_while_a_question_waits_on_the_officer(
 
 
 def test_officer_is_reminded_daily_until_the_outcome_is_recorded(
-    workflow: Workflow, clock: FakeClock, stub: SlackStub
+    workflow: Workflow, clock: FakeClock, stub: SlackStub, engine: Engine
 ) -> None:
     from bot.forms import PostUseForm
 
@@ -777,7 +786,9 @@ def test_officer_is_reminded_daily_until_the_outcome_is_recorded(
     clock.now = request.valid_until - timedelta(minutes=1)
     assert sweep(workflow, clock).post_use_reminders == 0
     clock.now = request.valid_until
-    assert sweep(workflow, clock).post_use_reminders == 1
+    with statements_run(engine) as statements:
+        assert sweep(workflow, clock).post_use_reminders == 1
+    assert not _free_text_read(statements)  # as the expiry warning
     clock.now += timedelta(hours=12)
     assert sweep(workflow, clock).post_use_reminders == 0  # once a day
     clock.now += timedelta(hours=12)
