@@ -282,6 +282,13 @@ _INSERT_EVENT_ROWS = {
 _TEXT_COLUMNS = ["event_seq", "request_id", "path", "salt", "text"]
 
 
+# The head moved to the batch's last event: alone (SQLite, or a batch that cannot go as JSON), or as the
+# statement whose CTEs insert the batch (`_appending`).
+_MOVE_HEAD = (
+    update(HEAD).where(HEAD.c.id == HEAD_ID).values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
+)
+
+
 def _appending(with_texts: bool) -> Any:
     """PostgreSQL's append as one statement: the batch's events (and their sealed texts) inserted from JSON
     (storage/recordsets.py) by data-modifying CTEs of the head's update, which PostgreSQL runs to
@@ -289,12 +296,7 @@ def _appending(with_texts: bool) -> Any:
     it took three, each a wait for the server and then for this process's GIL, which the other sweeps'
     threads hold while they build their rows (bench/NOTES.md item 51)."""
     events = insert(EVENTS).from_select(_EVENT_COLUMNS, select(recordset(EVENTS, _EVENT_COLUMNS)))
-    statement = (
-        update(HEAD)
-        .where(HEAD.c.id == HEAD_ID)
-        .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
-        .add_cte(events.cte("new_events"))
-    )
+    statement = _MOVE_HEAD.add_cte(events.cte("new_events"))
     if with_texts:
         texts = insert(TEXTS).from_select(
             _TEXT_COLUMNS, select(recordset(TEXTS, _TEXT_COLUMNS, parameter="texts"))
@@ -414,9 +416,7 @@ def _append_as_rows(
     session.execute(_INSERT_EVENT_ROWS[session.get_bind().dialect.name], rows)
     if texts:
         session.execute(insert(TEXTS), texts)
-    session.execute(
-        update(HEAD).where(HEAD.c.id == HEAD_ID).values(seq=head_seq + len(hashes), hash=prev_hash)
-    )
+    session.execute(_MOVE_HEAD, {"head_seq": head_seq + len(hashes), "head_hash": prev_hash})
 
 
 def append_event(
