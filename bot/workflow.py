@@ -748,7 +748,7 @@ class Workflow:
             with self._write() as session:
                 # The row lock serialises deciders of one request on PostgreSQL;
                 # SQLite's BEGIN IMMEDIATE does the same there.
-                request = request_with_history(session, request_id, lock=True)
+                request = request_for_review(session, request_id, lock=True)
                 refusal, on_behalf_of = self._authority(session, request, position, user_id)
                 if refusal is not None:
                     self._record_refusal(session, request, position, user_id, outcome, refusal)
@@ -933,7 +933,7 @@ class Workflow:
 
     def withdraw(self, request_id: int, user_id: str) -> Recorded | Refusal:
         with self._write() as session:
-            request = request_with_history(session, request_id, lock=True)
+            request = request_for_review(session, request_id, lock=True)
             refusal = _not_the_officers(request, user_id, "withdraw it")
             if refusal is None and request is not None and request.status != RequestStatus.PENDING:
                 refusal = Refusal("request_closed", f"{request.reference} is already {request.status}.")
@@ -1114,7 +1114,7 @@ class Workflow:
 
     def record_post_use(self, request_id: int, user_id: str, form: PostUseForm) -> Recorded | Refusal:
         with self._write() as session:
-            request = request_with_history(session, request_id, lock=True)
+            request = request_for_review(session, request_id, lock=True)
             refusal = _not_the_officers(request, user_id, "record its use")
             if refusal is None and request is not None:
                 if request.status != RequestStatus.APPROVED:

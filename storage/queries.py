@@ -11,53 +11,50 @@ from sqlalchemy.orm import Session, joinedload, raiseload, selectinload
 from storage.models import FrRequest, StageReview, StageStatus
 
 
-def _built_with_history(where: ColumnElement[bool], lock: bool) -> Select[tuple[FrRequest]]:
-    if lock:
-        # A writer's read: the request's row is locked by the first statement, and the stages, decisions,
-        # questions and comments are read after it, each statement with a snapshot taken once the lock
-        # is held, so they include what the lock's previous holder committed. Joined to the locked row
-        # they would not: PostgreSQL re-reads only the locked row itself after waiting for its lock, and
-        # the joined rows stay as they were when the statement began (two deciders would both see a
-        # stage with no decision).
-        stages = selectinload(FrRequest.stages)
-        loaders = (stages.selectinload(StageReview.decisions),)
-    else:
-        # A reader's: the stages and their decisions joined to the request (a request has a few stages
-        # with a few decisions each), so its status, its stages' and their decisions come from one
-        # snapshot. Read a statement each, a decision committed between them gave a reviewer's message
-        # a stage marked rejected under a request still pending, with its buttons (bench/NOTES.md item
-        # 38). Questions and comments, which no status depends on, by a query each: joining them too
-        # would multiply the rows. Three statements, not five.
-        stages = joinedload(FrRequest.stages)
-        loaders = (stages.joinedload(StageReview.decisions),)
-    query = (
+def _built_with_history(where: ColumnElement[bool]) -> Select[tuple[FrRequest]]:
+    # The stages and their decisions joined to the request (a request has a few stages with a few
+    # decisions each), so its status, its stages' and their decisions come from one snapshot. Read a
+    # statement each, a decision committed between them gave a reviewer's message a stage marked rejected
+    # under a request still pending, with its buttons (bench/NOTES.md item 38). Questions and comments,
+    # which no status depends on, by a query each: joining them too would multiply the rows.
+    stages = joinedload(FrRequest.stages)
+    return (
         select(FrRequest)
         .where(where)
         .options(
-            *loaders,
+            stages.joinedload(StageReview.decisions),
             stages.selectinload(StageReview.info_requests),
             selectinload(FrRequest.comments),
         )
         # A request already in the session is refreshed, not returned as it was read.
         .execution_options(populate_existing=True)
     )
-    return query.with_for_update(of=FrRequest) if lock else query
 
 
 # Built once, as _FOR_REVIEW below: a statement built afresh for every read is keyed afresh too.
 _ONE = FrRequest.id == bindparam("request_id")
-_WITH_HISTORY = _built_with_history(_ONE, lock=False)
-_WITH_HISTORY_LOCKED = _built_with_history(_ONE, lock=True)
-_MANY_WITH_HISTORY = _built_with_history(
-    FrRequest.id.in_(bindparam("request_ids", expanding=True)), lock=False
-)
+_WITH_HISTORY = _built_with_history(_ONE)
+_MANY_WITH_HISTORY = _built_with_history(FrRequest.id.in_(bindparam("request_ids", expanding=True)))
+
+# A writer's lock on the request's row, taken alone before the request is read. Each statement after it
+# takes its snapshot once the lock is held, so it sees what the lock's previous holder committed. Rows
+# joined to the locking statement would not: PostgreSQL re-reads only the locked row itself after waiting
+# for its lock, and the joined rows stay as they were when the statement began (two deciders would both see
+# a stage with no decision). On SQLite, whose writers queue at BEGIN IMMEDIATE, it only finds the row.
+_LOCK_ONE = select(FrRequest.id).where(_ONE).with_for_update()
+
+
+def _locked(session: Session, request_id: int) -> bool:
+    """Whether the request exists, its row now locked for this transaction."""
+    return session.scalar(_LOCK_ONE, {"request_id": request_id}) is not None
 
 
 def request_with_history(session: Session, request_id: int, lock: bool = False) -> FrRequest | None:
-    """The request, its stages, their decisions and questions, and its comments; `lock` takes the row
-    lock for an update (and reads the rest after it, in five statements; unlocked, three)."""
-    query = _WITH_HISTORY_LOCKED if lock else _WITH_HISTORY
-    return session.scalars(query, {"request_id": request_id}).unique().one_or_none()
+    """The request, its stages, their decisions and questions, and its comments, in three statements;
+    `lock` first takes the row lock for an update (four)."""
+    if lock and not _locked(session, request_id):
+        return None
+    return session.scalars(_WITH_HISTORY, {"request_id": request_id}).unique().one_or_none()
 
 
 def requests_with_history(session: Session, request_ids: Sequence[int]) -> list[FrRequest]:
@@ -100,12 +97,16 @@ def _built_for_review() -> Select[tuple[FrRequest]]:
 _FOR_REVIEW = _built_for_review()
 
 
-def request_for_review(session: Session, request_id: int) -> FrRequest | None:
+def request_for_review(session: Session, request_id: int, lock: bool = False) -> FrRequest | None:
     """The request, its stages and their decisions: what authorising a reviewer's click and the decision
-    and question modals read, in one joined query (a request has a few stages with a few decisions each);
-    request_with_history takes three, or five with the lock. On the path of every reviewer click, where
-    the selectin loaders' two extra queries cost half the click's CPU (bench/NOTES.md, item 24). Questions
-    and comments are not loaded (touching them on the result raises)."""
+    and question modals read, and the writers that change only those (a decision, a withdrawal, a record
+    of use), in one joined query (a request has a few stages with a few decisions each);
+    request_with_history takes three. On the path of every reviewer click, where the selectin loaders'
+    two extra queries cost half the click's CPU (bench/NOTES.md, item 24). `lock` first takes the row
+    lock for an update: two statements, where request_with_history's took five. Questions and comments
+    are not loaded (touching them on the result raises)."""
+    if lock and not _locked(session, request_id):
+        return None
     return session.scalars(_FOR_REVIEW, {"request_id": request_id}).unique().one_or_none()
 
 

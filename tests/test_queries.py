@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InvalidRequestError, OperationalError
 
 from bot.workflow import Decided, Recorded, Workflow
 from storage.db import transaction
 from storage.models import FrRequest
-from storage.queries import request_with_history, requests_with_history
+from storage.queries import request_for_review, request_with_history, requests_with_history
 from tests.conftest import statements_run
 from tests.test_workflow import APPROVE, REJECT, submit
 
@@ -37,13 +40,13 @@ def _history(request: FrRequest) -> tuple[object, ...]:
     )
 
 
-@pytest.mark.parametrize(("lock", "statements_expected"), [(False, 3), (True, 5)])
+@pytest.mark.parametrize(("lock", "statements_expected"), [(False, 3), (True, 4)])
 def test_a_request_and_its_history_are_read_in_a_fixed_number_of_statements(
     workflow: Workflow, engine: Engine, lock: bool, statements_expected: int
 ) -> None:
-    """Unlocked, the request joined with its stages and their decisions, then its questions and its
-    comments: three statements (bench/NOTES.md item 38; a query a collection took five). Locked, the
-    request's row first and each collection after the lock is held (what the lock's previous holder
+    """The request joined with its stages and their decisions, then its questions and its comments:
+    three statements (bench/NOTES.md item 38; a query a collection took five). Locked, the request's row
+    is locked alone first and the three read after the lock is held (what the lock's previous holder
     committed is seen: tests/test_concurrency.py). Whatever the request holds, and none more when the
     views touch every collection."""
     rid = _request_with_some_history(workflow)
@@ -59,10 +62,51 @@ def test_a_request_and_its_history_are_read_in_a_fixed_number_of_statements(
         [[], [("UAUTH2", "Which exhibit is the still from?")], []],
         [("UAUTH2", "Checked the custody record.")],
     )
-    if lock and engine.dialect.name == "postgresql":
-        assert "FOR UPDATE OF fr_requests" in selects[0], selects[0]
+    if lock:
+        _assert_locks_the_row_alone(engine, selects[0])
     with transaction(workflow.db) as session:
         assert request_with_history(session, 999_999, lock=lock) is None
+
+
+def _assert_locks_the_row_alone(engine: Engine, statement: str) -> None:
+    """The lock is a statement of its own that joins nothing: rows joined to a locking statement are
+    read as they were before it waited for the lock."""
+    flat = " ".join(statement.split())
+    assert flat.startswith("SELECT fr_requests.id FROM fr_requests WHERE"), flat
+    assert " JOIN " not in flat, flat
+    if engine.dialect.name == "postgresql":
+        assert flat.endswith("FOR UPDATE"), flat
+
+
+def test_a_writer_that_changes_only_stages_reads_the_request_in_two_statements(
+    workflow: Workflow, engine: Engine
+) -> None:
+    """A decision, a withdrawal and a record of use read the request locked: its row's lock alone, then
+    the request joined with its stages and their decisions, read once the lock is held. Two statements
+    (five when it was the whole history with each collection by a query of its own); questions and
+    comments are not loaded, and touching them raises rather than quietly reading them."""
+    rid = _request_with_some_history(workflow)
+    with transaction(workflow.db) as session, statements_run(engine) as statements:
+        request = request_for_review(session, rid, lock=True)
+        assert request is not None
+        seen = (
+            [(stage.position, stage.stage_id, stage.status) for stage in request.stages],
+            [[(d.approver_id, d.outcome) for d in stage.decisions] for stage in request.stages],
+        )
+        with pytest.raises(InvalidRequestError, match="info_requests"):
+            _ = request.stages[1].info_requests
+        with pytest.raises(InvalidRequestError, match="comments"):
+            _ = request.comments
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 2, statements
+    _assert_locks_the_row_alone(engine, selects[0])
+    assert seen == (
+        [(0, "supervisor", "approved"), (1, "authoriser", "pending"), (2, "dpo", "waiting")],
+        [[("USUP1", "approve")], [("UAUTH1", "approve")], []],
+    )
+    with transaction(workflow.db) as session, statements_run(engine) as statements:
+        assert request_for_review(session, 999_999, lock=True) is None
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
 
 
 def test_a_decision_committed_during_the_read_is_seen_whole_or_not_at_all(
@@ -121,6 +165,53 @@ def test_the_locked_read_holds_the_requests_row_until_the_transaction_ends(
             text("SELECT id FROM fr_requests WHERE id = :id FOR UPDATE NOWAIT"), {"id": rid}
         )
         assert locked.scalar_one() == rid
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SQLite has no row locks
+@pytest.mark.parametrize("read", [request_with_history, request_for_review], ids=["history", "for_review"])
+def test_a_locked_read_that_waited_sees_what_the_locks_holder_committed(
+    workflow: Workflow, engine: Engine, read: Callable[..., FrRequest | None]
+) -> None:
+    """The exactly-one-decision guarantee rests on this: a writer that waited for the request's row reads
+    its stages and decisions as the lock's previous holder left them. Here the holder marks the second
+    stage approved and adds a decision to it while a locked read waits; the read must see both."""
+    rid = _request_with_some_history(workflow)
+    seen: list[tuple[str, int]] = []
+
+    def locked_read() -> None:
+        with transaction(workflow.db) as session:
+            request = read(session, rid, lock=True)
+            assert request is not None
+            seen.append((request.stages[1].status, len(request.stages[1].decisions)))
+
+    with engine.connect() as holder:
+        holder.execute(text("SELECT id FROM fr_requests WHERE id = :id FOR UPDATE"), {"id": rid})
+        waiting = threading.Thread(target=locked_read)
+        waiting.start()
+        with engine.connect() as watcher:
+            for _ in range(200):  # until the read waits for the row's lock
+                blocked = watcher.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                ).scalar_one()
+                if blocked:
+                    break
+                time.sleep(0.05)
+            assert blocked, "the locked read never waited for the row"
+        stage_id = holder.execute(
+            text("SELECT id FROM stage_reviews WHERE request_id = :id AND position = 1"), {"id": rid}
+        ).scalar_one()
+        holder.execute(
+            text(
+                "INSERT INTO decisions (request_id, stage_review_id, approver_id, outcome, rationale,"
+                " conditions, policy_version, created_at)"
+                " VALUES (:r, :s, 'UAUTH2', 'approve', 'Held lock.', '', 'test', now())"
+            ),
+            {"r": rid, "s": stage_id},
+        )
+        holder.execute(text("UPDATE stage_reviews SET status = 'approved' WHERE id = :s"), {"s": stage_id})
+        holder.commit()
+        waiting.join(30)
+    assert seen == [("approved", 2)]
 
 
 def test_several_requests_are_read_with_their_histories_in_three_statements(
