@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import bindparam, event, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -163,6 +163,28 @@ def enqueue(
     session.add(OutboxMessage(**outbox_row(session, kind, payload, request_id, at)))
 
 
+_OUTBOX_DEFERRED_KEY = "frbot_outbox_deferred"
+
+
+def enqueue_at_commit(
+    session: Session, kind: str, payload: dict[str, Any], request_id: int | None, at: datetime
+) -> None:
+    """Queue an outbox row that `Workflow._write` inserts with the transaction's others, in one statement,
+    before its audit events are chained: the rows of a decision (three or four) as ORM objects cost a
+    sixth of its CPU in the flush (bench/NOTES.md item 54). For rows nothing in the transaction reads
+    back; their ids follow the order they were queued in, and a request's messages go in id order."""
+    session.info.setdefault(_OUTBOX_DEFERRED_KEY, []).append(
+        outbox_row(session, kind, payload, request_id, at)
+    )
+
+
+@event.listens_for(Session, "before_commit")
+def _no_row_left_behind(session: Session) -> None:
+    # A transaction that queued Slack messages but never inserted them would commit a change untold.
+    if session.info.get(_OUTBOX_DEFERRED_KEY) and not session.in_nested_transaction():
+        raise RuntimeError("outbox rows queued with enqueue_at_commit were never inserted")
+
+
 _OUTBOX_COLUMNS = ["request_id", "kind", "payload", "next_attempt_at", "created_at", "pace_key"]
 _OUTBOX_KEYS = set(_OUTBOX_COLUMNS)
 # PostgreSQL: the batch as one JSON parameter (storage/recordsets.py); the other columns take their
@@ -219,13 +241,15 @@ class Workflow:
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
-        """A write transaction whose audit events (`audit_at_commit`) are chained just before the commit.
+        """A write transaction whose outbox rows (`enqueue_at_commit`) are inserted and audit events
+        (`audit_at_commit`) chained just before the commit.
 
         The chain head is a database-wide lock (every writer appends to the one chain); taken last, it is
         held for a few statements and the commit instead of the whole transaction.
         """
         with transaction(self.db) as session:
             yield session
+            insert_outbox(session, session.info.pop(_OUTBOX_DEFERRED_KEY, []))
             append_deferred(session)
 
     # --- Officer ---------------------------------------------------------------------------------
@@ -820,15 +844,15 @@ class Workflow:
                 audit_at_commit(
                     session, "system", "stage_started", request.id, now, stage=next_stage.stage_id
                 )
-                enqueue(session, "post_review", {"stage_review_id": next_stage.id}, request.id, now)
+                enqueue_at_commit(session, "post_review", {"stage_review_id": next_stage.id}, request.id, now)
             else:
                 hours = self.policy.approval_validity_hours.hours_for(Urgency(request.urgency))
                 request.valid_until = now + timedelta(hours=hours)
                 self._close(
                     session, request, stage, StageStatus.APPROVED, RequestStatus.APPROVED, now, user_id
                 )
-        enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
-        enqueue(
+        enqueue_at_commit(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
+        enqueue_at_commit(
             session,
             "dm",
             views.decision_dm(request, stage, user_id, outcome, form, self.policy),
@@ -898,8 +922,8 @@ class Workflow:
             audit_at_commit(
                 session, user_id, "info_requested", request.id, now, stage=stage.stage_id, question=question
             )
-            enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
-            enqueue(
+            enqueue_at_commit(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
+            enqueue_at_commit(
                 session,
                 "dm",
                 views.info_requested_dm(request, stage, stage.info_requests[-1]),
@@ -921,7 +945,7 @@ class Workflow:
 
     def _touch_homes(self, session: Session, request: FrRequest, now: datetime) -> None:
         """Queue an App Home refresh for the people this request concerns."""
-        enqueue(session, "publish_home", self._homes(request), request.id, now)
+        enqueue_at_commit(session, "publish_home", self._homes(request), request.id, now)
 
     def _homes(self, request: FrRequest) -> dict[str, Any]:
         """Whose App Home shows this request: the officer's and its current deciders'."""
@@ -958,8 +982,8 @@ class Workflow:
                 now,
                 stage=current.stage_id if current else None,
             )
-            enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
-            enqueue(session, "dm", views.withdrawn_dm(request), request.id, now)
+            enqueue_at_commit(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
+            enqueue_at_commit(session, "dm", views.withdrawn_dm(request), request.id, now)
             self._touch_homes(session, request, now)
             result = Recorded(request.reference)
         self._on_outbox()
@@ -999,9 +1023,9 @@ class Workflow:
                 question=info.question,
                 answer=answer,
             )
-            enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
+            enqueue_at_commit(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
             note = views.answer_note(request, info)
-            enqueue(session, "stage_note", {"stage_review_id": stage.id, **note}, request.id, now)
+            enqueue_at_commit(session, "stage_note", {"stage_review_id": stage.id, **note}, request.id, now)
             self._touch_homes(session, request, now)
             result = Recorded(request.reference)
         self._on_outbox()
@@ -1107,7 +1131,7 @@ class Workflow:
                 )
             )
             audit_at_commit(session, user_id, "comment_added", request.id, now, comment=text)
-            enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
+            enqueue_at_commit(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
             result = Recorded(request.reference)
         self._on_outbox()
         return result
@@ -1138,7 +1162,7 @@ class Workflow:
             )
             request.closed_at = request.updated_at = now
             audit_at_commit(session, user_id, "post_use_recorded", request.id, now, **form.model_dump())
-            enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
+            enqueue_at_commit(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
             self._touch_homes(session, request, now)
             result = Recorded(request.reference)
         self._on_outbox()
@@ -1179,7 +1203,7 @@ class Workflow:
                 starts_on=form.starts_on.isoformat(),
                 ends_on=form.ends_on.isoformat(),
             )
-            enqueue(
+            enqueue_at_commit(
                 session, "publish_home", {"users": [approver_id, form.deputy_id], "principals": []}, None, now
             )
             result = Delegated(delegation.id)
@@ -1202,7 +1226,7 @@ class Workflow:
                 delegation=delegation.id,
                 deputy=delegation.deputy_id,
             )
-            enqueue(
+            enqueue_at_commit(
                 session,
                 "publish_home",
                 {"users": [user_id, delegation.deputy_id], "principals": []},

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, Text, cast, select
+import pytest
+from sqlalchemy import Engine, Text, cast, func, select
 
 from bot import sweeps
 from bot.audit import append_events, prepare_event, verify_chain
-from bot.workflow import insert_outbox
+from bot.workflow import Decided, Workflow, enqueue, enqueue_at_commit, insert_outbox
 from storage.canonical import canonical_json
 from storage.db import make_session_factory, transaction
 from storage.models import AuditEvent, AuditEventText, OutboxMessage, OutboxStatus, ScheduledNotice
 from storage.recordsets import members, records
 from tests.conftest import statements_run
+from tests.test_workflow import APPROVE, submit
 
 AT = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 
@@ -184,3 +186,41 @@ def test_sealed_texts_go_in_the_heads_one_statement_and_with_a_nul_as_rows(engin
         ).all()
     assert [tuple(row) for row in stored] == [(1, "comment", typed), (3, "comment", typed)]
     assert verify_chain(engine).ok
+
+
+def test_a_decisions_slack_messages_go_in_one_insert_in_the_order_they_were_queued(
+    workflow: Workflow, engine: Engine
+) -> None:
+    """A decision that passes a stage queues the next stage's post, the reviewers' refresh, the officer's
+    DM and the App Home refresh: one insert before the audit chain's head is taken, ids in that order (a
+    request's messages are sent in id order), each with its pace key."""
+    rid = submit(workflow, tool="engine-a").request_id
+    with transaction(workflow.db, read_only=True) as session:
+        before = session.scalar(select(func.max(OutboxMessage.id)))
+    with statements_run(engine) as statements:
+        assert isinstance(workflow.decide(rid, 0, "USUP1", "approve", APPROVE), Decided)
+    inserts = [n for n, s in enumerate(statements) if s.startswith("INSERT INTO outbox ")]
+    assert len(inserts) == 1, statements
+    head = next(n for n, s in enumerate(statements) if "FROM audit_chain_head" in s)
+    assert inserts[0] < head
+    with transaction(workflow.db, read_only=True) as session:
+        queued = session.scalars(
+            select(OutboxMessage).where(OutboxMessage.id > before).order_by(OutboxMessage.id)
+        ).all()
+    assert [(m.request_id, m.kind) for m in queued] == [
+        (rid, "post_review"),
+        (rid, "refresh_reviews"),
+        (rid, "dm"),
+        (rid, "publish_home"),
+    ]
+    assert [m.pace_key for m in queued] == ["post:C0AUTH", "update", "post:UOFFICER", None]
+    assert {(m.status, m.attempts) for m in queued} == {(OutboxStatus.PENDING, 0)}
+
+
+def test_outbox_rows_queued_for_the_commit_are_never_dropped(workflow: Workflow) -> None:
+    """A transaction that queued Slack messages for its commit and never inserted them does not commit."""
+    with pytest.raises(RuntimeError, match="never inserted"), transaction(workflow.db) as session:
+        enqueue_at_commit(session, "channel_post", {"channel": "C1", "text": "lost"}, None, AT)
+        enqueue(session, "channel_post", {"channel": "C1", "text": "written with it"}, None, AT)
+    with transaction(workflow.db, read_only=True) as session:
+        assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 0
