@@ -6,9 +6,16 @@ submission before acknowledging it, then stores the form and records it as a req
 acknowledging a command or a click); the bare app only acknowledges, answering from the thread that
 received the request as the bot does. Our latency is reported as a ratio to that floor, and to a second
 bare app with Bolt's default `process_before_response=False` (bench/bare_app.py), as a bare Bolt app is
-usually written. Submissions are also run against a third, the floor that stores each form (one insert
-into the bot's database, committed) before answering: what an answer that waits for the write costs (the
-bot's answer did until round twelve: bench/NOTES.md, item 32).
+usually written. Submissions and decisions are also run against a third, the floor that stores each form
+(one insert into the bot's database, committed) before answering: what an answer that waits for the write
+costs (a submission's answer did until round twelve: bench/NOTES.md, item 32; a decision's does).
+
+A reviewer's decision (the decision modal's submission) is the one answer that waits for its write: the
+bot records the decision, under the request's row lock, before it tells the reviewer whether it was
+recorded or refused. Each decision needs a request still pending at its first stage, so when decisions are
+measured the benchmark first records enough of them (`seed_pending`, before the bot starts; their
+announcements marked sent, so no backlog of posts runs beside the levels), and every decision the bot
+answers approves a different one. The bare apps get the same payloads and only acknowledge them.
 
 - **Think time** (the target's model): each user waits a random think time, uniform THINK_SECONDS,
   before each request (and before its first, so users do not start in step), and the level runs for
@@ -48,10 +55,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
+
 from bench import output
 from bench.stub_process import RemoteStub
+from bot import forms, views
+from bot.approvers import ApproverDirectory, StaticGroupSource
 from bot.config import Settings
-from storage.db import recreate_schema
+from bot.forms import check_request
+from bot.policy import parse_policy
+from bot.workflow import Submission, Workflow
+from storage.db import make_engine, make_session_factory, recreate_schema, transaction
+from storage.models import OutboxMessage, OutboxStatus, utcnow
+from storage.queries import request_with_history
 from tests.botprocess import (
     SIGNING_SECRET,
     BackgroundProcess,
@@ -65,18 +81,20 @@ from tests.slackstub import SlackDriver
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 10, 50)
-KINDS = ("command", "submission", "click")
+KINDS = ("command", "submission", "click", "decision")
 # "bare": only acks, answering in the receiving thread like the bot (the floor); "defaults": the same with
 # Bolt's default process_before_response=False, as a bare Bolt app is usually written; "stored": the floor
 # that stores each submitted form (one insert, committed) before answering, run for submissions only.
 APPS = ("bot", "bare", "defaults", "stored")
 BARE_FLAGS = {"bare": (), "defaults": ("--bolt-defaults",), "stored": ("--store",)}
+STORED_KINDS = ("submission", "decision")  # the forms the "stored" floor keeps
 MODELS = ("think", "saturation")
 # A person in Slack reads, types or decides between requests; 0.5-1.5 s (mean 1 s) is far busier than
 # any real officer or reviewer, so 50 such users offer about 50 requests/s of one kind: a stress test
 # with realistic (open-ended, staggered) arrivals rather than back-to-back requests.
 THINK_SECONDS = (0.5, 1.5)
 APPROVER = "USUP1"
+RATIONALE = "Necessary and proportionate: a serious offence, and no other way to identify the suspect."
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -107,6 +125,16 @@ def send(driver: SlackDriver, kind: str, user: str, target: dict[str, Any]) -> f
     elif kind == "submission":
         view = {"type": "modal", "callback_id": "fr_request_submit", "blocks": target["blocks"]}
         status, body = driver.view_submission(user, view, slack_state(valid_form_values()))
+    elif kind == "decision":
+        decided = views.ReviewContext(request_id=target["next_pending"](), position=0, action="approve")
+        status, body = driver.view_submission(
+            APPROVER,
+            target["decision_view"],
+            {forms.RATIONALE.block_id: {forms.ACTION_ID: RATIONALE}},
+            private_metadata=decided.model_dump_json(),
+        )
+        if "Not recorded" in json.dumps(body):  # a refusal is not the answer being measured
+            raise RuntimeError(f"decision on request {decided.request_id} refused: {body}")
     else:
         status, body = driver.block_action(
             APPROVER, "review_approve", target["value"], message=target["message"]
@@ -114,6 +142,73 @@ def send(driver: SlackDriver, kind: str, user: str, target: dict[str, Any]) -> f
     if status != 200:
         raise RuntimeError(f"HTTP {status}: {body}")
     return driver.last_elapsed
+
+
+def pending_needed(args: argparse.Namespace, models: list[str], levels: list[int]) -> int:
+    """Enough pending requests for every decision the bot may answer: at most a request per think time
+    (its mean, with a second's margin at each end) per user and round, `--requests` a saturated level."""
+    mean_think = sum(THINK_SECONDS) / 2
+    needed = 0
+    if "think" in models:
+        for users in levels:
+            rounds = args.rounds if users == max(levels) else 1
+            needed += rounds * max(args.min_samples, int(users * (args.duration + 2) / mean_think))
+    if "saturation" in models:
+        needed += args.requests * len(levels)
+    return int(needed * 1.2) + 50
+
+
+def seed_pending(database_url: str, count: int) -> list[int]:
+    """`count` requests pending at their first stage (the supervisors', whose approver the decisions come
+    from), from 500 officers, recorded through the workflow as the bot records them. Their announcements
+    are marked sent: posted one a second to one channel they would be a backlog beside every level."""
+    loaded = parse_policy(TEST_POLICY, "bench-policy.yml")
+    engine = make_engine(database_url)
+    directory = ApproverDirectory(StaticGroupSource({k: set(v) for k, v in GROUPS.items()}))
+    workflow = Workflow(make_session_factory(engine), loaded, directory)
+    form = check_request(loaded.policy, valid_form_values())
+    ids: list[int] = []
+    for start in range(0, count, 200):
+        batch = [
+            Submission(form, f"UOFF{index % 500:03d}", "T0BENCH", f"VSEED{index}")
+            for index in range(start, min(count, start + 200))
+        ]
+        for submitted in workflow.submit_all(batch):
+            if submitted.stage_names[0] != "Supervisor review":
+                raise RuntimeError(f"seeded request first goes to {submitted.stage_names[0]}")
+            ids.append(submitted.request_id)
+    with transaction(workflow.db) as session:
+        session.execute(update(OutboxMessage).values(status=OutboxStatus.SENT, sent_at=utcnow()))
+    engine.dispose()
+    return ids
+
+
+def decision_targets(database_url: str, pending: list[int]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the decision level sends: the decision modal as the bot draws it, and for the bot the next
+    pending request each time (each decided once); for the bare apps, which only acknowledge, always the
+    first."""
+    loaded = parse_policy(TEST_POLICY, "bench-policy.yml")
+    engine = make_engine(database_url)
+    with transaction(make_session_factory(engine), read_only=True) as session:
+        request = request_with_history(session, pending[0])
+        assert request is not None
+        context = views.ReviewContext(request_id=pending[0], position=0, action="approve")
+        view = views.decision_modal(request, loaded.policy, context)
+    engine.dispose()
+    queue = iter(pending)
+    queue_lock = threading.Lock()
+
+    def next_pending() -> int:
+        with queue_lock:
+            found = next(queue, None)
+        if found is None:
+            raise RuntimeError("every seeded request is decided: seed more (pending_needed)")
+        return found
+
+    return {"decision_view": view, "next_pending": next_pending}, {
+        "decision_view": view,
+        "next_pending": lambda: pending[0],
+    }
 
 
 def run_level(
@@ -225,7 +320,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="think time: seconds per kind and level")
     parser.add_argument("--min-samples", type=int, default=30, help="think time: fewest requests per level")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: think,saturation")
-    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated: command,submission,click")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated: " + ",".join(KINDS))
     parser.add_argument("--users", default=",".join(map(str, CONCURRENCY)), help="comma-separated levels")
     parser.add_argument(
         "--rounds",
@@ -252,6 +347,7 @@ def main() -> None:
     policy.write_text(TEST_POLICY)
     database_url = args.database_url or f"sqlite:///{workdir / 'bench.db'}"
     recreate_schema(database_url)  # PostgreSQL: a throwaway database, its schema dropped
+    pending = seed_pending(database_url, pending_needed(args, models, levels)) if "decision" in kinds else []
     # results[model][app][kind][users] = latencies in seconds
     results: dict[str, Any] = {m: {app: {k: {} for k in KINDS} for app in APPS} for m in models}
     rates: dict[str, dict[int, float]] = {}  # bot submissions/s per model and level
@@ -317,6 +413,10 @@ def main() -> None:
                 if e["action_id"] == "review_approve"
             )
             target = {"blocks": form["blocks"], "message": message, "value": value}
+            floor_target = target
+            if pending:
+                for_bot, for_floor = decision_targets(database_url, pending)
+                target, floor_target = {**target, **for_bot}, {**target, **for_floor}
             bots = [bot.process.pid] + ([worker.process.pid] if worker and worker.process else [])
             servers = [*bots, *(process.pid for process in bares)]
             for model in models:
@@ -328,8 +428,8 @@ def main() -> None:
                         for _round in range(rounds):
                             ours: dict[str, list[float]] = {}
                             for app in APPS:
-                                if app == "stored" and kind != "submission":
-                                    continue  # it differs from the floor only in submissions
+                                if app == "stored" and kind not in STORED_KINDS:
+                                    continue  # it differs from the floor only in forms it stores
                                 settle(servers)
                                 stub.clear()
                                 ticks_before = [cpu_ticks(pid) for pid in bots]
@@ -339,7 +439,7 @@ def main() -> None:
                                     stub,
                                     kind,
                                     users,
-                                    target,
+                                    target if app == "bot" else floor_target,
                                     model=model,
                                     requests=args.requests,
                                     duration=args.duration,
@@ -384,27 +484,31 @@ def main() -> None:
 
 
 def stored_floor_table(results: dict[str, Any]) -> list[str]:
-    """Submissions against the floor that stores each form before answering (`bare_app.py --store`): what
-    the one durable write costs an answer that waits for it (the bot stores its form just after)."""
-    stored = results["stored"]["submission"]
-    if not stored:
+    """Submissions and decisions against the floor that stores each form before answering (`bare_app.py
+    --store`): what the one durable write costs an answer that waits for it (the bot stores a request's
+    form just after its answer, and records a decision before it)."""
+    rows = [
+        (kind, users, samples)
+        for kind in STORED_KINDS
+        for users, samples in sorted(results["stored"][kind].items())
+    ]
+    if not rows:
         return []
     lines = [
         "",
-        "Submissions against a bare app that stores the form before answering (`bench/bare_app.py --store`: "
+        "Against a bare app that stores the submitted form before answering (`bench/bare_app.py --store`: "
         "one insert into the bot's database, committed, then the ack):",
         "",
-        "| users | stored-floor p50 ms | stored-floor p99 ms | stored-floor max ms | "
+        "| request | users | stored-floor p50 ms | stored-floor p99 ms | stored-floor max ms | "
         "its p99 ratio to the floor | bot p99 ms | bot p99 ratio to it |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for users in sorted(stored):
-        samples = stored[users]
+    for kind, users, samples in rows:
         p99 = percentile(samples, 0.99)
-        floor_p99 = percentile(results["bare"]["submission"][users], 0.99)
-        bot_p99 = percentile(results["bot"]["submission"][users], 0.99)
+        floor_p99 = percentile(results["bare"][kind][users], 0.99)
+        bot_p99 = percentile(results["bot"][kind][users], 0.99)
         lines.append(
-            f"| {users} | {statistics.median(samples) * 1000:.1f} | {p99 * 1000:.1f} | "
+            f"| {kind} | {users} | {statistics.median(samples) * 1000:.1f} | {p99 * 1000:.1f} | "
             f"{max(samples) * 1000:.1f} | {p99 / floor_p99:.2f} | {bot_p99 * 1000:.1f} | "
             f"{bot_p99 / p99:.2f} |"
         )

@@ -5,9 +5,10 @@
 `python -m bench.bare_app PORT --bolt-defaults` keeps Bolt's default (the listener runs on another thread
 and the answer leaves at the receiving thread's next 10 ms poll), as a bare Bolt app is usually written.
 `python -m bench.bare_app PORT --store` is the floor that also keeps what it is sent: it stores each
-submitted form (one insert, committed) in the bot's database (FRBOT_DATABASE_URL, the bot's engine
-settings, written as the bot writes its form) before it answers: the least any app can do whose answer
-tells an officer the request is saved (the bot's answer says "being saved" and stores just after).
+submitted form, a request's or a decision's (one insert, committed), in the bot's database
+(FRBOT_DATABASE_URL, the bot's engine settings, written as the bot writes its form) before it answers: the
+least any app can do whose answer tells an officer the request is saved (the bot's answer says "being
+saved" and stores just after) or a reviewer that the decision is recorded.
 """
 
 from __future__ import annotations
@@ -58,10 +59,12 @@ def main() -> None:
         process_before_response="--bolt-defaults" not in flags,
     )
     app.command("/fr-request")(lambda ack: ack())
-    if "--store" in flags:
-        app.view("fr_request_submit")(storing_listener(os.environ["FRBOT_DATABASE_URL"]))
-    else:
-        app.view("fr_request_submit")(lambda ack: ack())
+    # The request form and the reviewer's decision form (bench/ack_latency.py's "decision").
+    for callback_id in ("fr_request_submit", "fr_decision_submit"):
+        if "--store" in flags:
+            app.view(callback_id)(storing_listener(os.environ["FRBOT_DATABASE_URL"]))
+        else:
+            app.view(callback_id)(lambda ack: ack())
     app.action("review_approve")(lambda ack: ack())
     serve_http(app, "127.0.0.1", int(sys.argv[1]), int(os.environ.get("FRBOT_HTTP_THREADS", "16")))
 
