@@ -84,7 +84,8 @@ CONCURRENCY = (1, 10, 50)
 KINDS = ("command", "submission", "click", "decision")
 # "bare": only acks, answering in the receiving thread like the bot (the floor); "defaults": the same with
 # Bolt's default process_before_response=False, as a bare Bolt app is usually written; "stored": the floor
-# that stores each submitted form (one insert, committed) before answering, run for submissions only.
+# that stores each submitted form (one insert, committed) before answering, run for submissions and
+# decisions only (STORED_KINDS).
 APPS = ("bot", "bare", "defaults", "stored")
 BARE_FLAGS = {"bare": (), "defaults": ("--bolt-defaults",), "stored": ("--store",)}
 STORED_KINDS = ("submission", "decision")  # the forms the "stored" floor keeps
