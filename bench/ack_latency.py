@@ -67,7 +67,6 @@ from bot.policy import parse_policy
 from bot.workflow import Submission, Workflow
 from storage.db import make_engine, make_session_factory, recreate_schema, transaction
 from storage.models import OutboxMessage, OutboxStatus, utcnow
-from storage.queries import request_with_history
 from tests.botprocess import (
     SIGNING_SECRET,
     BackgroundProcess,
@@ -159,10 +158,11 @@ def pending_needed(args: argparse.Namespace, models: list[str], levels: list[int
     return int(needed * 1.2) + 50
 
 
-def seed_pending(database_url: str, count: int) -> list[int]:
+def seed_pending(database_url: str, count: int) -> tuple[list[int], dict[str, Any]]:
     """`count` requests pending at their first stage (the supervisors', whose approver the decisions come
-    from), from 500 officers, recorded through the workflow as the bot records them. Their announcements
-    are marked sent: posted one a second to one channel they would be a backlog beside every level."""
+    from), from 500 officers, recorded through the workflow as the bot records them, and the decision
+    modal as the bot draws it for the first. Their announcements are marked sent: posted one a second to
+    one channel they would be a backlog beside every level."""
     loaded = parse_policy(TEST_POLICY, "bench-policy.yml")
     engine = make_engine(database_url)
     directory = ApproverDirectory(StaticGroupSource({k: set(v) for k, v in GROUPS.items()}))
@@ -180,22 +180,17 @@ def seed_pending(database_url: str, count: int) -> list[int]:
             ids.append(submitted.request_id)
     with transaction(workflow.db) as session:
         session.execute(update(OutboxMessage).values(status=OutboxStatus.SENT, sent_at=utcnow()))
+    first = workflow.load(ids[0])
+    assert first is not None
+    context = views.ReviewContext(request_id=first.id, position=0, action="approve")
+    view = views.decision_modal(first, loaded.policy, context)
     engine.dispose()
-    return ids
+    return ids, view
 
 
-def decision_targets(database_url: str, pending: list[int]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """What the decision level sends: the decision modal as the bot draws it, and for the bot the next
-    pending request each time (each decided once); for the bare apps, which only acknowledge, always the
-    first."""
-    loaded = parse_policy(TEST_POLICY, "bench-policy.yml")
-    engine = make_engine(database_url)
-    with transaction(make_session_factory(engine), read_only=True) as session:
-        request = request_with_history(session, pending[0])
-        assert request is not None
-        context = views.ReviewContext(request_id=pending[0], position=0, action="approve")
-        view = views.decision_modal(request, loaded.policy, context)
-    engine.dispose()
+def decision_targets(pending: list[int], view: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the decision level sends: the decision modal (`view`), and for the bot the next pending request
+    each time (each decided once); for the bare apps, which only acknowledge, always the first."""
     queue = iter(pending)
     queue_lock = threading.Lock()
 
@@ -348,7 +343,9 @@ def main() -> None:
     policy.write_text(TEST_POLICY)
     database_url = args.database_url or f"sqlite:///{workdir / 'bench.db'}"
     recreate_schema(database_url)  # PostgreSQL: a throwaway database, its schema dropped
-    pending = seed_pending(database_url, pending_needed(args, models, levels)) if "decision" in kinds else []
+    pending, decision_view = (
+        seed_pending(database_url, pending_needed(args, models, levels)) if "decision" in kinds else ([], {})
+    )
     # results[model][app][kind][users] = latencies in seconds
     results: dict[str, Any] = {m: {app: {k: {} for k in KINDS} for app in APPS} for m in models}
     rates: dict[str, dict[int, float]] = {}  # bot submissions/s per model and level
@@ -416,7 +413,7 @@ def main() -> None:
             target = {"blocks": form["blocks"], "message": message, "value": value}
             floor_target = target
             if pending:
-                for_bot, for_floor = decision_targets(database_url, pending)
+                for_bot, for_floor = decision_targets(pending, decision_view)
                 target, floor_target = {**target, **for_bot}, {**target, **for_floor}
             bots = [bot.process.pid] + ([worker.process.pid] if worker and worker.process else [])
             servers = [*bots, *(process.pid for process in bares)]

@@ -103,7 +103,7 @@ def request_for_review(session: Session, request_id: int, lock: bool = False) ->
     of use), in one joined query (a request has a few stages with a few decisions each);
     request_with_history takes three. On the path of every reviewer click, where the selectin loaders'
     two extra queries cost half the click's CPU (bench/NOTES.md, item 24). `lock` first takes the row
-    lock for an update: two statements, where request_with_history's took five. Questions and comments
+    lock for an update: two statements (request_with_history's four). Questions and comments
     are not loaded (touching them on the result raises)."""
     if lock and not _locked(session, request_id):
         return None
