@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from sqlalchemy import bindparam, event, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from bot import deadlines, views
 from bot.approvers import ApproverDirectory, ApproverLookupFailed
@@ -57,6 +58,7 @@ from storage.queries import (
     requests_with_history,
 )
 from storage.recordsets import execute_batch, recordset
+from storage.row_writes import RowChanges
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ RECEIPTS = SubmissionReceipt.__table__
 STORE_RECEIPT = insert(RECEIPTS).returning(RECEIPTS.c.id)
 INSERT_REQUESTS = insert(REQUESTS).returning(REQUESTS.c.id, sort_by_parameter_order=True)
 INSERT_STAGES = insert(STAGES).returning(STAGES.c.id, sort_by_parameter_order=True)
+INSERT_DECISION = insert(Decision.__table__)
 NUMBER_REQUEST = (
     update(REQUESTS).where(REQUESTS.c.id == bindparam("number")).values(reference=bindparam("reference"))
 )
@@ -798,19 +801,22 @@ class Workflow:
         on_behalf_of: str | None = None,
     ) -> Decided:
         now = self.clock()
-        stage.decisions.append(
-            Decision(
-                request_id=request.id,
-                approver_id=user_id,
-                outcome=outcome,
-                rationale=form.rationale,
-                conditions=form.conditions,
-                reason_code=form.reason_code,
-                policy_version=self.loaded.version,
-                on_behalf_of=on_behalf_of,
-                created_at=now,
-            )
-        )
+        decision = {
+            "request_id": request.id,
+            "stage_review_id": stage.id,
+            "approver_id": user_id,
+            "outcome": outcome,
+            "rationale": form.rationale,
+            "conditions": form.conditions,
+            "reason_code": form.reason_code,
+            "policy_version": self.loaded.version,
+            "on_behalf_of": on_behalf_of,
+            "created_at": now,
+        }
+        # The rows are written as Core statements below, not flushed by the ORM (storage/row_writes.py):
+        # the loaded objects take the new values as committed ones, for the answer and the messages.
+        set_committed_value(stage, "decisions", [*stage.decisions, Decision(**decision)])
+        changes = RowChanges()
         audit_at_commit(
             session,
             user_id,
@@ -825,32 +831,45 @@ class Workflow:
             policy_version=self.loaded.version,
             on_behalf_of=on_behalf_of,
         )
-        request.updated_at = now
+        changes.set(request, updated_at=now)
         if outcome == "reject":
-            self._close(session, request, stage, StageStatus.REJECTED, RequestStatus.REJECTED, now, user_id)
+            self._close(
+                session, changes, request, stage, StageStatus.REJECTED, RequestStatus.REJECTED, now, user_id
+            )
         elif len(stage.approvals) >= stage.required_approvals:
-            stage.status = StageStatus.APPROVED
-            stage.completed_at = now
+            changes.set(stage, status=StageStatus.APPROVED, completed_at=now)
             audit_at_commit(session, "system", "stage_approved", request.id, now, stage=stage.stage_id)
             following = stage.position + 1
             if following < len(request.stages):
                 next_stage = request.stages[following]
-                next_stage.status = StageStatus.PENDING
-                next_stage.started_at = now
-                next_stage.due_at = deadlines.review_due(
-                    self.policy, next_stage.stage_id, request.urgency, now
+                changes.set(
+                    next_stage,
+                    status=StageStatus.PENDING,
+                    started_at=now,
+                    due_at=deadlines.review_due(self.policy, next_stage.stage_id, request.urgency, now),
                 )
-                request.current_stage = following
+                changes.set(request, current_stage=following)
                 audit_at_commit(
                     session, "system", "stage_started", request.id, now, stage=next_stage.stage_id
                 )
                 enqueue_at_commit(session, "post_review", {"stage_review_id": next_stage.id}, request.id, now)
             else:
                 hours = self.policy.approval_validity_hours.hours_for(Urgency(request.urgency))
-                request.valid_until = now + timedelta(hours=hours)
+                changes.set(request, valid_until=now + timedelta(hours=hours))
                 self._close(
-                    session, request, stage, StageStatus.APPROVED, RequestStatus.APPROVED, now, user_id
+                    session,
+                    changes,
+                    request,
+                    stage,
+                    StageStatus.APPROVED,
+                    RequestStatus.APPROVED,
+                    now,
+                    user_id,
                 )
+        # In the order the ORM wrote them: the request's row, its stages', then the decision (whose
+        # uniqueness per approver and stage raises IntegrityError here if two deciders raced the lock).
+        changes.write(session)
+        session.execute(INSERT_DECISION, decision)
         enqueue_at_commit(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
         enqueue_at_commit(
             session,
@@ -872,6 +891,7 @@ class Workflow:
     def _close(
         self,
         session: Session,
+        changes: RowChanges,
         request: FrRequest,
         stage: StageReview,
         stage_status: str,
@@ -879,13 +899,10 @@ class Workflow:
         now: datetime,
         actor: str,
     ) -> None:
-        stage.status = stage_status
-        stage.completed_at = now
+        changes.set(stage, status=stage_status, completed_at=now)
         for later in request.stages[stage.position + 1 :]:
-            later.status = StageStatus.CANCELLED
-        request.status = status
-        request.decided_at = now
-        request.current_stage = None
+            changes.set(later, status=StageStatus.CANCELLED)
+        changes.set(request, status=status, decided_at=now, current_stage=None)
         details: dict[str, Any] = {"stage": stage.stage_id, "decided_by": actor}
         if request.valid_until is not None:
             details["valid_until"] = request.valid_until.isoformat()

@@ -1,0 +1,181 @@
+"""A decision's rows are written as Core statements (storage/row_writes.py), not flushed by the ORM: the
+statements, what the database then holds, and that the answer and messages built in the transaction see
+the new state."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Engine, event, select
+from sqlalchemy.orm import Session
+
+from bot.workflow import Decided, Workflow
+from storage.db import transaction
+from storage.models import Decision, FrRequest, RequestStatus, StageReview, StageStatus
+from storage.row_writes import RowChanges
+from tests.conftest import FakeClock, statements_run
+from tests.test_workflow import APPROVE, REJECT, submit
+
+# A third-party online tool goes through three stages: supervisor, authoriser (two approvals), DPO.
+THREE_STAGES = {"tool": "engine-a"}
+
+
+def _writes(statements: list[str]) -> list[str]:
+    """The writes of a request's own rows among `statements`, each as its table and verb, with the columns
+    an UPDATE sets."""
+    shown = []
+    for statement in statements:
+        if statement.startswith(("UPDATE fr_requests ", "UPDATE stage_reviews ")):
+            table, rest = statement[len("UPDATE ") :].split(" SET ", 1)
+            names = sorted(part.split("=")[0].strip() for part in rest.split(" WHERE ")[0].split(","))
+            shown.append(f"UPDATE {table} {','.join(names)}")
+        elif statement.startswith("INSERT INTO decisions"):
+            shown.append("INSERT decisions")
+    return shown
+
+
+@pytest.fixture
+def no_flush(workflow: Workflow):
+    """Counts the ORM's flushes that had something to write (`before_flush` fires only for those)."""
+    flushes: list[int] = []
+
+    def flushed(session: Session, *_args: object) -> None:
+        flushes.append(len(session.dirty) + len(session.new) + len(session.deleted))
+
+    event.listen(Session, "before_flush", flushed)
+    try:
+        yield flushes
+    finally:
+        event.remove(Session, "before_flush", flushed)
+
+
+def _stored(workflow: Workflow, request_id: int) -> tuple[FrRequest, list[StageReview], list[Decision]]:
+    with transaction(workflow.db, read_only=True) as session:
+        request = session.get(FrRequest, request_id)
+        stages = list(
+            session.scalars(
+                select(StageReview).where(StageReview.request_id == request_id).order_by(StageReview.position)
+            )
+        )
+        decisions = list(
+            session.scalars(select(Decision).where(Decision.request_id == request_id).order_by(Decision.id))
+        )
+        session.expunge_all()
+    assert request is not None
+    return request, stages, decisions
+
+
+def test_a_decision_that_passes_a_stage_writes_its_rows_without_the_orm(
+    workflow: Workflow, engine: Engine, clock: FakeClock, no_flush: list[int]
+) -> None:
+    rid = submit(workflow, **THREE_STAGES).request_id
+    clock.advance(minutes=5)
+    with statements_run(engine) as statements:
+        result = workflow.decide(rid, 0, "USUP1", "approve", APPROVE)
+    assert no_flush == []
+    # The request's row before its stages' (the order every writer takes them), then the decision.
+    assert _writes(statements) == [
+        "UPDATE fr_requests current_stage,updated_at",
+        "UPDATE stage_reviews completed_at,status",
+        "UPDATE stage_reviews due_at,started_at,status",
+        "INSERT decisions",
+    ]
+    assert result == Decided(
+        reference="FR-2026-00001",
+        outcome="approve",
+        request_status=RequestStatus.PENDING,
+        stage_name="Supervisor review",
+        approvals=1,
+        required=1,
+    )
+    request, stages, decisions = _stored(workflow, rid)
+    now = clock.now
+    assert (request.status, request.current_stage, request.updated_at) == (RequestStatus.PENDING, 1, now)
+    assert (stages[0].status, stages[0].completed_at) == (StageStatus.APPROVED, now)
+    assert (stages[1].status, stages[1].started_at) == (StageStatus.PENDING, now)
+    assert stages[1].due_at is not None and stages[1].due_at > now
+    assert stages[2].status == StageStatus.WAITING
+    [decision] = decisions
+    assert (decision.stage_review_id, decision.approver_id, decision.outcome) == (
+        stages[0].id,
+        "USUP1",
+        "approve",
+    )
+    assert (decision.rationale, decision.conditions, decision.created_at) == (
+        APPROVE.rationale,
+        APPROVE.conditions,
+        now,
+    )
+    assert decision.policy_version == workflow.loaded.version
+    # The next stage's reviewers are told (its post queued with the id the write used).
+    assert workflow.load(rid) is not None
+
+
+def test_a_rejection_cancels_the_later_stages_in_one_statement(
+    workflow: Workflow, engine: Engine, clock: FakeClock, no_flush: list[int]
+) -> None:
+    rid = submit(workflow, **THREE_STAGES).request_id
+    with statements_run(engine) as statements:
+        result = workflow.decide(rid, 0, "USUP1", "reject", REJECT)
+    assert no_flush == []
+    assert _writes(statements) == [
+        "UPDATE fr_requests current_stage,decided_at,status,updated_at",
+        "UPDATE stage_reviews completed_at,status",
+        "UPDATE stage_reviews status",  # both later stages: one executemany
+        "INSERT decisions",
+    ]
+    assert isinstance(result, Decided) and result.request_status == RequestStatus.REJECTED
+    request, stages, decisions = _stored(workflow, rid)
+    assert (request.status, request.current_stage, request.decided_at) == (
+        RequestStatus.REJECTED,
+        None,
+        clock.now,
+    )
+    assert [stage.status for stage in stages] == [
+        StageStatus.REJECTED,
+        StageStatus.CANCELLED,
+        StageStatus.CANCELLED,
+    ]
+    assert [(d.outcome, d.reason_code) for d in decisions] == [("reject", REJECT.reason_code)]
+
+
+def test_the_last_approval_closes_the_request_with_its_validity(
+    workflow: Workflow, clock: FakeClock, no_flush: list[int]
+) -> None:
+    rid = submit(workflow, **THREE_STAGES).request_id
+    for position, approver in ((0, "USUP1"), (1, "UAUTH1"), (1, "UAUTH2")):
+        assert isinstance(workflow.decide(rid, position, approver, "approve", APPROVE), Decided)
+    # The second of two approvals the authoriser stage needs: the stage counted the first one stored.
+    request, stages, _ = _stored(workflow, rid)
+    assert [stage.status for stage in stages] == [
+        StageStatus.APPROVED,
+        StageStatus.APPROVED,
+        StageStatus.PENDING,
+    ]
+    result = workflow.decide(rid, 2, "UDPO1", "approve", APPROVE)
+    assert isinstance(result, Decided)
+    assert (result.request_status, result.approvals, result.required) == (RequestStatus.APPROVED, 1, 1)
+    assert no_flush == []
+    request, stages, decisions = _stored(workflow, rid)
+    assert request.status == RequestStatus.APPROVED
+    assert request.decided_at == clock.now
+    assert request.valid_until is not None and request.valid_until > clock.now
+    assert {stage.status for stage in stages} == {StageStatus.APPROVED}
+    assert [d.approver_id for d in decisions] == ["USUP1", "UAUTH1", "UAUTH2", "UDPO1"]
+
+
+def test_row_changes_refuse_what_they_could_not_write(workflow: Workflow) -> None:
+    rid = submit(workflow).request_id
+    with transaction(workflow.db) as session:
+        request = session.get(FrRequest, rid)
+        assert request is not None
+        changes = RowChanges()
+        with pytest.raises(KeyError, match="no column"):
+            changes.set(request, stages=[])  # a relationship, not a column
+        changes.set(request, case_reference="CRIM/999/26")
+        assert request.case_reference == "CRIM/999/26"  # seen at once
+        assert not session.dirty  # and nothing for the ORM to flush
+        changes.write(session)
+        with pytest.raises(RuntimeError, match="never reach the database"):
+            changes.set(request, purpose="late")
+    with transaction(workflow.db, read_only=True) as session:
+        assert session.scalar(select(FrRequest.case_reference).where(FrRequest.id == rid)) == "CRIM/999/26"
