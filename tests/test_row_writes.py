@@ -8,7 +8,8 @@ import pytest
 from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session
 
-from bot.workflow import Decided, Workflow
+from bot.forms import DecisionForm
+from bot.workflow import Decided, Refusal, Workflow
 from storage.db import transaction
 from storage.models import Decision, FrRequest, RequestStatus, StageReview, StageStatus
 from storage.row_writes import RowChanges
@@ -48,6 +49,19 @@ def no_flush(workflow: Workflow):
         event.remove(Session, "before_flush", flushed)
 
 
+def _first_decision(
+    workflow: Workflow, engine: Engine, clock: FakeClock, outcome: str, form: DecisionForm
+) -> tuple[int, Decided | Refusal, list[str]]:
+    """A three-stage request's first stage decided by its supervisor five minutes after it was submitted
+    (so the times it sets differ from the submission's): the request, the result, and the writes of the
+    request's rows the decision sent."""
+    rid = submit(workflow, **THREE_STAGES).request_id
+    clock.advance(minutes=5)
+    with statements_run(engine) as statements:
+        result = workflow.decide(rid, 0, "USUP1", outcome, form)
+    return rid, result, _writes(statements)
+
+
 def _stored(workflow: Workflow, request_id: int) -> tuple[FrRequest, list[StageReview], list[Decision]]:
     with transaction(workflow.db, read_only=True) as session:
         request = session.get(FrRequest, request_id)
@@ -67,13 +81,10 @@ def _stored(workflow: Workflow, request_id: int) -> tuple[FrRequest, list[StageR
 def test_a_decision_that_passes_a_stage_writes_its_rows_without_the_orm(
     workflow: Workflow, engine: Engine, clock: FakeClock, no_flush: list[int]
 ) -> None:
-    rid = submit(workflow, **THREE_STAGES).request_id
-    clock.advance(minutes=5)
-    with statements_run(engine) as statements:
-        result = workflow.decide(rid, 0, "USUP1", "approve", APPROVE)
+    rid, result, writes = _first_decision(workflow, engine, clock, "approve", APPROVE)
     assert no_flush == []
     # The request's row before its stages' (the order every writer takes them), then the decision.
-    assert _writes(statements) == [
+    assert writes == [
         "UPDATE fr_requests current_stage,updated_at",
         "UPDATE stage_reviews completed_at,status",
         "UPDATE stage_reviews due_at,started_at,status",
@@ -113,11 +124,9 @@ def test_a_decision_that_passes_a_stage_writes_its_rows_without_the_orm(
 def test_a_rejection_cancels_the_later_stages_in_one_statement(
     workflow: Workflow, engine: Engine, clock: FakeClock, no_flush: list[int]
 ) -> None:
-    rid = submit(workflow, **THREE_STAGES).request_id
-    with statements_run(engine) as statements:
-        result = workflow.decide(rid, 0, "USUP1", "reject", REJECT)
+    rid, result, writes = _first_decision(workflow, engine, clock, "reject", REJECT)
     assert no_flush == []
-    assert _writes(statements) == [
+    assert writes == [
         "UPDATE fr_requests current_stage,decided_at,status,updated_at",
         "UPDATE stage_reviews completed_at,status",
         "UPDATE stage_reviews status",  # both later stages: one executemany
