@@ -5,9 +5,9 @@
 Each benchmark runs as its own process (so one's memory and threads do not disturb the next) and leaves
 its section in bench/out/ (git-ignored); RESULTS.md gathers them with the machine, the versions, the
 numbers measured before the fixes (bench/baseline/) and the notes (bench/NOTES.md). The PostgreSQL
-database's public schema is dropped: give it a throwaway one. About two hours on two
-AMD EPYC cores, most of it the ack-latency runs with think time (15 s per request kind, user count and
-app, by default).
+database's public schema is dropped: give it a throwaway one. About an hour and a half on two
+AMD EPYC cores (84 minutes in round twenty-nine), most of it the ack-latency runs with think time (15 s
+per request kind, user count and app, by default).
 """
 
 from __future__ import annotations
