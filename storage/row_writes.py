@@ -19,12 +19,15 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from storage.models import Base
 
-# The bound name of the row's key: no column is called this, so it cannot clash with a value's.
+# The bound name of the row's key, which must not be a column's (`_statement` checks), or it would clash
+# with that column's value.
 _KEY = "row_key"
 
 
 @cache  # built once per table and set of columns, as building a statement costs about as much as running it
 def _statement(table: Table, names: tuple[str, ...]) -> Any:
+    if _KEY in table.c:
+        raise ValueError(f"{table.name} has a column named {_KEY}, the bound name of the row's key")
     return (
         update(table)
         .where(table.c.id == bindparam(_KEY))
@@ -53,8 +56,8 @@ class RowChanges:
 
     def write(self, session: Session) -> None:
         """One UPDATE (an executemany where several rows change the same columns) per table and set of
-        columns, in the order the rows were first changed: the request's row before its stages', as every
-        writer of a request takes them."""
+        columns, each in the order its first row was changed: the request's row, which a decision changes
+        first, before its stages', as every writer of a request takes them."""
         self._written = True
         groups: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = {}
         for (table, key), values in self._rows.items():
