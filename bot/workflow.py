@@ -57,8 +57,8 @@ from storage.queries import (
     request_with_history,
     requests_with_history,
 )
-from storage.recordsets import execute_batch, recordset
-from storage.row_writes import RowChanges
+from storage.recordsets import RowsWrite, write_rows
+from storage.row_writes import RowChanges, write_at_commit, writes_at_commit
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,19 @@ RECEIPTS = SubmissionReceipt.__table__
 STORE_RECEIPT = insert(RECEIPTS).returning(RECEIPTS.c.id)
 INSERT_REQUESTS = insert(REQUESTS).returning(REQUESTS.c.id, sort_by_parameter_order=True)
 INSERT_STAGES = insert(STAGES).returning(STAGES.c.id, sort_by_parameter_order=True)
-INSERT_DECISION = insert(Decision.__table__)
+_DECISION_COLUMNS = (
+    "request_id",
+    "stage_review_id",
+    "approver_id",
+    "outcome",
+    "rationale",
+    "conditions",
+    "reason_code",
+    "policy_version",
+    "on_behalf_of",
+    "created_at",
+)
+DECISION_INSERT = RowsWrite(Decision.__table__, _DECISION_COLUMNS)
 NUMBER_REQUEST = (
     update(REQUESTS).where(REQUESTS.c.id == bindparam("number")).values(reference=bindparam("reference"))
 )
@@ -188,13 +200,11 @@ def _no_row_left_behind(session: Session) -> None:
         raise RuntimeError("outbox rows queued with enqueue_at_commit were never inserted")
 
 
-_OUTBOX_COLUMNS = ["request_id", "kind", "payload", "next_attempt_at", "created_at", "pace_key"]
+_OUTBOX_COLUMNS = ("request_id", "kind", "payload", "next_attempt_at", "created_at", "pace_key")
 _OUTBOX_KEYS = set(_OUTBOX_COLUMNS)
 # PostgreSQL: the batch as one JSON parameter (storage/recordsets.py); the other columns take their
 # defaults, as in the executemany that SQLite (or a batch that cannot go as JSON) uses.
-_INSERT_OUTBOX_RECORDS = insert(OUTBOX).from_select(
-    _OUTBOX_COLUMNS, select(recordset(OUTBOX, _OUTBOX_COLUMNS)), include_defaults=True
-)
+OUTBOX_INSERT = RowsWrite(OUTBOX, _OUTBOX_COLUMNS)
 
 
 def insert_outbox(session: Session, rows: list[dict[str, Any]]) -> None:
@@ -206,7 +216,7 @@ def insert_outbox(session: Session, rows: list[dict[str, Any]]) -> None:
         # A row without one of the columns would read as NULL from JSON, not take the column's default.
         session.execute(insert(OUTBOX), rows)
         return
-    execute_batch(session, _INSERT_OUTBOX_RECORDS, insert(OUTBOX), rows)
+    write_rows(session, [(OUTBOX_INSERT, rows)])
 
 
 MODAL_UPDATE = "update_modal"  # outbox kind (bot/intake.py sends it)
@@ -252,7 +262,10 @@ class Workflow:
         """
         with transaction(self.db) as session:
             yield session
-            insert_outbox(session, session.info.pop(_OUTBOX_DEFERRED_KEY, []))
+            # The rows kept for the commit (a decision's own, then its Slack messages, all `outbox_row`'s
+            # values): one statement on PostgreSQL (storage/recordsets.py write_rows).
+            outbox = session.info.pop(_OUTBOX_DEFERRED_KEY, [])
+            write_rows(session, [*writes_at_commit(session), (OUTBOX_INSERT, outbox)])
             append_deferred(session)
 
     # --- Officer ---------------------------------------------------------------------------------
@@ -785,10 +798,29 @@ class Workflow:
                     session, request, request.stages[position], user_id, outcome, form, on_behalf_of
                 )
         except IntegrityError:
-            # Only reachable if two transactions raced past the lock: the database kept one decision.
+            # Two transactions raced past the lock, and the database kept one decision: told as such only
+            # if that is what happened, not for any other constraint a defect broke.
+            if not self._has_decided(request_id, position, user_id):
+                raise
             return Refusal("already_decided", "Your decision on this stage is already recorded.")
         self._on_outbox()
         return result
+
+    def _has_decided(self, request_id: int, position: int, user_id: str) -> bool:
+        with transaction(self.db, read_only=True) as session:
+            return (
+                session.scalar(
+                    select(Decision.id)
+                    .join(StageReview, StageReview.id == Decision.stage_review_id)
+                    .where(
+                        StageReview.request_id == request_id,
+                        StageReview.position == position,
+                        Decision.approver_id == user_id,
+                    )
+                    .limit(1)
+                )
+                is not None
+            )
 
     def _apply_decision(
         self,
@@ -866,10 +898,10 @@ class Workflow:
                     now,
                     user_id,
                 )
-        # In the order the ORM wrote them: the request's row, its stages', then the decision (whose
-        # uniqueness per approver and stage raises IntegrityError here if two deciders raced the lock).
-        changes.write(session)
-        session.execute(INSERT_DECISION, decision)
+        # Sent with the transaction's outbox rows just before its commit (`_write`), in the order the ORM
+        # wrote them: the request's row, its stages', then the decision (whose uniqueness per approver and
+        # stage raises IntegrityError there if two deciders raced the lock).
+        write_at_commit(session, [*changes.writes(), (DECISION_INSERT, [decision])])
         enqueue_at_commit(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
         enqueue_at_commit(
             session,

@@ -11,6 +11,9 @@ PostgreSQL's JSON functions cannot turn `\\u0000` (a NUL character) into text, s
 holds one cannot go this way: `records` returns None and the caller writes the batch as an executemany,
 which stores such JSON as it is. A `json` column receives its value's text unchanged: nested values are
 written with canonical_json's settings, so the stored text is the canonical text (storage/canonical.py).
+
+`write_rows` sends several batches (`RowsWrite`s: inserts, and updates by primary key) as one statement,
+each but the last a data-modifying CTE of the last: one round trip for a transaction's writes.
 """
 
 from __future__ import annotations
@@ -18,10 +21,26 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import JSON, Executable, Result, Table, Text, bindparam, cast, column, func
+from sqlalchemy import (
+    JSON,
+    Executable,
+    Result,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    column,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from storage.canonical import CANONICAL
@@ -98,3 +117,108 @@ def execute_batch(
     if session.get_bind().dialect.name == "postgresql" and (as_json := records(rows)) is not None:
         return session.execute(from_json, as_json)
     return session.execute(as_rows, for_rows(rows) if for_rows is not None else rows)
+
+
+# The bound name of an updated row's key in the executemany form (`RowsWrite.as_rows`), which must not be
+# a column's name, or it would clash with that column's value.
+ROW_KEY = "row_key"
+
+
+@dataclass(frozen=True)
+class RowsWrite:
+    """A statement that writes a batch of rows, each a dict of `names`: an insert (the table's other
+    columns take their defaults, as in an executemany), or, `by_key`, an update of those columns of the
+    rows whose primary key is each row's "id"."""
+
+    table: Table
+    names: tuple[str, ...]
+    by_key: bool = False
+
+    def __post_init__(self) -> None:
+        if self.by_key and (ROW_KEY in self.table.c or "id" in self.names):
+            raise ValueError(f"{self.table.name}: an update by key binds the key as {ROW_KEY}, not a column")
+
+    def from_json(self, parameter: str = PARAMETER) -> Any:
+        return _from_json(self, parameter)
+
+    def as_rows(self) -> Any:
+        return _as_rows(self)
+
+    def rows_for_executemany(self, rows: Rows) -> Rows:
+        if not self.by_key:
+            return rows
+        return [{ROW_KEY: row["id"], **{name: row[name] for name in self.names}} for row in rows]
+
+
+# Built once per write (and parameter): building a statement costs about as much as running it.
+@cache
+def _from_json(write: RowsWrite, parameter: str) -> Any:
+    table = write.table
+    if write.by_key:
+        given = recordset(table, ["id", *write.names], parameter)
+        return (
+            update(table)
+            .where(table.c.id == given.c.id)
+            .values({name: given.c[name] for name in write.names})
+        )
+    given = recordset(table, list(write.names), parameter)
+    # The other columns' defaults as values of the statement itself: the insert's own defaults are bound by
+    # the column's name, and SQLAlchemy leaves them unfilled when the insert is a CTE of another statement.
+    defaults = {}
+    for name, default in ((c.name, c.default) for c in table.c if c.name not in write.names):
+        if default is None:
+            continue  # the database's default, or NULL
+        if not default.is_scalar:
+            raise ValueError(f"{table.name}.{name}'s default is computed: give it in each row")
+        defaults[name] = literal(default.arg, table.c[name].type)
+    return insert(table).from_select([*write.names, *defaults], select(*given.c, *defaults.values()))
+
+
+@cache
+def _as_rows(write: RowsWrite) -> Any:
+    table = write.table
+    if write.by_key:
+        return (
+            update(table)
+            .where(table.c.id == bindparam(ROW_KEY))
+            .values({name: bindparam(name, type_=table.c[name].type) for name in write.names})
+        )
+    return insert(table)
+
+
+@cache
+def _together(writes: tuple[RowsWrite, ...]) -> Any:
+    """The writes as one statement: each but the last a data-modifying CTE of the last, the i-th reading
+    its rows from parameter `rows_i`. PostgreSQL runs every such CTE to completion, all in one snapshot;
+    none may update a row another updates (`write_rows` checks)."""
+    *first, last = writes
+    statement = last.from_json(f"{PARAMETER}_{len(first)}")
+    for index, write in enumerate(first):
+        statement = statement.add_cte(write.from_json(f"{PARAMETER}_{index}").cte(f"write_{index}"))
+    return statement
+
+
+def write_rows(session: Session, writes: Sequence[tuple[RowsWrite, Rows]]) -> None:
+    """Send the writes, in order, empty ones left out. On PostgreSQL they go as one statement
+    (`_together`), one round trip where each took its own, each a wait for the server and then for this
+    process's GIL (bench/NOTES.md item 58); on SQLite, or where a batch's text holds a NUL, one after the
+    other (an executemany where a write has several rows). A row may be updated by one write only (checked):
+    in one statement, PostgreSQL would make only one of two changes to a row."""
+    writes = [(write, rows) for write, rows in writes if rows]
+    if not writes:
+        return
+    updated = [(write.table.name, row["id"]) for write, rows in writes if write.by_key for row in rows]
+    if len(set(updated)) < len(updated):
+        raise ValueError("a row is updated by two of the writes: give each row's changes in one")
+    if session.get_bind().dialect.name == "postgresql":
+        documents = [_ENCODER.encode(rows) for _, rows in writes]
+        if not any(_holds_nul(document) for document in documents):
+            if len(writes) == 1:
+                session.execute(writes[0][0].from_json(), {PARAMETER: documents[0]})
+            else:
+                parameters = {f"{PARAMETER}_{index}": document for index, document in enumerate(documents)}
+                session.execute(_together(tuple(write for write, _ in writes)), parameters)
+            return
+    for write, rows in writes:
+        given = write.rows_for_executemany(rows)
+        session.execute(write.as_rows(), given if len(given) > 1 else given[0])
