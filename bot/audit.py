@@ -27,13 +27,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import JSON, Connection, Engine, Text, bindparam, cast, event, func, insert, select, update
+from sqlalchemy import JSON, Connection, Engine, Text, bindparam, cast, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.forms import FREE_TEXT_FIELDS
 from storage.canonical import canonical_json
-from storage.db import READ_SNAPSHOT, transaction
+from storage.db import READ_SNAPSHOT, kept_for_the_commit, transaction
 from storage.models import AuditChainHead, AuditEvent, AuditEventText, utcnow
 from storage.recordsets import PARAMETER, document, members, recordset
 
@@ -448,11 +448,10 @@ def append_deferred(session: Session) -> None:
     append_events(session, session.info.pop(DEFERRED_KEY, []))
 
 
-@event.listens_for(Session, "before_commit")
-def _no_event_left_behind(session: Session) -> None:
-    # A transaction that queued events but never chained them would commit a change without its record.
-    if session.info.get(DEFERRED_KEY) and not session.in_nested_transaction():
-        raise AuditChainError("audit events queued with append_at_commit were never chained")
+# A transaction that queued events but never chained them would commit a change without its record.
+kept_for_the_commit(
+    DEFERRED_KEY, lambda: AuditChainError("audit events queued with append_at_commit were never chained")
+)
 
 
 def record_view(

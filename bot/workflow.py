@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, event, func, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -34,7 +34,7 @@ from bot.forms import DecisionForm, DelegationForm, PostUseForm, RequestForm
 from bot.outbox import pace_key_for
 from bot.policy import LoadedPolicy, Stage, ToolStatus, Urgency
 from bot.routing import choose_route
-from storage.db import transaction
+from storage.db import kept_for_the_commit, transaction
 from storage.models import (
     AuditEvent,
     Comment,
@@ -193,11 +193,11 @@ def enqueue_at_commit(
     )
 
 
-@event.listens_for(Session, "before_commit")
-def _no_row_left_behind(session: Session) -> None:
-    # A transaction that queued Slack messages but never inserted them would commit a change untold.
-    if session.info.get(_OUTBOX_DEFERRED_KEY) and not session.in_nested_transaction():
-        raise RuntimeError("outbox rows queued with enqueue_at_commit were never inserted")
+# A transaction that queued Slack messages but never inserted them would commit a change untold.
+kept_for_the_commit(
+    _OUTBOX_DEFERRED_KEY,
+    lambda: RuntimeError("outbox rows queued with enqueue_at_commit were never inserted"),
+)
 
 
 _OUTBOX_COLUMNS = ("request_id", "kind", "payload", "next_attempt_at", "created_at", "pace_key")

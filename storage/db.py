@@ -7,7 +7,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -254,6 +254,18 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 def dialect_of(factory: sessionmaker[Session]) -> str:
     """The name of the database a session factory's engine talks to: "postgresql" or "sqlite"."""
     return str(factory.kw["bind"].dialect.name)
+
+
+def kept_for_the_commit(key: str, fault: Callable[[], Exception]) -> None:
+    """Refuse to commit a transaction whose session still holds `session.info[key]`: work kept for the
+    end of the transaction (rows to insert, events to chain) that the code keeping it must take and write
+    before the commit, or the commit would go without it. A savepoint's release is not the commit."""
+
+    def written_before_commit(session: Session) -> None:
+        if session.info.get(key) and not session.in_nested_transaction():
+            raise fault()
+
+    event.listen(Session, "before_commit", written_before_commit)
 
 
 @contextmanager

@@ -19,10 +19,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, event
+from sqlalchemy import Table
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from storage.db import kept_for_the_commit
 from storage.models import Base
 from storage.recordsets import Rows, RowsWrite
 
@@ -70,8 +71,5 @@ def writes_at_commit(session: Session) -> list[tuple[RowsWrite, Rows]]:
     return session.info.pop(_DEFERRED_KEY, [])
 
 
-@event.listens_for(Session, "before_commit")
-def _no_write_left_behind(session: Session) -> None:
-    # A transaction that kept writes but never sent them would commit without them.
-    if session.info.get(_DEFERRED_KEY) and not session.in_nested_transaction():
-        raise RuntimeError("writes kept with write_at_commit were never sent")
+# A transaction that kept writes but never sent them would commit without them.
+kept_for_the_commit(_DEFERRED_KEY, lambda: RuntimeError("writes kept with write_at_commit were never sent"))
