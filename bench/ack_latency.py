@@ -58,14 +58,13 @@ from typing import Any
 from sqlalchemy import update
 
 from bench import output
+from bench.fixtures import bench_workflow
 from bench.stub_process import RemoteStub
 from bot import forms, views
-from bot.approvers import ApproverDirectory, StaticGroupSource
 from bot.config import Settings
 from bot.forms import check_request
-from bot.policy import parse_policy
-from bot.workflow import Submission, Workflow
-from storage.db import make_engine, make_session_factory, recreate_schema, transaction
+from bot.workflow import Submission
+from storage.db import make_engine, recreate_schema, transaction
 from storage.models import OutboxMessage, OutboxStatus, utcnow
 from tests.botprocess import (
     SIGNING_SECRET,
@@ -163,10 +162,9 @@ def seed_pending(database_url: str, count: int) -> tuple[list[int], dict[str, An
     from), from 500 officers, recorded through the workflow as the bot records them, and the decision
     modal as the bot draws it for the first. Their announcements are marked sent: posted one a second to
     one channel they would be a backlog beside every level."""
-    loaded = parse_policy(TEST_POLICY, "bench-policy.yml")
     engine = make_engine(database_url)
-    directory = ApproverDirectory(StaticGroupSource({k: set(v) for k, v in GROUPS.items()}))
-    workflow = Workflow(make_session_factory(engine), loaded, directory)
+    workflow = bench_workflow(engine)
+    loaded = workflow.loaded
     form = check_request(loaded.policy, valid_form_values())
     ids: list[int] = []
     for start in range(0, count, 200):

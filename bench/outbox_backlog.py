@@ -42,15 +42,13 @@ from sqlalchemy import (
     update,
 )
 
+from bench.fixtures import bench_workflow
 from bench.output import write_results
 from bot import outbox
-from bot.approvers import ApproverDirectory, StaticGroupSource
 from bot.forms import check_request
-from bot.policy import parse_policy
-from bot.workflow import Workflow
 from storage.db import make_engine, make_session_factory, recreate_schema, transaction
 from storage.models import FrRequest, OutboxMessage, OutboxStatus, UTCDateTime
-from tests.conftest import GROUPS, TEST_POLICY, valid_form_values
+from tests.conftest import valid_form_values
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -70,9 +68,8 @@ def seed(url: str, requests: int) -> Engine:
         Path(url.removeprefix("sqlite:///")).unlink(missing_ok=True)
     recreate_schema(url)
     engine = make_engine(url)
-    loaded = parse_policy(TEST_POLICY, "bench-policy.yml")
-    directory = ApproverDirectory(StaticGroupSource({k: set(v) for k, v in GROUPS.items()}))
-    workflow = Workflow(make_session_factory(engine), loaded, directory, clock=lambda: NOW)
+    workflow = bench_workflow(engine, clock=lambda: NOW)
+    loaded = workflow.loaded
     template = workflow.submit(check_request(loaded.policy, valid_form_values()), "UOFF0", "T0", "V0")
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM outbox"))

@@ -37,16 +37,14 @@ from typing import Any
 
 from sqlalchemy import URL, Engine, event, make_url, text
 
+from bench.fixtures import bench_policy, bench_workflow
 from bench.output import write_results
-from bot.approvers import ApproverDirectory, StaticGroupSource
 from bot.cli import freeze_start_up_objects
 from bot.evidence import export_events
 from bot.home import HomePublisher
-from bot.policy import LoadedPolicy, parse_policy
+from bot.policy import LoadedPolicy
 from bot.sweeps import MOST_AT_ONCE, SWEEPS, SweepReport, digest_summary, run_sweeps
-from bot.workflow import Workflow
 from storage.db import make_engine, make_session_factory, recreate_schema, transaction
-from tests.conftest import GROUPS, TEST_POLICY
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)  # an hour after the 08:00 digest (London is on UTC)
@@ -270,7 +268,7 @@ def first_sweeps(url: str, results: dict[str, Measured]) -> None:
     `run_sweeps`, whose sweeps (and reviewer channels) run at once on PostgreSQL, each on its own
     connection. Each run on a fresh copy of the seeded database, by a process that has not swept before
     (a new engine: SQLAlchemy's statement cache is the engine's)."""
-    loaded = parse_policy(TEST_POLICY, "bench-policy.yml")
+    loaded = bench_policy()
     for _ in range(REPEATS):
         with seeded_copy(url) as copy:
             engine = make_engine(copy)
@@ -425,7 +423,7 @@ def _connect(engine: Engine) -> None:
 
 
 def measure(url: str) -> dict[str, Measured]:
-    loaded = parse_policy(TEST_POLICY, "bench-policy.yml")
+    loaded = bench_policy()
     results: dict[str, Measured] = {name: Measured() for name in MEASURES}
     # As the bot's processes do before they serve: otherwise a full collection walking start-up's objects
     # (50-70 ms) lands in whichever timed run it falls in.
@@ -433,9 +431,8 @@ def measure(url: str) -> dict[str, Measured]:
     first_sweeps(url, results)
     engine = make_engine(url)
     counter = EventCounter(engine)
-    db = make_session_factory(engine)
-    directory = ApproverDirectory(StaticGroupSource({k: set(v) for k, v in GROUPS.items()}))
-    workflow = Workflow(db, loaded, directory, clock=lambda: NOW)
+    workflow = bench_workflow(engine, clock=lambda: NOW)
+    db = workflow.db
     home = HomePublisher(workflow, client=None)  # type: ignore[arg-type]  # view_for never calls Slack
 
     run_sweeps(db, loaded.policy, lambda: NOW)  # the first sweep's work, so what follows is steady state

@@ -18,13 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench.fixtures import bench_workflow
 from bench.output import write_results
-from bot.approvers import ApproverDirectory, StaticGroupSource
 from bot.forms import DecisionForm, check_request
-from bot.policy import parse_policy
-from bot.workflow import Decided, Workflow
-from storage.db import make_engine, make_session_factory, recreate_schema
-from tests.conftest import GROUPS, TEST_POLICY, valid_form_values
+from bot.workflow import Decided
+from storage.db import make_engine, recreate_schema
+from tests.conftest import valid_form_values
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = (1, 10)
@@ -33,10 +32,9 @@ APPROVE = DecisionForm(rationale="Necessary and proportionate: serious offence, 
 
 def run(url: str, requests: int) -> dict[str, dict[int, float]]:
     recreate_schema(url)
-    loaded = parse_policy(TEST_POLICY, "bench-policy.yml")
     engine = make_engine(url)
-    directory = ApproverDirectory(StaticGroupSource({k: set(v) for k, v in GROUPS.items()}))
-    workflow = Workflow(make_session_factory(engine), loaded, directory)
+    workflow = bench_workflow(engine)
+    loaded = workflow.loaded
     rates: dict[str, dict[int, float]] = {"submissions": {}, "decisions": {}}
     for threads in THREADS:
         prefix = f"t{threads}"
