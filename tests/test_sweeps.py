@@ -19,7 +19,7 @@ from bot.audit import verify_chain
 from bot.forms import FREE_TEXT_FIELDS, DecisionForm, check_request
 from bot.outbox import OutboxDispatcher
 from bot.pacing import Pacer, Rate, SlackLimits
-from bot.workflow import Workflow
+from bot.workflow import Workflow, audit
 from storage.db import make_engine, make_session_factory, transaction
 from storage.models import (
     AuditEvent,
@@ -580,6 +580,29 @@ def test_digest_counts_lists_and_decision_times(
     text = blocks_text(digest)
     assert "Pending reviews by stage" in text and "Requests for prohibited tools" in text
     assert reference(workflow, overdue) in text and "2 h" in text and "3 h" in text
+
+
+def test_digest_counts_each_expired_request_once_and_each_request_once_per_outcome(
+    workflow: Workflow, clock: FakeClock
+) -> None:
+    """Expired in the period: an approval whose validity ran out in it, or a request marked expired in it;
+    one marked and run out counts once. Two events of one outcome for one request count once."""
+    start = clock.now
+    ran_out = submit(workflow, "V1")
+    marked = submit(workflow, "V2")
+    still_valid = submit(workflow, "V3")
+    workflow.decide(ran_out, 0, "USUP1", "approve", APPROVE)
+    clock.advance(hours=100)  # past ran_out's validity (72 hours for a routine request)
+    workflow.decide(still_valid, 0, "USUP1", "approve", APPROVE)
+    with transaction(workflow.db) as session:
+        for request_id in (ran_out, marked):
+            audit(session, "system", "request_expired", request_id, clock.now)
+        audit(session, "system", "request_submitted", marked, clock.now)  # marked's second, counted once
+    end = clock.now + timedelta(minutes=1)
+    with transaction(workflow.db, read_only=True) as session:
+        summary = sweeps.digest_summary(session, workflow.policy, start, end, end)
+    assert summary["counts"] == {"submitted": 3, "approved": 2, "rejected": 0, "withdrawn": 0, "expired": 2}
+    assert summary["decision_hours"]["count"] == 2
 
 
 def test_digest_lists_approvals_about_to_expire_with_a_link_to_their_last_stage(
