@@ -167,7 +167,7 @@ def set_legal_hold(
     """Place (hold=True) or release a legal hold; returns False when it was already in that state."""
     with transaction(db) as session:
         request = session.scalars(
-            select(FrRequest).where(FrRequest.reference == reference).with_for_update()
+            select(FrRequest).where(FrRequest.reference == reference).with_for_update(key_share=True)
         ).first()
         if request is None:
             raise LookupError(reference)

@@ -293,6 +293,10 @@ def _last_reminder_in(channel: str) -> Any:
     )
 
 
+# The sweeps lock requests' and stages' rows FOR NO KEY UPDATE (`key_share=True`), as a decision locks its
+# request (storage/queries.py _LOCK_ONE): a writer holding the chain's head may be inserting rows that refer
+# to them, and must not wait for these locks while their holder waits for the head.
+
 # The sweeps' claims (conditional updates) leave the session's objects as they were read: by default the
 # ORM tests an update's criteria against every object in the session, which with a claim for each row
 # was quadratic in the batch (half the first sweep's CPU with 200 reviews due; bench/NOTES.md item 40),
@@ -363,7 +367,7 @@ def _backfill_due_times(session: Session, policy: Policy) -> None:
         .join(FrRequest, FrRequest.id == StageReview.request_id)
         # From the index of pending stages, in which these have no due time (models' PENDING_STAGE).
         .where(IS_PENDING_STAGE, StageReview.due_at.is_(None), StageReview.started_at.is_not(None))
-        .with_for_update(of=StageReview, skip_locked=True)
+        .with_for_update(of=StageReview, skip_locked=True, key_share=True)
     ).all()
     if missing:  # the ORM's bulk update by primary key: one statement, run for each stage
         due = [
@@ -406,7 +410,7 @@ def _sweep_channel(
             # Wait, never skip: the channel lock already keeps other sweepers out, so a locked review is
             # one the dispatcher is writing a landing to, and skipping it would hold its reminder back
             # until the channel's gap has passed.
-            .with_for_update(of=StageReview)
+            .with_for_update(of=StageReview, key_share=True)
         ).all()
         if not rows:
             return 0
@@ -719,7 +723,7 @@ def _remind_post_use(db: sessionmaker[Session], now: datetime, report: SweepRepo
             )
             .order_by(FrRequest.valid_until)
             .limit(BATCH_SIZE)
-            .with_for_update(of=FrRequest, skip_locked=True)
+            .with_for_update(of=FrRequest, skip_locked=True, key_share=True)
             .options(*_FOR_A_DM)
         ).all()
         notices: list[tuple[Notice, FrRequest]] = []
@@ -763,7 +767,7 @@ def _warn_expiring(db: sessionmaker[Session], policy: Policy, now: datetime, rep
             )
             .order_by(FrRequest.valid_until)
             .limit(BATCH_SIZE)
-            .with_for_update(of=FrRequest, skip_locked=True)
+            .with_for_update(of=FrRequest, skip_locked=True, key_share=True)
             .options(*_FOR_A_DM)
         ).all()
         notices: list[tuple[Notice, FrRequest]] = []
@@ -814,7 +818,7 @@ def _remind_ratification(
             )
             .order_by(FrRequest.decided_at)
             .limit(BATCH_SIZE)
-            .with_for_update(of=FrRequest, skip_locked=True)
+            .with_for_update(of=FrRequest, skip_locked=True, key_share=True)
             # Its stages and their decisions (who approved), none of its free text or comments.
             .options(
                 load_only(

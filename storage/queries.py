@@ -41,7 +41,12 @@ _MANY_WITH_HISTORY = _built_with_history(FrRequest.id.in_(bindparam("request_ids
 # joined to the locking statement would not: PostgreSQL re-reads only the locked row itself after waiting
 # for its lock, and the joined rows stay as they were when the statement began (two deciders would both see
 # a stage with no decision). On SQLite, whose writers queue at BEGIN IMMEDIATE, it only finds the row.
-_LOCK_ONE = select(FrRequest.id).where(_ONE).with_for_update()
+# FOR NO KEY UPDATE, the lock an update of the row's other columns takes: it keeps other writers of the
+# request out, but not the foreign-key checks of rows that refer to it (KEY SHARE). A writer holding the
+# audit chain's head inserts such rows (events, notices, outbox rows) for any request; if it had to wait
+# for this lock while the lock's holder waited for the head, PostgreSQL would abort one of them as a
+# deadlock (tests/test_concurrency.py). Nothing that locks a request changes its key or deletes it.
+_LOCK_ONE = select(FrRequest.id).where(_ONE).with_for_update(key_share=True)
 
 
 def _locked(session: Session, request_id: int) -> bool:

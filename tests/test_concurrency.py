@@ -13,16 +13,26 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select, text
 
 from bot import views
-from bot.audit import AuditChainError, append_at_commit, prepare_event, verify_chain
+from bot.audit import HEAD_ID, AuditChainError, append_at_commit, prepare_event, verify_chain
 from bot.forms import DecisionForm, check_request
 from bot.workflow import Decided, Refusal, Workflow
 from storage.db import DatabaseUnavailable, transaction
-from storage.models import AuditEvent, Decision, FrRequest, OutboxMessage, RequestStatus, StageStatus
+from storage.models import (
+    AuditChainHead,
+    AuditEvent,
+    Decision,
+    FrRequest,
+    OutboxMessage,
+    RequestStatus,
+    ScheduledNotice,
+    StageStatus,
+)
 from storage.queries import request_with_history
-from tests.conftest import valid_form_values
+from tests.conftest import valid_form_values, wait_until
+from tests.test_workflow import submit
 
 THREADS = 16
 APPROVE = DecisionForm(rationale="Necessary and proportionate for this robbery.")
@@ -223,3 +233,51 @@ def test_a_failed_sqlite_writer_lets_the_next_one_in(workflow: Workflow, engine:
         blocker.close()
     result = workflow.submit(check_request(workflow.policy, valid_form_values()), "UOFFICER", "T0", "V1")
     assert result.created
+
+
+def _waits_for_the_chain_head(engine: Engine) -> bool:
+    """Whether a backend is waiting for a lock while asking for the audit chain's head."""
+    with engine.connect() as conn:
+        return bool(
+            conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%FROM audit_chain_head%FOR UPDATE%'"
+                )
+            )
+        )
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # row locks and foreign keys
+def test_a_decision_and_a_write_for_its_request_under_the_chain_head_do_not_deadlock(
+    workflow: Workflow, engine: Engine, clock: Any
+) -> None:
+    """Every writer takes the chain's head last, and its rows (audit events, notices, outbox rows) check
+    their request exists, which locks the request's key. A decision holds its request's row while it
+    waits for the head; the head's holder, writing a row for that request, must not wait for the
+    decision's lock, or each waits for the other until PostgreSQL aborts one (a deadlock). The decision
+    locks the row only against other updates (FOR NO KEY UPDATE), not against such checks."""
+    rid = submit(workflow).request_id
+    with engine.connect() as holder:
+        holder.execute(text("SET LOCAL lock_timeout = '5s'"))
+        holder.execute(select(AuditChainHead.seq).where(AuditChainHead.id == HEAD_ID).with_for_update())
+        outcome: list[Any] = []
+
+        def decide() -> None:
+            try:
+                outcome.append(workflow.decide(rid, 0, "USUP1", "approve", APPROVE))
+            except Exception as exc:  # the assertion below names it
+                outcome.append(exc)
+
+        deciding = threading.Thread(target=decide)
+        deciding.start()
+        wait_until(lambda: _waits_for_the_chain_head(engine), "the decision waits for the chain head")
+        # What an append under the head does for the request: a row that refers to it.
+        holder.execute(
+            insert(ScheduledNotice).values(
+                kind="test", subject_id=rid, sequence=0, request_id=rid, due_at=clock(), created_at=clock()
+            )
+        )
+        holder.commit()
+    deciding.join(30)
+    assert [type(result) for result in outcome] == [Decided], outcome

@@ -74,8 +74,8 @@ def _assert_locks_the_row_alone(engine: Engine, statement: str) -> None:
     flat = " ".join(statement.split())
     assert flat.startswith("SELECT fr_requests.id FROM fr_requests WHERE"), flat
     assert " JOIN " not in flat, flat
-    if engine.dialect.name == "postgresql":
-        assert flat.endswith("FOR UPDATE"), flat
+    if engine.dialect.name == "postgresql":  # against other writers, not foreign-key checks
+        assert flat.endswith("FOR NO KEY UPDATE"), flat
 
 
 def test_a_writer_that_changes_only_stages_reads_the_request_in_two_statements(
@@ -154,12 +154,19 @@ def test_the_locked_read_holds_the_requests_row_until_the_transaction_ends(
     workflow: Workflow, engine: Engine
 ) -> None:
     """A writer's read locks the request's row, which serialises the request's writers, until its
-    transaction ends."""
+    transaction ends; a foreign-key check of a row referring to the request (KEY SHARE) does not wait."""
     rid = _request_with_some_history(workflow)
     with transaction(workflow.db) as session:
         assert request_with_history(session, rid, lock=True) is not None
+        with engine.connect() as other:
+            checked = other.execute(
+                text("SELECT id FROM fr_requests WHERE id = :id FOR KEY SHARE NOWAIT"), {"id": rid}
+            )
+            assert checked.scalar_one() == rid
         with engine.connect() as other, pytest.raises(OperationalError, match="could not obtain lock"):
-            other.execute(text("SELECT id FROM fr_requests WHERE id = :id FOR UPDATE NOWAIT"), {"id": rid})
+            other.execute(
+                text("SELECT id FROM fr_requests WHERE id = :id FOR NO KEY UPDATE NOWAIT"), {"id": rid}
+            )
     with engine.connect() as other:  # released at the end of the transaction
         locked = other.execute(
             text("SELECT id FROM fr_requests WHERE id = :id FOR UPDATE NOWAIT"), {"id": rid}
