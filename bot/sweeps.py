@@ -293,9 +293,10 @@ def _last_reminder_in(channel: str) -> Any:
     )
 
 
-# The sweeps lock requests' and stages' rows FOR NO KEY UPDATE (`key_share=True`), as a decision locks its
-# request (storage/queries.py _LOCK_ONE): a writer holding the chain's head may be inserting rows that refer
-# to them, and must not wait for these locks while their holder waits for the head.
+# The sweeps lock requests' and stages' rows FOR NO KEY UPDATE (`key_share=True`), the lock an update of
+# other columns takes, as a decision locks its request (storage/queries.py _LOCK_ONE): a transaction holding
+# the chain's head may be chaining events for those requests, and must not wait for these locks while their
+# holder waits for the head. Only other writers wait for them, not the checks of rows that refer to them.
 
 # The sweeps' claims (conditional updates) leave the session's objects as they were read: by default the
 # ORM tests an update's criteria against every object in the session, which with a claim for each row

@@ -43,9 +43,10 @@ _MANY_WITH_HISTORY = _built_with_history(FrRequest.id.in_(bindparam("request_ids
 # a stage with no decision). On SQLite, whose writers queue at BEGIN IMMEDIATE, it only finds the row.
 # FOR NO KEY UPDATE, the lock an update of the row's other columns takes: it keeps other writers of the
 # request out, but not the foreign-key checks of rows that refer to it (KEY SHARE). A writer holding the
-# audit chain's head inserts such rows (events, notices, outbox rows) for any request; if it had to wait
-# for this lock while the lock's holder waited for the head, PostgreSQL would abort one of them as a
-# deadlock (tests/test_concurrency.py). Nothing that locks a request changes its key or deletes it.
+# audit chain's head inserts such rows (its audit events; in some transactions outbox rows) for whichever
+# requests they concern; if it had to wait for this lock while the lock's holder waited for the head,
+# PostgreSQL would abort one of them as a deadlock (tests/test_concurrency.py). Nothing that locks a
+# request changes its key or deletes it.
 _LOCK_ONE = select(FrRequest.id).where(_ONE).with_for_update(key_share=True)
 
 
