@@ -211,12 +211,12 @@ def write_rows(session: Session, writes: Sequence[tuple[RowsWrite, Rows]]) -> No
     if len(set(updated)) < len(updated):
         raise ValueError("a row is updated by two of the writes: give each row's changes in one")
     if session.get_bind().dialect.name == "postgresql":
-        documents = [_ENCODER.encode(rows) for _, rows in writes]
-        if not any(_holds_nul(document) for document in documents):
+        batches = [records(rows) for _, rows in writes]
+        if all(batch is not None for batch in batches):
             if len(writes) == 1:
-                session.execute(writes[0][0].from_json(), {PARAMETER: documents[0]})
+                session.execute(writes[0][0].from_json(), batches[0])
             else:
-                parameters = {f"{PARAMETER}_{index}": document for index, document in enumerate(documents)}
+                parameters = {f"{PARAMETER}_{index}": batch[PARAMETER] for index, batch in enumerate(batches)}
                 session.execute(_together(tuple(write for write, _ in writes)), parameters)
             return
     for write, rows in writes:
