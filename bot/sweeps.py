@@ -28,6 +28,7 @@ from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     Float,
     and_,
     any_,
@@ -38,7 +39,6 @@ from sqlalchemy import (
     literal,
     or_,
     select,
-    text,
     union,
     update,
 )
@@ -64,7 +64,7 @@ from storage.models import (
     StageStatus,
 )
 from storage.queries import IS_PENDING_STAGE, pending_by_stage
-from storage.recordsets import execute_batch, records, recordset
+from storage.recordsets import PARAMETER, execute_batch, records, recordset
 
 log = logging.getLogger(__name__)
 
@@ -165,15 +165,23 @@ def _one_of(session: Session, column: Any, values: list[Any]) -> Any:
     return column.in_(values)
 
 
-def _try_channel_lock(session: Session, channel: str) -> bool:
+def _channel_lock(session: Session, channel: str) -> list[Any]:
     """Only one process works on a reviewer channel at a time, so its reminders are consolidated into one
-    message. PostgreSQL: an advisory lock held until the transaction ends; a busy channel is skipped (the
-    other process is doing it). SQLite: BEGIN IMMEDIATE already made this transaction the only writer."""
+    message. PostgreSQL: an advisory lock held until the transaction ends, taken by the channel's due read
+    as a condition of its own; a busy channel reads no reviews and is skipped (the other process is doing
+    it). The condition is an uncorrelated subquery, which PostgreSQL runs once, before any row is read or
+    locked (an InitPlan), so the read costs no statement of its own (bench/NOTES.md item 61). SQLite: no
+    condition; BEGIN IMMEDIATE already made this transaction the only writer."""
     if not _is_postgres(session):
-        return True
+        return []
+    key = bindparam("channel_key", channel_lock_key(channel), BigInteger)
+    return [select(func.pg_try_advisory_xact_lock(key)).scalar_subquery()]
+
+
+def channel_lock_key(channel: str) -> int:
+    """The key of a reviewer channel's advisory lock (`_channel_lock`)."""
     digest = hashlib.sha256(f"fr-bot reminders {channel}".encode()).digest()
-    key = int.from_bytes(digest[:8], "big", signed=True)
-    return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key}))
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class Notice(NamedTuple):
@@ -399,13 +407,16 @@ def _sweep_channel(
 ) -> int:
     """One transaction over one reviewer channel's due reviews; returns how many were looked at."""
     with transaction(db) as session:
-        if not _try_channel_lock(session, channel):
-            return 0
         # The reviews with what else the batch needs (whether each has escalated, how many reminders it
-        # had, when the channel's last reminder went) in one statement, where these took three.
+        # had, when the channel's last reminder went) in one statement, where these took three; on
+        # PostgreSQL it takes the channel's lock first, and reads nothing if another process holds it.
         rows = session.execute(
             _DUE_REVIEW_COLUMNS.add_columns(_last_reminder_in(channel))
-            .where(StageReview.channel_id == channel, *_due_reviews(now, policy))
+            .where(
+                *_channel_lock(session, channel),
+                StageReview.channel_id == channel,
+                *_due_reviews(now, policy),
+            )
             .order_by(StageReview.due_at, StageReview.id)
             .limit(batch_size)
             # Wait, never skip: the channel lock already keeps other sweepers out, so a locked review is
@@ -470,8 +481,7 @@ def _sweep_channel(
                 )
                 due.append((notice, (stage, item)))
 
-        claimed = _claim_reviews(session, next_checks, now)
-        recorded = _record_all(session, [(notice, entry) for notice, entry in due if entry[0].id in claimed])
+        recorded = _claim_and_record(session, next_checks, due, now)
         reminded = [
             (stage, item, notice.sequence)
             for notice, (stage, item) in recorded
@@ -488,19 +498,48 @@ def _sweep_channel(
         return len(stages)
 
 
+def _claim_and_record(
+    session: Session,
+    next_checks: dict[int, datetime],
+    due: list[tuple[Notice, tuple[DueReview, views.OverdueItem]]],
+    now: datetime,
+) -> list[tuple[Notice, tuple[DueReview, views.OverdueItem]]]:
+    """Claim the reviews (`_claim_reviews`) and record the notices due of those claimed (`_record_all`);
+    the entries whose notice this recorded, in order.
+
+    On PostgreSQL one statement does both, the claim a data-modifying CTE of the notices' insert, which
+    keeps the notices of the reviews it claimed: a round trip fewer for each channel's batch, each a wait
+    for the server and then for this process's GIL (bench/NOTES.md item 61)."""
+    if not next_checks:
+        return []
+    if _is_postgres(session) and due:
+        notices = records([notice._asdict() for notice, _ in due])
+        if notices is not None:  # else a notice's text holds a NUL: the two statements below
+            given = {**notices, **_claim_parameters(next_checks), "now": now}
+            recorded = {tuple(key) for key in session.execute(_CLAIM_AND_RECORD_NOTICES, given)}
+            return [(notice, entry) for notice, entry in due if notice[:3] in recorded]
+    claimed = _claim_reviews(session, next_checks, now)
+    return _record_all(session, [(notice, entry) for notice, entry in due if entry[0].id in claimed])
+
+
+def _claim_parameters(next_checks: dict[int, datetime]) -> dict[str, str]:
+    """The claim's batch as its JSON parameter (`_NEXT_CHECKS`)."""
+    times = records([{"id": review, "next_check_at": at} for review, at in next_checks.items()])
+    assert times is not None  # numbers and times only: no text to hold a NUL
+    return {_CLAIMS: times[PARAMETER]}
+
+
 def _claim_reviews(session: Session, next_checks: dict[int, datetime], now: datetime) -> set[int]:
     """Claim the reviews, each with when to look at it again; the ids of those claimed.
 
     The claim is a conditional update: it matches a review only while it is still due, so of two sweeps
     that both read it (possible on SQLite, whose readers do not lock) only one goes on. One statement for
-    the batch (bench/NOTES.md item 40): on PostgreSQL each review's time is joined to it from arrays
-    (item 42), on SQLite chosen by its id in a CASE."""
+    the batch (bench/NOTES.md item 40): on PostgreSQL each review's time is joined to it from a JSON
+    parameter (items 42 and 47), on SQLite chosen by its id in a CASE."""
     if not next_checks:
         return set()
     if _is_postgres(session):
-        times = records([{"id": review, "next_check_at": at} for review, at in next_checks.items()])
-        assert times is not None  # numbers and times only: no text to hold a NUL
-        return set(session.scalars(_CLAIM_REVIEWS, {**times, "now": now}))
+        return set(session.scalars(_CLAIM_REVIEWS, {**_claim_parameters(next_checks), "now": now}))
     column_type = StageReview.next_check_at.type
     when = {stage_id: literal(at, column_type) for stage_id, at in next_checks.items()}
     return set(
@@ -518,13 +557,28 @@ def _claim_reviews(session: Session, next_checks: dict[int, datetime], now: date
 # The claim's test that a review read as due still is: the due query's own conditions on the stage.
 _STILL_DUE = (IS_PENDING_STAGE, _not_checked_after(bindparam("now")))
 _CLAIM_COLUMNS = ["id", "next_check_at"]
-_NEXT_CHECKS = recordset(StageReview.__table__, _CLAIM_COLUMNS)
+_CLAIMS = "claims"  # the claim's parameter, so that it can share a statement with a notices' batch
+_NEXT_CHECKS = recordset(StageReview.__table__, _CLAIM_COLUMNS, _CLAIMS)
 _CLAIM_REVIEWS = (
     update(StageReview)
     .where(StageReview.id == _NEXT_CHECKS.c.id, *_STILL_DUE)
     .values(next_check_at=_NEXT_CHECKS.c.next_check_at)
     .returning(StageReview.id)
     .execution_options(**_UNSYNCED)
+)
+# The claim as a CTE of the notices' insert, which takes only the notices of the reviews it claimed (a
+# notice's subject is its review). PostgreSQL runs such a CTE to completion whether or not the insert reads
+# all of it, so reviews claimed with no notice due (the channel's gap not over) are claimed too.
+_CLAIMED = _CLAIM_REVIEWS.cte("claimed")
+_CLAIM_AND_RECORD_NOTICES = (
+    postgresql.insert(_NOTICES)
+    .from_select(
+        _NOTICE_COLUMNS,
+        select(_NEW_NOTICES).where(_NEW_NOTICES.c.subject_id.in_(select(_CLAIMED.c.id))),
+    )
+    .on_conflict_do_nothing(index_elements=_NOTICE_KEY)
+    .returning(*_RETURNED_KEY)
+    .add_cte(_CLAIMED)
 )
 
 

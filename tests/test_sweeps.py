@@ -445,6 +445,63 @@ def test_the_reviewer_channels_are_swept_at_once_on_postgresql(
     assert len(posts(stub, "C0LEADS")) == 1
 
 
+def test_a_channel_another_process_is_sweeping_is_left_to_it(
+    workflow: Workflow, clock: FakeClock, engine: Engine, stub: SlackStub
+) -> None:
+    """On PostgreSQL a reviewer channel's due read takes the channel's advisory lock first: while another
+    process holds it (it is sweeping that channel), this sweep reads none of the channel's reviews, claims
+    and records nothing for it, and sweeps the other channel; once the lock is free the channel is swept."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's sweeps take the database's one writer lock (BEGIN IMMEDIATE) instead")
+    submit(workflow, "R1")  # supervisor channel
+    submit(workflow, "T1", urgency="threat_to_life", urgency_justification=WHY)  # authoriser channel
+    clock.now = datetime(2026, 3, 5, 9, 0, tzinfo=UTC)  # both overdue
+    with engine.connect() as other:
+        lock = func.pg_try_advisory_xact_lock(sweeps.channel_lock_key("C0SUPER"))
+        assert other.scalar(select(lock))
+        report = sweeps.sweep_reviews(workflow.db, workflow.policy, clock)
+        assert report.reminders == 1
+        with transaction(workflow.db) as session:
+            reminded = session.scalars(
+                select(ScheduledNotice.channel).where(ScheduledNotice.kind == NoticeKind.REMINDER)
+            ).all()
+            unclaimed = session.scalar(
+                select(func.count()).where(
+                    StageReview.channel_id == "C0SUPER", StageReview.next_check_at.is_(None)
+                )
+            )
+        assert reminded == ["C0AUTH"] and unclaimed == 1
+        other.rollback()  # the other process's transaction ends, and its lock with it
+    assert sweeps.sweep_reviews(workflow.db, workflow.policy, clock).reminders == 1
+    deliver(workflow, stub, clock)
+    assert len(posts(stub, "C0SUPER")) == 1 + 1 and len(posts(stub, "C0AUTH")) == 1 + 1
+
+
+def test_a_notices_batch_that_cannot_go_as_json_is_claimed_and_recorded_in_two_statements(
+    workflow: Workflow, clock: FakeClock, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the notices' batch cannot be one JSON parameter (storage/recordsets.py: text holding a NUL),
+    PostgreSQL's sweep claims the reviews and records their notices with a statement each, as SQLite's
+    does, with the same outcome."""
+    submit(workflow, "R1")
+    submit(workflow, "T1", urgency="threat_to_life", urgency_justification=WHY)
+    clock.now = datetime(2026, 3, 5, 9, 0, tzinfo=UTC)
+    as_json = sweeps.records
+
+    def refusing_notices(rows: Any) -> Any:
+        return None if rows and "kind" in rows[0] else as_json(rows)
+
+    monkeypatch.setattr(sweeps, "records", refusing_notices)
+    with statements_run(engine) as statements:
+        report = sweep(workflow, clock)
+    assert (report.reminders, report.escalations) == (2, 1)
+    normalised = [" ".join(statement.split()).upper() for statement in statements]
+    assert sum(s.startswith("UPDATE STAGE_REVIEWS") for s in normalised) == 2
+    assert not [s for s in normalised if s.startswith("WITH CLAIMED AS")]
+    assert audit_actions(workflow).count("reminder_sent") == 2
+    assert sweep(workflow, clock).reminders == 0  # claimed
+
+
 def test_a_channel_that_fails_does_not_stop_the_others_nor_the_leads_escalation(
     workflow: Workflow, clock: FakeClock, stub: SlackStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -867,9 +924,17 @@ def test_a_sweep_claims_and_records_a_channels_reviews_a_batch_at_a_time(
     normalised = [" ".join(statement.split()).upper() for statement in statements]
     assert not [s for s in normalised if s.startswith("SAVEPOINT")]
     # For each reviewer channel one claim of its reviews and one insert of their notices (the authorisers'
-    # reminders and escalations together).
-    assert sum(s.startswith("UPDATE STAGE_REVIEWS") for s in normalised) == 2
-    assert sum(s.startswith("INSERT INTO SCHEDULED_NOTICES") for s in normalised) == 2
+    # reminders and escalations together); on PostgreSQL one statement, the claim a CTE of the insert, and
+    # the channel's lock taken by its due read (bench/NOTES.md item 61).
+    postgres = engine.dialect.name == "postgresql"
+    claims = "WITH CLAIMED AS (UPDATE STAGE_REVIEWS" if postgres else "UPDATE STAGE_REVIEWS"
+    assert sum(s.startswith(claims) for s in normalised) == 2
+    if postgres:
+        assert all("INSERT INTO SCHEDULED_NOTICES" in s for s in normalised if s.startswith(claims))
+        assert not [s for s in normalised if s.startswith(("UPDATE STAGE_REVIEWS", "INSERT INTO SCHEDULED"))]
+        assert not [s for s in normalised if s.startswith("SELECT PG_TRY_ADVISORY_XACT_LOCK")]
+    else:
+        assert sum(s.startswith("INSERT INTO SCHEDULED_NOTICES") for s in normalised) == 2
     # One append for each channel's reminders and escalations together: 2 for 16 events (on PostgreSQL
     # the head's update, inserting the events in a CTE).
     appends = ("INSERT INTO AUDIT_EVENTS", "WITH NEW_EVENTS AS (INSERT INTO AUDIT_EVENTS")
@@ -882,13 +947,14 @@ def test_a_sweep_claims_and_records_a_channels_reviews_a_batch_at_a_time(
     # by the leads' announcement (the escalations not yet announced).
     due_reads = [s for s in normalised if s.startswith("SELECT STAGE_REVIEWS.ID, STAGE_REVIEWS.REQUEST_ID")]
     assert len(due_reads) == 2 and all("SCHEDULED_NOTICES.KIND" in s for s in due_reads)
+    assert all(("PG_TRY_ADVISORY_XACT_LOCK(" in s) is postgres for s in due_reads)
     notices_read = [s for s in normalised if re.match(r"SELECT [^(]*\bFROM SCHEDULED_NOTICES\b", s)]
     assert len(notices_read) == 1 and "ANNOUNCED_AT IS NULL" in notices_read[0]
-    if engine.dialect.name == "postgresql":
+    if postgres:
         # Each channel's batch is sent as one JSON parameter: the claim and the inserts of notices, audit
         # events and outbox rows have the same text whatever the batch, built and parsed once
         # (bench/NOTES.md items 42 and 47).
-        for start in ("UPDATE STAGE_REVIEWS", "INSERT INTO SCHEDULED_NOTICES", appends[1]):
+        for start in (claims, appends[1]):
             texts = {s for s in normalised if s.startswith(start)}
             assert len(texts) == 1 and "JSON_TO_RECORDSET(" in next(iter(texts)), start
         assert all("JSON_TO_RECORDSET(" in s for s in normalised if s.startswith("INSERT INTO OUTBOX"))
