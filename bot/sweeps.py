@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, TypeVar
 from sqlalchemy import (
     BigInteger,
     Float,
+    Result,
     and_,
     any_,
     bindparam,
@@ -239,7 +240,11 @@ def _record_all(session: Session, entries: list[tuple[Notice, Entry]]) -> list[t
     notices = [notice for notice, _ in entries]
     rows = [notice._asdict() for notice in notices]
     as_rows = _RECORD_NOTICE_ROWS[session.get_bind().dialect.name]
-    result = execute_batch(session, _RECORD_NOTICES_FROM_JSON, as_rows, rows)
+    return _those_recorded(entries, execute_batch(session, _RECORD_NOTICES_FROM_JSON, as_rows, rows))
+
+
+def _those_recorded(entries: list[tuple[Notice, Entry]], result: Result[Any]) -> list[tuple[Notice, Entry]]:
+    """The entries whose notice is among the keys an insert of notices returned, in order."""
     recorded = {(kind, subject_id, sequence) for kind, subject_id, sequence in result}
     return [(notice, entry) for notice, entry in entries if notice[:3] in recorded]
 
@@ -516,8 +521,7 @@ def _claim_and_record(
         notices = records([notice._asdict() for notice, _ in due])
         if notices is not None:  # else a notice's text holds a NUL: the two statements below
             given = {**notices, **_claim_parameters(next_checks), "now": now}
-            recorded = {tuple(key) for key in session.execute(_CLAIM_AND_RECORD_NOTICES, given)}
-            return [(notice, entry) for notice, entry in due if notice[:3] in recorded]
+            return _those_recorded(due, session.execute(_CLAIM_AND_RECORD_NOTICES, given))
     claimed = _claim_reviews(session, next_checks, now)
     return _record_all(session, [(notice, entry) for notice, entry in due if entry[0].id in claimed])
 

@@ -254,10 +254,10 @@ def test_a_decision_and_a_write_for_its_request_under_the_chain_head_do_not_dead
 ) -> None:
     """Every writer takes the chain's head last, and the rows it writes under the head that refer to a
     request (its audit events; in some transactions outbox rows) check their request exists, which locks
-    the request's key. A decision holds its request's row while it
-    waits for the head; the head's holder, writing a row for that request, must not wait for the
-    decision's lock, or each waits for the other until PostgreSQL aborts one (a deadlock). The decision
-    locks the row only against other updates (FOR NO KEY UPDATE), not against such checks."""
+    the request's key. A decision holds its request's row while it waits for the head; the head's holder,
+    writing a row for that request, must not wait for the decision's lock, or each waits for the other
+    until PostgreSQL aborts one (a deadlock). The decision locks the row only against other updates (FOR
+    NO KEY UPDATE), not against such checks."""
     rid = submit(workflow).request_id
     with engine.connect() as holder:
         holder.execute(text("SET LOCAL lock_timeout = '5s'"))

@@ -909,10 +909,10 @@ def test_scheduler_jobs_have_stable_ids_and_purge_runs_retention(
 def test_a_sweep_claims_and_records_a_channels_reviews_a_batch_at_a_time(
     workflow: Workflow, clock: FakeClock, engine: Engine
 ) -> None:
-    """A channel's due reviews are claimed with one statement and their notices inserted with another, the
-    database skipping a key already taken (no savepoint round for each), and a batch's audit events are
-    chained with one append (bench/NOTES.md items 40 to 42). The chain still verifies and every event is
-    there."""
+    """A channel's due reviews are claimed with one statement and their notices inserted with another (on
+    PostgreSQL both in one statement, item 61), the database skipping a key already taken (no savepoint
+    round for each), and a batch's audit events are chained with one append (bench/NOTES.md items 40 to
+    42). The chain still verifies and every event is there."""
     for n in range(8):
         submit(workflow, f"B{n}")  # supervisor channel, due Thursday 09:00
     for n in range(4):
