@@ -8,14 +8,16 @@ received the request as the bot does. Our latency is reported as a ratio to that
 bare app with Bolt's default `process_before_response=False` (bench/bare_app.py), as a bare Bolt app is
 usually written. Submissions and decisions are also run against a third, the floor that stores each form
 (one insert into the bot's database, committed) before answering: what an answer that waits for the write
-costs (a submission's answer did until round twelve: bench/NOTES.md, item 32; a decision's does).
+costs (a submission's answer did until round twelve: bench/NOTES.md, item 32; a decision's until round
+thirty-two, item 63).
 
-A reviewer's decision (the decision modal's submission) is the one answer that waits for its write: the
-bot records the decision, under the request's row lock, before it tells the reviewer whether it was
+A reviewer's decision (the decision modal's submission) is answered "received" once its form passes its
+checks, and recorded just after, under the request's row lock; the modal then shows whether it was
 recorded or refused. Each decision needs a request still pending at its first stage, so when decisions are
 measured the benchmark first records enough of them (`seed_pending`, before the bot starts; their
 announcements marked sent, so no backlog of posts runs beside the levels), and every decision the bot
-answers approves a different one. The bare apps get the same payloads and only acknowledge them.
+answers approves a different one: after the run, every one answered must be recorded and none refused
+(`check_decisions`). The bare apps get the same payloads and only acknowledge them.
 
 - **Think time** (the target's model): each user waits a random think time, uniform THINK_SECONDS,
   before each request (and before its first, so users do not start in step), and the level runs for
@@ -55,7 +57,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from bench import output
 from bench.fixtures import bench_workflow
@@ -64,8 +66,8 @@ from bot import forms, views
 from bot.config import Settings
 from bot.forms import check_request
 from bot.workflow import Submission
-from storage.db import make_engine, recreate_schema, transaction
-from storage.models import OutboxMessage, OutboxStatus, utcnow
+from storage.db import make_engine, make_session_factory, recreate_schema, transaction
+from storage.models import AuditEvent, Decision, OutboxMessage, OutboxStatus, utcnow
 from tests.botprocess import (
     SIGNING_SECRET,
     BackgroundProcess,
@@ -132,8 +134,8 @@ def send(driver: SlackDriver, kind: str, user: str, target: dict[str, Any]) -> f
             {forms.RATIONALE.block_id: {forms.ACTION_ID: RATIONALE}},
             private_metadata=decided.model_dump_json(),
         )
-        if "Not recorded" in json.dumps(body):  # a refusal is not the answer being measured
-            raise RuntimeError(f"decision on request {decided.request_id} refused: {body}")
+        if "Decision received" not in json.dumps(body):  # a form refused by its checks is not measured
+            raise RuntimeError(f"decision on request {decided.request_id} not received: {body}")
     else:
         status, body = driver.block_action(
             APPROVER, "review_approve", target["value"], message=target["message"]
@@ -475,14 +477,35 @@ def main() -> None:
                 worker.stop()
         late = stub.late_acks
 
+    if "decision" in kinds:
+        answered = sum(
+            len(samples) for model in models for samples in results[model]["bot"]["decision"].values()
+        )
+        check_decisions(database_url, answered)
     print(json.dumps({"memory_kib": memory, "late_acks": late, "refused_calls": refused}, indent=2))
     write_results(results, rates, cpu, waits, round_ratios, memory, late, refused, database_url, args)
+
+
+def check_decisions(database_url: str, answered: int) -> None:
+    """Every decision the bot answered was recorded once the bot stopped (a clean stop finishes what it
+    answered), and none refused: each approved a different pending request."""
+    engine = make_engine(database_url)
+    try:
+        with transaction(make_session_factory(engine), read_only=True) as session:
+            recorded = session.scalar(select(func.count()).select_from(Decision))
+            refused = session.scalar(
+                select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "action_refused")
+            )
+    finally:
+        engine.dispose()
+    if (recorded, refused) != (answered, 0):
+        raise RuntimeError(f"{answered} decisions answered, {recorded} recorded, {refused} refused")
 
 
 def stored_floor_table(results: dict[str, Any]) -> list[str]:
     """Submissions and decisions against the floor that stores each form before answering (`bare_app.py
     --store`): what the one durable write costs an answer that waits for it (the bot stores a request's
-    form just after its answer, and records a decision before it)."""
+    form and records a decision just after its answer)."""
     rows = [
         (kind, users, samples)
         for kind in STORED_KINDS

@@ -183,7 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         stop_background = start_background_work(services, settings)
     else:
         stop_background = follow_up.stop
-        services.dispatcher.wake_elsewhere = follow_up.wake_outbox  # outbox rows of a decision
+        services.dispatcher.wake_elsewhere = follow_up.wake_outbox  # outbox rows of what this process writes
     log.info("policy %s (version %s) loaded; database ready", policy.path, policy.version)
     try:
         if settings.mode == "http":
@@ -265,7 +265,7 @@ def _follow_up_process(
         if wanted == "auto":
             return None
         log.warning(
-            "follow-up process on SQLite: a decision's write waits on SQLite's file lock behind the "
+            "follow-up process on SQLite: a question's write waits on SQLite's file lock behind the "
             "follow-up process's writes; see README"
         )
     follow_up = FollowUpProcess(overrides, identity, policy, on_failure=stopping.set)

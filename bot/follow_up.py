@@ -13,8 +13,8 @@ Why: the work after an answer held the answering process's one GIL while the nex
 an answer needs, and the kernel runs the answers first.
 
 What a listener may do before handing work over: only what has no side effect (parse, check, ack), as it
-runs twice. Listeners that write before answering (a decision, a question) hand nothing over; the outbox
-rows they queue are announced here (`wake_outbox`).
+runs twice. Listeners that write before answering (a question, the everyday modals) hand nothing over; the
+outbox rows they queue are announced here (`wake_outbox`). A decision is answered first and recorded here.
 
 If this process dies, the answering process starts another and sends it what the dead one had not yet
 received; what the dead one was doing is lost as in a crash of a single process (a stored form is still

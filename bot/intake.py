@@ -220,14 +220,19 @@ class IntakeWorker:
 
 
 def modal_updater(client: WebClient) -> Callable[[dict[str, Any]], None]:
-    """The outbox sender of MODAL_UPDATE rows: the officer's "received" modal, now with the reference."""
+    """The outbox sender of MODAL_UPDATE rows: a "received" modal, now with what was recorded (the
+    officer's reference, a reviewer's decision or its refusal)."""
 
     def update(payload: dict[str, Any]) -> None:
         try:
             client.views_update(view_id=payload["view_id"], view=payload["view"])
         except SlackApiError as exc:
-            if exc.response.get("error") == "not_found":
-                return  # the officer closed the modal: the direct message carries the reference
-            raise
+            if exc.response.get("error") != "not_found":
+                raise
+            # The modal was closed. A reference or a recorded decision is told elsewhere (the officer's
+            # direct message, the request's message); a refusal only here, so it goes as a message.
+            closed = payload.get("if_closed")
+            if closed:
+                client.chat_postMessage(channel=closed["user"], text=closed["text"])
 
     return update

@@ -464,14 +464,70 @@ def request_summary(request: FrRequest, policy: Policy) -> list[Block]:
 
 
 def decision_modal(request: FrRequest, policy: Policy, ctx: ReviewContext) -> dict[str, Any]:
-    blocks = request_summary(request, policy)
-    if ctx.action == "reject":
-        blocks.append(select_input(forms.REASON_CODE, list(forms.REASON_CODES.items())))
-    blocks.append(text_input(forms.RATIONALE))
-    if ctx.action == "approve":
-        blocks.append(text_input(forms.CONDITIONS))
-    verb = "Approve" if ctx.action == "approve" else "Reject"
+    blocks = [*request_summary(request, policy), *_decision_inputs(ctx)]
+    verb = _decision_verb(ctx)
     return modal(f"{verb} {request.reference}", blocks, DECISION_CALLBACK, ctx.model_dump_json(), submit=verb)
+
+
+def decision_given_back(
+    ctx: ReviewContext, title: str, answers: dict[str, str], notice: str
+) -> dict[str, Any]:
+    """A reviewer's decision form that could not be recorded, put back with their answers and `notice`
+    saying why (handlers/views.py). `title`: the submitted form's, which names the request. Built without
+    the database, which may be what failed: the request's summary is left out."""
+    blocks = [section(f":warning: *{esc(notice)}*"), *_decision_inputs(ctx, answers)]
+    return modal(title, blocks, DECISION_CALLBACK, ctx.model_dump_json(), submit=_decision_verb(ctx))
+
+
+def _decision_inputs(ctx: ReviewContext, answers: dict[str, str] | None = None) -> list[Block]:
+    answers = answers or {}
+    blocks: list[Block] = []
+    if ctx.action == "reject":
+        reasons = list(forms.REASON_CODES.items())
+        blocks.append(select_input(forms.REASON_CODE, reasons, answers.get(forms.REASON_CODE.block_id)))
+    blocks.append(text_input(forms.RATIONALE, answers.get(forms.RATIONALE.block_id)))
+    if ctx.action == "approve":
+        blocks.append(text_input(forms.CONDITIONS, answers.get(forms.CONDITIONS.block_id)))
+    return blocks
+
+
+def _decision_verb(ctx: ReviewContext) -> str:
+    return "Approve" if ctx.action == "approve" else "Reject"
+
+
+def decision_received_modal() -> dict[str, Any]:
+    """The reviewer's modal once their decision passed its checks; the outcome replaces it a moment later
+    (`decision_outcome_modal`), or the form comes back if it could not be recorded (handlers/views.py)."""
+    return notice_modal(
+        "Decision received",
+        ":hourglass_flowing_sand: Your decision passed its checks and is being recorded. The outcome "
+        "appears here in a moment: until it does, it is not recorded.",
+    )
+
+
+def decision_outcome_modal(
+    reference: str, outcome: str, stage_name: str, approvals: int, required: int
+) -> dict[str, Any]:
+    """What the reviewer's modal shows once their decision is recorded."""
+    if outcome == "reject":
+        text = f":no_entry: Your rejection of *{esc(reference)}* is recorded. The officer has been told."
+    else:
+        text = (
+            f":white_check_mark: Your approval of *{esc(reference)}* at *{esc(stage_name)}* "
+            f"is recorded ({approvals} of {required} needed)."
+        )
+    return notice_modal("Decision recorded", text)
+
+
+def not_recorded_modal(message: str) -> dict[str, Any]:
+    """A reviewer's action that was refused (`Refusal.message`, e.g. already decided, or their own
+    request): nothing of it was recorded but the refusal."""
+    return notice_modal("Not recorded", esc(message))
+
+
+def not_recorded_text(message: str) -> str:
+    """The same refusal as a direct message, for a reviewer who closed the modal before it showed."""
+    return f":warning: Your decision was *not recorded*: {esc(message)}"
 
 
 def info_modal(request: FrRequest, policy: Policy, ctx: ReviewContext) -> dict[str, Any]:

@@ -780,8 +780,17 @@ class Workflow:
         )
 
     def decide(
-        self, request_id: int, position: int, user_id: str, outcome: str, form: DecisionForm
+        self,
+        request_id: int,
+        position: int,
+        user_id: str,
+        outcome: str,
+        form: DecisionForm,
+        view_id: str | None = None,
     ) -> Decided | Refusal:
+        """Record a reviewer's decision, or the refusal of it. `view_id`: the reviewer's modal, answered
+        "received" before this ran (handlers/views.py): the same transaction queues its update with the
+        outcome, so the reviewer is shown what the database holds."""
         if outcome not in ("approve", "reject"):
             raise ValueError(outcome)
         try:
@@ -792,19 +801,43 @@ class Workflow:
                 refusal, on_behalf_of = self._authority(session, request, position, user_id)
                 if refusal is not None:
                     self._record_refusal(session, request, position, user_id, outcome, refusal)
+                    self._show_outcome(session, view_id, user_id, refusal)
                     return refusal
                 assert request is not None
                 result = self._apply_decision(
                     session, request, request.stages[position], user_id, outcome, form, on_behalf_of
                 )
+                self._show_outcome(session, view_id, user_id, result)
         except IntegrityError:
             # Two transactions raced past the lock, and the database kept one decision: told as such only
             # if that is what happened, not for any other constraint a defect broke.
             if not self._has_decided(request_id, position, user_id):
                 raise
-            return Refusal("already_decided", "Your decision on this stage is already recorded.")
+            refusal = Refusal("already_decided", "Your decision on this stage is already recorded.")
+            if view_id is not None:
+                with self._write() as session:
+                    self._show_outcome(session, view_id, user_id, refusal)
+            result = refusal
         self._on_outbox()
         return result
+
+    def _show_outcome(
+        self, session: Session, view_id: str | None, user_id: str, result: Decided | Refusal
+    ) -> None:
+        """Queue the update of a reviewer's "received" modal with their decision's outcome (a moment
+        later: Slack shows the answer first). A refusal that finds the modal closed is sent to the
+        reviewer directly instead (bot/intake.py, `modal_updater`): they must not take it as recorded."""
+        if view_id is None:
+            return
+        payload: dict[str, Any] = {"view_id": view_id}
+        if isinstance(result, Refusal):
+            payload["view"] = views.not_recorded_modal(result.message)
+            payload["if_closed"] = {"user": user_id, "text": views.not_recorded_text(result.message)}
+        else:
+            payload["view"] = views.decision_outcome_modal(
+                result.reference, result.outcome, result.stage_name, result.approvals, result.required
+            )
+        enqueue_at_commit(session, MODAL_UPDATE, payload, None, self.clock() + MODAL_UPDATE_DELAY)
 
     def _has_decided(self, request_id: int, position: int, user_id: str) -> bool:
         with transaction(self.db, read_only=True) as session:

@@ -4,9 +4,14 @@ An officer's request is answered as soon as it passes its checks: the answer ("b
 from the database, so Slack gets it within the time of a bare app's ack, and the form is stored just after
 (`store_request`). If it cannot be stored, the modal is put back with the officer's answers and the reason.
 
-A decision, a question and the small everyday modals save before they acknowledge: their answer is the
-outcome (recorded, refused as a duplicate, not allowed), which only the database can tell, and a database
-outage is shown in the modal instead of being lost.
+A reviewer's decision is answered the same way ("received"; `record_decision`): recording it takes the
+request's row lock and the audit chain's head, which under load can wait on other writers, and Slack's
+3 seconds must not. Its outcome (recorded, refused as a duplicate, not allowed) is queued in the same
+transaction and replaces the answer a moment later; if it cannot be recorded, the form comes back with the
+reviewer's answers.
+
+A question and the small everyday modals save before they acknowledge: their answer is the outcome, which
+only the database can tell, and a database outage is shown in the modal instead of being lost.
 """
 
 from __future__ import annotations
@@ -38,6 +43,13 @@ NOT_STORED = (
 # Slack shows the answer's "being saved" view a moment after the answer; an update sent before that would
 # be overwritten by it (the same wait as the "recorded" update's).
 GIVE_BACK_DELAY_SECONDS = MODAL_UPDATE_DELAY.total_seconds()
+DECISION_NOT_STORED = (
+    "Not recorded: the bot could not record your decision. Your answers are kept; submit again in a minute."
+)
+DECISION_NOT_SAVED_CLOSED = (
+    ":warning: Your decision was *not recorded*: the bot could not save it just now. Please decide again "
+    "from the request's message in a minute."
+)
 NOT_SAVED_CLOSED = (
     ":warning: Your FR request was *not saved*: the bot could not store it just now. Nothing was recorded "
     "and nobody was asked to review it. Please submit it again with `/fr-request` in a minute."
@@ -67,7 +79,7 @@ def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
         after_answer("view_submission", store_request, services, client, answered)
 
     @app.view(views.DECISION_CALLBACK)
-    def decision_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+    def decision_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
         ctx = _context(view)
         if ctx is None or ctx.action not in ("approve", "reject"):
             ack(
@@ -82,26 +94,10 @@ def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
         except forms.FormErrors as exc:
             ack(response_action="errors", errors=exc.errors)
             return
-        try:
-            result = workflow.decide(ctx.request_id, ctx.position, body["user"]["id"], ctx.action, form)
-        except DatabaseUnavailable as exc:
-            log.error("decision not saved: %s", exc)
-            ack(response_action="errors", errors={forms.RATIONALE.block_id: NOT_SAVED})
-            return
-        if isinstance(result, Refusal):
-            ack(response_action="update", view=views.notice_modal("Not recorded", views.esc(result.message)))
-            return
-        if result.outcome == "reject":
-            text = (
-                f":no_entry: Your rejection of *{result.reference}* is recorded. The officer has been told."
-            )
-        else:
-            text = (
-                f":white_check_mark: Your approval of *{result.reference}* "
-                f"at *{views.esc(result.stage_name)}* "
-                f"is recorded ({result.approvals} of {result.required} needed)."
-            )
-        ack(response_action="update", view=views.notice_modal("Decision recorded", text))
+        ack(response_action="update", view=views.decision_received_modal())
+        title = str((view.get("title") or {}).get("text") or "Decision")
+        answered = AnsweredDecision(ctx, body["user"]["id"], form, raw, str(view["id"]), title)
+        after_answer("view_submission", record_decision, services, client, answered)
 
     @app.view(views.INFO_CALLBACK)
     def question_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -174,6 +170,42 @@ def store_request(services: Services, client: WebClient, answered: AnsweredReque
     services.intake.received(receipt)
 
 
+@dataclass(frozen=True)
+class AnsweredDecision:
+    """A reviewer's checked decision form, answered "received" and not yet recorded."""
+
+    context: views.ReviewContext
+    reviewer_id: str
+    form: forms.DecisionForm
+    raw: dict[str, str]  # the reviewer's answers as typed, to put back in the modal if it cannot be recorded
+    view_id: str
+    title: str  # the modal's title, which names the request
+
+
+def record_decision(services: Services, client: WebClient, answered: AnsweredDecision) -> None:
+    """Record an answered decision; the same transaction queues the modal's update with the outcome
+    (`Workflow.decide`). If the database cannot take it, the reviewer gets the form back with their
+    answers (or, if they closed the modal, a direct message), so it is never taken as recorded."""
+    ctx = answered.context
+    try:
+        services.workflow.decide(
+            ctx.request_id, ctx.position, answered.reviewer_id, ctx.action, answered.form, answered.view_id
+        )
+    except DatabaseUnavailable as exc:
+        log.error("decision not saved: %s", exc)
+        _give_back_decision(client, answered, NOT_SAVED)
+    except Exception as exc:  # a defect: the reviewer must not be left believing it is recorded
+        log.error("decision not saved: %s", type(exc).__name__)  # the type only: errors can quote the form
+        _give_back_decision(client, answered, DECISION_NOT_STORED)
+        raise
+
+
+def _give_back_decision(client: WebClient, answered: AnsweredDecision, reason: str) -> None:
+    time.sleep(GIVE_BACK_DELAY_SECONDS)
+    form = views.decision_given_back(answered.context, answered.title, answered.raw, reason)
+    _put_back(client, answered.view_id, form, answered.reviewer_id, DECISION_NOT_SAVED_CLOSED)
+
+
 def _give_back(
     services: Services, client: WebClient, answered: AnsweredRequest, reason: str = NOT_SAVED
 ) -> None:
@@ -181,15 +213,21 @@ def _give_back(
     form = views.request_modal(
         services.policy.policy, initial=answered.raw, metadata=answered.metadata, notice=reason
     )
+    submission = answered.submission
+    _put_back(client, submission.submission_key, form, submission.requester_id, NOT_SAVED_CLOSED)
+
+
+def _put_back(client: WebClient, view_id: str, form: dict[str, Any], user_id: str, if_closed: str) -> None:
+    """Show a form that was not saved again in its modal, or tell its author so if they closed it."""
     try:
-        client.views_update(view_id=answered.submission.submission_key, view=form)
+        client.views_update(view_id=view_id, view=form)
         return
     except SlackApiError as exc:
         log.warning("could not give the form back: %s", exc.response.get("error"))
     try:
-        client.chat_postMessage(channel=answered.submission.requester_id, text=NOT_SAVED_CLOSED)
+        client.chat_postMessage(channel=user_id, text=if_closed)
     except SlackApiError as exc:
-        log.warning("could not tell the officer their request was not saved: %s", exc.response.get("error"))
+        log.warning("could not tell the user their form was not saved: %s", exc.response.get("error"))
 
 
 def _context(view: dict[str, Any]) -> views.ReviewContext | None:

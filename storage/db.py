@@ -50,8 +50,8 @@ def _in_background() -> bool:
 class _WriterQueue:
     """The SQLite writer lock of one process: one writer at a time, in arrival order, answers to Slack first.
 
-    A decision is saved before Slack is answered, a submission's receipt just after (the officer's modal
-    says "being saved" until it is): these go first. The request's transaction, the outbox's outcomes and
+    A question is saved before Slack is answered, a submission's receipt and a decision just after (their
+    modals say "being saved" until they are): these go first. The request's transaction, the outbox's outcomes and
     the sweeps can wait. Under load several background writers wait at once,
     and a plain lock would let an answer wait behind all of them; here it waits at most for the writer
     in progress and the answers queued before it. Each kind waits in arrival order (a plain lock lets the
@@ -126,9 +126,9 @@ class DatabaseUnavailable(Exception):
 # is a round trip on the path of an answer to Slack (see _ping_when_idle).
 PING_AFTER_IDLE_SECONDS = 1.0
 
-# A decision is saved before Slack's 3-second acknowledgement: waiting longer than this for a lock or a
+# A question is saved before Slack's 3-second acknowledgement: waiting longer than this for a lock or a
 # connection would lose the chance to tell the user "not saved". Short waits fail fast instead (a request's
-# form, stored just after its answer, is given back to the officer as soon as it fails).
+# form or a decision, saved just after its answer, is given back as soon as it fails).
 LOCK_WAIT_SECONDS = 2
 
 

@@ -104,11 +104,7 @@ def recorded_answer(stub: SlackStub, view: dict[str, Any], answer: Any) -> Any:
         return answer
     if "Request received" not in json.dumps(answer):
         return answer
-    call = stub.wait_for(
-        lambda c: c.method == "views.update" and c.ok and c.args.get("view_id") == view["id"], timeout=15
-    )
-    shown = call.args["view"]
-    return {"response_action": "update", "view": json.loads(shown) if isinstance(shown, str) else shown}
+    return shown_in(stub, view["id"])
 
 
 def posted_message(stub: SlackStub, channel: str, contains: str) -> dict[str, Any]:
@@ -166,15 +162,51 @@ def click(slack: SlackDriver, user: str, action_id: str, message: dict[str, Any]
 
 
 def decide(
-    slack: SlackDriver, stub: SlackStub, user: str, action_id: str, message: dict[str, Any], **fields: str
+    slack: SlackDriver,
+    stub: SlackStub,
+    user: str,
+    action_id: str,
+    message: dict[str, Any],
+    outcome: bool = True,
+    **fields: str,
 ) -> tuple[int, Any]:
+    """Click `action_id` on the request's message and submit the form it opens with `fields`; the answer,
+    or with `outcome` what the modal shows once the decision is recorded (`decided_answer`)."""
     stub.clear()
     click(slack, user, action_id, message)
     opened = stub.wait_for("views.open")
     assert opened.ok, opened.describe()
     view = opened.response["view"]
     state = {block_id: {forms.ACTION_ID: _entry(view, block_id, value)} for block_id, value in fields.items()}
-    return slack.view_submission(user, view, state)
+    status, answer = slack.view_submission(user, view, state)
+    return status, decided_answer(stub, view, answer) if outcome else answer
+
+
+def decided_answer(stub: SlackStub, view: dict[str, Any], answer: Any) -> Any:
+    """What the reviewer's modal shows once their decision is recorded or refused. The bot answers a valid
+    decision form at once ("Decision received"), then updates the modal with the outcome (handlers/views.py):
+    this is that update, as if the answer had carried it. Any other answer is returned as it is."""
+    if not (isinstance(answer, dict) and answer.get("response_action") == "update"):
+        return answer
+    if "Decision received" not in json.dumps(answer):
+        return answer
+    return shown_in(stub, view["id"])
+
+
+def shown_in(stub: SlackStub, view_id: str) -> dict[str, Any]:
+    """The first view the bot put in the modal `view_id` with views.update, as an answer's body."""
+    return {"response_action": "update", "view": view_sent(stub, view_id, taken=True)}
+
+
+def view_sent(stub: SlackStub, view_id: str, taken: bool = False, timeout: float = 15) -> dict[str, Any]:
+    """The view of the bot's first views.update of the modal `view_id`; with `taken`, the first Slack took
+    (an update of a modal that is gone is refused as not_found)."""
+    call = stub.wait_for(
+        lambda c: c.method == "views.update" and c.args.get("view_id") == view_id and (c.ok or not taken),
+        timeout=timeout,
+    )
+    shown = call.args["view"]
+    return json.loads(shown) if isinstance(shown, str) else shown
 
 
 def _entry(view: dict[str, Any], block_id: str, value: str) -> dict[str, Any]:

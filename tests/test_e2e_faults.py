@@ -49,7 +49,7 @@ from storage.queries import request_with_history
 from tests.botprocess import SIGNING_SECRET, BotProcess
 from tests.conftest import GROUPS, TEST_POLICY, slack_state, valid_form_values
 from tests.conftest import wait_until as conftest_wait_until
-from tests.e2e_support import open_form, report_landings_to
+from tests.e2e_support import decided_answer, open_form, report_landings_to
 from tests.slackstub import SlackDriver, SlackStub
 
 LEASE = "4"  # seconds: a killed bot's in-flight row is retried this soon after restart
@@ -185,11 +185,20 @@ def request_of(world: World, requester: str) -> FrRequest:
 def decide(
     world: World, slack: SlackDriver, user: str, request: FrRequest, position: int = 0
 ) -> tuple[int, Any]:
-    """Submit a decision form as Slack would after the approver clicked Approve."""
+    """Submit a decision form as Slack would after the approver clicked Approve. The bot answers "received"
+    and records it just after (`decisions_recorded` waits for that)."""
     ctx = views.ReviewContext(request_id=request.id, position=position, action="approve")
     form = views.decision_modal(request, world.policy, ctx)
     state = {forms.RATIONALE.block_id: {forms.ACTION_ID: {"type": "plain_text_input", "value": RATIONALE}}}
     return slack.view_submission(user, form, state)
+
+
+def decisions_recorded(world: World, count: int) -> None:
+    def recorded() -> bool:
+        with transaction(world.db, read_only=True) as session:
+            return session.scalar(select(func.count()).select_from(Decision)) == count
+
+    wait_until(recorded, what=f"{count} decision(s) recorded")
 
 
 def posts_by_row(stub: SlackStub) -> Counter[int]:
@@ -366,7 +375,8 @@ def test_sigkill_with_notifications_pending_loses_none_and_duplicates_none(world
         for officer in ("UOFFICER1", "UOFFICER2"):
             assert submit(world, slack, officer)[0] == 200
         status, body = decide(world, slack, "USUP2", request_of(world, "UOFFICER1"))
-        assert status == 200 and "Decision recorded" in str(body)
+        assert status == 200 and "Decision received" in str(body)
+        decisions_recorded(world, 1)
         wait_until(lambda: all(row.attempts > 0 for row in outbox(world)[:1]), what="failed attempts")
         bot.stop(signal.SIGKILL)
     world.stub.clear_faults()
@@ -450,7 +460,8 @@ def test_sigkill_while_saving_leaves_nothing_half_written(world: World, killed_d
             assert status == 200 and "Request received" in str(body)
         else:
             status, body = decide(world, slack, "USUP1", request)
-            assert status == 200 and "Decision recorded" in str(body)
+            assert status == 200 and "Decision received" in str(body)
+            decisions_recorded(world, 1)
         wait_until(lambda: all_sent(world), what="the notifications after restart")
         assert bot.stop() == 0
     assert_consistent(world)
@@ -558,6 +569,12 @@ def test_database_down_or_locked_says_not_saved_and_recovers_without_restart(wor
         wait_until(lambda: all_sent(world), what="a first request's notifications")
         reviewer = request_of(world, "UOFFICER7").stages[0]
         message = world.stub.message(reviewer.message_channel, reviewer.message_ts)
+        # A reviewer's decision form, opened before the outage and submitted during it.
+        slack.block_action("USUP1", views.APPROVE_ACTION, message=message)
+        decision_form = world.stub.wait_for("views.open").response["view"]
+        rationale = {
+            forms.RATIONALE.block_id: {forms.ACTION_ID: {"type": "plain_text_input", "value": RATIONALE}}
+        }
         for outage in outages:
             world.stub.clear()
             view = open_form(slack, world.stub, officer)
@@ -578,22 +595,43 @@ def test_database_down_or_locked_says_not_saved_and_recovers_without_restart(wor
                 assert shown["callback_id"] == views.REQUEST_CALLBACK
                 assert "Not saved" in json.dumps(shown)
                 assert answers[forms.CASE_REFERENCE.block_id] in json.dumps(shown)
+                # The decision is answered "received" and given back, rationale and all, not recorded.
+                world.stub.clear()
+                status, body = slack.view_submission("USUP1", decision_form, rationale)
+                assert status == 200 and "Decision received" in json.dumps(body), body
+                decision_id = decision_form["id"]
+                given_back = world.stub.wait_for(
+                    lambda c, decision_id=decision_id: (
+                        c.method == "views.update" and c.args.get("view_id") == decision_id
+                    ),
+                    timeout=10,
+                )
+                assert given_back.ok, given_back.response
+                decision_form = world.stub.views[decision_id].view
+                assert decision_form["callback_id"] == views.DECISION_CALLBACK
+                assert "Not saved" in json.dumps(decision_form) and RATIONALE in json.dumps(decision_form)
                 slack.block_action("USUP1", views.APPROVE_ACTION, message=message)
                 if outage is database_locked and make_url(world.url).get_backend_name() == "sqlite":
                     # A click only reads, and SQLite's readers do not wait for a writer: the form opens
-                    # (its submission would be "Not saved" while the lock lasts, as above).
-                    assert world.stub.wait_for("views.open").ok
+                    # (its submission would be "Not saved" while the lock lasts, as above), in place of
+                    # the one given back.
+                    opened = world.stub.wait_for("views.open")
+                    assert opened.ok
+                    decision_form = opened.response["view"]
                 else:
                     told = world.stub.wait_for("chat.postEphemeral")
                     assert "cannot reach its database" in told.args["text"]
             with transaction(world.db) as session:
-                assert (
-                    session.scalar(select(func.count()).select_from(FrRequest)) == 1
-                )  # nothing half-written
+                # Nothing half-written.
+                assert session.scalar(select(func.count()).select_from(FrRequest)) == 1
+                assert session.scalar(select(func.count()).select_from(Decision)) == 0
         # The database is back: the form given back goes through, and the outbox carries on, no restart
         # needed.
         status, body = submit(world, slack, officer, world.stub.views[view["id"]].view)
         assert status == 200 and "Request received" in str(body), body
+        world.stub.clear()
+        status, body = slack.view_submission("USUP1", decision_form, rationale)
+        assert "Decision recorded" in json.dumps(decided_answer(world.stub, decision_form, body)), body
         wait_until(lambda: all_sent(world), what="notifications after the outage")
         assert bot.stop() == 0
         assert "Traceback" not in bot.log()
@@ -622,10 +660,9 @@ def test_approver_removed_from_group_loses_the_right_within_the_cache_time(world
         state = {
             forms.RATIONALE.block_id: {forms.ACTION_ID: {"type": "plain_text_input", "value": RATIONALE}}
         }
-        status, body = slack.view_submission(
-            "USUP3", opened.response["view"], state
-        )  # the form opened before
-        assert status == 200 and "Not recorded" in str(body)
+        form = opened.response["view"]  # the form opened before
+        status, body = slack.view_submission("USUP3", form, state)
+        assert status == 200 and "Not recorded" in str(decided_answer(world.stub, form, body))
         assert bot.stop() == 0
     with transaction(world.db) as session:
         refused = session.scalars(select(AuditEvent).where(AuditEvent.action == "action_refused")).all()

@@ -246,12 +246,13 @@ def test_a_new_follow_up_process_judges_forms_by_the_policy_the_bot_started_with
     assert bot.stop() == 0
 
 
-def test_a_decision_answered_here_is_sent_at_once_by_the_follow_up_process(
+def test_a_decision_answered_here_is_recorded_and_sent_at_once_by_the_follow_up_process(
     pg_bot: Callable[..., BotProcess], stub: SlackStub
 ) -> None:
-    # Outbox polls a minute apart: only the wake the answering process passes on sends the officer's DM
-    # promptly. (The modal's "recorded" update, due a second after it is queued, waits for that poll: the
-    # officer's DM carries the reference.)
+    # Outbox polls a minute apart: only the follow-up process's own wake, when it has recorded the
+    # decision handed over to it, sends the officer's DM promptly. (The modals' updates, due a second after
+    # they are queued, wait for that poll: the officer's DM carries the reference, the reviewer's message
+    # the decision.)
     bot = pg_bot(FRBOT_OUTBOX_POLL_SECONDS="60")
     slack = SlackDriver(bot.url, SIGNING_SECRET, stub=stub)
     view = open_form(slack, stub, "UOFFICER1")
@@ -267,8 +268,9 @@ def test_a_decision_answered_here_is_sent_at_once_by_the_follow_up_process(
         message,
         rationale="Not necessary: other routes remain.",
         reason_code="alternatives_not_exhausted",
+        outcome=False,
     )
-    assert status == 200 and "Decision recorded" in str(body), body
+    assert status == 200 and "Decision received" in str(body), body
     decided = time.monotonic()
     stub.wait_for(
         lambda c: (

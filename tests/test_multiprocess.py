@@ -28,7 +28,7 @@ from storage.db import make_engine
 from storage.models import Decision, FrRequest, OutboxMessage, OutboxStatus
 from tests.botprocess import SIGNING_SECRET, BackgroundProcess, BotProcess
 from tests.conftest import TEST_POLICY, _truncate_postgres, slack_state, valid_form_values
-from tests.e2e_support import _entry, buttons, recorded_answer, reference_of, reviewer_message
+from tests.e2e_support import _entry, buttons, recorded_answer, reference_of, reviewer_message, view_sent
 from tests.slackstub import SlackDriver, SlackStub
 
 
@@ -233,6 +233,11 @@ def test_same_stage_decided_through_both_processes_at_once_has_one_outcome(
     for thread in threads:
         thread.join(15)
     assert {user: status for user, (status, _) in answers.items()} == {"USUP1": 200, "USUP2": 200}
+    assert all("Decision received" in json.dumps(answer) for _, answer in answers.values())
+    # Each is recorded just after its answer, by whichever process: one outcome, one refusal, each shown
+    # in its reviewer's modal.
+    titles = sorted(view_sent(stub, view["id"])["title"]["text"] for view in (approve_view, reject_view))
+    assert titles == ["Decision recorded", "Not recorded"], titles
 
     engine = make_engine(shared_url)
     try:

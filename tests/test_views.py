@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from referencing import Registry, Resource
+from sqlalchemy import select
 
 from bot import forms, views
 from bot.forms import (
@@ -37,8 +38,9 @@ from bot.forms import (
 from bot.home import HomePublisher
 from bot.mrkdwn import KEEP, ZWJ, escape, strip_control
 from bot.policy import LoadedPolicy
-from bot.workflow import Decided, Refusal, RequestView, Workflow
-from storage.models import FrRequest, InfoRequest, RequestStatus, StageStatus
+from bot.workflow import MODAL_UPDATE, Decided, Refusal, RequestView, Workflow
+from storage.db import transaction
+from storage.models import FrRequest, InfoRequest, OutboxMessage, RequestStatus, StageStatus
 from tests.conftest import FakeClock, specs_dir, valid_form_values
 
 REQUESTER = "UOFFICER"
@@ -220,7 +222,8 @@ class Rendered:
 
 
 def _decide(workflow: Workflow, rid: int, position: int, user: str, outcome: str, form: DecisionForm) -> None:
-    result = workflow.decide(rid, position, user, outcome, form)
+    # From a modal, as a reviewer decides: the outcome's update of it is queued (and rendered) too.
+    result = workflow.decide(rid, position, user, outcome, form, view_id=f"V-{rid}-{position}-{user}")
     assert isinstance(result, Decided), result
 
 
@@ -330,6 +333,17 @@ def _run_scenario(workflow: Workflow, clock: FakeClock, policy: LoadedPolicy) ->
         )
         build = views.info_modal if action == "request_info" else views.decision_modal
         out.modals[f"review/{action}"] = build(request, p, ctx)
+        if action != "request_info":  # the same form given back, the database having failed
+            answers = {
+                forms.RATIONALE.block_id: LONG_APPROVAL.rationale,
+                forms.CONDITIONS.block_id: LONG_APPROVAL.conditions or "",
+                forms.REASON_CODE.block_id: "alternatives_not_exhausted",
+            }
+            title = out.modals[f"review/{action}"]["title"]["text"]
+            given_back = views.decision_given_back(ctx, title, answers, "Not saved: " + "x" * 300)
+            out.modals[f"review/{action}/given_back"] = given_back
+    out.modals["review/received"] = views.decision_received_modal()
+    assert isinstance(workflow.decide(rid, 1, REQUESTER, "approve", SHORT_APPROVAL, "V-own"), Refusal)
     decided("passed_second_stage", rid, 1, DEPUTY, "approve", SHORT_APPROVAL)  # for UAUTH2
     asked(rid, 2, "UDPO1", "Q4")
     decided("approved", rid, 2, "UDPO1", "approve", LONG_APPROVAL)
@@ -366,6 +380,12 @@ def _run_scenario(workflow: Workflow, clock: FakeClock, policy: LoadedPolicy) ->
     out.blocks["list/mine"] = views.requests_list(workflow.my_requests(REQUESTER), p)
     out.blocks["list/none"] = views.requests_list([], p)
     home("end", REQUESTER, "UAUTH2", DEPUTY, LEAD, "USUP1")
+    # What the modals showed a moment after their answers: each request's reference, each decision's
+    # outcome, the refusal.
+    with transaction(workflow.db, read_only=True) as session:
+        updates = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == MODAL_UPDATE)).all()
+        for row in updates:
+            out.modals[f"update/{row.payload['view_id']}"] = row.payload["view"]
     return out
 
 
@@ -424,7 +444,9 @@ def test_every_reply_validates(rendered: Rendered, block_kit: BlockKit) -> None:
 
 
 def test_every_modal_validates(rendered: Rendered, block_kit: BlockKit) -> None:
-    assert len(rendered.modals) == 11
+    updates = [view["title"]["text"] for name, view in rendered.modals.items() if name.startswith("update/")]
+    assert sorted(updates) == ["Decision recorded"] * 6 + ["Not recorded"]  # six decisions, one refusal
+    assert len(rendered.modals) == 14 + len(updates)
     for name, view in rendered.modals.items():
         try:
             check_modal(block_kit, view)
