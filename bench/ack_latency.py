@@ -134,8 +134,10 @@ def send(driver: SlackDriver, kind: str, user: str, target: dict[str, Any]) -> f
             {forms.RATIONALE.block_id: {forms.ACTION_ID: RATIONALE}},
             private_metadata=decided.model_dump_json(),
         )
-        if "Decision received" not in json.dumps(body):  # a form refused by its checks is not measured
-            raise RuntimeError(f"decision on request {decided.request_id} not received: {body}")
+        # The bot answers "received" (bare apps nothing); a form its checks refused is not what is measured.
+        refused = isinstance(body, dict) and body.get("response_action") == "errors"
+        if refused or "Not recorded" in json.dumps(body):
+            raise RuntimeError(f"decision on request {decided.request_id} refused: {body}")
     else:
         status, body = driver.block_action(
             APPROVER, "review_approve", target["value"], message=target["message"]
