@@ -51,8 +51,8 @@ class _WriterQueue:
     """The SQLite writer lock of one process: one writer at a time, in arrival order, answers to Slack first.
 
     A question is saved before Slack is answered, a submission's receipt and a decision just after (their
-    modals say "being saved" until they are): these go first. The request's transaction, the outbox's outcomes and
-    the sweeps can wait. Under load several background writers wait at once,
+    modals say "being saved" until they are): these go first. The request's transaction, the outbox's
+    outcomes and the sweeps can wait. Under load several background writers wait at once,
     and a plain lock would let an answer wait behind all of them; here it waits at most for the writer
     in progress and the answers queued before it. Each kind waits in arrival order (a plain lock lets the
     writer that just finished take it again before the woken waiters run, so one could wait out its 2 s).

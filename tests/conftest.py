@@ -275,6 +275,15 @@ def workflow(engine: Engine, policy: LoadedPolicy, clock: FakeClock) -> Workflow
     return Workflow(make_session_factory(engine), policy, directory, clock=clock)
 
 
+@pytest.fixture
+def no_give_back_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A form that could not be saved is given back at once (handlers/views.py waits a second in the bot,
+    for Slack to show the answer first)."""
+    from handlers import views as view_handlers
+
+    monkeypatch.setattr(view_handlers, "GIVE_BACK_DELAY_SECONDS", 0.0)
+
+
 # The end-to-end fixtures (stand-in, bot process, driver), shared by every e2e test module.
 from tests.e2e_support import backend_url, bot, slack, stub  # noqa: E402, F401
 

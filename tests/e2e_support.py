@@ -100,11 +100,17 @@ def recorded_answer(stub: SlackStub, view: dict[str, Any], answer: Any) -> Any:
     """What the officer's modal shows once the request is recorded. The bot answers a valid form as
     soon as it is stored ("Request received"), then updates the modal with the reference (bot/intake.py):
     this is that update, as if the answer had carried it. Any other answer is returned as it is."""
+    return _followed_by_update(stub, view, answer, "Request received")
+
+
+def _followed_by_update(stub: SlackStub, view: dict[str, Any], answer: Any, received: str) -> Any:
+    """The modal's first update after an answer that shows `received`, as an answer's body; any other
+    answer as it is."""
     if not (isinstance(answer, dict) and answer.get("response_action") == "update"):
         return answer
-    if "Request received" not in json.dumps(answer):
+    if received not in json.dumps(answer):
         return answer
-    return shown_in(stub, view["id"])
+    return {"response_action": "update", "view": view_sent(stub, view["id"], taken=True)}
 
 
 def posted_message(stub: SlackStub, channel: str, contains: str) -> dict[str, Any]:
@@ -186,16 +192,7 @@ def decided_answer(stub: SlackStub, view: dict[str, Any], answer: Any) -> Any:
     """What the reviewer's modal shows once their decision is recorded or refused. The bot answers a valid
     decision form at once ("Decision received"), then updates the modal with the outcome (handlers/views.py):
     this is that update, as if the answer had carried it. Any other answer is returned as it is."""
-    if not (isinstance(answer, dict) and answer.get("response_action") == "update"):
-        return answer
-    if "Decision received" not in json.dumps(answer):
-        return answer
-    return shown_in(stub, view["id"])
-
-
-def shown_in(stub: SlackStub, view_id: str) -> dict[str, Any]:
-    """The first view the bot put in the modal `view_id` with views.update, as an answer's body."""
-    return {"response_action": "update", "view": view_sent(stub, view_id, taken=True)}
+    return _followed_by_update(stub, view, answer, "Decision received")
 
 
 def view_sent(stub: SlackStub, view_id: str, taken: bool = False, timeout: float = 15) -> dict[str, Any]:

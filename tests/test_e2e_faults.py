@@ -49,7 +49,7 @@ from storage.queries import request_with_history
 from tests.botprocess import SIGNING_SECRET, BotProcess
 from tests.conftest import GROUPS, TEST_POLICY, slack_state, valid_form_values
 from tests.conftest import wait_until as conftest_wait_until
-from tests.e2e_support import decided_answer, open_form, report_landings_to
+from tests.e2e_support import decided_answer, open_form, report_landings_to, view_sent
 from tests.slackstub import SlackDriver, SlackStub
 
 LEASE = "4"  # seconds: a killed bot's in-flight row is retried this soon after restart
@@ -583,15 +583,7 @@ def test_database_down_or_locked_says_not_saved_and_recovers_without_restart(wor
                 # and the officer gets the form back, answers and all, saying it was not saved.
                 status, body = slack.view_submission(officer, view, slack_state(answers))
                 assert status == 200 and "Request received" in json.dumps(body), body
-                form_id = view["id"]
-                given_back = world.stub.wait_for(
-                    lambda c, form_id=form_id: (
-                        c.method == "views.update" and c.args.get("view_id") == form_id
-                    ),
-                    timeout=10,
-                )
-                assert given_back.ok, given_back.response
-                shown = world.stub.views[view["id"]].view
+                shown = view_sent(world.stub, view["id"], taken=True)
                 assert shown["callback_id"] == views.REQUEST_CALLBACK
                 assert "Not saved" in json.dumps(shown)
                 assert answers[forms.CASE_REFERENCE.block_id] in json.dumps(shown)
@@ -599,17 +591,10 @@ def test_database_down_or_locked_says_not_saved_and_recovers_without_restart(wor
                 world.stub.clear()
                 status, body = slack.view_submission("USUP1", decision_form, rationale)
                 assert status == 200 and "Decision received" in json.dumps(body), body
-                decision_id = decision_form["id"]
-                given_back = world.stub.wait_for(
-                    lambda c, decision_id=decision_id: (
-                        c.method == "views.update" and c.args.get("view_id") == decision_id
-                    ),
-                    timeout=10,
-                )
-                assert given_back.ok, given_back.response
-                decision_form = world.stub.views[decision_id].view
-                assert decision_form["callback_id"] == views.DECISION_CALLBACK
-                assert "Not saved" in json.dumps(decision_form) and RATIONALE in json.dumps(decision_form)
+                shown = view_sent(world.stub, decision_form["id"], taken=True)
+                assert shown["callback_id"] == views.DECISION_CALLBACK
+                assert "Not saved" in json.dumps(shown) and RATIONALE in json.dumps(shown)
+                decision_form = world.stub.views[decision_form["id"]].view  # as Slack now holds it
                 slack.block_action("USUP1", views.APPROVE_ACTION, message=message)
                 if outage is database_locked and make_url(world.url).get_backend_name() == "sqlite":
                     # A click only reads, and SQLite's readers do not wait for a writer: the form opens

@@ -31,10 +31,7 @@ REVIEWER = "USUP1"  # a member of the first stage's group
 RATIONALE = "Serious offence; CCTV and witness enquiries are exhausted."
 REASON = "alternatives_not_exhausted"
 
-
-@pytest.fixture(autouse=True)
-def no_give_back_delay(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(view_handlers, "GIVE_BACK_DELAY_SECONDS", 0.0)
+pytestmark = pytest.mark.usefixtures("no_give_back_delay")
 
 
 @dataclass

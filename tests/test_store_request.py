@@ -36,9 +36,7 @@ class Intake:
         self.handed.append(receipt_id)
 
 
-@pytest.fixture(autouse=True)
-def no_give_back_delay(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(view_handlers, "GIVE_BACK_DELAY_SECONDS", 0.0)
+pytestmark = pytest.mark.usefixtures("no_give_back_delay")
 
 
 @dataclass
