@@ -520,13 +520,14 @@ def decision_outcome_modal(
 
 
 def not_recorded_modal(message: str) -> dict[str, Any]:
-    """A reviewer's action that was refused (`Refusal.message`, e.g. already decided, or their own
-    request): nothing of it was recorded but the refusal."""
+    """An action that was refused (`Refusal.message`: a decision already made, on one's own request, a
+    request no longer open…): nothing of it was recorded but the refusal."""
     return notice_modal("Not recorded", esc(message))
 
 
 def not_recorded_text(message: str) -> str:
-    """The same refusal as a direct message, for a reviewer who closed the modal before it showed."""
+    """A decision that was not recorded (`message` says why), as a direct message, for a reviewer who
+    closed the modal before it could show it."""
     return f":warning: Your decision was *not recorded*: {esc(message)}"
 
 

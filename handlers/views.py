@@ -46,9 +46,8 @@ GIVE_BACK_DELAY_SECONDS = MODAL_UPDATE_DELAY.total_seconds()
 DECISION_NOT_STORED = (
     "Not recorded: the bot could not record your decision. Your answers are kept; submit again in a minute."
 )
-DECISION_NOT_SAVED_CLOSED = (
-    ":warning: Your decision was *not recorded*: the bot could not save it just now. Please decide again "
-    "from the request's message in a minute."
+DECISION_NOT_SAVED_CLOSED = views.not_recorded_text(
+    "the bot could not save it just now. Please decide again from the request's message in a minute."
 )
 NOT_SAVED_CLOSED = (
     ":warning: Your FR request was *not saved*: the bot could not store it just now. Nothing was recorded "
@@ -258,7 +257,7 @@ def _state(view: dict[str, Any]) -> Any:
 def _finish(ack: Ack, result: Any, title: str, text: str) -> None:
     """Close the modal with a confirmation, or show why the action was refused."""
     if isinstance(result, Refusal):
-        ack(response_action="update", view=views.notice_modal("Not recorded", views.esc(result.message)))
+        ack(response_action="update", view=views.not_recorded_modal(result.message))
     else:
         ack(response_action="update", view=views.notice_modal(title, text))
 
