@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -67,7 +68,7 @@ from bot.config import Settings
 from bot.forms import check_request
 from bot.workflow import Submission
 from storage.db import make_engine, make_session_factory, recreate_schema, transaction
-from storage.models import AuditEvent, Decision, OutboxMessage, OutboxStatus, utcnow
+from storage.models import AuditEvent, Comment, Decision, OutboxMessage, OutboxStatus, utcnow
 from tests.botprocess import (
     SIGNING_SECRET,
     BackgroundProcess,
@@ -81,14 +82,15 @@ from tests.slackstub import SlackDriver
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 10, 50)
-KINDS = ("command", "submission", "click", "decision")
+# A comment stands for the everyday forms, answered "received" and saved just after as a decision is.
+KINDS = ("command", "submission", "click", "decision", "comment")
 # "bare": only acks, answering in the receiving thread like the bot (the floor); "defaults": the same with
 # Bolt's default process_before_response=False, as a bare Bolt app is usually written; "stored": the floor
-# that stores each submitted form (one insert, committed) before answering, run for submissions and
-# decisions only (STORED_KINDS).
+# that stores each submitted form (one insert, committed) before answering, run for the forms only
+# (STORED_KINDS).
 APPS = ("bot", "bare", "defaults", "stored")
 BARE_FLAGS = {"bare": (), "defaults": ("--bolt-defaults",), "stored": ("--store",)}
-STORED_KINDS = ("submission", "decision")  # the forms the "stored" floor keeps
+STORED_KINDS = ("submission", "decision", "comment")  # the forms the "stored" floor keeps
 MODELS = ("think", "saturation")
 # A person in Slack reads, types or decides between requests; 0.5-1.5 s (mean 1 s) is far busier than
 # any real officer or reviewer, so 50 such users offer about 50 requests/s of one kind: a stress test
@@ -96,6 +98,8 @@ MODELS = ("think", "saturation")
 THINK_SECONDS = (0.5, 1.5)
 APPROVER = "USUP1"
 RATIONALE = "Necessary and proportionate: a serious offence, and no other way to identify the suspect."
+COMMENT = "Spoke to the OIC: the still is from exhibit JS/1, taken from the shop's CCTV."
+COMMENTED_REQUESTS = 200  # seeded pending requests the comments go round, when no decisions are run
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -126,18 +130,12 @@ def send(driver: SlackDriver, kind: str, user: str, target: dict[str, Any]) -> f
     elif kind == "submission":
         view = {"type": "modal", "callback_id": "fr_request_submit", "blocks": target["blocks"]}
         status, body = driver.view_submission(user, view, slack_state(valid_form_values()))
-    elif kind == "decision":
-        decided = views.ReviewContext(request_id=target["next_pending"](), position=0, action="approve")
+    elif kind in ("decision", "comment"):
+        view, block_id, typed, metadata = _reviewer_form(kind, target)
         status, body = driver.view_submission(
-            APPROVER,
-            target["decision_view"],
-            {forms.RATIONALE.block_id: {forms.ACTION_ID: RATIONALE}},
-            private_metadata=decided.model_dump_json(),
+            APPROVER, view, {block_id: {forms.ACTION_ID: typed}}, private_metadata=metadata
         )
-        # The bot answers "received" (bare apps nothing); a form its checks refused is not what is measured.
-        refused = isinstance(body, dict) and body.get("response_action") == "errors"
-        if refused or "Not recorded" in json.dumps(body):
-            raise RuntimeError(f"decision on request {decided.request_id} refused: {body}")
+        _check_taken(kind, body)
     else:
         status, body = driver.block_action(
             APPROVER, "review_approve", target["value"], message=target["message"]
@@ -145,6 +143,24 @@ def send(driver: SlackDriver, kind: str, user: str, target: dict[str, Any]) -> f
     if status != 200:
         raise RuntimeError(f"HTTP {status}: {body}")
     return driver.last_elapsed
+
+
+def _reviewer_form(kind: str, target: dict[str, Any]) -> tuple[dict[str, Any], str, str, str]:
+    """A reviewer's decision or comment form, what is typed in it, and its private_metadata: the request
+    it acts on, the next one each time."""
+    if kind == "decision":
+        decided = views.ReviewContext(request_id=target["next_pending"](), position=0, action="approve")
+        return target["decision_view"], forms.RATIONALE.block_id, RATIONALE, decided.model_dump_json()
+    on = views.ItemContext(request_id=target["comment_on"]())
+    return target["comment_view"], forms.COMMENT.block_id, COMMENT, on.model_dump_json()
+
+
+def _check_taken(kind: str, body: Any) -> None:
+    """The bot answers a form "received" (bare apps nothing); one its checks refused is not what is
+    measured."""
+    refused = isinstance(body, dict) and body.get("response_action") == "errors"
+    if refused or "Not recorded" in json.dumps(body):
+        raise RuntimeError(f"{kind} refused: {body}")
 
 
 def pending_needed(args: argparse.Namespace, models: list[str], levels: list[int]) -> int:
@@ -207,6 +223,24 @@ def decision_targets(pending: list[int], view: dict[str, Any]) -> tuple[dict[str
         "decision_view": view,
         "next_pending": lambda: pending[0],
     }
+
+
+def comment_target(pending: list[int]) -> dict[str, Any]:
+    """What the comment level sends: a reviewer's comment form, on the seeded pending requests in turn
+    (each comment is a new modal: its id, the comment's submission key, is new each time)."""
+    turn = itertools.cycle(pending)
+    turn_lock = threading.Lock()
+
+    def comment_on() -> int:
+        with turn_lock:
+            return next(turn)
+
+    view = {
+        "type": "modal",
+        "callback_id": views.COMMENT_CALLBACK,
+        "blocks": [views.text_input(forms.COMMENT)],
+    }
+    return {"comment_view": view, "comment_on": comment_on}
 
 
 def run_level(
@@ -345,9 +379,10 @@ def main() -> None:
     policy.write_text(TEST_POLICY)
     database_url = args.database_url or f"sqlite:///{workdir / 'bench.db'}"
     recreate_schema(database_url)  # PostgreSQL: a throwaway database, its schema dropped
-    pending, decision_view = (
-        seed_pending(database_url, pending_needed(args, models, levels)) if "decision" in kinds else ([], {})
-    )
+    seeded = pending_needed(args, models, levels) if "decision" in kinds else 0
+    if "comment" in kinds:
+        seeded = max(seeded, COMMENTED_REQUESTS)
+    pending, decision_view = seed_pending(database_url, seeded) if seeded else ([], {})
     # results[model][app][kind][users] = latencies in seconds
     results: dict[str, Any] = {m: {app: {k: {} for k in KINDS} for app in APPS} for m in models}
     rates: dict[str, dict[int, float]] = {}  # bot submissions/s per model and level
@@ -417,6 +452,8 @@ def main() -> None:
             if pending:
                 for_bot, for_floor = decision_targets(pending, decision_view)
                 target, floor_target = {**target, **for_bot}, {**target, **for_floor}
+                comments = comment_target(pending)
+                target, floor_target = {**target, **comments}, {**floor_target, **comments}
             bots = [bot.process.pid] + ([worker.process.pid] if worker and worker.process else [])
             servers = [*bots, *(process.pid for process in bares)]
             for model in models:
@@ -484,6 +521,11 @@ def main() -> None:
             len(samples) for model in models for samples in results[model]["bot"]["decision"].values()
         )
         check_decisions(database_url, answered)
+    if "comment" in kinds:
+        answered = sum(
+            len(samples) for model in models for samples in results[model]["bot"]["comment"].values()
+        )
+        check_comments(database_url, answered)
     print(json.dumps({"memory_kib": memory, "late_acks": late, "refused_calls": refused}, indent=2))
     write_results(results, rates, cpu, waits, round_ratios, memory, late, refused, database_url, args)
 
@@ -502,6 +544,18 @@ def check_decisions(database_url: str, answered: int) -> None:
         engine.dispose()
     if (recorded, refused) != (answered, 0):
         raise RuntimeError(f"{answered} decisions answered, {recorded} recorded, {refused} refused")
+
+
+def check_comments(database_url: str, answered: int) -> None:
+    """Every comment the bot answered was recorded once the bot stopped."""
+    engine = make_engine(database_url)
+    try:
+        with transaction(make_session_factory(engine), read_only=True) as session:
+            recorded = session.scalar(select(func.count()).select_from(Comment))
+    finally:
+        engine.dispose()
+    if recorded != answered:
+        raise RuntimeError(f"{answered} comments answered, {recorded} recorded")
 
 
 def stored_floor_table(results: dict[str, Any]) -> list[str]:

@@ -59,8 +59,8 @@ def main() -> None:
         process_before_response="--bolt-defaults" not in flags,
     )
     app.command("/fr-request")(lambda ack: ack())
-    # The request form and the reviewer's decision form (bench/ack_latency.py's "decision").
-    for callback_id in ("fr_request_submit", "fr_decision_submit"):
+    # The request form, the reviewer's decision form and comment form (bench/ack_latency.py's kinds).
+    for callback_id in ("fr_request_submit", "fr_decision_submit", "fr_comment_submit"):
         if "--store" in flags:
             app.view(callback_id)(storing_listener(os.environ["FRBOT_DATABASE_URL"]))
         else:

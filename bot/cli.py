@@ -265,8 +265,8 @@ def _follow_up_process(
         if wanted == "auto":
             return None
         log.warning(
-            "follow-up process on SQLite: a question's write waits on SQLite's file lock behind the "
-            "follow-up process's writes; see README"
+            "follow-up process on SQLite: the two processes' writes wait on SQLite's file lock for each "
+            "other; see README"
         )
     follow_up = FollowUpProcess(overrides, identity, policy, on_failure=stopping.set)
     try:

@@ -13,8 +13,9 @@ Why: the work after an answer held the answering process's one GIL while the nex
 an answer needs, and the kernel runs the answers first.
 
 What a listener may do before handing work over: only what has no side effect (parse, check, ack), as it
-runs twice. Listeners that write before answering (a question, the everyday modals) hand nothing over; the
-outbox rows they queue are announced here (`wake_outbox`). A decision is answered first and recorded here.
+runs twice. No listener writes before it answers: a request, a decision, a question and the everyday forms
+are answered first and recorded here. Outbox rows the answering process queues itself (work it ran there
+because this process could not take it) are announced here (`wake_outbox`).
 
 If this process dies, the answering process starts another and sends it what the dead one had not yet
 received; what the dead one was doing is lost as in a crash of a single process (a stored form is still

@@ -495,14 +495,19 @@ def _decision_verb(ctx: ReviewContext) -> str:
     return "Approve" if ctx.action == "approve" else "Reject"
 
 
-def decision_received_modal() -> dict[str, Any]:
-    """The reviewer's modal once their decision passed its checks; the outcome replaces it a moment later
-    (`decision_outcome_modal`), or the form comes back if it could not be recorded (handlers/views.py)."""
+def form_received_modal(what: str) -> dict[str, Any]:
+    """A reviewer's decision, a question or an everyday form (`what`: "decision", "comment"…) once it
+    passed its checks; the outcome replaces it a moment later (queued with it, bot/workflow.py), or the
+    form comes back if it could not be saved (handlers/views.py)."""
     return notice_modal(
-        "Decision received",
-        ":hourglass_flowing_sand: Your decision passed its checks and is being recorded. The outcome "
+        f"{what.capitalize()} received",
+        f":hourglass_flowing_sand: Your {what} passed its checks and is being recorded. The outcome "
         "appears here in a moment: until it does, it is not recorded.",
     )
+
+
+def decision_received_modal() -> dict[str, Any]:
+    return form_received_modal("decision")
 
 
 def decision_outcome_modal(
@@ -525,10 +530,82 @@ def not_recorded_modal(message: str) -> dict[str, Any]:
     return notice_modal("Not recorded", esc(message))
 
 
-def not_recorded_text(message: str) -> str:
-    """A decision that was not recorded (`message` says why), as a direct message, for a reviewer who
-    closed the modal before it could show it."""
-    return f":warning: Your decision was *not recorded*: {esc(message)}"
+def not_recorded_text(message: str, what: str = "decision") -> str:
+    """A decision (or question, comment…: `what`) that was not recorded (`message` says why), as a direct
+    message, for someone who closed the modal before it could show it."""
+    return f":warning: Your {what} was *not recorded*: {esc(message)}"
+
+
+# What a question's or an everyday form's modal shows once it is recorded (queued with it, bot/workflow.py).
+
+
+def question_sent_modal(reference: str) -> dict[str, Any]:
+    return notice_modal(
+        "Question sent",
+        f":grey_question: Your question on *{esc(reference)}* is recorded and sent to the officer.",
+    )
+
+
+def answer_sent_modal() -> dict[str, Any]:
+    return notice_modal(
+        "Answer sent", ":speech_balloon: Your answer is recorded and the reviewers have been told."
+    )
+
+
+def comment_added_modal() -> dict[str, Any]:
+    return notice_modal("Comment added", ":memo: Your comment is in the request's timeline.")
+
+
+def post_use_recorded_modal() -> dict[str, Any]:
+    return notice_modal(
+        "Outcome recorded", ":white_check_mark: The outcome is recorded and the request is closed."
+    )
+
+
+def deputy_named_modal(deputy_id: str, starts_on: date, ends_on: date) -> dict[str, Any]:
+    return notice_modal(
+        "Deputy named",
+        f":busts_in_silhouette: {user(deputy_id)} may decide in your place from "
+        f"{starts_on:%d %b %Y} to {ends_on:%d %b %Y}.",
+    )
+
+
+GIVEN_BACK_NOTICE = "given_back_notice"
+# The parts of a submitted view that views.update takes back (Slack adds id, state, hash… to it).
+_VIEW_KEYS = ("type", "callback_id", "title", "close", "submit", "private_metadata")
+
+
+def given_back(submitted: dict[str, Any], answers: dict[str, str], notice: str) -> dict[str, Any]:
+    """A question's or an everyday form that could not be saved, put back as it was submitted with the
+    user's `answers` filled in and `notice` saying why (handlers/views.py). Built from the submitted view,
+    not from the database, which may be what failed. The "received" answer replaced the form, so Slack
+    kept none of what was typed: each input gets its answer as its initial value."""
+    blocks = [
+        _answered(block, answers.get(str(block.get("block_id"))))
+        for block in submitted.get("blocks") or []
+        if block.get("block_id") != GIVEN_BACK_NOTICE
+    ]
+    view = {key: submitted[key] for key in _VIEW_KEYS if key in submitted}
+    view["blocks"] = [{**section(f":warning: *{esc(notice)}*"), "block_id": GIVEN_BACK_NOTICE}, *blocks]
+    return view
+
+
+def _answered(block: Block, answer: str | None) -> Block:
+    if block.get("type") != "input" or not answer:
+        return block
+    element = dict(block["element"])
+    kind = element.get("type")
+    if kind == "plain_text_input":
+        element["initial_value"] = answer[: element.get("max_length") or 3000]
+    elif kind in ("static_select", "radio_buttons"):
+        chosen = next((o for o in element.get("options") or [] if o.get("value") == answer), None)
+        if chosen is not None:
+            element["initial_option"] = chosen
+    elif kind == "datepicker":
+        element["initial_date"] = answer
+    elif kind == "users_select":
+        element["initial_user"] = answer
+    return {**block, "element": element}
 
 
 def info_modal(request: FrRequest, policy: Policy, ctx: ReviewContext) -> dict[str, Any]:

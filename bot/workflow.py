@@ -801,43 +801,56 @@ class Workflow:
                 refusal, on_behalf_of = self._authority(session, request, position, user_id)
                 if refusal is not None:
                     self._record_refusal(session, request, position, user_id, outcome, refusal)
-                    self._show_outcome(session, view_id, user_id, refusal)
+                    self._show(session, view_id, user_id, refusal)
                     return refusal
                 assert request is not None
                 result = self._apply_decision(
                     session, request, request.stages[position], user_id, outcome, form, on_behalf_of
                 )
-                self._show_outcome(session, view_id, user_id, result)
+                shown = views.decision_outcome_modal(
+                    result.reference, result.outcome, result.stage_name, result.approvals, result.required
+                )
+                self._show(session, view_id, user_id, shown)
         except IntegrityError:
             # Two transactions raced past the lock, and the database kept one decision: told as such only
             # if that is what happened, not for any other constraint a defect broke.
             if not self._has_decided(request_id, position, user_id):
                 raise
             refusal = Refusal("already_decided", "Your decision on this stage is already recorded.")
-            if view_id is not None:
-                with self._write() as session:
-                    self._show_outcome(session, view_id, user_id, refusal)
+            self._show_alone(view_id, user_id, refusal)
             result = refusal
         self._on_outbox()
         return result
 
-    def _show_outcome(
-        self, session: Session, view_id: str | None, user_id: str, result: Decided | Refusal
+    def _show(
+        self,
+        session: Session,
+        view_id: str | None,
+        user_id: str,
+        outcome: dict[str, Any] | Refusal,
+        what: str = "decision",
     ) -> None:
-        """Queue the update of a reviewer's "received" modal with their decision's outcome (a moment
-        later: Slack shows the answer first). A refusal that finds the modal closed is sent to the
-        reviewer directly instead (bot/intake.py, `modal_updater`): they must not take it as recorded."""
+        """Queue the update of a "received" modal (a reviewer's decision or question, an everyday form:
+        `what`; handlers/views.py) with what was recorded, the view `outcome`, or the refusal, a moment
+        later: Slack shows the answer first. A refusal that finds the modal closed is sent to its author
+        directly instead (bot/intake.py, `modal_updater`): they must not take it as recorded."""
         if view_id is None:
             return
         payload: dict[str, Any] = {"view_id": view_id}
-        if isinstance(result, Refusal):
-            payload["view"] = views.not_recorded_modal(result.message)
-            payload["if_closed"] = {"user": user_id, "text": views.not_recorded_text(result.message)}
+        if isinstance(outcome, Refusal):
+            payload["view"] = views.not_recorded_modal(outcome.message)
+            payload["if_closed"] = {"user": user_id, "text": views.not_recorded_text(outcome.message, what)}
         else:
-            payload["view"] = views.decision_outcome_modal(
-                result.reference, result.outcome, result.stage_name, result.approvals, result.required
-            )
+            payload["view"] = outcome
         enqueue_at_commit(session, MODAL_UPDATE, payload, None, self.clock() + MODAL_UPDATE_DELAY)
+
+    def _show_alone(
+        self, view_id: str | None, user_id: str, refusal: Refusal, what: str = "decision"
+    ) -> None:
+        """`_show` for a refusal reached outside a write transaction, in one of its own."""
+        if view_id is not None:
+            with self._write() as session:
+                self._show(session, view_id, user_id, refusal, what)
 
     def _has_decided(self, request_id: int, position: int, user_id: str) -> bool:
         with transaction(self.db, read_only=True) as session:
@@ -974,13 +987,22 @@ class Workflow:
         audit_at_commit(session, "system", f"request_{status}", request.id, now, **details)
 
     def request_info(
-        self, request_id: int, position: int, user_id: str, question: str, submission_key: str
+        self,
+        request_id: int,
+        position: int,
+        user_id: str,
+        question: str,
+        submission_key: str,
+        view_id: str | None = None,
     ) -> InfoAsked | Refusal:
+        """Record a reviewer's question to the officer. `view_id`: the reviewer's modal, answered
+        "received" (handlers/views.py), updated with the outcome (`_show`); so are the everyday forms'."""
         with self._write() as session:
             request = request_with_history(session, request_id, lock=True)
             refusal = self._refusal(session, request, position, user_id)
             if refusal is not None and refusal.code != "already_decided":
                 self._record_refusal(session, request, position, user_id, "request_info", refusal)
+                self._show(session, view_id, user_id, refusal, "question")
                 return refusal
             assert request is not None
             duplicate = session.scalars(
@@ -1014,6 +1036,7 @@ class Workflow:
             )
             self._touch_homes(session, request, now)
             result = InfoAsked(request.reference)
+            self._show(session, view_id, user_id, views.question_sent_modal(request.reference), "question")
         self._on_outbox()
         return result
 
@@ -1071,7 +1094,9 @@ class Workflow:
         self._on_outbox()
         return result
 
-    def answer_info(self, info_id: int, user_id: str, answer: str) -> Recorded | Refusal:
+    def answer_info(
+        self, info_id: int, user_id: str, answer: str, view_id: str | None = None
+    ) -> Recorded | Refusal:
         with self._write() as session:
             info = session.get(InfoRequest, info_id)
             request = request_with_history(session, info.request_id, lock=True) if info else None
@@ -1086,6 +1111,7 @@ class Workflow:
                 refusal = Refusal("request_closed", f"{request.reference} is already {request.status}.")
             if refusal is not None:
                 self._record_refusal(session, request, -1, user_id, "answer_info", refusal)
+                self._show(session, view_id, user_id, refusal, "answer")
                 return refusal
             assert info is not None and request is not None
             now = self.clock()
@@ -1110,6 +1136,7 @@ class Workflow:
             enqueue_at_commit(session, "stage_note", {"stage_review_id": stage.id, **note}, request.id, now)
             self._touch_homes(session, request, now)
             result = Recorded(request.reference)
+            self._show(session, view_id, user_id, views.answer_sent_modal(), "answer")
         self._on_outbox()
         return result
 
@@ -1191,7 +1218,9 @@ class Workflow:
             post_use = session.scalar(select(PostUseRecord).where(PostUseRecord.request_id == request.id))
             return RequestView(request, events, comments, post_use)
 
-    def comment(self, request_id: int, user_id: str, text: str, submission_key: str) -> Recorded | Refusal:
+    def comment(
+        self, request_id: int, user_id: str, text: str, submission_key: str, view_id: str | None = None
+    ) -> Recorded | Refusal:
         with self._write() as session:
             request = request_with_history(session, request_id)
             if request is None or user_id == request.requester_id or not self.may_view(request, user_id):
@@ -1199,6 +1228,7 @@ class Workflow:
                     "not_reviewer", "Only this request's reviewers and leads can comment on it."
                 )
                 self._record_refusal(session, request, -1, user_id, "comment", refusal)
+                self._show(session, view_id, user_id, refusal, "comment")
                 return refusal
             if session.scalar(select(Comment.id).where(Comment.submission_key == submission_key)) is not None:
                 return Recorded(request.reference)
@@ -1215,10 +1245,13 @@ class Workflow:
             audit_at_commit(session, user_id, "comment_added", request.id, now, comment=text)
             enqueue_at_commit(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
             result = Recorded(request.reference)
+            self._show(session, view_id, user_id, views.comment_added_modal(), "comment")
         self._on_outbox()
         return result
 
-    def record_post_use(self, request_id: int, user_id: str, form: PostUseForm) -> Recorded | Refusal:
+    def record_post_use(
+        self, request_id: int, user_id: str, form: PostUseForm, view_id: str | None = None
+    ) -> Recorded | Refusal:
         with self._write() as session:
             request = request_for_review(session, request_id, lock=True)
             refusal = _not_the_officers(request, user_id, "record its use")
@@ -1231,6 +1264,7 @@ class Workflow:
                     refusal = Refusal("already_recorded", why)
             if refusal is not None:
                 self._record_refusal(session, request, -1, user_id, "record_post_use", refusal)
+                self._show(session, view_id, user_id, refusal, "outcome")
                 return refusal
             assert request is not None
             now = self.clock()
@@ -1247,22 +1281,28 @@ class Workflow:
             enqueue_at_commit(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
             self._touch_homes(session, request, now)
             result = Recorded(request.reference)
+            self._show(session, view_id, user_id, views.post_use_recorded_modal(), "outcome")
         self._on_outbox()
         return result
 
-    def delegate(self, approver_id: str, form: DelegationForm) -> Delegated | Refusal:
+    def delegate(
+        self, approver_id: str, form: DelegationForm, view_id: str | None = None
+    ) -> Delegated | Refusal:
+        # Asked before the transaction: a user group's members can come from Slack, and no write lock
+        # is held while it answers.
+        try:
+            approves_something = any(self.approvers.is_approver(s, approver_id) for s in self.policy.stages)
+        except ApproverLookupFailed:
+            refusal = Refusal(
+                "approvers_unavailable", "Slack could not confirm the approver list; try again."
+            )
+            self._show_alone(view_id, approver_id, refusal, "delegation")
+            return refusal
         with self._write() as session:
-            try:
-                approves_something = any(
-                    self.approvers.is_approver(s, approver_id) for s in self.policy.stages
-                )
-            except ApproverLookupFailed:
-                return Refusal(
-                    "approvers_unavailable", "Slack could not confirm the approver list; try again."
-                )
             if not approves_something:
                 refusal = Refusal("not_approver", "Only approvers can name a deputy.")
                 self._record_refusal(session, None, -1, approver_id, "delegate", refusal)
+                self._show(session, view_id, approver_id, refusal, "delegation")
                 return refusal
             now = self.clock()
             delegation = Delegation(
@@ -1289,6 +1329,8 @@ class Workflow:
                 session, "publish_home", {"users": [approver_id, form.deputy_id], "principals": []}, None, now
             )
             result = Delegated(delegation.id)
+            shown = views.deputy_named_modal(form.deputy_id, form.starts_on, form.ends_on)
+            self._show(session, view_id, approver_id, shown, "delegation")
         self._on_outbox()
         return result
 

@@ -10,8 +10,10 @@ request's row lock and the audit chain's head, which under load can wait on othe
 transaction and replaces the answer a moment later; if it cannot be recorded, the form comes back with the
 reviewer's answers.
 
-A question and the small everyday modals save before they acknowledge: their answer is the outcome, which
-only the database can tell, and a database outage is shown in the modal instead of being lost.
+A reviewer's question and the everyday forms (an officer's answer, a comment, the search's outcome, a
+deputy) are answered the same way (`save_form`): "received", then saved, the outcome queued with it; if they
+cannot be saved, the form comes back as it was submitted, with the answers filled in. No listener here waits
+for the database, or for Slack, before it answers.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot import forms, views
 from bot.services import Services
-from bot.workflow import MODAL_UPDATE_DELAY, Refusal, Submission
+from bot.workflow import MODAL_UPDATE_DELAY, Submission
 from handlers.after_answer import AfterAnswer
 from storage.db import DatabaseUnavailable
 
@@ -49,6 +51,7 @@ DECISION_NOT_STORED = (
 DECISION_NOT_SAVED_CLOSED = views.not_recorded_text(
     "the bot could not save it just now. Please decide again from the request's message in a minute."
 )
+FORM_NOT_STORED = "Not saved: the bot could not save this. Your answers are kept; submit again in a minute."
 NOT_SAVED_CLOSED = (
     ":warning: Your FR request was *not saved*: the bot could not store it just now. Nothing was recorded "
     "and nobody was asked to review it. Please submit it again with `/fr-request` in a minute."
@@ -56,7 +59,7 @@ NOT_SAVED_CLOSED = (
 
 
 def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
-    register_everyday(app, services)
+    register_everyday(app, services, after_answer)
     workflow = services.workflow
     policy = services.policy.policy
 
@@ -99,38 +102,19 @@ def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
         after_answer("view_submission", record_decision, services, client, answered)
 
     @app.view(views.INFO_CALLBACK)
-    def question_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+    def question_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
+        form = SmallForm(ack, view, body["user"]["id"], "question", after_answer, client)
         ctx = _context(view)
-        if ctx is None or ctx.action != "request_info":
-            ack(
-                response_action="update",
-                view=views.notice_modal("Not sent", "This form is not valid any more."),
+        asking = ctx if ctx is not None and ctx.action == "request_info" else None
+
+        def ask(question: str) -> object:
+            assert asking is not None
+            view_id = str(view["id"])  # also the question's submission key: the same modal is one question
+            return workflow.request_info(
+                asking.request_id, asking.position, form.user_id, question, view_id, view_id
             )
-            return
-        raw = forms.read_fields((view.get("state") or {}).get("values"), (forms.QUESTION.block_id,))
-        try:
-            question = forms.check_question(raw)
-        except forms.FormErrors as exc:
-            ack(response_action="errors", errors=exc.errors)
-            return
-        try:
-            result = workflow.request_info(
-                ctx.request_id, ctx.position, body["user"]["id"], question, str(view["id"])
-            )
-        except DatabaseUnavailable as exc:
-            log.error("question not saved: %s", exc)
-            ack(response_action="errors", errors={forms.QUESTION.block_id: NOT_SAVED})
-            return
-        if isinstance(result, Refusal):
-            ack(response_action="update", view=views.notice_modal("Not sent", views.esc(result.message)))
-            return
-        ack(
-            response_action="update",
-            view=views.notice_modal(
-                "Question sent",
-                f":grey_question: Your question on *{result.reference}* is recorded and sent to the officer.",
-            ),
-        )
+
+        _small_modal(form, (forms.QUESTION.block_id,), forms.check_question, asking, ask)
 
 
 @dataclass(frozen=True)
@@ -186,17 +170,56 @@ def record_decision(services: Services, client: WebClient, answered: AnsweredDec
     (`Workflow.decide`). If the database cannot take it, the reviewer gets the form back with their
     answers (or, if they closed the modal, a direct message), so it is never taken as recorded."""
     ctx = answered.context
-    try:
-        services.workflow.decide(
+    _save_or_give_back(
+        "decision",
+        lambda: services.workflow.decide(
             ctx.request_id, ctx.position, answered.reviewer_id, ctx.action, answered.form, answered.view_id
-        )
+        ),
+        lambda reason: _give_back_decision(client, answered, reason),
+        DECISION_NOT_STORED,
+    )
+
+
+@dataclass(frozen=True)
+class AnsweredForm:
+    """A question's or an everyday form, checked, answered "received" and not yet saved."""
+
+    user_id: str
+    view: dict[str, Any]  # the submitted modal, put back with the answers if the form cannot be saved
+    raw: dict[str, str]  # the answers as typed
+    what: str  # names the form to its author: "question", "comment"…
+
+
+def save_form(client: WebClient, answered: AnsweredForm, save: Callable[[], object]) -> None:
+    """Save an answered form (`save` queues the modal's update with the outcome in its transaction,
+    `Workflow._show`). If the database cannot take it, the form comes back with the answers (or, if the
+    modal was closed, a direct message says it was not recorded)."""
+    _save_or_give_back(
+        answered.what, save, lambda reason: _give_back_form(client, answered, reason), FORM_NOT_STORED
+    )
+
+
+def _save_or_give_back(
+    what: str, save: Callable[[], object], give_back: Callable[[str], None], not_stored: str
+) -> None:
+    try:
+        save()
     except DatabaseUnavailable as exc:
-        log.error("decision not saved: %s", exc)
-        _give_back_decision(client, answered, NOT_SAVED)
-    except Exception as exc:  # a defect: the reviewer must not be left believing it is recorded
-        log.error("decision not saved: %s", type(exc).__name__)  # the type only: errors can quote the form
-        _give_back_decision(client, answered, DECISION_NOT_STORED)
+        log.error("%s not saved: %s", what, exc)
+        give_back(NOT_SAVED)
+    except Exception as exc:  # a defect: nobody must be left believing it is recorded
+        log.error("%s not saved: %s", what, type(exc).__name__)  # the type only: errors can quote the form
+        give_back(not_stored)
         raise
+
+
+def _give_back_form(client: WebClient, answered: AnsweredForm, reason: str) -> None:
+    time.sleep(GIVE_BACK_DELAY_SECONDS)
+    form = views.given_back(answered.view, answered.raw, reason)
+    closed = views.not_recorded_text(
+        "the bot could not save it just now. Please try again in a minute.", answered.what
+    )
+    _put_back(client, str(answered.view["id"]), form, answered.user_id, closed)
 
 
 def _give_back_decision(client: WebClient, answered: AnsweredDecision, reason: str) -> None:
@@ -254,81 +277,79 @@ def _state(view: dict[str, Any]) -> Any:
     return (view.get("state") or {}).get("values")
 
 
-def _finish(ack: Ack, result: Any, title: str, text: str) -> None:
-    """Close the modal with a confirmation, or show why the action was refused."""
-    if isinstance(result, Refusal):
-        ack(response_action="update", view=views.not_recorded_modal(result.message))
-    else:
-        ack(response_action="update", view=views.notice_modal(title, text))
+@dataclass(frozen=True)
+class SmallForm:
+    """One submission of a question's or an everyday modal: what its listener was given."""
+
+    ack: Ack
+    view: dict[str, Any]
+    user_id: str
+    what: str  # names the form to its author: "question", "comment"…
+    after_answer: AfterAnswer
+    client: WebClient
 
 
 def _small_modal(
-    ack: Ack,
-    view: dict[str, Any],
+    form: SmallForm,
     block_ids: tuple[str, ...],
     check: Callable[[dict[str, str]], Any],
     target: object | None,
-    save: Callable[[Any], Any],
-    done: Callable[[Any], tuple[str, str]],
+    save: Callable[[Any], object],
 ) -> None:
-    """What every small modal does: check its fields, check what it acts on, save, then confirm or explain.
-
-    `done` turns the checked value into the confirmation's title and text.
-    """
+    """What every small modal does: check its fields and that it still names something to act on (no
+    database), answer "received", then save the checked value after the answer (`save_form`)."""
+    raw = forms.read_fields(_state(form.view), block_ids)
     try:
-        value = check(forms.read_fields(_state(view), block_ids))
+        value = check(raw)
     except forms.FormErrors as exc:
-        ack(response_action="errors", errors=exc.errors)
+        form.ack(response_action="errors", errors=exc.errors)
         return
     if target is None:
         stale = views.notice_modal("Not recorded", "This form is not valid any more.")
-        ack(response_action="update", view=stale)
+        form.ack(response_action="update", view=stale)
         return
-    try:
-        result = save(value)
-    except DatabaseUnavailable as exc:
-        log.error("not saved: %s", exc)
-        ack(response_action="errors", errors={block_ids[0]: NOT_SAVED})
-        return
-    _finish(ack, result, *done(value))
+    form.ack(response_action="update", view=views.form_received_modal(form.what))
+    answered = AnsweredForm(form.user_id, form.view, raw, form.what)
+    form.after_answer("view_submission", save_form, form.client, answered, lambda: save(value))
 
 
-def register_everyday(app: App, services: Services) -> None:
+def register_everyday(app: App, services: Services, after_answer: AfterAnswer) -> None:
     workflow = services.workflow
     policy = services.policy.policy
 
+    def small_form(
+        ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient, what: str
+    ) -> SmallForm:
+        return SmallForm(ack, view, body["user"]["id"], what, after_answer, client)
+
     @app.view(views.ANSWER_CALLBACK)
-    def answer_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
-        info_id, user_id = _item(view).info_id, body["user"]["id"]
+    def answer_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
+        form = small_form(ack, body, view, client, "answer")
+        info_id = _item(view).info_id
         _small_modal(
-            ack,
-            view,
+            form,
             (forms.ANSWER.block_id,),
             forms.check_answer,
             info_id,
-            lambda answer: workflow.answer_info(info_id, user_id, answer),  # type: ignore[arg-type]
-            lambda _: (
-                "Answer sent",
-                ":speech_balloon: Your answer is recorded and the reviewers have been told.",
-            ),
+            lambda answer: workflow.answer_info(info_id, form.user_id, answer, str(view["id"])),  # type: ignore[arg-type]
         )
 
     @app.view(views.COMMENT_CALLBACK)
-    def comment_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
-        request_id, user_id = _item(view).request_id, body["user"]["id"]
+    def comment_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
+        form = small_form(ack, body, view, client, "comment")
+        request_id, view_id = _item(view).request_id, str(view["id"])
         _small_modal(
-            ack,
-            view,
+            form,
             (forms.COMMENT.block_id,),
             forms.check_comment,
             request_id,
-            lambda text: workflow.comment(request_id, user_id, text, str(view["id"])),  # type: ignore[arg-type]
-            lambda _: ("Comment added", ":memo: Your comment is in the request's timeline."),
+            lambda text: workflow.comment(request_id, form.user_id, text, view_id, view_id),  # type: ignore[arg-type]
         )
 
     @app.view(views.POST_USE_CALLBACK)
-    def post_use_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
-        request_id, user_id = _item(view).request_id, body["user"]["id"]
+    def post_use_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
+        form = small_form(ack, body, view, client, "outcome")
+        request_id = _item(view).request_id
         fields = (
             forms.SEARCH_RUN.block_id,
             forms.SEARCH_RESULT.block_id,
@@ -337,32 +358,21 @@ def register_everyday(app: App, services: Services) -> None:
             forms.POST_USE_NOTES.block_id,
         )
         _small_modal(
-            ack,
-            view,
+            form,
             fields,
             forms.check_post_use,
             request_id,
-            lambda form: workflow.record_post_use(request_id, user_id, form),  # type: ignore[arg-type]
-            lambda _: (
-                "Outcome recorded",
-                ":white_check_mark: The outcome is recorded and the request is closed.",
-            ),
+            lambda checked: workflow.record_post_use(request_id, form.user_id, checked, str(view["id"])),  # type: ignore[arg-type]
         )
 
     @app.view(views.DELEGATE_CALLBACK)
-    def delegation_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
-        user_id = body["user"]["id"]
+    def delegation_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
+        form = small_form(ack, body, view, client, "delegation")
         today = workflow.clock().astimezone(policy.zone).date()
         _small_modal(
-            ack,
-            view,
+            form,
             (forms.DEPUTY.block_id, forms.STARTS_ON.block_id, forms.ENDS_ON.block_id),
-            lambda raw: forms.check_delegation(raw, user_id, today),
-            user_id,
-            lambda form: workflow.delegate(user_id, form),
-            lambda form: (
-                "Deputy named",
-                f":busts_in_silhouette: {views.user(form.deputy_id)} may decide in your place from "
-                f"{form.starts_on:%d %b %Y} to {form.ends_on:%d %b %Y}.",
-            ),
+            lambda raw: forms.check_delegation(raw, form.user_id, today),
+            form.user_id,
+            lambda checked: workflow.delegate(form.user_id, checked, str(view["id"])),
         )

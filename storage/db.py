@@ -50,8 +50,8 @@ def _in_background() -> bool:
 class _WriterQueue:
     """The SQLite writer lock of one process: one writer at a time, in arrival order, answers to Slack first.
 
-    A question is saved before Slack is answered, a submission's receipt and a decision just after (their
-    modals say "being saved" until they are): these go first. The request's transaction, the outbox's
+    A submission's receipt, a decision, a question and the everyday forms are saved just after their answer
+    (their modals say "received" until they are): these go first. The request's transaction, the outbox's
     outcomes and the sweeps can wait. Under load several background writers wait at once,
     and a plain lock would let an answer wait behind all of them; here it waits at most for the writer
     in progress and the answers queued before it. Each kind waits in arrival order (a plain lock lets the
@@ -126,9 +126,9 @@ class DatabaseUnavailable(Exception):
 # is a round trip on the path of an answer to Slack (see _ping_when_idle).
 PING_AFTER_IDLE_SECONDS = 1.0
 
-# A question is saved before Slack's 3-second acknowledgement: waiting longer than this for a lock or a
-# connection would lose the chance to tell the user "not saved". Short waits fail fast instead (a request's
-# form or a decision, saved just after its answer, is given back as soon as it fails).
+# Every form is saved just after its answer, and given back with its answers if it cannot be: waiting
+# longer than this for a lock or a connection would keep the user looking at "received" for nothing.
+# Short waits fail fast instead.
 LOCK_WAIT_SECONDS = 2
 
 

@@ -19,15 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, text
+from slack_sdk import WebClient
+from sqlalchemy import Engine, event, select, text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from bot.approvers import ApproverDirectory, StaticGroupSource
 from bot.forms import RequestForm
+from bot.intake import modal_updater
 from bot.policy import LoadedPolicy, parse_policy
-from bot.workflow import Workflow
-from storage.db import make_engine, make_session_factory, migrate, recreate_schema
-from storage.models import Base
+from bot.workflow import MODAL_UPDATE, Workflow
+from storage.db import make_engine, make_session_factory, migrate, recreate_schema, transaction
+from storage.models import Base, OutboxMessage
 
 POSTGRES_ENV = "FRBOT_TEST_POSTGRES_URL"
 REQUIRE_POSTGRES_ENV = "FRBOT_REQUIRE_POSTGRES"
@@ -282,6 +285,20 @@ def no_give_back_delay(monkeypatch: pytest.MonkeyPatch) -> None:
     from handlers import views as view_handlers
 
     monkeypatch.setattr(view_handlers, "GIVE_BACK_DELAY_SECONDS", 0.0)
+
+
+def queued_modal_updates(db: sessionmaker[Session]) -> list[OutboxMessage]:
+    """The modal updates the workflow queued ("received" modals' outcomes), in order."""
+    with transaction(db, read_only=True) as session:
+        query = select(OutboxMessage).where(OutboxMessage.kind == MODAL_UPDATE).order_by(OutboxMessage.id)
+        return list(session.scalars(query))
+
+
+def send_modal_updates(db: sessionmaker[Session], client: WebClient) -> None:
+    """What the outbox does with the queued modal updates once due (bot/outbox.py runs the sender by kind)."""
+    update = modal_updater(client)
+    for row in queued_modal_updates(db):
+        update(row.payload)
 
 
 # The end-to-end fixtures (stand-in, bot process, driver), shared by every e2e test module.

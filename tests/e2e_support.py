@@ -93,22 +93,17 @@ def open_form(slack: SlackDriver, stub: SlackStub, user: str) -> dict[str, Any]:
 def submit_form(slack: SlackDriver, view: dict[str, Any], user: str, **overrides: str) -> tuple[int, Any]:
     status, answer = slack.view_submission(user, view, slack_state(valid_form_values(**overrides)))
     assert slack.stub is not None
-    return status, recorded_answer(slack.stub, view, answer)
+    return status, outcome_of(slack.stub, view, answer)
 
 
-def recorded_answer(stub: SlackStub, view: dict[str, Any], answer: Any) -> Any:
-    """What the officer's modal shows once the request is recorded. The bot answers a valid form as
-    soon as it is stored ("Request received"), then updates the modal with the reference (bot/intake.py):
-    this is that update, as if the answer had carried it. Any other answer is returned as it is."""
-    return _followed_by_update(stub, view, answer, "Request received")
-
-
-def _followed_by_update(stub: SlackStub, view: dict[str, Any], answer: Any, received: str) -> Any:
-    """The modal's first update after an answer that shows `received`, as an answer's body; any other
-    answer as it is."""
+def outcome_of(stub: SlackStub, view: dict[str, Any], answer: Any) -> Any:
+    """What a modal shows once its form is recorded or refused. The bot answers a valid form at once ("Request
+    received", "Decision received", "Comment received"…), then updates the modal with the outcome
+    (handlers/views.py, bot/intake.py): this is that update, as if the answer had carried it. Any other
+    answer is returned as it is."""
     if not (isinstance(answer, dict) and answer.get("response_action") == "update"):
         return answer
-    if received not in json.dumps(answer):
+    if not str(answer["view"]["title"]["text"]).endswith(" received"):
         return answer
     return {"response_action": "update", "view": view_sent(stub, view["id"], taken=True)}
 
@@ -177,7 +172,7 @@ def decide(
     **fields: str,
 ) -> tuple[int, Any]:
     """Click `action_id` on the request's message and submit the form it opens with `fields`; the answer,
-    or with `outcome` what the modal shows once the decision is recorded (`decided_answer`)."""
+    or with `outcome` what the modal shows once the decision (or question) is recorded (`outcome_of`)."""
     stub.clear()
     click(slack, user, action_id, message)
     opened = stub.wait_for("views.open")
@@ -185,14 +180,7 @@ def decide(
     view = opened.response["view"]
     state = {block_id: {forms.ACTION_ID: _entry(view, block_id, value)} for block_id, value in fields.items()}
     status, answer = slack.view_submission(user, view, state)
-    return status, decided_answer(stub, view, answer) if outcome else answer
-
-
-def decided_answer(stub: SlackStub, view: dict[str, Any], answer: Any) -> Any:
-    """What the reviewer's modal shows once their decision is recorded or refused. The bot answers a valid
-    decision form at once ("Decision received"), then updates the modal with the outcome (handlers/views.py):
-    this is that update, as if the answer had carried it. Any other answer is returned as it is."""
-    return _followed_by_update(stub, view, answer, "Decision received")
+    return status, outcome_of(stub, view, answer) if outcome else answer
 
 
 def view_sent(stub: SlackStub, view_id: str, taken: bool = False, timeout: float = 15) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from tests.e2e_support import (
     decide,
     dms_to,
     open_form,
-    recorded_answer,
+    outcome_of,
     reference_of,
     reviewer_message,
     submit_form,
@@ -161,7 +161,7 @@ def test_officer_fixes_invalid_form_then_request_is_routed(slack: SlackDriver, s
     # The same modal delivered again (double click racing the first answer) creates no second request.
     again = SlackDriver(slack.url, SIGNING_SECRET)
     status, body = again.view_submission(OFFICER, submitted_view, slack_state(valid_form_values()))
-    assert status == 200 and reference_of(recorded_answer(stub, submitted_view, body)) == reference
+    assert status == 200 and reference_of(outcome_of(stub, submitted_view, body)) == reference
     assert len([c for c in stub.calls_to("chat.postMessage") if reference in c.args.get("text", "")]) == 2
 
 
@@ -261,7 +261,7 @@ def test_request_info_tells_the_officer(slack: SlackDriver, stub: SlackStub) -> 
     _status, body = decide(
         slack, stub, "USUP2", views.INFO_ACTION, message, question="Which exhibit is the still from?"
     )
-    assert body["response_action"] == "update"
+    assert body["view"]["title"]["text"] == "Question sent"
     dm = stub.wait_for(
         lambda c: (
             c.method == "chat.postMessage"

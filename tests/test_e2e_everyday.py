@@ -12,8 +12,8 @@ from tests.e2e_support import (
     buttons,
     decide,
     open_form,
+    outcome_of,
     posted_message,
-    recorded_answer,
     reference_of,
     reviewer_message,
     submit_form,
@@ -59,18 +59,20 @@ def test_officer_withdraws_from_the_dm(slack: SlackDriver, stub: SlackStub) -> N
 
 def test_answer_loop_reaches_the_reviewers(slack: SlackDriver, stub: SlackStub) -> None:
     officer = "UANSWER"
-    _, message = submitted(slack, stub, officer)
-    decide(slack, stub, "USUP2", views.INFO_ACTION, message, question="Which exhibit is the still from?")
+    reference, message = submitted(slack, stub, officer)
+    _, asked = decide(
+        slack, stub, "USUP2", views.INFO_ACTION, message, question="Which exhibit is the still from?"
+    )
+    assert title(asked) == "Question sent" and reference in json.dumps(asked)
     question_dm = latest_dm(stub, officer, "question")
     press(slack, stub, officer, views.ANSWER_ACTION, question_dm)
     opened = stub.wait_for("views.open")
     assert opened.ok and opened.response["view"]["callback_id"] == views.ANSWER_CALLBACK
-    status, body = slack.view_submission(
-        officer,
-        opened.response["view"],
-        {"answer": {forms.ACTION_ID: {"type": "plain_text_input", "value": "JS/1"}}},
-    )
-    assert status == 200 and body["response_action"] == "update"
+    view = opened.response["view"]
+    typed = {"answer": {forms.ACTION_ID: {"type": "plain_text_input", "value": "JS/1"}}}
+    status, body = slack.view_submission(officer, view, typed)
+    assert status == 200 and title(body) == "Answer received"  # answered before it is saved
+    assert title(outcome_of(stub, view, body)) == "Answer sent"
     thread = stub.wait_for(
         lambda c: c.method == "chat.postMessage" and c.args.get("thread_ts") == message["ts"]
     )
@@ -149,7 +151,7 @@ def test_post_use_record_after_approval(slack: SlackDriver, stub: SlackStub) -> 
             },
         },
     )
-    assert status == 200 and body["response_action"] == "update", body
+    assert status == 200 and title(outcome_of(stub, view, body)) == "Outcome recorded", body
     stub.clear()
     slack.slash_command("/fr-request", f"status {reference}", officer)
     assert "possible match" in json.dumps(stub.wait_for("response_url").args).lower()
@@ -174,7 +176,7 @@ def test_rerequest_after_rejection_is_prefilled(slack: SlackDriver, stub: SlackS
     assert necessity["element"]["initial_value"].startswith("House-to-house")
     status, body = slack.view_submission(officer, view, {})
     assert status == 200 and body["response_action"] == "update", body
-    assert reference_of(recorded_answer(stub, view, body)) != reference
+    assert reference_of(outcome_of(stub, view, body)) != reference
 
 
 def test_deputy_named_in_app_home_decides_as_deputy(slack: SlackDriver, stub: SlackStub) -> None:
@@ -205,11 +207,31 @@ def test_deputy_named_in_app_home_decides_as_deputy(slack: SlackDriver, stub: Sl
             },
         },
     )
-    assert status == 200 and body["response_action"] == "update", body
+    named = outcome_of(stub, view, body)
+    assert status == 200 and title(named) == "Deputy named" and "<@UDEPUTYX>" in json.dumps(named), body
     _, message = submitted(slack, stub, "UDELEG")
     decide(slack, stub, "UDEPUTYX", views.APPROVE_ACTION, message, rationale=APPROVAL)
     settled = wait_for_message(stub, message["channel"], message["ts"], lambda m: not buttons(m))
     assert "as deputy for" in json.dumps(settled["blocks"])
+
+
+def test_reviewer_comments_from_the_request_message(slack: SlackDriver, stub: SlackStub) -> None:
+    reference, message = submitted(slack, stub, "UCOMMENT")
+    press(slack, stub, "USUP1", views.COMMENT_ACTION, message)
+    view = stub.wait_for("views.open").response["view"]
+    assert view["callback_id"] == views.COMMENT_CALLBACK
+    text = "Spoke to the OIC: the still is from exhibit JS/1."
+    status, body = slack.view_submission(
+        "USUP1", view, {"comment": {forms.ACTION_ID: {"type": "plain_text_input", "value": text}}}
+    )
+    assert status == 200 and title(outcome_of(stub, view, body)) == "Comment added"
+    stub.clear()
+    slack.slash_command("/fr-request", f"status {reference}", "USUP1")
+    assert "exhibit JS/1" in json.dumps(stub.wait_for("response_url").args)
+
+
+def title(answer: dict[str, Any]) -> str:
+    return str(answer["view"]["title"]["text"])
 
 
 def _option(kind: str, value: str) -> dict[str, Any]:

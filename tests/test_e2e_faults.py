@@ -49,7 +49,7 @@ from storage.queries import request_with_history
 from tests.botprocess import SIGNING_SECRET, BotProcess
 from tests.conftest import GROUPS, TEST_POLICY, slack_state, valid_form_values
 from tests.conftest import wait_until as conftest_wait_until
-from tests.e2e_support import decided_answer, open_form, report_landings_to, view_sent
+from tests.e2e_support import open_form, outcome_of, report_landings_to, view_sent
 from tests.slackstub import SlackDriver, SlackStub
 
 LEASE = "4"  # seconds: a killed bot's in-flight row is retried this soon after restart
@@ -616,7 +616,7 @@ def test_database_down_or_locked_says_not_saved_and_recovers_without_restart(wor
         assert status == 200 and "Request received" in str(body), body
         world.stub.clear()
         status, body = slack.view_submission("USUP1", decision_form, rationale)
-        assert "Decision recorded" in json.dumps(decided_answer(world.stub, decision_form, body)), body
+        assert "Decision recorded" in json.dumps(outcome_of(world.stub, decision_form, body)), body
         wait_until(lambda: all_sent(world), what="notifications after the outage")
         assert bot.stop() == 0
         assert "Traceback" not in bot.log()
@@ -647,7 +647,7 @@ def test_approver_removed_from_group_loses_the_right_within_the_cache_time(world
         }
         form = opened.response["view"]  # the form opened before
         status, body = slack.view_submission("USUP3", form, state)
-        assert status == 200 and "Not recorded" in str(decided_answer(world.stub, form, body))
+        assert status == 200 and "Not recorded" in str(outcome_of(world.stub, form, body))
         assert bot.stop() == 0
     with transaction(world.db) as session:
         refused = session.scalars(select(AuditEvent).where(AuditEvent.action == "action_refused")).all()

@@ -37,7 +37,7 @@ from tests.conftest import (
     valid_form_values,
     wait_until,
 )
-from tests.e2e_support import decide, recorded_answer, reference_of, reviewer_message, submitted_reference
+from tests.e2e_support import decide, outcome_of, reference_of, reviewer_message, submitted_reference
 from tests.slackstub import SlackDriver, SlackStub
 
 # --- Which work is handed over -------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def test_the_work_after_answers_runs_in_the_follow_up_process_and_a_dead_one_is_
     status, answer = slack.view_submission("UOFFICER1", view, slack_state(valid_form_values()))
     assert status == 200
     # Stored, recorded and announced by the third follow-up process.
-    assert "FR-20" in reference_of(recorded_answer(stub, view, answer))
+    assert "FR-20" in reference_of(outcome_of(stub, view, answer))
     assert bot.stop() == 0
     assert "Traceback" not in bot.log(), bot.log()
 

@@ -28,7 +28,7 @@ from storage.db import make_engine
 from storage.models import Decision, FrRequest, OutboxMessage, OutboxStatus
 from tests.botprocess import SIGNING_SECRET, BackgroundProcess, BotProcess
 from tests.conftest import TEST_POLICY, _truncate_postgres, slack_state, valid_form_values
-from tests.e2e_support import _entry, buttons, recorded_answer, reference_of, reviewer_message, view_sent
+from tests.e2e_support import _entry, buttons, outcome_of, reference_of, reviewer_message, view_sent
 from tests.slackstub import SlackDriver, SlackStub
 
 
@@ -116,7 +116,7 @@ def submit_request(balancer: RoundRobin, stub: SlackStub, officer: str) -> str:
     assert view["callback_id"] == views.REQUEST_CALLBACK
     status, body = balancer.next().view_submission(officer, view, slack_state(valid_form_values()))
     assert status == 200 and body["response_action"] == "update", body
-    return reference_of(recorded_answer(stub, view, body))
+    return reference_of(outcome_of(stub, view, body))
 
 
 def open_decision(

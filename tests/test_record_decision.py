@@ -15,15 +15,14 @@ from sqlalchemy import func, select
 
 from bot import forms, views
 from bot.forms import RequestForm, check_decision
-from bot.intake import modal_updater
 from bot.policy import LoadedPolicy
 from bot.services import Services
-from bot.workflow import MODAL_UPDATE, MODAL_UPDATE_DELAY, Workflow
+from bot.workflow import MODAL_UPDATE_DELAY, Workflow
 from handlers import views as view_handlers
 from handlers.views import AnsweredDecision, record_decision
 from storage.db import DatabaseUnavailable, transaction
 from storage.models import AuditEvent, Decision, OutboxMessage
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, queued_modal_updates, send_modal_updates
 from tests.slackstub import SlackStub
 
 OFFICER = "UOFFICER"
@@ -77,15 +76,10 @@ class Deciding:
         self.monkeypatch.setattr(self.workflow, "decide", decide)
 
     def modal_updates(self) -> list[OutboxMessage]:
-        with transaction(self.workflow.db, read_only=True) as session:
-            query = select(OutboxMessage).where(OutboxMessage.kind == MODAL_UPDATE).order_by(OutboxMessage.id)
-            return list(session.scalars(query))
+        return queued_modal_updates(self.workflow.db)
 
     def send_modal_updates(self) -> None:
-        """What the outbox does with them once due (bot/outbox.py runs the sender by kind)."""
-        update = modal_updater(self.stub.client())
-        for row in self.modal_updates():
-            update(row.payload)
+        send_modal_updates(self.workflow.db, self.stub.client())
 
     def decisions(self) -> int:
         with transaction(self.workflow.db, read_only=True) as session:

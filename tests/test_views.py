@@ -185,16 +185,22 @@ LONG_REJECTION = check_decision(
 LONG_QUESTION = check_question({"question": longest(forms.QUESTION.max_length)})
 LONG_ANSWER = check_answer({"answer": longest(forms.ANSWER.max_length)})
 LONG_COMMENT = check_comment({"comment": longest(forms.COMMENT.max_length)})
-LONG_POST_USE = check_post_use(
-    {
-        "search_run": "yes",
-        "search_result": "possible_match",
-        "handling": "retained",
-        "handling_authority": longest(forms.HANDLING_AUTHORITY.max_length),
-        "post_use_notes": longest(forms.POST_USE_NOTES.max_length),
-    }
-)
+LONG_POST_USE_ANSWERS = {
+    "search_run": "yes",
+    "search_result": "possible_match",
+    "handling": "retained",
+    "handling_authority": longest(forms.HANDLING_AUTHORITY.max_length),
+    "post_use_notes": longest(forms.POST_USE_NOTES.max_length),
+}
+LONG_POST_USE = check_post_use(LONG_POST_USE_ANSWERS)
 SHORT_APPROVAL = DecisionForm(rationale="Necessary and proportionate for this case.")
+GIVEN_BACK_ANSWERS = {
+    "review/request_info": {"question": LONG_QUESTION},
+    "answer": {"answer": LONG_ANSWER},
+    "comment": {"comment": LONG_COMMENT},
+    "post_use": LONG_POST_USE_ANSWERS,
+    "delegation": {"deputy": DEPUTY, "starts_on": "2026-03-02", "ends_on": "2026-03-09"},
+}
 
 
 def longest_form_values(**overrides: str) -> dict[str, str]:
@@ -230,7 +236,7 @@ def _decide(workflow: Workflow, rid: int, position: int, user: str, outcome: str
 def _ask(
     workflow: Workflow, rid: int, position: int, user: str, key: str, question: str = LONG_QUESTION
 ) -> None:
-    result = workflow.request_info(rid, position, user, question, key)
+    result = workflow.request_info(rid, position, user, question, key, f"V-{key}")
     assert not isinstance(result, Refusal), result
 
 
@@ -299,7 +305,8 @@ def _run_scenario(workflow: Workflow, clock: FakeClock, policy: LoadedPolicy) ->
             out.homes[f"{state}/{user_id}"] = homes.view_for(user_id)
 
     # An authorising officer away for the week names a deputy.
-    delegated = workflow.delegate("UAUTH2", DelegationForm(deputy_id=DEPUTY, starts_on=today, ends_on=today))
+    delegation = DelegationForm(deputy_id=DEPUTY, starts_on=today, ends_on=today)
+    delegated = workflow.delegate("UAUTH2", delegation, "V-delegation")
     assert not isinstance(delegated, Refusal), delegated
     out.modals["delegation"] = views.delegation_modal(today.isoformat())
 
@@ -312,11 +319,13 @@ def _run_scenario(workflow: Workflow, clock: FakeClock, policy: LoadedPolicy) ->
     asked(rid, 0, "USUP1", "Q1")
     asked(rid, 0, "USUP2", "Q2")
     first_question = _questions(_load(workflow, rid))[0]
-    assert not isinstance(workflow.answer_info(first_question.id, REQUESTER, LONG_ANSWER), Refusal)
+    assert not isinstance(
+        workflow.answer_info(first_question.id, REQUESTER, LONG_ANSWER, "V-answer"), Refusal
+    )
     found = workflow.question(first_question.id)
     assert found is not None
     out.messages["answer_note"] = views.answer_note(*found)
-    assert not isinstance(workflow.comment(rid, "USUP2", LONG_COMMENT, "C1"), Refusal)
+    assert not isinstance(workflow.comment(rid, "USUP2", LONG_COMMENT, "C1", "V-comment"), Refusal)
     assert isinstance(workflow.authorise(rid, 0, "UNOBODY", "approve"), Refusal)  # on the timeline
     decided("passed_stage", rid, 0, "USUP1", "approve", LONG_APPROVAL)
     asked(rid, 1, "UAUTH1", "Q3")
@@ -342,7 +351,8 @@ def _run_scenario(workflow: Workflow, clock: FakeClock, policy: LoadedPolicy) ->
             title = out.modals[f"review/{action}"]["title"]["text"]
             given_back = views.decision_given_back(ctx, title, answers, "Not saved: " + "x" * 300)
             out.modals[f"review/{action}/given_back"] = given_back
-    out.modals["review/received"] = views.decision_received_modal()
+    for what in ("decision", "question", "answer", "comment", "outcome", "delegation"):
+        out.modals[f"received/{what}"] = views.form_received_modal(what)
     assert isinstance(workflow.decide(rid, 1, REQUESTER, "approve", SHORT_APPROVAL, "V-own"), Refusal)
     decided("passed_second_stage", rid, 1, DEPUTY, "approve", SHORT_APPROVAL)  # for UAUTH2
     asked(rid, 2, "UDPO1", "Q4")
@@ -350,7 +360,7 @@ def _run_scenario(workflow: Workflow, clock: FakeClock, policy: LoadedPolicy) ->
     request = _load(workflow, rid)
     review_messages("approved", request)
     out.modals["post_use"] = views.post_use_modal(request, p)
-    assert not isinstance(workflow.record_post_use(rid, REQUESTER, LONG_POST_USE), Refusal)
+    assert not isinstance(workflow.record_post_use(rid, REQUESTER, LONG_POST_USE, "V-post-use"), Refusal)
     out.views["approved"] = _view(workflow, rid, LEAD)
 
     # Request 2: rejected at the second stage.
@@ -380,8 +390,12 @@ def _run_scenario(workflow: Workflow, clock: FakeClock, policy: LoadedPolicy) ->
     out.blocks["list/mine"] = views.requests_list(workflow.my_requests(REQUESTER), p)
     out.blocks["list/none"] = views.requests_list([], p)
     home("end", REQUESTER, "UAUTH2", DEPUTY, LEAD, "USUP1")
-    # What the modals showed a moment after their answers: each request's reference, each decision's
-    # outcome, the refusal.
+    # The question's and the everyday forms given back, the database having failed, with the longest answers.
+    for name, answers in GIVEN_BACK_ANSWERS.items():
+        submitted = {**out.modals[name], "id": "V0GIVEN", "state": {"values": {}}, "hash": "1.a"}
+        out.modals[f"{name}/given_back"] = views.given_back(submitted, answers, "Not saved: " + "x" * 300)
+    # What the modals showed a moment after their answers: each request's reference, each decision's,
+    # question's and everyday form's outcome, the refusal.
     with transaction(workflow.db, read_only=True) as session:
         updates = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == MODAL_UPDATE)).all()
         for row in updates:
@@ -445,8 +459,12 @@ def test_every_reply_validates(rendered: Rendered, block_kit: BlockKit) -> None:
 
 def test_every_modal_validates(rendered: Rendered, block_kit: BlockKit) -> None:
     updates = [view["title"]["text"] for name, view in rendered.modals.items() if name.startswith("update/")]
-    assert sorted(updates) == ["Decision recorded"] * 6 + ["Not recorded"]  # six decisions, one refusal
-    assert len(rendered.modals) == 14 + len(updates)
+    # Six decisions, one refusal; five questions, an answer, a comment, the search's outcome, a deputy.
+    everyday = ["Answer sent", "Comment added", "Deputy named", "Outcome recorded"]
+    assert sorted(updates) == sorted(
+        ["Decision recorded"] * 6 + ["Not recorded"] + ["Question sent"] * 5 + everyday
+    )
+    assert len(rendered.modals) == 19 + len(GIVEN_BACK_ANSWERS) + len(updates)
     for name, view in rendered.modals.items():
         try:
             check_modal(block_kit, view)
@@ -927,3 +945,28 @@ def test_a_capped_list_builds_only_the_lines_it_shows() -> None:
     assert built == [0, 1, 2]
     assert views.capped([7, 8], 3, line) == ["• 7", "• 8"]
     assert views.capped([], 3, line) == []
+
+
+def test_a_form_given_back_has_each_answer_and_one_notice(rendered: Rendered) -> None:
+    for name, answers in GIVEN_BACK_ANSWERS.items():
+        form, given = rendered.modals[name], rendered.modals[f"{name}/given_back"]
+        assert {k: given[k] for k in form} == {**form, "blocks": given["blocks"]}, name  # only blocks differ
+        assert given["blocks"][0]["block_id"] == views.GIVEN_BACK_NOTICE
+        others = [b for b in given["blocks"][1:] if b["type"] != "input"]
+        assert others == [b for b in form["blocks"] if b["type"] != "input"], name  # what the form showed
+        shown = {}
+        for block in given["blocks"]:
+            if block["type"] == "input":
+                element = block["element"]
+                chosen = element.get("initial_option") or {}
+                shown[block["block_id"]] = (
+                    element.get("initial_value")
+                    or chosen.get("value")
+                    or element.get("initial_date")
+                    or element.get("initial_user")
+                )
+        assert shown == answers, name
+        # Given back twice (a second outage): still one notice.
+        again = views.given_back({**given, "id": "V0GIVEN"}, answers, "Not saved again")
+        notices = [b for b in again["blocks"] if b.get("block_id") == views.GIVEN_BACK_NOTICE]
+        assert len(notices) == 1 and "Not saved again" in json.dumps(notices)
