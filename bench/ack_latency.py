@@ -6,10 +6,10 @@ submission before acknowledging it, then stores the form and records it as a req
 acknowledging a command or a click); the bare app only acknowledges, answering from the thread that
 received the request as the bot does. Our latency is reported as a ratio to that floor, and to a second
 bare app with Bolt's default `process_before_response=False` (bench/bare_app.py), as a bare Bolt app is
-usually written. Submissions and decisions are also run against a third, the floor that stores each form
-(one insert into the bot's database, committed) before answering: what an answer that waits for the write
-costs (a submission's answer did until round twelve: bench/NOTES.md, item 32; a decision's until round
-thirty-two, item 63).
+usually written. The forms (submissions, decisions, comments) are also run against a third, the floor that
+stores each form (one insert into the bot's database, committed) before answering: what an answer that
+waits for the write costs (a submission's answer did until round twelve: bench/NOTES.md, item 32; a
+decision's until round thirty-two, item 63; a comment's until round thirty-three, item 65).
 
 A reviewer's decision (the decision modal's submission) is answered "received" once its form passes its
 checks, and recorded just after, under the request's row lock; the modal then shows whether it was
@@ -17,7 +17,9 @@ recorded or refused. Each decision needs a request still pending at its first st
 measured the benchmark first records enough of them (`seed_pending`, before the bot starts; their
 announcements marked sent, so no backlog of posts runs beside the levels), and every decision the bot
 answers approves a different one: after the run, every one answered must be recorded and none refused
-(`check_decisions`). The bare apps get the same payloads and only acknowledge them.
+(`check_decisions`). A reviewer's comment, standing for the everyday forms, is answered and saved the same
+way, on those requests in turn; every one answered must be recorded (`check_comments`). The bare apps get
+the same payloads and only acknowledge them.
 
 - **Think time** (the target's model): each user waits a random think time, uniform THINK_SECONDS,
   before each request (and before its first, so users do not start in step), and the level runs for
@@ -559,9 +561,9 @@ def check_comments(database_url: str, answered: int) -> None:
 
 
 def stored_floor_table(results: dict[str, Any]) -> list[str]:
-    """Submissions and decisions against the floor that stores each form before answering (`bare_app.py
-    --store`): what the one durable write costs an answer that waits for it (the bot stores a request's
-    form and records a decision just after its answer)."""
+    """The forms against the floor that stores each form before answering (`bare_app.py --store`): what
+    the one durable write costs an answer that waits for it (the bot stores a request's form, and records
+    a decision or a comment, just after its answer)."""
     rows = [
         (kind, users, samples)
         for kind in STORED_KINDS
