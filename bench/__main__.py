@@ -122,7 +122,9 @@ def main() -> None:
         "--duration", type=float, default=15.0, help="ack latency, think time: seconds per kind and level"
     )
     parser.add_argument("--sizes", default="100000,1000000", help="scale: request counts")
-    parser.add_argument("--skip", default="", help="comma-separated: ack,throughput,scale,backlog,audit")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated: ack,throughput,scale,backlog,outcome,audit"
+    )
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     url = args.postgres_url
@@ -144,6 +146,8 @@ def main() -> None:
         ran("scale", run(["bench.scale", "--url", url, "--sizes", args.sizes]))
     if "backlog" not in skip:
         ran("outbox backlog", run(["bench.outbox_backlog", "--postgres-url", url]))
+    if "outcome" not in skip:
+        ran("outcome delay", run(["bench.outcome_delay", "--postgres-url", url]))
     if "audit" not in skip:
         audit_out = OUT / "audit_verify.txt"
         started = time.perf_counter()
@@ -188,6 +192,8 @@ def main() -> None:
         section("scale.md"),
         "",
         section("outbox_backlog.md"),
+        "",
+        section("outcome_delay.md"),
         "",
         "### Audit chain (bench/audit_verify.py, PostgreSQL, 200,000 chained events)",
         "",

@@ -17,8 +17,8 @@ recorded or refused. Each decision needs a request still pending at its first st
 measured the benchmark first records enough of them (`seed_pending`, before the bot starts; their
 announcements marked sent, so no backlog of posts runs beside the levels), and every decision the bot
 answers approves a different one: after the run, every one answered must be recorded and none refused
-(`check_decisions`). A reviewer's comment, standing for the everyday forms, is answered and saved the same
-way, on those requests in turn; every one answered must be recorded (`check_comments`). The bare apps get
+(`check_recorded`). A reviewer's comment, standing for the everyday forms, is answered and saved the same
+way, on those requests in turn; every one answered must be recorded (`check_recorded`). The bare apps get
 the same payloads and only acknowledge them.
 
 - **Think time** (the target's model): each user waits a random think time, uniform THINK_SECONDS,
@@ -518,46 +518,38 @@ def main() -> None:
                 worker.stop()
         late = stub.late_acks
 
-    if "decision" in kinds:
-        answered = sum(
-            len(samples) for model in models for samples in results[model]["bot"]["decision"].values()
-        )
-        check_decisions(database_url, answered)
-    if "comment" in kinds:
-        answered = sum(
-            len(samples) for model in models for samples in results[model]["bot"]["comment"].values()
-        )
-        check_comments(database_url, answered)
+    answered = {
+        kind: sum(len(samples) for model in models for samples in results[model]["bot"][kind].values())
+        for kind in kinds
+        if kind in RECORDED_AS
+    }
+    check_recorded(database_url, answered)
     print(json.dumps({"memory_kib": memory, "late_acks": late, "refused_calls": refused}, indent=2))
     write_results(results, rates, cpu, waits, round_ratios, memory, late, refused, database_url, args)
 
 
-def check_decisions(database_url: str, answered: int) -> None:
-    """Every decision the bot answered was recorded once the bot stopped (a clean stop finishes what it
-    answered), and none refused: each approved a different pending request."""
+# The row each answered form of these kinds leaves once it is recorded.
+RECORDED_AS: dict[str, type[Decision] | type[Comment]] = {"decision": Decision, "comment": Comment}
+
+
+def check_recorded(database_url: str, answered: dict[str, int]) -> None:
+    """Every decision and comment the bot answered (`answered`, by kind) was recorded once the bot stopped
+    (a clean stop finishes what it answered), and none refused: each went to a different pending request."""
+    if not answered:
+        return
     engine = make_engine(database_url)
     try:
         with transaction(make_session_factory(engine), read_only=True) as session:
-            recorded = session.scalar(select(func.count()).select_from(Decision))
+            recorded = {
+                kind: session.scalar(select(func.count()).select_from(RECORDED_AS[kind])) for kind in answered
+            }
             refused = session.scalar(
                 select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "action_refused")
             )
     finally:
         engine.dispose()
-    if (recorded, refused) != (answered, 0):
-        raise RuntimeError(f"{answered} decisions answered, {recorded} recorded, {refused} refused")
-
-
-def check_comments(database_url: str, answered: int) -> None:
-    """Every comment the bot answered was recorded once the bot stopped."""
-    engine = make_engine(database_url)
-    try:
-        with transaction(make_session_factory(engine), read_only=True) as session:
-            recorded = session.scalar(select(func.count()).select_from(Comment))
-    finally:
-        engine.dispose()
-    if recorded != answered:
-        raise RuntimeError(f"{answered} comments answered, {recorded} recorded")
+    if recorded != answered or refused:
+        raise RuntimeError(f"answered {answered}, recorded {recorded}, {refused} refused")
 
 
 def stored_floor_table(results: dict[str, Any]) -> list[str]:

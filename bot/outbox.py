@@ -24,6 +24,7 @@ Delivery guarantee (README, "Reliability"):
 
 from __future__ import annotations
 
+import heapq
 import logging
 import random
 import socket
@@ -88,6 +89,13 @@ PERMANENT_ERRORS = {
     "missing_scope": "the app lacks a scope: reinstall it from manifest.yml",
 }
 MAX_BACKOFF_SECONDS = 300.0
+# A pass for a row that falls due later runs this long after: its clock must read the row as due.
+DUE_MARGIN_SECONDS = 0.01
+# How long a pass for a row due later (or a pace key's release) waits for another pass to serve it: under
+# load a pass runs every few milliseconds for new rows, and one more for each modal's outcome, a second
+# after each save, would double them.
+PASS_GRACE_SECONDS = 0.05
+STALE_PASS_SECONDS = 5.0
 # Kinds that post a new message (the rest edit or publish, which a retry simply redoes).
 POST_KINDS = frozenset({"post_review", "dm", "channel_post", "stage_note"})
 STAGE_POST_KINDS = ("post_review", "stage_note")  # posted to the channel of their stage
@@ -220,7 +228,8 @@ class OutboxDispatcher:
         self._wake = threading.Event()
         self._wake_lock = threading.Lock()
         self._pass_wanted = False  # a wake that asks for a pass now, not only at a pace key's release
-        self._pass_at: float | None = None  # monotonic: when queued rows' keys are free to send
+        # Monotonic times, a heap: when queued rows fall due or their pace keys are free to send.
+        self._pass_times: list[float] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._paced_wait: float | None = None  # soonest a row skipped for pacing may go
@@ -238,30 +247,36 @@ class OutboxDispatcher:
     def wake(self, queued: Sequence[Mapping[str, Any]] | None = None) -> None:
         """New rows may be due: pass now. `queued`: the values of the rows just committed (new requests'
         rows and rows of no request, as `workflow.outbox_row` gives them), when the caller has them: if
-        none of them may go now, as every one that is due waits for a pace key that has sent its share,
-        the pass waits for the first of those keys to be free instead. Under a burst into one channel
-        each recorded batch would otherwise cost a pass (two due queries over the whole backlog) that
-        can send nothing (bench/NOTES.md item 36)."""
+        none of them may go now, as each waits for a pace key that has sent its share or falls due later,
+        the pass waits for the first of those moments instead. Under a burst into one channel each
+        recorded batch would otherwise cost a pass (two due queries over the whole backlog) that can send
+        nothing (bench/NOTES.md item 36); a row due later (a modal's outcome, a second after its save)
+        would wait for the poll after it fell due (item 67)."""
         if self.wake_elsewhere is not None:
             self._wake.set()
             self.wake_elsewhere()
             return
-        free_in = self._free_in(queued) if queued is not None else 0.0
+        now_wanted, later = self._pass_moments(queued) if queued is not None else (True, None)
         with self._wake_lock:
-            if free_in is None:
-                return  # nothing due yet: the poll finds it
-            if free_in <= 0:
-                self._pass_wanted = True
-            else:
-                at = time.monotonic() + free_in
-                self._pass_at = at if self._pass_at is None else min(self._pass_at, at)
+            if not now_wanted and later is None:
+                return  # no rows
+            self._pass_wanted = self._pass_wanted or now_wanted
+            if later is not None:
+                now = time.monotonic()
+                # Long past: served by a pass, or no loop runs here to take it (the heap stays small).
+                while self._pass_times and self._pass_times[0] <= now - STALE_PASS_SECONDS:
+                    heapq.heappop(self._pass_times)
+                heapq.heappush(self._pass_times, now + later)
         self._wake.set()
 
-    def _free_in(self, queued: Sequence[Mapping[str, Any]]) -> float | None:
-        """Seconds until the first of the queued rows may be sent as far as the pace allows (0: now);
-        None if none is due yet. Only each request's first row counts: the rest wait behind it."""
+    def _pass_moments(self, queued: Sequence[Mapping[str, Any]]) -> tuple[bool, float | None]:
+        """Whether one of the queued rows is due and may be sent now as far as the pace allows, and in how
+        many seconds a later pass is wanted: when the first of them falls due (those a pass now would not
+        see), or, if none may go now, when the first is free to go. Only each request's first row counts:
+        the rest wait behind it."""
         now = self.clock()
-        waits = []
+        paced: list[float] = []
+        due_later: list[float] = []
         requests: set[int] = set()
         for row in queued:
             request_id = row["request_id"]
@@ -269,14 +284,17 @@ class OutboxDispatcher:
                 if request_id in requests:
                     continue
                 requests.add(request_id)
-            if row["next_attempt_at"] > now:
-                continue
             key = row["pace_key"]
             wait = self.pacer.ready_in([key]) if key else 0.0
-            if wait <= 0:
-                return 0.0
-            waits.append(wait)
-        return min(waits, default=None)
+            if row["next_attempt_at"] > now:
+                # A moment after: the pass must find it due by its own clock.
+                due_in = (row["next_attempt_at"] - now).total_seconds() + DUE_MARGIN_SECONDS
+                due_later.append(max(wait, due_in))
+            else:
+                paced.append(wait)
+        if any(wait <= 0 for wait in paced):
+            return True, min(due_later, default=None)
+        return False, min(paced + due_later, default=None)
 
     def note_landing(self, landing: Landing) -> bool:
         """Take Slack's report of a post this dispatcher is still sending (the event often comes before
@@ -322,21 +340,22 @@ class OutboxDispatcher:
             self._sleep(wait)
 
     def _sleep(self, wait: float) -> None:
-        """Until the next pass: `wait` seconds, a wake that asks for a pass now, or the moment the keys of
-        rows queued meanwhile are free, whichever comes first."""
+        """Until the next pass: `wait` seconds, a wake that asks for a pass now, or the moment rows queued
+        earlier fall due or their keys are free (with PASS_GRACE_SECONDS for another pass to come first),
+        whichever comes first."""
         until = time.monotonic() + wait
         while not self._stop.is_set():
-            remaining = until - time.monotonic()
-            if remaining <= 0 or not self._wake.wait(remaining):
-                return
             with self._wake_lock:
-                self._wake.clear()
-                wanted, at = self._pass_wanted, self._pass_at
-                self._pass_wanted, self._pass_at = False, None
-            if wanted:
-                return
-            if at is not None:
-                until = min(until, at)
+                self._wake.clear()  # before the flags are read: a wake after this sets it again
+                now = time.monotonic()
+                if self._pass_times:
+                    until = min(until, self._pass_times[0] + PASS_GRACE_SECONDS)
+                if self._pass_wanted or until <= now:
+                    self._pass_wanted = False
+                    while self._pass_times and self._pass_times[0] <= now:
+                        heapq.heappop(self._pass_times)  # the pass about to run serves it
+                    return
+            self._wake.wait(until - now)
 
     # --- One pass ---------------------------------------------------------------------------------
 

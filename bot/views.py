@@ -469,25 +469,13 @@ def decision_modal(request: FrRequest, policy: Policy, ctx: ReviewContext) -> di
     return modal(f"{verb} {request.reference}", blocks, DECISION_CALLBACK, ctx.model_dump_json(), submit=verb)
 
 
-def decision_given_back(
-    ctx: ReviewContext, title: str, answers: dict[str, str], notice: str
-) -> dict[str, Any]:
-    """A reviewer's decision form that could not be recorded, put back with their answers and `notice`
-    saying why (handlers/views.py). `title`: the submitted form's, which names the request. Built without
-    the database, which may be what failed: the request's summary is left out."""
-    blocks = [section(f":warning: *{esc(notice)}*"), *_decision_inputs(ctx, answers)]
-    return modal(title, blocks, DECISION_CALLBACK, ctx.model_dump_json(), submit=_decision_verb(ctx))
-
-
-def _decision_inputs(ctx: ReviewContext, answers: dict[str, str] | None = None) -> list[Block]:
-    answers = answers or {}
+def _decision_inputs(ctx: ReviewContext) -> list[Block]:
     blocks: list[Block] = []
     if ctx.action == "reject":
-        reasons = list(forms.REASON_CODES.items())
-        blocks.append(select_input(forms.REASON_CODE, reasons, answers.get(forms.REASON_CODE.block_id)))
-    blocks.append(text_input(forms.RATIONALE, answers.get(forms.RATIONALE.block_id)))
+        blocks.append(select_input(forms.REASON_CODE, list(forms.REASON_CODES.items())))
+    blocks.append(text_input(forms.RATIONALE))
     if ctx.action == "approve":
-        blocks.append(text_input(forms.CONDITIONS, answers.get(forms.CONDITIONS.block_id)))
+        blocks.append(text_input(forms.CONDITIONS))
     return blocks
 
 
@@ -556,9 +544,14 @@ def comment_added_modal() -> dict[str, Any]:
     return notice_modal("Comment added", ":memo: Your comment is in the request's timeline.")
 
 
+# The post-use form's name to its author ("Search outcome received", "Your search outcome was not recorded").
+POST_USE_NAME = "search outcome"
+
+
 def post_use_recorded_modal() -> dict[str, Any]:
     return notice_modal(
-        "Outcome recorded", ":white_check_mark: The outcome is recorded and the request is closed."
+        "Search outcome recorded",
+        ":white_check_mark: The search's outcome is recorded and the request is closed.",
     )
 
 
@@ -576,10 +569,11 @@ _VIEW_KEYS = ("type", "callback_id", "title", "close", "submit", "private_metada
 
 
 def given_back(submitted: dict[str, Any], answers: dict[str, str], notice: str) -> dict[str, Any]:
-    """A question's or an everyday form that could not be saved, put back as it was submitted with the
-    user's `answers` filled in and `notice` saying why (handlers/views.py). Built from the submitted view,
-    not from the database, which may be what failed. The "received" answer replaced the form, so Slack
-    kept none of what was typed: each input gets its answer as its initial value."""
+    """A reviewer's decision or question, or an everyday form, that could not be saved, put back as it was
+    submitted (the request's summary included) with the user's `answers` filled in and `notice` saying
+    why (handlers/views.py). Built from the submitted view, not from the database, which may be what
+    failed. The "received" answer replaced the form, so Slack kept none of what was typed: each input
+    gets its answer as its initial value."""
     blocks = [
         _answered(block, answers.get(str(block.get("block_id"))))
         for block in submitted.get("blocks") or []

@@ -7,8 +7,8 @@ from the database, so Slack gets it within the time of a bare app's ack, and the
 A reviewer's decision is answered the same way ("received"; `record_decision`): recording it takes the
 request's row lock and the audit chain's head, which under load can wait on other writers, and Slack's
 3 seconds must not. Its outcome (recorded, refused as a duplicate, not allowed) is queued in the same
-transaction and replaces the answer a moment later; if it cannot be recorded, the form comes back with the
-reviewer's answers.
+transaction and replaces the answer a moment later; if it cannot be recorded, the form comes back as it was
+submitted (the request's summary included), with the reviewer's answers filled in.
 
 A reviewer's question and the everyday forms (an officer's answer, a comment, the search's outcome, a
 deputy) are answered the same way (`save_form`): "received", then saved, the outcome queued with it; if they
@@ -48,9 +48,7 @@ GIVE_BACK_DELAY_SECONDS = MODAL_UPDATE_DELAY.total_seconds()
 DECISION_NOT_STORED = (
     "Not recorded: the bot could not record your decision. Your answers are kept; submit again in a minute."
 )
-DECISION_NOT_SAVED_CLOSED = views.not_recorded_text(
-    "the bot could not save it just now. Please decide again from the request's message in a minute."
-)
+DECIDE_AGAIN = "Please decide again from the request's message in a minute."
 FORM_NOT_STORED = "Not saved: the bot could not save this. Your answers are kept; submit again in a minute."
 NOT_SAVED_CLOSED = (
     ":warning: Your FR request was *not saved*: the bot could not store it just now. Nothing was recorded "
@@ -97,13 +95,12 @@ def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
             ack(response_action="errors", errors=exc.errors)
             return
         ack(response_action="update", view=views.decision_received_modal())
-        title = str((view.get("title") or {}).get("text") or "Decision")
-        answered = AnsweredDecision(ctx, body["user"]["id"], form, raw, str(view["id"]), title)
-        after_answer("view_submission", record_decision, services, client, answered)
+        answered = AnsweredForm(body["user"]["id"], view, raw, "decision", DECIDE_AGAIN)
+        after_answer("view_submission", record_decision, services, client, answered, ctx, form)
 
     @app.view(views.INFO_CALLBACK)
     def question_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
-        form = SmallForm(ack, view, body["user"]["id"], "question", after_answer, client)
+        form = SmallForm.of(ack, body, view, client, "question", after_answer)
         ctx = _context(view)
         asking = ctx if ctx is not None and ctx.action == "request_info" else None
 
@@ -154,78 +151,63 @@ def store_request(services: Services, client: WebClient, answered: AnsweredReque
 
 
 @dataclass(frozen=True)
-class AnsweredDecision:
-    """A reviewer's checked decision form, answered "received" and not yet recorded."""
-
-    context: views.ReviewContext
-    reviewer_id: str
-    form: forms.DecisionForm
-    raw: dict[str, str]  # the reviewer's answers as typed, to put back in the modal if it cannot be recorded
-    view_id: str
-    title: str  # the modal's title, which names the request
-
-
-def record_decision(services: Services, client: WebClient, answered: AnsweredDecision) -> None:
-    """Record an answered decision; the same transaction queues the modal's update with the outcome
-    (`Workflow.decide`). If the database cannot take it, the reviewer gets the form back with their
-    answers (or, if they closed the modal, a direct message), so it is never taken as recorded."""
-    ctx = answered.context
-    _save_or_give_back(
-        "decision",
-        lambda: services.workflow.decide(
-            ctx.request_id, ctx.position, answered.reviewer_id, ctx.action, answered.form, answered.view_id
-        ),
-        lambda reason: _give_back_decision(client, answered, reason),
-        DECISION_NOT_STORED,
-    )
-
-
-@dataclass(frozen=True)
 class AnsweredForm:
-    """A question's or an everyday form, checked, answered "received" and not yet saved."""
+    """A reviewer's decision or question, or an everyday form: checked, answered "received" and not yet
+    saved."""
 
     user_id: str
     view: dict[str, Any]  # the submitted modal, put back with the answers if the form cannot be saved
     raw: dict[str, str]  # the answers as typed
-    what: str  # names the form to its author: "question", "comment"…
+    what: str  # names the form to its author: "decision", "comment"…
+    again: str = "Please try again in a minute."  # to its author if they closed the modal and it was lost
 
 
-def save_form(client: WebClient, answered: AnsweredForm, save: Callable[[], object]) -> None:
-    """Save an answered form (`save` queues the modal's update with the outcome in its transaction,
-    `Workflow._show`). If the database cannot take it, the form comes back with the answers (or, if the
-    modal was closed, a direct message says it was not recorded)."""
-    _save_or_give_back(
-        answered.what, save, lambda reason: _give_back_form(client, answered, reason), FORM_NOT_STORED
+def record_decision(
+    services: Services,
+    client: WebClient,
+    answered: AnsweredForm,
+    ctx: views.ReviewContext,
+    form: forms.DecisionForm,
+) -> None:
+    """Record an answered decision (`save_form`); the same transaction queues the modal's update with the
+    outcome (`Workflow.decide`), so the reviewer is shown what the database holds."""
+    save_form(
+        client,
+        answered,
+        lambda: services.workflow.decide(
+            ctx.request_id, ctx.position, answered.user_id, ctx.action, form, str(answered.view["id"])
+        ),
+        DECISION_NOT_STORED,
     )
 
 
-def _save_or_give_back(
-    what: str, save: Callable[[], object], give_back: Callable[[str], None], not_stored: str
+def save_form(
+    client: WebClient,
+    answered: AnsweredForm,
+    save: Callable[[], object],
+    not_stored: str = FORM_NOT_STORED,
 ) -> None:
+    """Save an answered form (`save` queues the modal's update with the outcome in its transaction,
+    `Workflow._show`). If the database cannot take it, or a defect stops it (`not_stored`, and raised),
+    the form comes back with the answers, or, if the modal was closed, a direct message says it was not
+    recorded: nobody is left believing it is."""
     try:
         save()
     except DatabaseUnavailable as exc:
-        log.error("%s not saved: %s", what, exc)
-        give_back(NOT_SAVED)
-    except Exception as exc:  # a defect: nobody must be left believing it is recorded
-        log.error("%s not saved: %s", what, type(exc).__name__)  # the type only: errors can quote the form
-        give_back(not_stored)
+        log.error("%s not saved: %s", answered.what, exc)
+        _give_back_form(client, answered, NOT_SAVED)
+    except Exception as exc:
+        # The type only: errors can quote the form.
+        log.error("%s not saved: %s", answered.what, type(exc).__name__)
+        _give_back_form(client, answered, not_stored)
         raise
 
 
 def _give_back_form(client: WebClient, answered: AnsweredForm, reason: str) -> None:
     time.sleep(GIVE_BACK_DELAY_SECONDS)
     form = views.given_back(answered.view, answered.raw, reason)
-    closed = views.not_recorded_text(
-        "the bot could not save it just now. Please try again in a minute.", answered.what
-    )
+    closed = views.not_recorded_text(f"the bot could not save it just now. {answered.again}", answered.what)
     _put_back(client, str(answered.view["id"]), form, answered.user_id, closed)
-
-
-def _give_back_decision(client: WebClient, answered: AnsweredDecision, reason: str) -> None:
-    time.sleep(GIVE_BACK_DELAY_SECONDS)
-    form = views.decision_given_back(answered.context, answered.title, answered.raw, reason)
-    _put_back(client, answered.view_id, form, answered.reviewer_id, DECISION_NOT_SAVED_CLOSED)
 
 
 def _give_back(
@@ -288,6 +270,18 @@ class SmallForm:
     after_answer: AfterAnswer
     client: WebClient
 
+    @classmethod
+    def of(
+        cls,
+        ack: Ack,
+        body: dict[str, Any],
+        view: dict[str, Any],
+        client: WebClient,
+        what: str,
+        after_answer: AfterAnswer,
+    ) -> SmallForm:
+        return cls(ack, view, body["user"]["id"], what, after_answer, client)
+
 
 def _small_modal(
     form: SmallForm,
@@ -317,14 +311,9 @@ def register_everyday(app: App, services: Services, after_answer: AfterAnswer) -
     workflow = services.workflow
     policy = services.policy.policy
 
-    def small_form(
-        ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient, what: str
-    ) -> SmallForm:
-        return SmallForm(ack, view, body["user"]["id"], what, after_answer, client)
-
     @app.view(views.ANSWER_CALLBACK)
     def answer_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
-        form = small_form(ack, body, view, client, "answer")
+        form = SmallForm.of(ack, body, view, client, "answer", after_answer)
         info_id = _item(view).info_id
         _small_modal(
             form,
@@ -336,7 +325,7 @@ def register_everyday(app: App, services: Services, after_answer: AfterAnswer) -
 
     @app.view(views.COMMENT_CALLBACK)
     def comment_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
-        form = small_form(ack, body, view, client, "comment")
+        form = SmallForm.of(ack, body, view, client, "comment", after_answer)
         request_id, view_id = _item(view).request_id, str(view["id"])
         _small_modal(
             form,
@@ -348,7 +337,7 @@ def register_everyday(app: App, services: Services, after_answer: AfterAnswer) -
 
     @app.view(views.POST_USE_CALLBACK)
     def post_use_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
-        form = small_form(ack, body, view, client, "outcome")
+        form = SmallForm.of(ack, body, view, client, views.POST_USE_NAME, after_answer)
         request_id = _item(view).request_id
         fields = (
             forms.SEARCH_RUN.block_id,
@@ -367,7 +356,7 @@ def register_everyday(app: App, services: Services, after_answer: AfterAnswer) -
 
     @app.view(views.DELEGATE_CALLBACK)
     def delegation_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
-        form = small_form(ack, body, view, client, "delegation")
+        form = SmallForm.of(ack, body, view, client, "delegation", after_answer)
         today = workflow.clock().astimezone(policy.zone).date()
         _small_modal(
             form,

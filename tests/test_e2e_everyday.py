@@ -151,7 +151,7 @@ def test_post_use_record_after_approval(slack: SlackDriver, stub: SlackStub) -> 
             },
         },
     )
-    assert status == 200 and title(outcome_of(stub, view, body)) == "Outcome recorded", body
+    assert status == 200 and title(outcome_of(stub, view, body)) == "Search outcome recorded", body
     stub.clear()
     slack.slash_command("/fr-request", f"status {reference}", officer)
     assert "possible match" in json.dumps(stub.wait_for("response_url").args).lower()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
-from bot import cli
+from bot import cli, views
 from bot.copies import (
     METADATA_EVENT_TYPE,
     Landing,
@@ -25,10 +25,11 @@ from bot.copies import (
     post_metadata,
     record_landing,
 )
-from bot.forms import DecisionForm, check_request
+from bot.forms import DecisionForm, RequestForm, check_request
+from bot.intake import modal_updater
 from bot.outbox import OutboxDispatcher, Sent, dispatcher_client, list_outbox, retry_outbox
 from bot.pacing import Pacer, Rate, SlackLimits, post_key
-from bot.workflow import Workflow, enqueue
+from bot.workflow import MODAL_UPDATE, MODAL_UPDATE_DELAY, Workflow, enqueue
 from storage.db import transaction
 from storage.models import AuditEvent, DirectMessage, OutboxMessage, OutboxStatus, StageReview, utcnow
 from tests.conftest import FakeClock, statements_run, valid_form_values
@@ -682,6 +683,39 @@ def test_the_dispatcher_sleeps_after_a_pass_that_sent_what_was_due(
         assert sum("GROUP BY" in statement for statement in sent) == 1
     finally:
         dispatcher.stop()
+
+
+def test_a_row_due_later_is_sent_when_it_falls_due_not_at_the_next_poll(
+    workflow: Workflow, stub: SlackStub, form: RequestForm
+) -> None:
+    """A modal's outcome is queued due a second after its save (MODAL_UPDATE_DELAY, so that Slack shows
+    the "received" answer first): the save's commit tells the dispatcher when, and it passes then, not at
+    its next poll after that, a poll away (bench/NOTES.md item 67). The poll here is a minute: only the
+    commit's wake can send the update within the test's wait. On the real clock, as the bot runs."""
+    client = dispatcher_client(stub.client(), timeout=5)
+    senders = {"publish_home": lambda payload: None, MODAL_UPDATE: modal_updater(client)}
+    dispatcher = OutboxDispatcher(workflow.db, client, workflow.policy, poll_seconds=60, senders=senders)
+    real = Workflow(workflow.db, workflow.loaded, workflow.approvers, on_outbox=dispatcher.wake)
+    request_id = real.submit(form, "UOFFICER", "T0TEST", "VDUE").request_id
+    request = real.load(request_id)
+    assert request is not None
+    opened = stub.client().views_open(
+        trigger_id=stub.issue_trigger_id("USUP1"), view=views.comment_modal(request, workflow.policy)
+    )
+    view_id = opened["view"]["id"]
+    dispatcher.start()
+    try:
+        stub.wait_for("chat.postMessage", timeout=10)  # the first pass sent the request's post
+        saved_at = time.monotonic()
+        real.comment(request_id, "USUP1", "Spoke to the OIC.", "VCOMMENT", view_id)
+        update = stub.wait_for(
+            lambda call: call.method == "views.update" and call.args.get("view_id") == view_id, timeout=10
+        )
+        shown_after = time.monotonic() - saved_at
+    finally:
+        dispatcher.stop()
+    assert update.ok and update.args["view"]["title"]["text"] == "Comment added"
+    assert MODAL_UPDATE_DELAY.total_seconds() <= shown_after < 10
 
 
 def test_a_stage_post_reads_each_of_its_requests_collections_once(

@@ -1,7 +1,8 @@
 """A reviewer's decision is answered once its form passes its checks and recorded just after
 (handlers/views.py `record_decision`): recorded or refused, the same transaction queues the modal's update
 with the outcome (sent by the outbox, bot/intake.py `modal_updater`); not recorded, the reviewer gets the
-form back with their answers, or a direct message if they closed it. Against the Slack stand-in over HTTP."""
+form back as it was submitted with their answers, or a direct message if they closed it. Against the Slack
+stand-in over HTTP."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from bot.policy import LoadedPolicy
 from bot.services import Services
 from bot.workflow import MODAL_UPDATE_DELAY, Workflow
 from handlers import views as view_handlers
-from handlers.views import AnsweredDecision, record_decision
+from handlers.views import DECIDE_AGAIN, AnsweredForm, record_decision
 from storage.db import DatabaseUnavailable, transaction
 from storage.models import AuditEvent, Decision, OutboxMessage
 from tests.conftest import FakeClock, queued_modal_updates, send_modal_updates
@@ -48,8 +49,8 @@ class Deciding:
             return {forms.RATIONALE.block_id: RATIONALE, forms.CONDITIONS.block_id: "Only the one still."}
         return {forms.RATIONALE.block_id: RATIONALE, forms.REASON_CODE.block_id: REASON}
 
-    def open_form(self, action: str = "approve", user: str = REVIEWER) -> tuple[str, str]:
-        """The reviewer's decision modal, opened in the stand-in: its id and title."""
+    def open_form(self, action: str = "approve", user: str = REVIEWER) -> dict[str, Any]:
+        """The reviewer's decision modal, opened in the stand-in, as Slack holds it."""
         request = self.workflow.load(self.request_id)
         assert request is not None
         ctx = self.context(action)
@@ -57,17 +58,18 @@ class Deciding:
         opened = self.stub.client().views_open(
             trigger_id=trigger, view=views.decision_modal(request, self.policy.policy, ctx)
         )
-        return str(opened["view"]["id"]), str(opened["view"]["title"]["text"])
+        return dict(opened["view"])
 
     def context(self, action: str) -> views.ReviewContext:
         return views.ReviewContext(request_id=self.request_id, position=0, action=action)
 
-    def record(self, view_id: str, title: str, action: str = "approve", user: str = REVIEWER) -> None:
+    def record(self, view: dict[str, Any], action: str = "approve", user: str = REVIEWER) -> None:
+        """The listener's work after its answer, for `view` submitted with this action's answers."""
         answers = self.answers(action)
         form = check_decision(answers, action)
-        answered = AnsweredDecision(self.context(action), user, form, answers, view_id, title)
+        answered = AnsweredForm(user, view, answers, "decision", DECIDE_AGAIN)
         services = cast(Services, SimpleNamespace(workflow=self.workflow, policy=self.policy))
-        record_decision(services, self.stub.client(), answered)
+        record_decision(services, self.stub.client(), answered, self.context(action), form)
 
     def fail_with(self, error: Exception) -> None:
         def decide(*_args: Any, **_kwargs: Any) -> None:
@@ -104,8 +106,9 @@ def deciding(
 def test_a_recorded_decision_shows_its_outcome_in_the_modal_a_moment_later(
     deciding: Deciding, clock: FakeClock
 ) -> None:
-    view_id, title = deciding.open_form()
-    deciding.record(view_id, title)
+    view = deciding.open_form()
+    view_id = view["id"]
+    deciding.record(view)
 
     assert deciding.decisions() == 1
     [row] = deciding.modal_updates()
@@ -121,12 +124,12 @@ def test_a_recorded_decision_shows_its_outcome_in_the_modal_a_moment_later(
 
 
 def test_a_refused_decision_is_shown_and_a_closed_modal_gets_it_as_a_message(deciding: Deciding) -> None:
-    view_id, title = deciding.open_form()
-    deciding.record(view_id, title)
+    deciding.record(deciding.open_form())
     # The same reviewer again, from a second form (a double click): refused, and on record as refused.
-    second_id, _ = deciding.open_form()
-    deciding.record(second_id, title)
-    deciding.record("VCLOSED", title)  # a form whose modal the reviewer has closed meanwhile
+    second = deciding.open_form()
+    second_id = second["id"]
+    deciding.record(second)
+    deciding.record({**second, "id": "VCLOSED"})  # a form whose modal the reviewer has closed meanwhile
 
     assert deciding.decisions() == 1
     with transaction(deciding.workflow.db, read_only=True) as session:
@@ -149,13 +152,17 @@ def test_a_decision_the_database_cannot_take_comes_back_with_the_answers(
     deciding: Deciding, action: str
 ) -> None:
     deciding.fail_with(DatabaseUnavailable("locked"))
-    view_id, title = deciding.open_form(action)
-    deciding.record(view_id, title, action)
+    view = deciding.open_form(action)
+    deciding.record(view, action)
 
     assert deciding.decisions() == 0 and deciding.modal_updates() == []
-    shown = deciding.shown(view_id)
+    shown = deciding.shown(view["id"])
     assert shown["callback_id"] == views.DECISION_CALLBACK and shown["submit"]["text"] == action.title()
-    assert shown["title"]["text"] == title  # which names the request
+    assert shown["title"] == view["title"]  # which names the request
+    # What the form showed is shown again: the request's summary the reviewer decides on.
+    assert [b for b in shown["blocks"] if b["type"] != "input"][1:] == [
+        b for b in view["blocks"] if b["type"] != "input"
+    ]
     assert view_handlers.NOT_SAVED in json.dumps(shown)
     assert views.ReviewContext.model_validate_json(shown["private_metadata"]) == deciding.context(action)
     initial = {
@@ -173,15 +180,18 @@ def test_a_decision_the_database_cannot_take_comes_back_with_the_answers(
 
 def test_a_closed_modal_is_told_by_direct_message_that_the_decision_was_not_saved(deciding: Deciding) -> None:
     deciding.fail_with(DatabaseUnavailable("down"))
-    deciding.record("VCLOSED", "Approve FR-2026-00001")
+    closed = {**deciding.open_form(), "id": "VCLOSED"}
+    deciding.stub.clear()  # the stand-in serves the whole session: only this test's calls
+    deciding.record(closed)
     assert deciding.stub.calls_to("views.update")[-1].response["error"] == "not_found"
     told = deciding.stub.wait_for("chat.postMessage")
     assert told.ok and told.args["channel"] == REVIEWER and "*not recorded*" in told.args["text"]
+    assert DECIDE_AGAIN in told.args["text"]
 
 
 def test_an_unexpected_error_gives_the_decision_back_and_is_raised(deciding: Deciding) -> None:
     deciding.fail_with(RuntimeError("crim/123456/26 in an error"))
-    view_id, title = deciding.open_form()
+    view = deciding.open_form()
     with pytest.raises(RuntimeError):  # AfterAnswer logs it as a listener failure (bot/guard.py)
-        deciding.record(view_id, title)
-    assert view_handlers.DECISION_NOT_STORED in json.dumps(deciding.shown(view_id))
+        deciding.record(view)
+    assert view_handlers.DECISION_NOT_STORED in json.dumps(deciding.shown(view["id"]))

@@ -118,7 +118,7 @@ KINDS = [
         "Comment added",
     ),
     Kind(
-        "outcome",
+        views.POST_USE_NAME,
         OFFICER,
         {
             forms.SEARCH_RUN.block_id: "yes",
@@ -128,7 +128,7 @@ KINDS = [
         },
         _post_use_modal,
         lambda w, rid, raw, view_id: w.record_post_use(rid, OFFICER, forms.check_post_use(raw), view_id),
-        "Outcome recorded",
+        "Search outcome recorded",
     ),
     Kind(
         "delegation",
@@ -238,11 +238,13 @@ def test_a_form_the_database_cannot_take_comes_back_as_submitted_with_the_answer
 
 def test_a_closed_modal_is_told_by_direct_message_that_the_form_was_not_saved(saving: Saving) -> None:
     kind = KINDS[2]  # a comment
-    saving.save(kind, {**saving.open_form(kind), "id": "VCLOSED"}, _fails_with(DatabaseUnavailable("down")))
+    closed = {**saving.open_form(kind), "id": "VCLOSED"}
+    saving.stub.clear()  # the stand-in serves the whole session: only this test's calls
+    saving.save(kind, closed, _fails_with(DatabaseUnavailable("down")))
     assert saving.stub.calls_to("views.update")[-1].response["error"] == "not_found"
     told = saving.stub.wait_for("chat.postMessage")
     assert told.ok and told.args["channel"] == REVIEWER
-    assert "Your comment was *not recorded*" in told.args["text"]
+    assert "Your comment was *not recorded*: the bot could not save it just now" in told.args["text"]
 
 
 def test_an_unexpected_error_gives_the_form_back_and_is_raised(saving: Saving) -> None:

@@ -175,13 +175,16 @@ def check_modal(block_kit: BlockKit, view: dict[str, Any]) -> None:
 
 # --- Realistic rows, from the real workflow -------------------------------------------------------
 
-LONG_APPROVAL = check_decision(
-    {"rationale": longest(forms.RATIONALE.max_length), "conditions": longest(forms.CONDITIONS.max_length)},
-    "approve",
-)
-LONG_REJECTION = check_decision(
-    {"rationale": longest(forms.RATIONALE.max_length), "reason_code": "alternatives_not_exhausted"}, "reject"
-)
+LONG_APPROVAL_ANSWERS = {
+    "rationale": longest(forms.RATIONALE.max_length),
+    "conditions": longest(forms.CONDITIONS.max_length),
+}
+LONG_APPROVAL = check_decision(LONG_APPROVAL_ANSWERS, "approve")
+LONG_REJECTION_ANSWERS = {
+    "rationale": longest(forms.RATIONALE.max_length),
+    "reason_code": "alternatives_not_exhausted",
+}
+LONG_REJECTION = check_decision(LONG_REJECTION_ANSWERS, "reject")
 LONG_QUESTION = check_question({"question": longest(forms.QUESTION.max_length)})
 LONG_ANSWER = check_answer({"answer": longest(forms.ANSWER.max_length)})
 LONG_COMMENT = check_comment({"comment": longest(forms.COMMENT.max_length)})
@@ -195,6 +198,8 @@ LONG_POST_USE_ANSWERS = {
 LONG_POST_USE = check_post_use(LONG_POST_USE_ANSWERS)
 SHORT_APPROVAL = DecisionForm(rationale="Necessary and proportionate for this case.")
 GIVEN_BACK_ANSWERS = {
+    "review/approve": LONG_APPROVAL_ANSWERS,
+    "review/reject": LONG_REJECTION_ANSWERS,
     "review/request_info": {"question": LONG_QUESTION},
     "answer": {"answer": LONG_ANSWER},
     "comment": {"comment": LONG_COMMENT},
@@ -342,16 +347,7 @@ def _run_scenario(workflow: Workflow, clock: FakeClock, policy: LoadedPolicy) ->
         )
         build = views.info_modal if action == "request_info" else views.decision_modal
         out.modals[f"review/{action}"] = build(request, p, ctx)
-        if action != "request_info":  # the same form given back, the database having failed
-            answers = {
-                forms.RATIONALE.block_id: LONG_APPROVAL.rationale,
-                forms.CONDITIONS.block_id: LONG_APPROVAL.conditions or "",
-                forms.REASON_CODE.block_id: "alternatives_not_exhausted",
-            }
-            title = out.modals[f"review/{action}"]["title"]["text"]
-            given_back = views.decision_given_back(ctx, title, answers, "Not saved: " + "x" * 300)
-            out.modals[f"review/{action}/given_back"] = given_back
-    for what in ("decision", "question", "answer", "comment", "outcome", "delegation"):
+    for what in ("decision", "question", "answer", "comment", views.POST_USE_NAME, "delegation"):
         out.modals[f"received/{what}"] = views.form_received_modal(what)
     assert isinstance(workflow.decide(rid, 1, REQUESTER, "approve", SHORT_APPROVAL, "V-own"), Refusal)
     decided("passed_second_stage", rid, 1, DEPUTY, "approve", SHORT_APPROVAL)  # for UAUTH2
@@ -390,7 +386,8 @@ def _run_scenario(workflow: Workflow, clock: FakeClock, policy: LoadedPolicy) ->
     out.blocks["list/mine"] = views.requests_list(workflow.my_requests(REQUESTER), p)
     out.blocks["list/none"] = views.requests_list([], p)
     home("end", REQUESTER, "UAUTH2", DEPUTY, LEAD, "USUP1")
-    # The question's and the everyday forms given back, the database having failed, with the longest answers.
+    # The decisions, the question and the everyday forms given back, the database having failed, with the
+    # longest answers.
     for name, answers in GIVEN_BACK_ANSWERS.items():
         submitted = {**out.modals[name], "id": "V0GIVEN", "state": {"values": {}}, "hash": "1.a"}
         out.modals[f"{name}/given_back"] = views.given_back(submitted, answers, "Not saved: " + "x" * 300)
@@ -460,11 +457,11 @@ def test_every_reply_validates(rendered: Rendered, block_kit: BlockKit) -> None:
 def test_every_modal_validates(rendered: Rendered, block_kit: BlockKit) -> None:
     updates = [view["title"]["text"] for name, view in rendered.modals.items() if name.startswith("update/")]
     # Six decisions, one refusal; five questions, an answer, a comment, the search's outcome, a deputy.
-    everyday = ["Answer sent", "Comment added", "Deputy named", "Outcome recorded"]
+    everyday = ["Answer sent", "Comment added", "Deputy named", "Search outcome recorded"]
     assert sorted(updates) == sorted(
         ["Decision recorded"] * 6 + ["Not recorded"] + ["Question sent"] * 5 + everyday
     )
-    assert len(rendered.modals) == 19 + len(GIVEN_BACK_ANSWERS) + len(updates)
+    assert len(rendered.modals) == 17 + len(GIVEN_BACK_ANSWERS) + len(updates)
     for name, view in rendered.modals.items():
         try:
             check_modal(block_kit, view)
