@@ -739,7 +739,7 @@ class Workflow:
             request = request_with_history(session, request_id)
             refusal = self._refusal(session, request, position, user_id)
             if refusal is not None:
-                self._record_refusal(session, request, position, user_id, action, refusal)
+                self._refuse(session, request, position, user_id, action, refusal)
             return refusal
 
     def authorised_request(
@@ -762,10 +762,10 @@ class Workflow:
             if refusal is None and request is not None:
                 return request
             refusal = refusal or Refusal("gone", "That request no longer exists.")
-            self._record_refusal(session, request, position, user_id, action, refusal)
+            self._refuse(session, request, position, user_id, action, refusal)
             return refusal
 
-    def _record_refusal(
+    def _refuse(
         self,
         session: Session,
         request: FrRequest | None,
@@ -773,7 +773,11 @@ class Workflow:
         user_id: str,
         action: str,
         refusal: Refusal,
+        view_id: str | None = None,
+        what: str = "decision",
     ) -> None:
+        """A refused action on record; a refused form's also shown in its "received" modal (`view_id`,
+        `_show`)."""
         audit_at_commit(
             session,
             user_id,
@@ -785,20 +789,6 @@ class Workflow:
             reason=refusal.code,
             message=refusal.message,
         )
-
-    def _refuse(
-        self,
-        session: Session,
-        request: FrRequest | None,
-        position: int,
-        user_id: str,
-        action: str,
-        refusal: Refusal,
-        view_id: str | None,
-        what: str = "decision",
-    ) -> None:
-        """A refused form: the refusal on record, and shown in its "received" modal (`_show`)."""
-        self._record_refusal(session, request, position, user_id, action, refusal)
         self._show(session, view_id, user_id, refusal, what)
 
     def decide(
@@ -1089,7 +1079,7 @@ class Workflow:
             if refusal is None and request is not None and request.status != RequestStatus.PENDING:
                 refusal = Refusal("request_closed", f"{request.reference} is already {request.status}.")
             if refusal is not None:
-                self._record_refusal(session, request, -1, user_id, "withdraw", refusal)
+                self._refuse(session, request, -1, user_id, "withdraw", refusal)
                 return refusal
             assert request is not None
             now = self.clock()
