@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from bench.ack_latency import percentile
 from bench.fixtures import bench_policy, bench_workflow
 from bench.output import write_results
 from bot import views
@@ -152,11 +153,6 @@ def _settle(db: Any) -> None:
         if not pending:
             return
         time.sleep(0.2)
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def section(results: dict[str, dict[str, dict[str, Any]]]) -> str:
