@@ -13,9 +13,12 @@ Why: the work after an answer held the answering process's one GIL while the nex
 an answer needs, and the kernel runs the answers first.
 
 What a listener may do before handing work over: only what has no side effect (parse, check, ack), as it
-runs twice. No listener writes before it answers: a request, a decision, a question and the everyday forms
-are answered first and recorded here. Outbox rows the answering process queues itself (work it ran there
-because this process could not take it) are announced here (`wake_outbox`).
+runs twice, and both runs must judge alike: a check that reads the clock reads it through
+`AfterAnswer.as_of`, which here gives the moment the answering process read (a deputy named from "today"
+a moment before midnight is not refused here a moment after it). No listener writes before it answers:
+a request, a decision, a question and the everyday forms are answered first and recorded here. Outbox
+rows the answering process queues itself (work it ran there because this process could not take it) are
+announced here (`wake_outbox`), with when they fall due.
 
 If this process dies, the answering process starts another and sends it what the dead one had not yet
 received; what the dead one was doing is lost as in a crash of a single process (a stored form is still
@@ -36,6 +39,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -43,6 +47,7 @@ from slack_bolt import BoltRequest
 
 from bot.foreground import ANSWER_SLICE
 from bot.policy import LoadedPolicy
+from handlers.after_answer import judged_as_of
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +96,17 @@ class FollowUpProcess:
         self._thread = threading.Thread(target=self._send_loop, name="follow-up", daemon=True)
         self._thread.start()
 
-    def hand_over(self, payload: dict[str, Any], here: Callable[[], None]) -> None:
+    def hand_over(
+        self, payload: dict[str, Any], here: Callable[[], None], as_of: datetime | None = None
+    ) -> None:
         """AfterAnswer's hand-over: called on the answering thread, so it only queues."""
-        self._queue.put((REQUEST, payload, here))
+        self._queue.put((REQUEST, (payload, as_of), here))
 
-    def wake_outbox(self) -> None:
-        """This process queued outbox rows (a decision): the follow-up process sends them now."""
-        self._queue.put((WAKE_OUTBOX, None, None))
+    def wake_outbox(self, queued: list[dict[str, Any]] | None = None) -> None:
+        """This process queued outbox rows: the follow-up process's dispatcher is woken with what its own
+        would be told (`OutboxDispatcher.wake`; `queued`: the rows' timing), so a row due later (a
+        modal's outcome) goes when it falls due, not at the poll after."""
+        self._queue.put((WAKE_OUTBOX, queued, None))
 
     def stop(self) -> None:
         """After the last answer: the follow-up process finishes what it was given, then exits."""
@@ -239,7 +248,9 @@ def follow_up_main(
         log.info("follow-up process stopped")
 
 
-def _serve(connection: Connection, app: Any, wake_outbox: Callable[[], None]) -> None:
+def _serve(
+    connection: Connection, app: Any, wake_outbox: Callable[[list[dict[str, Any]] | None], None]
+) -> None:
     while True:
         try:
             kind, payload = connection.recv()
@@ -249,12 +260,15 @@ def _serve(connection: Connection, app: Any, wake_outbox: Callable[[], None]) ->
         if kind == STOP:
             return
         if kind == WAKE_OUTBOX:
-            wake_outbox()
+            wake_outbox(payload)
             continue
+        body, as_of = payload
         try:
             # Answered already (and its signature checked) by the answering process: Bolt skips the
-            # signature check for Socket Mode requests, and what ack() builds here is dropped.
-            app.dispatch(BoltRequest(body=payload, mode="socket_mode"))
+            # signature check for Socket Mode requests, and what ack() builds here is dropped. The
+            # listener judges it as of the moment the answering process's did (handlers/after_answer.py).
+            with judged_as_of(as_of):
+                app.dispatch(BoltRequest(body=body, mode="socket_mode"))
         except Exception:
             log.exception("follow-up process: a handed-over request failed")
 

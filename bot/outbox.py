@@ -91,9 +91,9 @@ PERMANENT_ERRORS = {
 MAX_BACKOFF_SECONDS = 300.0
 # A pass for a row that falls due later runs this long after: its clock must read the row as due.
 DUE_MARGIN_SECONDS = 0.01
-# How long a pass for a row due later (or a pace key's release) waits for another pass to serve it: under
-# load a pass runs every few milliseconds for new rows, and one more for each modal's outcome, a second
-# after each save, would double them.
+# How long a pass for a row due later waits for another pass to serve it: under load a pass runs every few
+# milliseconds for new rows, and one more for each modal's outcome, a second after each save, would double
+# them. A pace key's release is not delayed so: its rows have waited their turn already.
 PASS_GRACE_SECONDS = 0.05
 STALE_PASS_SECONDS = 5.0
 # Kinds that post a new message (the rest edit or publish, which a retry simply redoes).
@@ -228,8 +228,10 @@ class OutboxDispatcher:
         self._wake = threading.Event()
         self._wake_lock = threading.Lock()
         self._pass_wanted = False  # a wake that asks for a pass now, not only at a pace key's release
-        # Monotonic times, a heap: when queued rows fall due or their pace keys are free to send.
-        self._pass_times: list[float] = []
+        # Monotonic times, heaps: when queued rows fall due (a pass then, or within the grace), and when
+        # the pace keys of queued rows that are due already are free to send (a pass then).
+        self._due_times: list[float] = []
+        self._free_times: list[float] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._paced_wait: float | None = None  # soonest a row skipped for pacing may go
@@ -239,8 +241,9 @@ class OutboxDispatcher:
         self.report_marks = ReportMarks()
         self._calling: str = UPDATE_KEY  # the rate-limit key of the Slack call in progress
         self._failing = False  # a send failed since the last success: Slack may be down
-        # Set in an answering process whose outbox is sent by its follow-up process (bot/follow_up.py).
-        self.wake_elsewhere: Callable[[], None] | None = None
+        # Set in an answering process whose outbox is sent by its follow-up process (bot/follow_up.py):
+        # takes what `wake` was told, as `timing_of` keeps it.
+        self.wake_elsewhere: Callable[[list[dict[str, Any]] | None], None] | None = None
 
     # --- Lifecycle --------------------------------------------------------------------------------
 
@@ -254,26 +257,30 @@ class OutboxDispatcher:
         would wait for the poll after it fell due (item 67)."""
         if self.wake_elsewhere is not None:
             self._wake.set()
-            self.wake_elsewhere()
+            # The dispatcher there needs the rows' timing only (a row due later is passed for when it
+            # falls due there too); their payloads stay out of the pipe.
+            self.wake_elsewhere(None if queued is None else [timing_of(row) for row in queued])
             return
-        now_wanted, later = self._pass_moments(queued) if queued is not None else (True, None)
+        now_wanted, due_in, free_in = self._pass_moments(queued) if queued is not None else (True, None, None)
         with self._wake_lock:
-            if not now_wanted and later is None:
+            if not now_wanted and due_in is None and free_in is None:
                 return  # no rows
             self._pass_wanted = self._pass_wanted or now_wanted
-            if later is not None:
-                now = time.monotonic()
+            now = time.monotonic()
+            for times, wait in ((self._due_times, due_in), (self._free_times, free_in)):
+                if wait is None:
+                    continue
                 # Long past: served by a pass, or no loop runs here to take it (the heap stays small).
-                while self._pass_times and self._pass_times[0] <= now - STALE_PASS_SECONDS:
-                    heapq.heappop(self._pass_times)
-                heapq.heappush(self._pass_times, now + later)
+                while times and times[0] <= now - STALE_PASS_SECONDS:
+                    heapq.heappop(times)
+                heapq.heappush(times, now + wait)
         self._wake.set()
 
-    def _pass_moments(self, queued: Sequence[Mapping[str, Any]]) -> tuple[bool, float | None]:
-        """Whether one of the queued rows is due and may be sent now as far as the pace allows, and in how
-        many seconds a later pass is wanted: when the first of them falls due (those a pass now would not
-        see), or, if none may go now, when the first is free to go. Only each request's first row counts:
-        the rest wait behind it."""
+    def _pass_moments(self, queued: Sequence[Mapping[str, Any]]) -> tuple[bool, float | None, float | None]:
+        """Whether one of the queued rows is due and may be sent now as far as the pace allows; in how many
+        seconds the first of those due later falls due (a pass now would not see them); and, if none may
+        go now, in how many seconds the first of those due now is free to go. Only each request's first
+        row counts: the rest wait behind it."""
         now = self.clock()
         paced: list[float] = []
         due_later: list[float] = []
@@ -293,8 +300,8 @@ class OutboxDispatcher:
             else:
                 paced.append(wait)
         if any(wait <= 0 for wait in paced):
-            return True, min(due_later, default=None)
-        return False, min(paced + due_later, default=None)
+            return True, min(due_later, default=None), None
+        return False, min(due_later, default=None), min(paced, default=None)
 
     def note_landing(self, landing: Landing) -> bool:
         """Take Slack's report of a post this dispatcher is still sending (the event often comes before
@@ -340,20 +347,23 @@ class OutboxDispatcher:
             self._sleep(wait)
 
     def _sleep(self, wait: float) -> None:
-        """Until the next pass: `wait` seconds, a wake that asks for a pass now, or the moment rows queued
-        earlier fall due or their keys are free (with PASS_GRACE_SECONDS for another pass to come first),
-        whichever comes first."""
+        """Until the next pass: `wait` seconds, a wake that asks for a pass now, the moment rows queued
+        earlier fall due (with PASS_GRACE_SECONDS for another pass to come first) or the moment their keys
+        are free, whichever comes first."""
         until = time.monotonic() + wait
         while not self._stop.is_set():
             with self._wake_lock:
                 self._wake.clear()  # before the flags are read: a wake after this sets it again
                 now = time.monotonic()
-                if self._pass_times:
-                    until = min(until, self._pass_times[0] + PASS_GRACE_SECONDS)
+                if self._due_times:
+                    until = min(until, self._due_times[0] + PASS_GRACE_SECONDS)
+                if self._free_times:
+                    until = min(until, self._free_times[0])
                 if self._pass_wanted or until <= now:
                     self._pass_wanted = False
-                    while self._pass_times and self._pass_times[0] <= now:
-                        heapq.heappop(self._pass_times)  # the pass about to run serves it
+                    for times in (self._due_times, self._free_times):
+                        while times and times[0] <= now:
+                            heapq.heappop(times)  # the pass about to run serves it
                     return
             self._wake.wait(until - now)
 
@@ -813,6 +823,11 @@ def pace_key_for(
     if kind in UPDATE_KINDS:
         return UPDATE_KEY
     return None
+
+
+def timing_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """What `OutboxDispatcher.wake` reads of a queued row's values."""
+    return {key: row[key] for key in ("request_id", "pace_key", "next_attempt_at")}
 
 
 def _due_query(holding: bool) -> Select[tuple[int, str | None]]:

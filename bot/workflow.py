@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Protocol
 
 from sqlalchemy import bindparam, func, insert, or_, select, update
@@ -818,8 +819,13 @@ class Workflow:
                 result = self._apply_decision(
                     session, request, request.stages[position], user_id, outcome, form, on_behalf_of
                 )
-                shown = views.decision_outcome_modal(
-                    result.reference, result.outcome, result.stage_name, result.approvals, result.required
+                shown = partial(
+                    views.decision_outcome_modal,
+                    result.reference,
+                    result.outcome,
+                    result.stage_name,
+                    result.approvals,
+                    result.required,
                 )
                 self._show(session, view_id, user_id, shown)
         except IntegrityError:
@@ -838,13 +844,14 @@ class Workflow:
         session: Session,
         view_id: str | None,
         user_id: str,
-        outcome: dict[str, Any] | Refusal,
+        outcome: Callable[[], dict[str, Any]] | Refusal,
         what: str = "decision",
     ) -> None:
         """Queue the update of a "received" modal (a reviewer's decision or question, an everyday form:
-        `what`; handlers/views.py) with what was recorded, the view `outcome`, or the refusal, a moment
-        later: Slack shows the answer first. A refusal that finds the modal closed is sent to its author
-        directly instead (bot/intake.py, `modal_updater`): they must not take it as recorded."""
+        `what`; handlers/views.py) with what was recorded, the view `outcome` builds (only if there is a
+        modal), or the refusal, a moment later: Slack shows the answer first. A refusal that finds the
+        modal closed is sent to its author directly instead (bot/intake.py, `modal_updater`): they must
+        not take it as recorded."""
         if view_id is None:
             return
         payload: dict[str, Any] = {"view_id": view_id}
@@ -852,7 +859,7 @@ class Workflow:
             payload["view"] = views.not_recorded_modal(outcome.message)
             payload["if_closed"] = {"user": user_id, "text": views.not_recorded_text(outcome.message, what)}
         else:
-            payload["view"] = outcome
+            payload["view"] = outcome()
         enqueue_at_commit(session, MODAL_UPDATE, payload, None, self.clock() + MODAL_UPDATE_DELAY)
 
     def _show_alone(
@@ -1048,7 +1055,8 @@ class Workflow:
             )
             self._touch_homes(session, request, now)
             result = InfoAsked(request.reference)
-            self._show(session, view_id, user_id, views.question_sent_modal(request.reference), "question")
+            shown = partial(views.question_sent_modal, request.reference)
+            self._show(session, view_id, user_id, shown, "question")
         self._on_outbox()
         return result
 
@@ -1147,7 +1155,7 @@ class Workflow:
             enqueue_at_commit(session, "stage_note", {"stage_review_id": stage.id, **note}, request.id, now)
             self._touch_homes(session, request, now)
             result = Recorded(request.reference)
-            self._show(session, view_id, user_id, views.answer_sent_modal(), "answer")
+            self._show(session, view_id, user_id, views.answer_sent_modal, "answer")
         self._on_outbox()
         return result
 
@@ -1255,7 +1263,7 @@ class Workflow:
             audit_at_commit(session, user_id, "comment_added", request.id, now, comment=text)
             enqueue_at_commit(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
             result = Recorded(request.reference)
-            self._show(session, view_id, user_id, views.comment_added_modal(), "comment")
+            self._show(session, view_id, user_id, views.comment_added_modal, "comment")
         self._on_outbox()
         return result
 
@@ -1292,7 +1300,7 @@ class Workflow:
             enqueue_at_commit(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
             self._touch_homes(session, request, now)
             result = Recorded(request.reference)
-            self._show(session, view_id, user_id, views.post_use_recorded_modal(), views.POST_USE_NAME)
+            self._show(session, view_id, user_id, views.post_use_recorded_modal, views.POST_USE_NAME)
         self._on_outbox()
         return result
 
@@ -1339,7 +1347,7 @@ class Workflow:
                 session, "publish_home", {"users": [approver_id, form.deputy_id], "principals": []}, None, now
             )
             result = Delegated(delegation.id)
-            shown = views.deputy_named_modal(form.deputy_id, form.starts_on, form.ends_on)
+            shown = partial(views.deputy_named_modal, form.deputy_id, form.starts_on, form.ends_on)
             self._show(session, view_id, approver_id, shown, "delegation")
         self._on_outbox()
         return result

@@ -11,26 +11,47 @@ the GIL twice (bench/NOTES.md, item 20).
 Where the work runs: on this process's listener pool, or, when `fr-bot run` has a follow-up process
 (bot/follow_up.py), in that process: the request is handed over as it is and that process runs the same
 listener again, which there does its work locally. The answering process then spends its GIL on answers.
+The listener must judge the request there as it did here: a check that reads the clock (a deputy's start
+date, not before today) reads it through `as_of`, which there gives the moment it read here.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, Protocol
 
 from bot.foreground import ANSWERS, BACKGROUND
 from bot.guard import log_listener_failure
 
 _HANDED_OVER: dict[str, Any] = {}
+# In a follow-up process, while a handed-over request's listener runs on this thread: the moment the
+# answering process judged it as of (`AfterAnswer.as_of`), if its listener read the clock.
+_JUDGED = threading.local()
 
 
 class HandOver(Protocol):
     """Takes a request's payload to run its work elsewhere; `here` runs it in this process instead, if the
-    other process cannot take it."""
+    other process cannot take it. `as_of`: the moment the listener judged the request as of, if it read
+    the clock (`AfterAnswer.as_of`), for the listener run there to judge it as of the same moment."""
 
-    def __call__(self, payload: dict[str, Any], here: Callable[[], None]) -> None: ...
+    def __call__(
+        self, payload: dict[str, Any], here: Callable[[], None], as_of: datetime | None = None
+    ) -> None: ...
+
+
+@contextmanager
+def judged_as_of(moment: datetime | None) -> Iterator[None]:
+    """In a follow-up process: the listener run meanwhile on this thread, for a request handed over by
+    the answering process, reads `moment` from `AfterAnswer.as_of`, as that process's listener read it."""
+    _JUDGED.moment = moment
+    try:
+        yield
+    finally:
+        _JUDGED.moment = None
 
 
 class AfterAnswer:
@@ -47,6 +68,19 @@ class AfterAnswer:
         runs the listener: the payload a hand-over sends. Bolt runs listeners after its middleware has
         returned, so this cannot be a context around them; the next request on the thread replaces it."""
         self._current.payload = payload
+        self._current.as_of = None
+
+    def as_of(self, clock: Callable[[], datetime]) -> datetime:
+        """The moment a listener judges its request as of: now, by `clock`; in a follow-up process, the
+        moment the answering process's listener read, sent with the hand-over. A form answered "received"
+        a moment before midnight must not be refused there a moment after it, where nobody would see the
+        refusal (its answer has gone) and nothing would be saved."""
+        handed = getattr(_JUDGED, "moment", None)
+        if handed is not None:
+            return handed  # type: ignore[no-any-return]
+        moment = clock()
+        self._current.as_of = moment  # sent with this request's hand-over; `remember` clears it
+        return moment
 
     def __call__(self, kind: str, work: Callable[..., None], *args: Any) -> None:
         """`kind` names the request in the log line of a failure (its payload may hold user text)."""
@@ -61,7 +95,7 @@ class AfterAnswer:
             # The other process runs the whole listener again, so a second call in the same listener
             # is already covered by this hand-over.
             self._current.payload = _HANDED_OVER
-            self._hand_over(payload, here)
+            self._hand_over(payload, here, getattr(self._current, "as_of", None))
 
     @staticmethod
     def _run(kind: str, work: Callable[..., None], args: tuple[Any, ...]) -> None:

@@ -357,7 +357,8 @@ def register_everyday(app: App, services: Services, after_answer: AfterAnswer) -
     @app.view(views.DELEGATE_CALLBACK)
     def delegation_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient) -> None:
         form = SmallForm.of(ack, body, view, client, "delegation", after_answer)
-        today = workflow.clock().astimezone(policy.zone).date()
+        # As of the moment the answering process read (a follow-up process runs this listener again).
+        today = after_answer.as_of(workflow.clock).astimezone(policy.zone).date()
         _small_modal(
             form,
             (forms.DEPUTY.block_id, forms.STARTS_ON.block_id, forms.ENDS_ON.block_id),

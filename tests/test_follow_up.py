@@ -15,22 +15,27 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from slack_bolt import BoltRequest
 from sqlalchemy import func, select
 
-from bot import views
+from bot import forms, views
+from bot.app import create_app
 from bot.cli import _follow_up_process
 from bot.config import load_settings
-from bot.policy import parse_policy
-from handlers.after_answer import AfterAnswer
-from storage.db import make_engine
-from storage.models import FrRequest
+from bot.policy import LoadedPolicy, parse_policy
+from bot.services import build_services
+from handlers.after_answer import AfterAnswer, judged_as_of
+from storage.db import make_engine, transaction
+from storage.models import Delegation, FrRequest
 from tests.botprocess import SIGNING_SECRET, BotProcess, follow_up_processes
 from tests.conftest import (
     TEST_POLICY,
+    FakeClock,
     _truncate_postgres,
     needs_thread_slices,
     slack_state,
@@ -39,6 +44,7 @@ from tests.conftest import (
 )
 from tests.e2e_support import decide, outcome_of, reference_of, reviewer_message, submitted_reference
 from tests.slackstub import SlackDriver, SlackStub
+from tests.test_app import IDENTITY
 
 # --- Which work is handed over -------------------------------------------------------------------------
 
@@ -47,7 +53,7 @@ def test_work_after_an_answer_is_handed_over_once_with_the_request_it_answered()
     handed: list[tuple[dict[str, Any], Callable[[], None]]] = []
     ran: list[str] = []
     with ThreadPoolExecutor(max_workers=1) as pool:
-        after_answer = AfterAnswer(pool, hand_over=lambda payload, here: handed.append((payload, here)))
+        after_answer = AfterAnswer(pool, hand_over=lambda payload, here, _: handed.append((payload, here)))
         payload = {"type": "block_actions", "user": {"id": "U1"}}
         after_answer.remember(payload)
         after_answer("block_actions", ran.append, "first")
@@ -61,9 +67,81 @@ def test_work_with_no_request_behind_it_runs_here() -> None:
     handed: list[dict[str, Any]] = []
     ran: list[str] = []
     with ThreadPoolExecutor(max_workers=1) as pool:
-        AfterAnswer(pool, hand_over=lambda payload, _here: handed.append(payload))("test", ran.append, "x")
+        AfterAnswer(pool, hand_over=lambda payload, *_: handed.append(payload))("test", ran.append, "x")
         AfterAnswer(pool)("test", ran.append, "y")  # no follow-up process at all
     assert handed == [] and sorted(ran) == ["x", "y"]
+
+
+def test_the_moment_a_listener_read_goes_with_its_hand_over_and_is_read_there() -> None:
+    handed: list[datetime | None] = []
+    before = datetime(2026, 12, 7, 23, 59, 59, 900_000, tzinfo=UTC)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        answering = AfterAnswer(pool, hand_over=lambda _payload, _here, as_of: handed.append(as_of))
+        answering.remember({"type": "view_submission"})
+        assert answering.as_of(lambda: before) == before
+        answering("view_submission", print)
+        answering.remember({"type": "view_submission"})  # the thread's next request read no clock
+        answering("view_submission", print)
+        following = AfterAnswer(pool)
+        with judged_as_of(before):
+            assert following.as_of(lambda: before + timedelta(seconds=1)) == before
+        assert following.as_of(lambda: before + timedelta(seconds=1)) == before + timedelta(seconds=1)
+    assert handed == [before, None]
+
+
+def test_a_deputy_named_a_moment_before_midnight_is_saved_by_the_follow_up_process_after_it(
+    database_url: str, policy: LoadedPolicy, stub: SlackStub
+) -> None:
+    """The answering process answers a delegation starting today "received" at 23:59:59.9; its follow-up
+    process runs the listener again a moment after midnight. Judged by its own clock there, the start date
+    would be in the past: the form refused where nobody sees the refusal, and nothing saved."""
+    clock = FakeClock(datetime(2026, 12, 7, 23, 59, 59, 900_000, tzinfo=UTC))  # London is on UTC
+    today = clock.now.date()
+    handed: list[tuple[dict[str, Any], datetime | None]] = []
+    services = build_services(database_url, policy, stub.client(), clock=clock)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        answering = create_app(
+            services,
+            signing_secret=None,
+            listener_executor=pool,
+            hand_over=lambda payload, _here, as_of: handed.append((payload, as_of)),
+            identity=IDENTITY,
+        )
+        view = views.delegation_modal(today.isoformat()) | {
+            "id": "VDELEGATE",
+            "state": {
+                "values": {
+                    forms.DEPUTY.block_id: {
+                        forms.ACTION_ID: {"type": "users_select", "selected_user": "UDEPUTY"}
+                    },
+                    forms.STARTS_ON.block_id: {
+                        forms.ACTION_ID: {"type": "datepicker", "selected_date": str(today)}
+                    },
+                    forms.ENDS_ON.block_id: {
+                        forms.ACTION_ID: {
+                            "type": "datepicker",
+                            "selected_date": str(today + timedelta(days=2)),
+                        }
+                    },
+                }
+            },
+        }
+        body = {"type": "view_submission", "user": {"id": "USUP1", "team_id": "T0TEST"}, "view": view}
+        answer = answering.dispatch(BoltRequest(body=body, mode="socket_mode"))
+        assert answer.status == 200 and "received" in answer.body, answer.body
+        [(payload, as_of)] = handed
+
+        clock.advance(seconds=0.5)  # the next day, when the follow-up process runs the listener
+        following = create_app(services, signing_secret=None, listener_executor=pool, identity=IDENTITY)
+        with judged_as_of(as_of):
+            again = following.dispatch(BoltRequest(body=payload, mode="socket_mode"))
+        assert "errors" not in again.body, again.body
+    try:
+        with transaction(services.db, read_only=True) as session:
+            saved = session.scalars(select(Delegation)).all()
+        assert [(d.approver_id, d.deputy_id, d.starts_on) for d in saved] == [("USUP1", "UDEPUTY", today)]
+    finally:
+        services.close()
 
 
 @pytest.mark.parametrize(
@@ -250,9 +328,7 @@ def test_a_decision_answered_here_is_recorded_and_sent_at_once_by_the_follow_up_
     pg_bot: Callable[..., BotProcess], stub: SlackStub
 ) -> None:
     # Outbox polls a minute apart: only the follow-up process's own wake, when it has recorded the
-    # decision handed over to it, sends the officer's DM promptly. (The modals' updates, due a second after
-    # they are queued, wait for that poll: the officer's DM carries the reference, the reviewer's message
-    # the decision.)
+    # decision handed over to it, sends the officer's DM promptly.
     bot = pg_bot(FRBOT_OUTBOX_POLL_SECONDS="60")
     slack = SlackDriver(bot.url, SIGNING_SECRET, stub=stub)
     view = open_form(slack, stub, "UOFFICER1")

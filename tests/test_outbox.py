@@ -4,18 +4,21 @@ which runs the dispatcher thread for real against a stand-in that rate-limits li
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
 
-from bot import cli, views
+from bot import cli, follow_up, views
 from bot.copies import (
     METADATA_EVENT_TYPE,
     Landing,
@@ -27,9 +30,17 @@ from bot.copies import (
 )
 from bot.forms import DecisionForm, RequestForm, check_request
 from bot.intake import modal_updater
-from bot.outbox import OutboxDispatcher, Sent, dispatcher_client, list_outbox, retry_outbox
+from bot.outbox import (
+    DUE_MARGIN_SECONDS,
+    PASS_GRACE_SECONDS,
+    OutboxDispatcher,
+    Sent,
+    dispatcher_client,
+    list_outbox,
+    retry_outbox,
+)
 from bot.pacing import Pacer, Rate, SlackLimits, post_key
-from bot.workflow import MODAL_UPDATE, MODAL_UPDATE_DELAY, Workflow, enqueue
+from bot.workflow import MODAL_UPDATE, MODAL_UPDATE_DELAY, OutboxWake, Workflow, enqueue
 from storage.db import transaction
 from storage.models import AuditEvent, DirectMessage, OutboxMessage, OutboxStatus, StageReview, utcnow
 from tests.conftest import FakeClock, statements_run, valid_form_values
@@ -624,6 +635,37 @@ def test_rows_queued_while_their_channel_waits_are_sent_when_it_is_free_without_
     assert posted == sorted(posted)
 
 
+def test_a_pass_waits_for_a_pace_keys_release_not_for_the_grace_of_rows_due_later(
+    workflow: Workflow, stub: SlackStub
+) -> None:
+    """Told of a due row whose key is held, the dispatcher passes when the key is free: its row has waited
+    its turn. Told of a row due later, it passes when the row falls due, plus PASS_GRACE_SECONDS in which a
+    pass for other rows may serve it (bench/NOTES.md items 67, 69)."""
+    pacer = Pacer()
+    client = dispatcher_client(stub.client(), timeout=5)
+    dispatcher = OutboxDispatcher(workflow.db, client, workflow.policy, poll_seconds=60, pacer=pacer)
+    waits: list[float] = []
+    wait = dispatcher._wake.wait
+
+    def recorded(timeout: float | None = None) -> bool:
+        waits.append(timeout if timeout is not None else float("inf"))
+        return wait(timeout)
+
+    dispatcher._wake.wait = recorded  # type: ignore[method-assign]
+    key = post_key("C0SUPER")
+    pacer.hold(key, 0.2)
+    release = pacer.ready_in([key])
+    dispatcher.wake([{"request_id": None, "pace_key": key, "next_attempt_at": utcnow()}])
+    dispatcher._sleep(60)
+    assert 0 < waits[0] <= release  # the release, with no grace
+
+    waits.clear()
+    later = utcnow() + timedelta(seconds=0.2)
+    dispatcher.wake([{"request_id": None, "pace_key": None, "next_attempt_at": later}])
+    dispatcher._sleep(60)
+    assert 0.2 < waits[0] <= 0.2 + DUE_MARGIN_SECONDS + PASS_GRACE_SECONDS
+
+
 def _notice(channel: str, text: str) -> dict[str, Any]:
     return {
         "channel": channel,
@@ -685,17 +727,44 @@ def test_the_dispatcher_sleeps_after_a_pass_that_sent_what_was_due(
         dispatcher.stop()
 
 
+@contextmanager
+def answering_process_wake(sending: OutboxDispatcher) -> Iterator[OutboxWake]:
+    """The wake of an answering process whose outbox a follow-up process sends (bot/follow_up.py): its
+    own dispatcher, never started, forwards what it is told down a real pipe to `sending`'s."""
+    ours, theirs = multiprocessing.Pipe()
+    answering = OutboxDispatcher(sending.db, sending.client, sending.policy)
+    answering.wake_elsewhere = lambda queued: ours.send((follow_up.WAKE_OUTBOX, queued))
+    serving = threading.Thread(target=follow_up._serve, args=(theirs, None, sending.wake), daemon=True)
+    serving.start()
+    try:
+        yield answering.wake
+    finally:
+        ours.send((follow_up.STOP, None))
+        serving.join(5)
+
+
+@pytest.mark.parametrize("where", ["here", "answering process"])
 def test_a_row_due_later_is_sent_when_it_falls_due_not_at_the_next_poll(
-    workflow: Workflow, stub: SlackStub, form: RequestForm
+    workflow: Workflow, stub: SlackStub, form: RequestForm, where: str
 ) -> None:
     """A modal's outcome is queued due a second after its save (MODAL_UPDATE_DELAY, so that Slack shows
     the "received" answer first): the save's commit tells the dispatcher when, and it passes then, not at
     its next poll after that, a poll away (bench/NOTES.md item 67). The poll here is a minute: only the
-    commit's wake can send the update within the test's wait. On the real clock, as the bot runs."""
+    commit's wake can send the update within the test's wait. On the real clock, as the bot runs.
+    `answering process`: the save ran where the answers are given (the follow-up process could not take
+    it), and the dispatcher sending the outbox is another process's, told through the pipe."""
     client = dispatcher_client(stub.client(), timeout=5)
     senders = {"publish_home": lambda payload: None, MODAL_UPDATE: modal_updater(client)}
     dispatcher = OutboxDispatcher(workflow.db, client, workflow.policy, poll_seconds=60, senders=senders)
-    real = Workflow(workflow.db, workflow.loaded, workflow.approvers, on_outbox=dispatcher.wake)
+    with contextlib.ExitStack() as stack:
+        wake = dispatcher.wake if where == "here" else stack.enter_context(answering_process_wake(dispatcher))
+        _show_comment_outcome(workflow, stub, form, dispatcher, wake)
+
+
+def _show_comment_outcome(
+    workflow: Workflow, stub: SlackStub, form: RequestForm, dispatcher: OutboxDispatcher, wake: OutboxWake
+) -> None:
+    real = Workflow(workflow.db, workflow.loaded, workflow.approvers, on_outbox=wake)
     request_id = real.submit(form, "UOFFICER", "T0TEST", "VDUE").request_id
     request = real.load(request_id)
     assert request is not None
