@@ -15,7 +15,7 @@ from slack_sdk.web import SlackResponse
 from bot import guard
 from bot.services import Services
 from handlers import register_all
-from handlers.after_answer import AfterAnswer, HandOver
+from handlers.after_answer import AfterAnswer, HandOver, ReceivedText
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +69,7 @@ def create_app(
     after_answer = AfterAnswer(executor, hand_over)
 
     if hand_over is not None:
-
-        def remember_the_payload(
-            body: dict[str, Any], next: Callable[[], BoltResponse]
-        ) -> BoltResponse | None:
-            # The listener then runs on this thread (process_before_response): what it hands to
-            # AfterAnswer is handed over to the follow-up process as this payload (bot/follow_up.py).
-            after_answer.remember(body)
-            return next()
-
-        app.middleware(PlainMiddleware(remember_the_payload))
+        app.middleware(RememberTheRequest(after_answer))
 
     register_all(app, services, after_answer)
     _most_frequent_first(app)
@@ -119,6 +110,22 @@ class PlainMiddleware(Middleware):
         self, *, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]
     ) -> BoltResponse | None:
         return self.function(req.body, next)
+
+
+class RememberTheRequest(Middleware):
+    """Tells AfterAnswer the request about to reach its listener, which then runs on this thread
+    (process_before_response): what the listener hands to AfterAnswer is handed over to the follow-up
+    process as this request (bot/follow_up.py), as its body arrived when bot/server.py kept it."""
+
+    def __init__(self, after_answer: AfterAnswer) -> None:
+        self.after_answer = after_answer
+
+    def process(
+        self, *, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]
+    ) -> BoltResponse | None:
+        received = ReceivedText(req.content_type or "", req.raw_body) if req.raw_body else None
+        self.after_answer.remember(req.body, received)
+        return next()
 
 
 def _take_identity(app: App, identity: dict[str, Any]) -> None:

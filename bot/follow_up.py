@@ -3,10 +3,10 @@
 `fr-bot run` in HTTP mode on PostgreSQL starts a second process, the follow-up process, and leaves itself
 only the answers. The answering process verifies each request, runs its listener up to `ack()` and
 answers; whatever the listener hands to `AfterAnswer` (opening a modal, a reviewer's click read, storing a
-submitted form, App Home) is handed over here instead: the request's payload is sent down a pipe and this
-process runs the same listener again, whose work after the answer then runs on this process's listener
-pool. The recording of submissions, the outbox and the scheduler run here too, for the process that sends
-a modal's "recorded" update must be the one that stored its form.
+submitted form, App Home) is handed over here instead: the request's body, as it arrived, is sent down a
+pipe, and this process parses it and runs the same listener again, whose work after the answer then runs
+on this process's listener pool. The recording of submissions, the outbox and the scheduler run here too,
+for the process that sends a modal's "recorded" update must be the one that stored its form.
 
 Why: the work after an answer held the answering process's one GIL while the next answers waited for it
 (bench/NOTES.md, items 33 and 34). In a process of its own, at background CPU priority, it holds no lock
@@ -46,8 +46,9 @@ from typing import Any
 from slack_bolt import BoltRequest
 
 from bot.foreground import ANSWER_SLICE
+from bot.guard import read_body
 from bot.policy import LoadedPolicy
-from handlers.after_answer import judged_as_of
+from handlers.after_answer import ReceivedText, judged_as_of
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +98,13 @@ class FollowUpProcess:
         self._thread.start()
 
     def hand_over(
-        self, payload: dict[str, Any], here: Callable[[], None], as_of: datetime | None = None
+        self,
+        request: dict[str, Any] | ReceivedText,
+        here: Callable[[], None],
+        as_of: datetime | None = None,
     ) -> None:
         """AfterAnswer's hand-over: called on the answering thread, so it only queues."""
-        self._queue.put((REQUEST, (payload, as_of), here))
+        self._queue.put((REQUEST, (request, as_of), here))
 
     def wake_outbox(self, queued: list[dict[str, Any]] | None = None) -> None:
         """This process queued outbox rows: the follow-up process's dispatcher is woken with what its own
@@ -262,8 +266,9 @@ def _serve(
         if kind == WAKE_OUTBOX:
             wake_outbox(payload)
             continue
-        body, as_of = payload
+        request, as_of = payload
         try:
+            body = _payload_of(request)
             # Answered already (and its signature checked) by the answering process: Bolt skips the
             # signature check for Socket Mode requests, and what ack() builds here is dropped. The
             # listener judges it as of the moment the answering process's did (handlers/after_answer.py).
@@ -271,6 +276,14 @@ def _serve(
                 app.dispatch(BoltRequest(body=body, mode="socket_mode"))
         except Exception:
             log.exception("follow-up process: a handed-over request failed")
+
+
+def _payload_of(request: dict[str, Any] | ReceivedText) -> dict[str, Any]:
+    """A handed-over request's payload: its body as it arrived is parsed here as the answering process
+    parsed it (bot/guard.py), which checked it already."""
+    if isinstance(request, ReceivedText):
+        return read_body(request.content_type, request.text.encode("utf-8"))[1]
+    return request
 
 
 def _lower_this_process(niceness: int) -> None:

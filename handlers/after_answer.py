@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -33,13 +34,28 @@ _HANDED_OVER: dict[str, Any] = {}
 _JUDGED = threading.local()
 
 
+@dataclass(frozen=True)
+class ReceivedText:
+    """A request's body as it arrived (bot/server.py read and checked it), for the follow-up process to
+    parse again (bot/guard.py `read_body`): a text crosses the pipe as one copy, where the parsed payload
+    (a submission's is some 20 kB of nested JSON) was pickled item by item on the answering process's
+    GIL (bench/NOTES.md item 72)."""
+
+    content_type: str
+    text: str
+
+
 class HandOver(Protocol):
-    """Takes a request's payload to run its work elsewhere; `here` runs it in this process instead, if the
-    other process cannot take it. `as_of`: the moment the listener judged the request as of, if it read
-    the clock (`AfterAnswer.as_of`), for the listener run there to judge it as of the same moment."""
+    """Takes a request (its payload, or its body as it arrived) to run its work elsewhere; `here` runs it
+    in this process instead, if the other process cannot take it. `as_of`: the moment the listener judged
+    the request as of, if it read the clock (`AfterAnswer.as_of`), for the listener run there to judge it
+    as of the same moment."""
 
     def __call__(
-        self, payload: dict[str, Any], here: Callable[[], None], as_of: datetime | None = None
+        self,
+        request: dict[str, Any] | ReceivedText,
+        here: Callable[[], None],
+        as_of: datetime | None = None,
     ) -> None: ...
 
 
@@ -63,11 +79,12 @@ class AfterAnswer:
         self._hand_over = hand_over
         self._current = threading.local()  # the payload the listener on this thread is answering
 
-    def remember(self, payload: dict[str, Any]) -> None:
+    def remember(self, payload: dict[str, Any], received: ReceivedText | None = None) -> None:
         """Called for each request before its listener (a Bolt middleware, bot/app.py), on the thread that
-        runs the listener: the payload a hand-over sends. Bolt runs listeners after its middleware has
-        returned, so this cannot be a context around them; the next request on the thread replaces it."""
-        self._current.payload = payload
+        runs the listener: what a hand-over sends, the body as it arrived when there is one, else the
+        payload. Bolt runs listeners after its middleware has returned, so this cannot be a context around
+        them; the next request on the thread replaces it."""
+        self._current.payload = payload if received is None else received
         self._current.as_of = None
 
     def as_of(self, clock: Callable[[], datetime]) -> datetime:

@@ -9,6 +9,8 @@ not send them, a clean stop finishes what was answered, and a killed bot leaves 
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import threading
@@ -18,18 +20,21 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from slack_bolt import BoltRequest
+from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import func, select
 
-from bot import forms, views
+from bot import follow_up, forms, views
 from bot.app import create_app
 from bot.cli import _follow_up_process
 from bot.config import load_settings
 from bot.policy import LoadedPolicy, parse_policy
+from bot.server import EVENTS_PATH, wsgi_app
 from bot.services import build_services
-from handlers.after_answer import AfterAnswer, judged_as_of
+from handlers.after_answer import AfterAnswer, ReceivedText, judged_as_of
 from storage.db import make_engine, transaction
 from storage.models import Delegation, FrRequest
 from tests.botprocess import SIGNING_SECRET, BotProcess, follow_up_processes
@@ -87,6 +92,58 @@ def test_the_moment_a_listener_read_goes_with_its_hand_over_and_is_read_there() 
             assert following.as_of(lambda: before + timedelta(seconds=1)) == before
         assert following.as_of(lambda: before + timedelta(seconds=1)) == before + timedelta(seconds=1)
     assert handed == [before, None]
+
+
+def test_a_request_is_handed_over_as_its_body_arrived_and_parsed_there_to_the_same_payload(
+    database_url: str, policy: LoadedPolicy, stub: SlackStub
+) -> None:
+    """The answering process sends the body it received, not a pickled copy of its parse (bench/NOTES.md
+    item 72); the follow-up process's parse of it is the payload the listener had here."""
+    handed: list[Any] = []
+    seen: list[dict[str, Any]] = []
+    services = build_services(database_url, policy, stub.client())
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            app = create_app(
+                services,
+                signing_secret=SIGNING_SECRET,
+                listener_executor=pool,
+                hand_over=lambda request, _here, _as_of: handed.append(request),
+                identity=IDENTITY,
+            )
+            app.middleware(lambda body, next: (seen.append(body), next())[1])
+            view = views.request_modal(policy.policy) | {
+                "id": "VTEXT",
+                "state": {"values": slack_state(valid_form_values())},
+            }
+            payload = {
+                "type": "view_submission",
+                "team": {"id": "T0TEST"},
+                "user": {"id": "UOFFICER1"},
+                "view": view,
+            }
+            body = urlencode({"payload": json.dumps(payload)})
+            timestamp = str(int(time.time()))
+            environ = {
+                "PATH_INFO": EVENTS_PATH,
+                "REQUEST_METHOD": "POST",
+                "CONTENT_TYPE": "application/x-www-form-urlencoded",
+                "CONTENT_LENGTH": str(len(body.encode())),
+                "QUERY_STRING": "",
+                "HTTP_X_SLACK_REQUEST_TIMESTAMP": timestamp,
+                "HTTP_X_SLACK_SIGNATURE": SignatureVerifier(SIGNING_SECRET).generate_signature(
+                    timestamp=timestamp, body=body
+                ),
+                "wsgi.input": io.BytesIO(body.encode()),
+            }
+            statuses: list[str] = []
+            b"".join(wsgi_app(app, SIGNING_SECRET)(environ, lambda status, _: statuses.append(status)))
+    finally:
+        services.close()
+    assert statuses == ["200 OK"]
+    [request] = handed
+    assert isinstance(request, ReceivedText) and request.text == body
+    assert follow_up._payload_of(request) == seen[0] == payload
 
 
 def test_a_deputy_named_a_moment_before_midnight_is_saved_by_the_follow_up_process_after_it(
