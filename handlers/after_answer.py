@@ -9,8 +9,9 @@ until it saw the ack: every answer waited for a thread hand-over and the next 10
 the GIL twice (bench/NOTES.md, item 20).
 
 Where the work runs: on this process's listener pool, or, when `fr-bot run` has a follow-up process
-(bot/follow_up.py), in that process: the request is handed over as it is and that process runs the same
-listener again, which there does its work locally. The answering process then spends its GIL on answers.
+(bot/follow_up.py), in that process: the request is handed over as its body arrived and that process
+runs the same listener again, which there does its work locally. The answering process then spends its
+GIL on answers.
 The listener must judge the request there as it did here: a check that reads the clock (a deputy's start
 date, not before today) reads it through `as_of`, which there gives the moment it read here.
 """
@@ -38,8 +39,8 @@ _JUDGED = threading.local()
 class ReceivedText:
     """A request's body as it arrived (bot/server.py read and checked it), for the follow-up process to
     parse again (bot/guard.py `read_body`): a text crosses the pipe as one copy, where the parsed payload
-    (a submission's is some 20 kB of nested JSON) was pickled item by item on the answering process's
-    GIL (bench/NOTES.md item 72)."""
+    (a submission's is about 18 kB of JSON as nested dicts) was pickled item by item on the answering
+    process's GIL (bench/NOTES.md item 72)."""
 
     content_type: str
     text: str

@@ -7,6 +7,7 @@ can never pass by silently skipping PostgreSQL.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 from slack_sdk import WebClient
+from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import Engine, event, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,6 +30,7 @@ from bot.approvers import ApproverDirectory, StaticGroupSource
 from bot.forms import RequestForm
 from bot.intake import modal_updater
 from bot.policy import LoadedPolicy, parse_policy
+from bot.server import EVENTS_PATH
 from bot.workflow import MODAL_UPDATE, Workflow
 from storage.db import make_engine, make_session_factory, migrate, recreate_schema, transaction
 from storage.models import Base, OutboxMessage
@@ -103,6 +106,25 @@ def valid_form_values(**overrides: str) -> dict[str, str]:
     }
     values.update(overrides)
     return values
+
+
+def signed_environ(secret: str, body: str, content_type: str) -> dict[str, Any]:
+    """The WSGI environ of a request Slack signed with `secret`, as waitress hands it to
+    `bot.server.wsgi_app` (for tests that call the app in-process, without a server)."""
+    timestamp = str(int(time.time()))
+    raw = body.encode()
+    return {
+        "PATH_INFO": EVENTS_PATH,
+        "REQUEST_METHOD": "POST",
+        "CONTENT_TYPE": content_type,
+        "CONTENT_LENGTH": str(len(raw)),
+        "QUERY_STRING": "",
+        "HTTP_X_SLACK_REQUEST_TIMESTAMP": timestamp,
+        "HTTP_X_SLACK_SIGNATURE": SignatureVerifier(secret).generate_signature(
+            timestamp=timestamp, body=body
+        ),
+        "wsgi.input": io.BytesIO(raw),
+    }
 
 
 def slack_state(values: dict[str, str]) -> dict[str, dict[str, dict[str, object]]]:

@@ -9,7 +9,6 @@ not send them, a clean stop finishes what was answered, and a killed bot leaves 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -24,7 +23,6 @@ from urllib.parse import urlencode
 
 import pytest
 from slack_bolt import BoltRequest
-from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import func, select
 
 from bot import follow_up, forms, views
@@ -32,7 +30,7 @@ from bot.app import create_app
 from bot.cli import _follow_up_process
 from bot.config import load_settings
 from bot.policy import LoadedPolicy, parse_policy
-from bot.server import EVENTS_PATH, wsgi_app
+from bot.server import wsgi_app
 from bot.services import build_services
 from handlers.after_answer import AfterAnswer, ReceivedText, judged_as_of
 from storage.db import make_engine, transaction
@@ -43,6 +41,7 @@ from tests.conftest import (
     FakeClock,
     _truncate_postgres,
     needs_thread_slices,
+    signed_environ,
     slack_state,
     valid_form_values,
     wait_until,
@@ -123,19 +122,7 @@ def test_a_request_is_handed_over_as_its_body_arrived_and_parsed_there_to_the_sa
                 "view": view,
             }
             body = urlencode({"payload": json.dumps(payload)})
-            timestamp = str(int(time.time()))
-            environ = {
-                "PATH_INFO": EVENTS_PATH,
-                "REQUEST_METHOD": "POST",
-                "CONTENT_TYPE": "application/x-www-form-urlencoded",
-                "CONTENT_LENGTH": str(len(body.encode())),
-                "QUERY_STRING": "",
-                "HTTP_X_SLACK_REQUEST_TIMESTAMP": timestamp,
-                "HTTP_X_SLACK_SIGNATURE": SignatureVerifier(SIGNING_SECRET).generate_signature(
-                    timestamp=timestamp, body=body
-                ),
-                "wsgi.input": io.BytesIO(body.encode()),
-            }
+            environ = signed_environ(SIGNING_SECRET, body, "application/x-www-form-urlencoded")
             statuses: list[str] = []
             b"".join(wsgi_app(app, SIGNING_SECRET)(environ, lambda status, _: statuses.append(status)))
     finally:

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 from slack_bolt import Ack, App
 from slack_bolt.authorization import AuthorizeResult
-from slack_sdk.signature import SignatureVerifier
 
 from bot import foreground
 from bot.foreground import ANSWER_SLICE, ANSWERS, AnswersInFlight, BackgroundPriority
-from bot.server import EVENTS_PATH, wsgi_app
+from bot.server import wsgi_app
 from handlers.after_answer import AfterAnswer
-from tests.conftest import in_a_new_thread, linux_only, needs_thread_slices
+from tests.conftest import in_a_new_thread, linux_only, needs_thread_slices, signed_environ
 
 # Long enough for a waiting thread to be waiting, and for one that did not wait to have finished.
 SETTLE = 0.1
@@ -102,18 +99,7 @@ def test_the_server_counts_an_answer_as_in_flight_while_it_is_produced() -> None
         ack()
 
     body = urlencode({"command": "/fr-request", "user_id": "U1", "trigger_id": "1.2.3", "team_id": "T1"})
-    timestamp = str(int(time.time()))
-    signature = SignatureVerifier(secret).generate_signature(timestamp=timestamp, body=body)
-    environ: dict[str, Any] = {
-        "PATH_INFO": EVENTS_PATH,
-        "REQUEST_METHOD": "POST",
-        "CONTENT_TYPE": "application/x-www-form-urlencoded",
-        "CONTENT_LENGTH": str(len(body)),
-        "QUERY_STRING": "",
-        "HTTP_X_SLACK_REQUEST_TIMESTAMP": timestamp,
-        "HTTP_X_SLACK_SIGNATURE": signature,
-        "wsgi.input": io.BytesIO(body.encode()),
-    }
+    environ = signed_environ(secret, body, "application/x-www-form-urlencoded")
     statuses: list[str] = []
     wsgi_app(app, secret)(environ, lambda status, _headers: statuses.append(status))
     assert statuses == ["200 OK"]
