@@ -49,6 +49,26 @@ def add_working_time(start: datetime, amount: timedelta, working: WorkingTime, z
     raise ValueError("working time never reached the end: check working_time.days")
 
 
+def working_time_between(start: datetime, end: datetime, working: WorkingTime, zone: ZoneInfo) -> timedelta:
+    """How much working time passes from `start` to `end` (none if `end` is not after `start`): the
+    inverse of `add_working_time`."""
+    total = timedelta(0)
+    if end <= start:
+        return total
+    day = start.astimezone(zone).date()
+    last = end.astimezone(zone).date()
+    for _ in range(MAX_DAYS_SCANNED):
+        if day > last:
+            return total
+        if working.is_working_day(day):
+            opens = max(start, local_moment(day, working.start, zone))
+            closes = min(end, local_moment(day, working.end, zone))
+            if opens < closes:
+                total += closes - opens
+        day += timedelta(days=1)
+    raise ValueError("the span is longer than the days scanned")
+
+
 def add_duration(start: datetime, duration: Duration, policy: Policy, factor: float = 1.0) -> datetime:
     """`start` plus `factor` times `duration`, in clock or working time as the duration says."""
     length = duration.length(policy.working_time) * factor
@@ -64,6 +84,18 @@ def review_deadline(policy: Policy, stage_id: str, urgency: str) -> Duration:
 def review_due(policy: Policy, stage_id: str, urgency: str, started_at: datetime) -> datetime:
     """When a stage that became pending at `started_at` must have decided."""
     return add_duration(started_at, review_deadline(policy, stage_id, urgency), policy)
+
+
+def paused_due(
+    policy: Policy, stage_id: str, urgency: str, due_at: datetime, paused: datetime, now: datetime
+) -> datetime:
+    """A stage's due time once its clock, stopped at `paused`, runs again at `now`: moved on by the time
+    that passed meanwhile, counted as its deadline counts (a working-time deadline loses no time to a
+    night or a weekend spent waiting)."""
+    if review_deadline(policy, stage_id, urgency).in_working_time:
+        waited = working_time_between(paused, now, policy.working_time, policy.zone)
+        return add_working_time(due_at, waited, policy.working_time, policy.zone)
+    return due_at + max(now - paused, timedelta(0))
 
 
 @dataclass(frozen=True)
@@ -92,18 +124,18 @@ def reminder_slot(policy: Policy, urgency: str, due_at: datetime, now: datetime)
     return ReminderSlot(sequence, current, add_duration(current, repeat, policy))
 
 
-def escalation_due(
-    policy: Policy, stage_id: str, urgency: str, started_at: datetime, due_at: datetime
-) -> datetime:
+def escalation_due(policy: Policy, stage_id: str, urgency: str, due_at: datetime) -> datetime:
     """When an undecided review goes to the leads: after `escalate_after_reminders` unanswered reminders
-    (at the moment the next one would fall due) or at a multiple of the deadline, whichever is first."""
+    (at the moment the next one would fall due) or at a multiple of the deadline, whichever is first.
+    Both count from the due time, so a due time moved on (the clock stopped while a question waited on
+    the officer) moves the escalation with it: the multiple is the due time plus the rest of it."""
     reminders = policy.reminders
     after_reminders = due_at
     repeat = reminders.repeat_every.of(urgency)
     for _ in range(reminders.escalate_after_reminders.of(urgency)):
         after_reminders = add_duration(after_reminders, repeat, policy)
     multiple = reminders.escalate_after_deadline_multiple.of(urgency)
-    after_multiple = add_duration(started_at, review_deadline(policy, stage_id, urgency), policy, multiple)
+    after_multiple = add_duration(due_at, review_deadline(policy, stage_id, urgency), policy, multiple - 1)
     return min(after_reminders, after_multiple)
 
 

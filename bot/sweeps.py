@@ -259,7 +259,6 @@ class DueReview(NamedTuple):
     request_id: int
     stage_id: str
     stage_name: str
-    started_at: datetime | None
     due_at: datetime  # the query's reviews all have one
     message_permalink: str | None
     message_channel: str | None
@@ -284,7 +283,6 @@ _DUE_REVIEW_COLUMNS = select(
     StageReview.request_id,
     StageReview.stage_id,
     StageReview.stage_name,
-    StageReview.started_at,
     StageReview.due_at,
     StageReview.message_permalink,
     StageReview.message_channel,
@@ -455,9 +453,7 @@ def _sweep_channel(
             )
             escalate_at = None
             if not stage.escalated:
-                escalate_at = deadlines.escalation_due(
-                    policy, stage.stage_id, stage.urgency, stage.started_at or stage.due_at, stage.due_at
-                )
+                escalate_at = deadlines.escalation_due(policy, stage.stage_id, stage.urgency, stage.due_at)
             # Look again when the next reminder falls due (or the channel's gap ends) or it escalates.
             checks = [gap_ends if gap_ends is not None else slot.next_due]
             if escalate_at is not None and escalate_at > now:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -681,9 +681,14 @@ class Workflow:
             message = f"The {stage.stage_name} stage is no longer in the policy; ask an admin."
             return Refusal("stage_removed", message), None
         on_behalf_of: str | None = None
+        deciders = {d.approver_id for d in stage.decisions} | {d.on_behalf_of for d in stage.decisions}
         try:
             if not self.approvers.is_approver(policy_stage, user_id):
-                on_behalf_of = self._delegator(session, policy_stage, user_id, request.requester_id)
+                # For an approver who has not decided yet: a deputy of two approvers may still act for
+                # the second once the first has decided for himself.
+                on_behalf_of = self._delegator(
+                    session, policy_stage, user_id, request.requester_id, already_decided=deciders
+                )
                 if on_behalf_of is None:
                     message = f"You are not an approver for the {stage.stage_name} stage."
                     return Refusal("not_approver", message), None
@@ -691,7 +696,6 @@ class Workflow:
             log.warning("approver lookup failed: %s", exc)
             message = "Slack could not confirm the approver list; try again shortly."
             return Refusal("approvers_unavailable", message), None
-        deciders = {d.approver_id for d in stage.decisions} | {d.on_behalf_of for d in stage.decisions}
         if user_id in deciders or (on_behalf_of is not None and on_behalf_of in deciders):
             message = (
                 f"A decision by you (or for you) on this stage of {request.reference} is already recorded."
@@ -699,20 +703,33 @@ class Workflow:
             return Refusal("already_decided", message), None
         return None, on_behalf_of
 
-    def _delegator(self, session: Session, stage: Stage, deputy_id: str, requester_id: str) -> str | None:
-        """The approver of `stage` whose active delegation lets `deputy_id` decide today, if any."""
+    def _delegator(
+        self,
+        session: Session,
+        stage: Stage,
+        deputy_id: str,
+        requester_id: str,
+        already_decided: Collection[str | None] = (),
+    ) -> str | None:
+        """The approver of `stage` whose active delegation lets `deputy_id` decide today, if any, passing
+        over those in `already_decided` (a decision by or for them is recorded on the stage)."""
         today = self.clock().astimezone(self.policy.zone).date()
         principals = session.scalars(
-            select(Delegation.approver_id).where(
+            select(Delegation.approver_id)
+            .where(
                 Delegation.deputy_id == deputy_id,
                 Delegation.revoked_at.is_(None),
                 Delegation.starts_on <= today,
                 Delegation.ends_on >= today,
             )
+            .distinct()
+            .order_by(Delegation.approver_id)
         )
         for principal in principals:
             # A requester's own delegation never lets anyone decide for them on their own request.
-            if principal != requester_id and self.approvers.is_approver(stage, principal):
+            if principal == requester_id or principal in already_decided:
+                continue
+            if self.approvers.is_approver(stage, principal):
                 return principal
         return None
 
@@ -1139,7 +1156,7 @@ class Workflow:
             info.answer, info.answered_at = answer, now
             request.updated_at = now
             stage = next(s for s in request.stages if s.id == info.stage_review_id)
-            self._resume_clock(stage, info, now)
+            self._resume_clock(stage, request.urgency, info, now)
             audit_at_commit(
                 session,
                 user_id,
@@ -1159,14 +1176,20 @@ class Workflow:
         self._on_outbox()
         return result
 
-    def _resume_clock(self, stage: StageReview, answered: InfoRequest, now: datetime) -> None:
-        """The stage's deadline stood still while it waited on the officer: move it on by that wait."""
+    def _resume_clock(self, stage: StageReview, urgency: str, answered: InfoRequest, now: datetime) -> None:
+        """The stage's deadline stood still while it waited on the officer: move it on by that wait, from
+        the first of the questions that kept it waiting without a break (one asked while another was open
+        stopped nothing new), counted as the deadline counts (deadlines.paused_due)."""
         if not self.policy.review_deadlines.pause_while_awaiting_officer or stage.due_at is None:
             return
         if any(i.answer is None and i.id != answered.id for i in stage.info_requests):
             return  # still waiting on another question: the clock stays stopped
-        waited = now - answered.created_at
-        stage.due_at = stage.due_at + waited
+        stopped = answered.created_at
+        waits = [(i.created_at, i.answered_at or now) for i in stage.info_requests]
+        for asked, answered_at in sorted(waits, reverse=True):  # latest asked first
+            if asked < stopped <= answered_at:
+                stopped = asked  # this wait ran on into the span: the clock stood still since it began
+        stage.due_at = deadlines.paused_due(self.policy, stage.stage_id, urgency, stage.due_at, stopped, now)
         stage.next_check_at = None
 
     def question(self, info_id: int) -> tuple[FrRequest, InfoRequest] | None:
@@ -1175,21 +1198,30 @@ class Workflow:
             request = request_with_history(session, info.request_id) if info is not None else None
             return (request, info) if request is not None and info is not None else None
 
-    def may_view(self, request: FrRequest, user_id: str) -> bool:
-        """The requester, anyone who may decide any stage of it (or a deputy), and leads."""
+    def may_view(self, request: FrRequest, user_id: str, session: Session | None = None) -> bool:
+        """The requester, anyone who may decide any stage of it or has decided one, a deputy today of an
+        approver of any stage of it (their "Awaiting my decision" list offers its details), and leads.
+        `session`: the caller's, if it has one, for the delegations."""
         if user_id == request.requester_id:
+            return True
+        if any(d.approver_id == user_id for s in request.stages for d in s.decisions):
             return True
         try:
             if self.approvers.includes(self.policy.leads, user_id):
                 return True
+            stages = []
             for stage in request.stages:
                 with contextlib.suppress(StopIteration):
-                    if self.approvers.is_approver(self.policy.stage(stage.stage_id), user_id):
-                        return True
+                    stages.append(self.policy.stage(stage.stage_id))
+            if any(self.approvers.is_approver(stage, user_id) for stage in stages):
+                return True
+            with contextlib.ExitStack() as opened:
+                if session is None:
+                    session = opened.enter_context(transaction(self.db, read_only=True))
+                return any(self._delegator(session, stage, user_id, request.requester_id) for stage in stages)
         except ApproverLookupFailed as exc:
             log.warning("approver lookup failed: %s", exc)
             return False
-        return any(d.approver_id == user_id for s in request.stages for d in s.decisions)
 
     def view_request(self, reference_or_id: str | int, user_id: str, surface: str) -> RequestView | Refusal:
         """A request and its timeline for someone entitled to see it; every look is recorded."""
@@ -1200,7 +1232,7 @@ class Workflow:
                 found = session.scalar(select(FrRequest.id).where(FrRequest.reference == reference_or_id))
                 request = request_with_history(session, found) if found is not None else None
             now = self.clock()
-            if request is None or not self.may_view(request, user_id):
+            if request is None or not self.may_view(request, user_id, session):
                 # The same answer whether it exists or not: do not confirm references to outsiders.
                 refusal = Refusal("not_yours", "That request is not one of yours, or does not exist.")
                 audit(
@@ -1242,7 +1274,11 @@ class Workflow:
     ) -> Recorded | Refusal:
         with self._write() as session:
             request = request_with_history(session, request_id)
-            if request is None or user_id == request.requester_id or not self.may_view(request, user_id):
+            if (
+                request is None
+                or user_id == request.requester_id
+                or not self.may_view(request, user_id, session)
+            ):
                 refusal = Refusal(
                     "not_reviewer", "Only this request's reviewers and leads can comment on it."
                 )

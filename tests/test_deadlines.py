@@ -101,7 +101,7 @@ def test_escalation_comes_sooner_for_urgent_requests() -> None:
         ("threat_to_life", start + timedelta(minutes=90)),  # 1 h deadline, 1 reminder every 30 min
     ):
         due = deadlines.review_due(policy, "supervisor", urgency, start)
-        assert deadlines.escalation_due(policy, "supervisor", urgency, start, due) == expected, urgency
+        assert deadlines.escalation_due(policy, "supervisor", urgency, due) == expected, urgency
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from storage.models import AuditEvent, RequestStatus, StageStatus
 from tests.conftest import FakeClock
 from tests.test_workflow import APPROVE, audit_actions, submit
 
+URGENT = "A named victim has been threatened with a knife tonight."
 POST_USE = PostUseForm(
     search_run=True, result="possible_match", handling="retained", authority="Exhibit JS/4, MoPI group 2"
 )
@@ -123,6 +124,57 @@ def test_delegation_never_lets_the_requester_decide_their_own_request(
     theirs = submit(workflow, key="V2", requester="USUP2")
     via_deputy = workflow.decide(theirs.request_id, 0, "UDEPUTY2", "approve", APPROVE)
     assert isinstance(via_deputy, Refusal) and via_deputy.code == "not_approver"
+
+
+def test_a_deputy_of_two_approvers_acts_for_the_one_who_has_not_decided(
+    workflow: Workflow, clock: FakeClock
+) -> None:
+    """The authorisers' stage needs two approvals. UAUTH1 and UAUTH2 both name UDEPUTY; once UAUTH1 has
+    approved himself, the deputy acts for UAUTH2, and only once."""
+    today = clock.now.date()
+    for approver in ("UAUTH1", "UAUTH2"):
+        form = DelegationForm(deputy_id="UDEPUTY", starts_on=today, ends_on=today)
+        assert not isinstance(workflow.delegate(approver, form), Refusal)
+    result = submit(workflow, urgency="threat_to_life", urgency_justification=URGENT)
+    assert isinstance(workflow.decide(result.request_id, 0, "UAUTH1", "approve", APPROVE), Decided)
+    assert [s.stage_id for _, s in workflow.awaiting_decision("UDEPUTY")] == ["authoriser"]
+    decided = workflow.decide(result.request_id, 0, "UDEPUTY", "approve", APPROVE)
+    assert isinstance(decided, Decided)
+    request = workflow.load(result.request_id)
+    assert request is not None and request.status == RequestStatus.APPROVED
+    deciders = [(d.approver_id, d.on_behalf_of) for d in request.stages[0].decisions]
+    assert deciders == [("UAUTH1", None), ("UDEPUTY", "UAUTH2")]
+
+
+def test_a_deputy_decides_once_on_a_stage_whoever_they_stand_in_for(
+    workflow: Workflow, clock: FakeClock
+) -> None:
+    today = clock.now.date()
+    for approver in ("UAUTH1", "UAUTH2"):
+        workflow.delegate(approver, DelegationForm(deputy_id="UDEPUTY", starts_on=today, ends_on=today))
+    result = submit(workflow, urgency="threat_to_life", urgency_justification=URGENT)
+    assert isinstance(workflow.decide(result.request_id, 0, "UDEPUTY", "approve", APPROVE), Decided)
+    again = workflow.decide(result.request_id, 0, "UDEPUTY", "approve", APPROVE)
+    assert isinstance(again, Refusal) and again.code == "already_decided"
+
+
+def test_a_deputy_sees_and_comments_on_the_requests_they_may_decide(
+    workflow: Workflow, clock: FakeClock
+) -> None:
+    """Their "Awaiting my decision" list offers Details and Comment: both work while the delegation runs."""
+    today = clock.now.date()
+    workflow.delegate("USUP1", DelegationForm(deputy_id="UDEPUTY", starts_on=today, ends_on=today))
+    result = submit(workflow)
+    assert [r.id for r, _ in workflow.awaiting_decision("UDEPUTY")] == [result.request_id]
+    assert isinstance(workflow.view_request(result.reference, "UDEPUTY", "app_home"), RequestView)
+    assert not isinstance(
+        workflow.comment(result.request_id, "UDEPUTY", "Exhibit log checked.", "VC1"), Refusal
+    )
+    stranger = workflow.view_request(result.reference, "USTRANGER", "app_home")
+    assert isinstance(stranger, Refusal)
+    clock.advance(days=1)  # the delegation has ended
+    ended = workflow.view_request(result.reference, "UDEPUTY", "app_home")
+    assert isinstance(ended, Refusal) and ended.code == "not_yours"
 
 
 def test_only_involved_people_see_a_request_and_every_look_is_logged(workflow: Workflow) -> None:

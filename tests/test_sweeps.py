@@ -854,6 +854,74 @@ def test_the_clock_stops_while_a_question_waits_on_the_officer(
     assert sweep(workflow, clock).reminders == 1
 
 
+def _ask_and_answer(workflow: Workflow, clock: FakeClock, request_id: int, asked: datetime, key: str) -> int:
+    clock.now = asked
+    workflow.request_info(request_id, 0, "USUP1", "Which exhibit is the still from?", key)
+    request = workflow.load(request_id)
+    assert request is not None
+    return max(info.id for info in request.stages[0].info_requests)
+
+
+def _due_at(workflow: Workflow) -> datetime:
+    with transaction(workflow.db) as session:
+        due = session.scalars(select(StageReview.due_at)).one()
+        assert due is not None
+        return due
+
+
+def test_a_stopped_clock_moves_the_escalation_with_the_due_time(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub
+) -> None:
+    """Urgent: due 8 h after it starts, escalated after 2 reminders 2 h apart or at 1.5x the deadline. A
+    question waits 8 h, so the review is due at +16 h: it escalates at +20 h, not at +12 h counted from
+    its start, which would send the leads a review at the moment it falls due."""
+    request_id = submit(workflow, "V1", urgency="urgent", urgency_justification=WHY)
+    info = _ask_and_answer(workflow, clock, request_id, MONDAY + timedelta(hours=2), "VQ1")
+    clock.now = MONDAY + timedelta(hours=10)
+    workflow.answer_info(info, OFFICER, "Exhibit JS/1, camera 3")
+    due = _due_at(workflow)
+    assert due == MONDAY + timedelta(hours=16)
+    clock.now = due
+    report = sweep(workflow, clock)
+    assert (report.reminders, report.escalations) == (1, 0)
+    clock.now = due + timedelta(hours=4) - timedelta(minutes=1)
+    assert sweep(workflow, clock).escalations == 0
+    clock.now = due + timedelta(hours=4)
+    assert sweep(workflow, clock).escalations == 1
+
+
+def test_a_working_time_deadline_stops_only_for_the_working_time_spent_waiting(
+    workflow: Workflow, clock: FakeClock
+) -> None:
+    """Routine: 3 working days (09:00-17:00, Monday to Friday). Submitted Thursday 09:00, due Monday
+    17:00; a question asked Friday 16:00 and answered Monday 10:00 kept it waiting for two working hours
+    (not the 66 hours of the weekend), so it is due Tuesday 11:00."""
+    thursday = MONDAY + timedelta(days=3)
+    clock.now = thursday
+    request_id = submit(workflow, "V1")
+    assert _due_at(workflow) == MONDAY + timedelta(days=7, hours=8)
+    info = _ask_and_answer(workflow, clock, request_id, thursday + timedelta(days=1, hours=7), "VQ1")
+    clock.now = MONDAY + timedelta(days=7, hours=1)
+    workflow.answer_info(info, OFFICER, "Exhibit JS/1, camera 3")
+    assert _due_at(workflow) == MONDAY + timedelta(days=8, hours=2)
+
+
+def test_questions_that_overlap_stop_the_clock_from_the_first_until_the_last_answer(
+    workflow: Workflow, clock: FakeClock
+) -> None:
+    """Urgent (8 h of clock time). Two questions: one asked at +1 h, another at +2 h, the first answered
+    at +2.5 h, the second at +4 h. The stage waited on the officer without a break from +1 h to +4 h."""
+    request_id = submit(workflow, "V1", urgency="urgent", urgency_justification=WHY)
+    first = _ask_and_answer(workflow, clock, request_id, MONDAY + timedelta(hours=1), "VQ1")
+    second = _ask_and_answer(workflow, clock, request_id, MONDAY + timedelta(hours=2), "VQ2")
+    clock.now = MONDAY + timedelta(hours=2, minutes=30)
+    workflow.answer_info(first, OFFICER, "Exhibit JS/1")
+    assert _due_at(workflow) == MONDAY + timedelta(hours=8)  # the second still waits: no change yet
+    clock.now = MONDAY + timedelta(hours=4)
+    workflow.answer_info(second, OFFICER, "Camera 3")
+    assert _due_at(workflow) == MONDAY + timedelta(hours=11)
+
+
 def test_officer_is_reminded_daily_until_the_outcome_is_recorded(
     workflow: Workflow, clock: FakeClock, stub: SlackStub, engine: Engine
 ) -> None:
