@@ -87,7 +87,58 @@ PERMANENT_ERRORS = {
     "account_inactive": "the bot token was revoked: reinstall the app",
     "token_revoked": "the bot token was revoked: reinstall the app",
     "missing_scope": "the app lacks a scope: reinstall it from manifest.yml",
+    "is_inactive": "the channel is archived or frozen: unarchive it or change the policy",
+    "posting_to_channel_denied": "the bot may not post in that channel: check its posting permissions",
+    "restricted_action": "the workspace does not let the bot post there: check the channel's settings",
+    "restricted_action_read_only_channel": "the channel is read-only: let the bot post or change the policy",
+    "restricted_action_thread_only_channel": "the channel takes thread replies only: change the policy",
+    "restricted_action_non_threadable_channel": "the channel takes no thread replies: change the policy",
+    "restricted_action_thread_locked": "the thread is locked: unlock it in Slack",
+    "edit_window_closed": "the workspace no longer lets the bot edit that message",
+    "app_access_restricted": "the workspace restricts this app: ask a Slack admin to approve it",
+    "ekm_access_denied": "the workspace's encryption keys refuse access: ask a Slack admin",
+    "team_access_not_granted": "the token has no access to that workspace: reinstall the app",
+    "no_permission": "the token may not do that: reinstall the app from manifest.yml",
+    "not_allowed_token_type": "the wrong kind of token: use the bot token (xoxb-)",
+    "not_enabled": "App Home is not enabled: turn on its Home tab (manifest.yml)",
+    "invalid_blocks_format": "Slack refused the message layout: report this as a bot defect",
+    "msg_blocks_too_long": "the message is too long: report this as a bot defect",
+    "view_too_large": "the view is too large: report this as a bot defect",
+    "metadata_too_large": "the message metadata is too large: report this as a bot defect",
+    "invalid_metadata_format": "Slack refused the message metadata: report this as a bot defect",
+    "invalid_metadata_schema": "Slack refused the message metadata: report this as a bot defect",
 }
+# Errors that say Slack could not act just now: retried, however often, as a 5xx or a dropped connection
+# is (with the backoff, and every backoff ends when Slack answers again).
+TRANSIENT_ERRORS = frozenset(
+    {
+        "internal_error",
+        "fatal_error",
+        "service_unavailable",
+        "request_timeout",
+        "team_added_to_org",
+        "external_channel_migrating",
+        "message_limit_exceeded",
+        "update_failed",
+    }
+)
+# Any other failure (an error code not known above, or an exception of the bot's own) is tried this many
+# times, then dead-lettered: a row kept pending holds back every later row of its request (an officer's
+# decision DM behind a refresh Slack will never take), and the dead-letter list shows it to an admin.
+UNRECOGNISED_TRIES = 5
+# Errors that say one message cannot be edited any more: a row editing several messages passes it over
+# and edits the rest (it has nothing left to show there), where one such error made the whole row dead.
+MESSAGE_GONE = frozenset(
+    {
+        "message_not_found",
+        "cant_update_message",
+        "channel_not_found",
+        "is_archived",
+        "is_inactive",
+        "edit_window_closed",
+        "not_in_channel",
+    }
+)
 MAX_BACKOFF_SECONDS = 300.0
 # A pass for a row that falls due later runs this long after: its clock must read the row as due.
 DUE_MARGIN_SECONDS = 0.01
@@ -677,9 +728,13 @@ class OutboxDispatcher:
         except (PermanentFailure, RetryLater, DatabaseUnavailable):
             raise
         except Exception as exc:
-            # A defect, not a Slack fault: keep the row, back off, and make it loud in the log.
+            # A defect, not a Slack fault: back off and make it loud in the log; dead after a few tries,
+            # so that it does not hold the request's later rows.
             log.exception("outbox row %s (%s): unexpected error", row.id, row.kind)
-            raise RetryLater(f"unexpected error: {type(exc).__name__}", backoff(row.attempts)) from None
+            error = f"unexpected error: {type(exc).__name__}"
+            if row.attempts + 1 >= UNRECOGNISED_TRIES:
+                raise PermanentFailure(error) from None
+            raise RetryLater(error, backoff(row.attempts)) from None
 
     def _load_stage(self, row: Claimed, stage_review_id: int) -> tuple[FrRequest, StageReview] | None:
         """The request of a stage post with its history, and the stage. Reads that share no snapshot (each
@@ -781,29 +836,49 @@ class OutboxDispatcher:
             ).all()
         if request is None:
             raise PermanentFailure("request no longer exists")
-        message = views.redacted_dm(request, self.policy)
-        for index, (channel, ts) in enumerate(sent):
-            if index:
-                self._renew(row_id)
-                self.pacer.take([UPDATE_KEY])
-            self._calling = UPDATE_KEY
-            self.client.chat_update(channel=channel, ts=ts, **_body(message))
+        message = _body(views.redacted_dm(request, self.policy))
+        self._edit_each(row_id, [(channel, ts, message) for channel, ts in sent])
 
     def _refresh_reviews(self, row_id: int, request_id: int) -> None:
         with transaction(self.db, read_only=True, single_statement=True) as session:  # as _load_stage
             request = request_with_history(session, request_id)
         if request is None:
             raise PermanentFailure("request no longer exists")
-        posted = [stage for stage in request.stages if stage.message_ts]
-        for index, stage in enumerate(posted):
+        now = self.clock()
+        edits = [
+            (
+                stage.message_channel or stage.channel_id,
+                stage.message_ts,
+                _body(views.review_message(request, stage, self.policy, now=now)),
+            )
+            for stage in request.stages
+            if stage.message_ts
+        ]
+        self._edit_each(row_id, edits)
+
+    def _edit_each(self, row_id: int, edits: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """chat.update each message in turn, the row's lease renewed and the pace kept between them. One
+        that cannot be edited any more (deleted, its channel archived: MESSAGE_GONE) is logged and passed
+        over: the rest are still edited, and a retry would only fail on it again."""
+        for index, (channel, ts, body) in enumerate(edits):
             if index:
                 self._renew(row_id)
                 self.pacer.take([UPDATE_KEY])
-            message = views.review_message(request, stage, self.policy, now=self.clock())
             self._calling = UPDATE_KEY
-            self.client.chat_update(
-                channel=stage.message_channel or stage.channel_id, ts=stage.message_ts, **_body(message)
-            )
+            try:
+                self.client.chat_update(channel=channel, ts=ts, **body)
+            except SlackApiError as exc:
+                error = str(exc.response.get("error") or "")
+                if error not in MESSAGE_GONE:
+                    raise
+                log.warning(
+                    "outbox row %s: message %s in %s cannot be edited (%s: %s); editing the others",
+                    row_id,
+                    ts,
+                    channel,
+                    error,
+                    PERMANENT_ERRORS.get(error, "see the Slack error code"),
+                )
 
 
 def pace_key_for(
@@ -920,8 +995,13 @@ def classify(exc: SlackApiError, attempts: int) -> Exception:
         return RetryLater("rate limited", max(delay, 1.0))
     if error in PERMANENT_ERRORS:
         return PermanentFailure(error)
-    # Slack documents that a 5xx may come after part of the work was done.
-    return RetryLater(error, backoff(attempts), doubtful=response.status_code >= 500)
+    if response.status_code >= 500 or error in TRANSIENT_ERRORS:
+        # Slack documents that a 5xx may come after part of the work was done.
+        return RetryLater(error, backoff(attempts), doubtful=response.status_code >= 500)
+    # `attempts`: the row's tries before this one.
+    if attempts + 1 >= UNRECOGNISED_TRIES:
+        return PermanentFailure(error)
+    return RetryLater(error, backoff(attempts))
 
 
 # --- Administration: the dead-letter list and replay (`fr-bot outbox`) ------------------------------

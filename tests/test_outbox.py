@@ -33,6 +33,7 @@ from bot.intake import modal_updater
 from bot.outbox import (
     DUE_MARGIN_SECONDS,
     PASS_GRACE_SECONDS,
+    UNRECOGNISED_TRIES,
     OutboxDispatcher,
     Sent,
     dispatcher_client,
@@ -223,6 +224,85 @@ def test_permanent_error_is_dead_lettered_with_advice_then_replayed(
         replay = session.scalars(select(AuditEvent).where(AuditEvent.action == "outbox_retried")).one()
     assert replay.request_id == request_id and replay.actor_id.startswith("cli:")
     assert replay.details["outbox_id"] == review.id
+
+
+def _approved_after_its_review_was_posted(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock, dispatcher: OutboxDispatcher
+) -> int:
+    """A request whose reviewer message is posted, then approved: the decision queues the reviewer
+    message's refresh, then the officer's DM, in that order (the DM waits for the refresh)."""
+    request_id = submit(workflow, "V1")
+    drain(dispatcher, clock)
+    workflow.decide(request_id, 0, "USUP1", "approve", APPROVE)
+    kinds = [row.kind for row in rows(workflow) if row.status == OutboxStatus.PENDING]
+    assert kinds.index("refresh_reviews") < kinds.index("dm")
+    return request_id
+
+
+def _officer_told_of_approval(stub: SlackStub) -> bool:
+    return any(
+        "approved" in c.args["text"].lower() for c in delivered(stub) if c.args["channel"] == "UOFFICER"
+    )
+
+
+@pytest.mark.parametrize("error", ["is_inactive", "a_code_slack_added_later"])
+def test_an_edit_slack_will_never_take_does_not_hold_back_the_officers_dm(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock, error: str
+) -> None:
+    """The reviewer channel was archived (`is_inactive` for chat.update), or Slack answers with an error
+    code the bot does not know: either way the refresh is not retried for ever with the officer's
+    decision DM waiting behind it. A known one is passed over at once (the message cannot be edited), an
+    unknown one dead-lettered after UNRECOGNISED_TRIES tries."""
+    dispatcher = make_dispatcher(workflow, stub, clock)
+    _approved_after_its_review_was_posted(workflow, stub, clock, dispatcher)
+    stub.fail_next("chat.update", error=error, count=1000)
+    drain(dispatcher, clock, step=60)
+    assert _officer_told_of_approval(stub)
+    refresh = next(row for row in rows(workflow) if row.kind == "refresh_reviews")
+    tries = len([c for c in stub.calls_to("chat.update") if not c.ok])
+    if error == "is_inactive":
+        assert (refresh.status, tries) == (OutboxStatus.SENT, 1)
+    else:
+        assert (refresh.status, tries) == (OutboxStatus.DEAD, UNRECOGNISED_TRIES)
+        assert error in (refresh.last_error or "")
+
+
+def test_slacks_temporary_errors_are_retried_until_slack_takes_them(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock
+) -> None:
+    dispatcher = make_dispatcher(workflow, stub, clock)
+    _approved_after_its_review_was_posted(workflow, stub, clock, dispatcher)
+    stub.fail_next("chat.update", error="internal_error", count=UNRECOGNISED_TRIES * 2)
+    drain(dispatcher, clock, step=600)
+    refresh = next(row for row in rows(workflow) if row.kind == "refresh_reviews")
+    assert refresh.status == OutboxStatus.SENT and refresh.attempts == UNRECOGNISED_TRIES * 2 + 1
+    assert _officer_told_of_approval(stub)
+
+
+def test_a_refresh_passes_over_a_deleted_reviewer_message_and_edits_the_rest(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock
+) -> None:
+    """Two stages posted; the first stage's message was deleted in Slack. The refresh edits the second
+    (one message_not_found made the whole row dead, the second message left showing its buttons)."""
+    dispatcher = make_dispatcher(workflow, stub, clock)
+    request_id = submit(workflow, "V1", tool="engine-a")
+    drain(dispatcher, clock)
+    workflow.decide(request_id, 0, "USUP1", "approve", APPROVE)
+    drain(dispatcher, clock)
+    with transaction(workflow.db) as session:
+        posted = session.scalars(
+            select(StageReview).where(StageReview.message_ts.is_not(None)).order_by(StageReview.position)
+        ).all()
+        first, second = [(stage.message_channel, stage.message_ts) for stage in posted]
+    del stub.messages[first]
+    stub.clear()
+    workflow.withdraw(request_id, "UOFFICER")
+    drain(dispatcher, clock)
+    refresh = [row for row in rows(workflow) if row.kind == "refresh_reviews"][-1]
+    assert refresh.status == OutboxStatus.SENT
+    edited = [(c.args["channel"], c.args["ts"]) for c in stub.calls_to("chat.update") if c.ok]
+    assert second in edited
+    assert "withdrawn" in stub.messages[second]["text"].lower()
 
 
 def test_replay_of_nothing_and_listing_pending(workflow: Workflow, stub: SlackStub) -> None:
