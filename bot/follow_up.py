@@ -20,17 +20,24 @@ a request, a decision, a question and the everyday forms are answered first and 
 rows the answering process queues itself (work it ran there because this process could not take it) are
 announced here (`wake_outbox`), with when they fall due.
 
-If this process dies, the answering process starts another and sends it what the dead one had not yet
-received; what the dead one was doing is lost as in a crash of a single process (a stored form is still
-recorded: by the next process's scan). Every follow-up process runs with the answering process's policy,
-not the policy file as it may be now. If no new one starts, the answering process stops, so its
-supervisor restarts both. SQLite keeps one process: two writers would wait on its file lock.
+This process tells the answering process when the work a request set going has ended (DONE). If this
+process dies, the answering process starts another and sends it every request the dead one had not said
+it was done with, in their order: those it had not read yet (in the pipe's buffer, or queued to send) and
+those whose work it had not finished. So an officer answered "received" whose form the dead process had
+not stored yet still has it stored; a request whose work had ended but whose DONE had not arrived runs
+again, which the database's unique keys make harmless (a form, a decision, a question is keyed by its
+modal). What a dead process had already started writing is rolled back by PostgreSQL, as in a crash of
+a single process (a stored form is still recorded: by the next process's scan). Every follow-up process
+runs with the answering process's policy, not the policy file as it may be now. If no new one starts,
+the answering process stops, so its supervisor restarts both. SQLite keeps one process: two writers
+would wait on its file lock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import logging
 import multiprocessing
 import os
@@ -39,6 +46,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import Any
@@ -61,6 +69,7 @@ STOP_SECONDS = 90.0
 WATCH_SECONDS = 1.0
 # Messages down the pipe: (kind, payload).
 REQUEST, WAKE_OUTBOX, STOP, READY = "request", "wake-outbox", "stop", "ready"
+DONE = "done"  # from the follow-up process: (DONE, number of the request whose work has ended)
 _SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of this one's threads or pools
 
 
@@ -90,6 +99,11 @@ class FollowUpProcess:
         self._process: Any = None
         self._connection: Connection | None = None
         self._thread: threading.Thread | None = None
+        # Requests sent to the follow-up process that it has not said it is done with, by number, in the
+        # order sent: a new process is sent them again if that one dies.
+        self._numbers = itertools.count(1)
+        self._unfinished: dict[int, tuple[str, Any]] = {}
+        self._unfinished_lock = threading.Lock()
 
     def start(self) -> None:
         """Start the follow-up process and wait until it is ready (raises FollowUpUnavailable)."""
@@ -140,12 +154,24 @@ class FollowUpProcess:
             if kind == STOP:
                 self._finish()
                 return
-            if self._send((kind, payload)):
+            message: tuple[str, Any] = (kind, payload)
+            number = None
+            if kind == REQUEST:
+                number = next(self._numbers)
+                message = (REQUEST, (number, *payload))
+                with self._unfinished_lock:
+                    self._unfinished[number] = message
+            if self._send(message, number is not None):
                 continue
+            if number is not None:
+                with self._unfinished_lock:
+                    self._unfinished.pop(number, None)
             if here is not None:
                 here()  # no follow-up process: this process opens the modal rather than nobody
 
-    def _send(self, message: tuple[str, Any]) -> bool:
+    def _send(self, message: tuple[str, Any], unfinished: bool = False) -> bool:
+        """Send `message`, replacing a dead follow-up process once. `unfinished`: it is among the
+        unfinished requests, which a replacement is sent (so it is not sent a second time here)."""
         for attempt in (1, 2):
             connection = self._connection
             try:
@@ -156,10 +182,13 @@ class FollowUpProcess:
             except (OSError, ValueError) as exc:
                 if attempt == 2 or not self._replace(str(exc)):
                     break
+                if unfinished:
+                    return True
         return False
 
     def _replace(self, reason: str) -> bool:
-        """Start a follow-up process in place of a dead one; if none starts, stop the bot."""
+        """Start a follow-up process in place of a dead one and send it the requests the dead one had
+        not finished; if none starts, stop the bot."""
         log.error("follow-up process gone (%s, exit code %s): starting another", reason, self._exit_code())
         try:
             self._spawn()
@@ -168,7 +197,29 @@ class FollowUpProcess:
             self._connection = None
             self._on_failure()
             return False
+        with self._unfinished_lock:
+            unfinished = list(self._unfinished.values())
+        if unfinished:
+            log.warning("sending %d request(s) the dead follow-up process had not finished", len(unfinished))
+        connection = self._connection
+        try:
+            for message in unfinished:
+                assert connection is not None
+                connection.send(message)
+        except (OSError, ValueError) as exc:  # this one died too: the watch replaces it and sends them again
+            log.error("the new follow-up process did not take them: %s", exc)
         return True
+
+    def _read_done(self, connection: Connection) -> None:
+        """The follow-up process's word that a request's work has ended, until its pipe closes."""
+        while True:
+            try:
+                kind, number = connection.recv()
+            except (EOFError, OSError):
+                return
+            if kind == DONE:
+                with self._unfinished_lock:
+                    self._unfinished.pop(number, None)
 
     def _finish(self) -> None:
         connection, process = self._connection, self._process
@@ -216,6 +267,7 @@ class FollowUpProcess:
             process.kill()
             raise FollowUpUnavailable(f"the follow-up process said {message!r} instead of ready")
         self._process, self._connection = process, ours
+        threading.Thread(target=self._read_done, args=(ours,), name="follow-up-done", daemon=True).start()
         log.info("follow-up process %s ready: the work after each answer runs there", process.pid)
 
 
@@ -255,6 +307,7 @@ def follow_up_main(
 def _serve(
     connection: Connection, app: Any, wake_outbox: Callable[[list[dict[str, Any]] | None], None]
 ) -> None:
+    tell = _Teller(connection)
     while True:
         try:
             kind, payload = connection.recv()
@@ -266,16 +319,47 @@ def _serve(
         if kind == WAKE_OUTBOX:
             wake_outbox(payload)
             continue
-        request, as_of = payload
+        number, request, as_of = payload
+        started: list[Future[None]] = []
         try:
             body = _payload_of(request)
             # Answered already (and its signature checked) by the answering process: Bolt skips the
             # signature check for Socket Mode requests, and what ack() builds here is dropped. The
             # listener judges it as of the moment the answering process's did (handlers/after_answer.py).
-            with judged_as_of(as_of):
+            with judged_as_of(as_of) as started:
                 app.dispatch(BoltRequest(body=body, mode="socket_mode"))
         except Exception:
             log.exception("follow-up process: a handed-over request failed")
+        tell.done_when_ended(number, started)
+
+
+class _Teller:
+    """Tells the answering process when a request's work has ended: at once if it started none, else
+    when the last of it ends, from the thread that ran it (so sends are serialised here)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._lock = threading.Lock()
+
+    def done_when_ended(self, number: int, started: list[Future[None]]) -> None:
+        if not started:
+            self._done(number)
+            return
+        left = [len(started)]
+
+        def ended(_: Future[None]) -> None:
+            with self._lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                self._done(number)
+
+        for future in started:
+            future.add_done_callback(ended)
+
+    def _done(self, number: int) -> None:
+        with self._lock, contextlib.suppress(OSError, ValueError):  # the answering process is gone
+            self._connection.send((DONE, number))
 
 
 def _payload_of(request: dict[str, Any] | ReceivedText) -> dict[str, Any]:

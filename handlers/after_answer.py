@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,7 +31,8 @@ from bot.guard import log_listener_failure
 
 _HANDED_OVER: dict[str, Any] = {}
 # In a follow-up process, while a handed-over request's listener runs on this thread: the moment the
-# answering process judged it as of (`AfterAnswer.as_of`), if its listener read the clock.
+# answering process judged it as of (`AfterAnswer.as_of`), if its listener read the clock, and the work
+# the listener started (`started`), whose end the answering process is told of.
 _JUDGED = threading.local()
 
 
@@ -61,14 +62,17 @@ class HandOver(Protocol):
 
 
 @contextmanager
-def judged_as_of(moment: datetime | None) -> Iterator[None]:
+def judged_as_of(moment: datetime | None) -> Iterator[list[Future[None]]]:
     """In a follow-up process: the listener run meanwhile on this thread, for a request handed over by
-    the answering process, reads `moment` from `AfterAnswer.as_of`, as that process's listener read it."""
-    _JUDGED.moment = moment
+    the answering process, reads `moment` from `AfterAnswer.as_of`, as that process's listener read it.
+    Gives the list of the work it starts (filled as it runs), to tell that process when the request is
+    done with (bot/follow_up.py)."""
+    started: list[Future[None]] = []
+    _JUDGED.moment, _JUDGED.started = moment, started
     try:
-        yield
+        yield started
     finally:
-        _JUDGED.moment = None
+        _JUDGED.moment, _JUDGED.started = None, None
 
 
 class AfterAnswer:
@@ -104,7 +108,10 @@ class AfterAnswer:
         """`kind` names the request in the log line of a failure (its payload may hold user text)."""
 
         def here() -> None:
-            self._executor.submit(self._run, kind, work, args)
+            future = self._executor.submit(self._run, kind, work, args)
+            started = getattr(_JUDGED, "started", None)
+            if started is not None:  # a handed-over request's work, in a follow-up process
+                started.append(future)
 
         payload = getattr(self._current, "payload", None)
         if self._hand_over is None or payload is None:

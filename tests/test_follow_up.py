@@ -288,6 +288,27 @@ def test_the_work_after_answers_runs_in_the_follow_up_process_and_a_dead_one_is_
     assert "Traceback" not in bot.log(), bot.log()
 
 
+def test_a_request_a_dead_follow_up_process_had_not_finished_goes_to_the_next_one(
+    pg_bot: Callable[..., BotProcess], stub: SlackStub
+) -> None:
+    """The follow-up process stops (SIGSTOP: it reads nothing), an officer submits a form and is answered
+    "received", the request waits in the pipe, then the process is killed. The next one is sent it again
+    (it had not said it was done with it): the form is stored, recorded and announced. Before, a request
+    sent down the pipe was forgotten, and that officer's form with it."""
+    bot, first = started(pg_bot)
+    slack = SlackDriver(bot.url, SIGNING_SECRET, stub=stub)
+    view = open_form(slack, stub, "UOFFICER1")
+    os.kill(first, signal.SIGSTOP)
+    status, answer = slack.view_submission("UOFFICER1", view, slack_state(valid_form_values()))
+    assert status == 200 and "Request received" in str(answer)
+    os.kill(first, signal.SIGKILL)
+    replacement(bot, first)
+    assert "FR-20" in reference_of(outcome_of(stub, view, answer))
+    assert "sending 1 request(s) the dead follow-up process had not finished" in bot.log()
+    assert bot.stop() == 0
+    assert "Traceback" not in bot.log(), bot.log()
+
+
 def thread_priorities(pid: int) -> list[tuple[int, int]]:
     """(niceness, time slice in us) of each of the process's threads, from /proc."""
     seen = []
