@@ -220,6 +220,20 @@ def clean_text(value: str) -> str:
     return strip_control(value).strip()
 
 
+def tool_barred(policy: Policy, tool_id: str) -> str | None:
+    """Why the policy in force bars a search with the tool (it is not in the register, it is prohibited,
+    or its kind is authorised under a process of its own), or None: checked when a request is made and
+    again when it is approved, as the register may have changed meanwhile."""
+    tool = policy.tool(tool_id)
+    if tool is None:
+        return "That tool is no longer in the force's register."
+    if tool.status is ToolStatus.PROHIBITED:
+        return f"{tool.name} is prohibited in this force. {tool.note}".strip()
+    if tool.category in policy.own_process:
+        return policy.own_process[tool.category]
+    return None
+
+
 def check_request(policy: Policy, raw: dict[str, str]) -> RequestForm:
     """Apply the policy's objective criteria; raise FormErrors naming each failing field."""
     errors: dict[str, str] = {}
@@ -255,10 +269,9 @@ def check_request(policy: Policy, raw: dict[str, str]) -> RequestForm:
 
     tool = policy.tool(values.get("tool", ""))
     if tool is not None:
-        if tool.status is ToolStatus.PROHIBITED:
-            errors["tool"] = f"{tool.name} is prohibited in this force. {tool.note}".strip()
-        elif tool.category in policy.own_process:
-            errors["tool"] = policy.own_process[tool.category]
+        barred = tool_barred(policy, tool.id)
+        if barred is not None:
+            errors["tool"] = barred
         subject = values.get("subject_category")
         seriousness = values.get("offence_seriousness")
         if tool.allowed_subjects is not None and subject and subject not in tool.allowed_subjects:

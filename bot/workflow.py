@@ -31,7 +31,7 @@ from bot.audit import (
     texts_for,
     unseal,
 )
-from bot.forms import DecisionForm, DelegationForm, PostUseForm, RequestForm
+from bot.forms import DecisionForm, DelegationForm, PostUseForm, RequestForm, tool_barred
 from bot.outbox import pace_key_for
 from bot.policy import LoadedPolicy, Stage, ToolStatus, Urgency
 from bot.routing import choose_route
@@ -703,6 +703,21 @@ class Workflow:
             return Refusal("already_decided", message), None
         return None, on_behalf_of
 
+    def _approval_refusal(self, request: FrRequest | None) -> Refusal | None:
+        """An approval needs the tool to be usable under the policy in force now: the register may have
+        changed since the request was made (a tool prohibited, removed, or moved to a process of its
+        own). Its reviewers can still reject it, and the officer withdraw it."""
+        if request is None:
+            return None
+        barred = tool_barred(self.policy, request.tool_id)
+        if barred is None:
+            return None
+        message = (
+            f"{request.reference} cannot be approved under the policy in force: {barred} "
+            "Reject it, or ask the officer to withdraw it."
+        )
+        return Refusal("tool_barred", message)
+
     def _delegator(
         self,
         session: Session,
@@ -771,12 +786,16 @@ class Workflow:
         with transaction(self.db, read_only=True, single_statement=True) as session:
             request = request_for_review(session, request_id)
             refusal = self._refusal(session, request, position, user_id)
+        if refusal is None and action == "approve":
+            refusal = self._approval_refusal(request)
         if refusal is None and request is not None:
             return request
         with self._write() as session:
             request = request_for_review(session, request_id)
             # Checked again in the writing transaction: the refusal recorded is the one that holds now.
             refusal = self._refusal(session, request, position, user_id)
+            if refusal is None and action == "approve":
+                refusal = self._approval_refusal(request)
             if refusal is None and request is not None:
                 return request
             refusal = refusal or Refusal("gone", "That request no longer exists.")
@@ -829,6 +848,8 @@ class Workflow:
                 # SQLite's BEGIN IMMEDIATE does the same there.
                 request = request_for_review(session, request_id, lock=True)
                 refusal, on_behalf_of = self._authority(session, request, position, user_id)
+                if refusal is None and outcome == "approve":
+                    refusal = self._approval_refusal(request)
                 if refusal is not None:
                     self._refuse(session, request, position, user_id, outcome, refusal, view_id)
                     return refusal

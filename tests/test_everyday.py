@@ -8,11 +8,12 @@ from sqlalchemy import select
 
 from bot import views
 from bot.forms import DelegationForm, PostUseForm
+from bot.policy import LoadedPolicy, parse_policy
 from bot.workflow import Decided, Refusal, RequestView, Workflow
 from storage.db import transaction
 from storage.models import AuditEvent, RequestStatus, StageStatus
-from tests.conftest import FakeClock
-from tests.test_workflow import APPROVE, audit_actions, submit
+from tests.conftest import TEST_POLICY, FakeClock
+from tests.test_workflow import APPROVE, REJECT, audit_actions, submit
 
 URGENT = "A named victim has been threatened with a knife tonight."
 POST_USE = PostUseForm(
@@ -124,6 +125,28 @@ def test_delegation_never_lets_the_requester_decide_their_own_request(
     theirs = submit(workflow, key="V2", requester="USUP2")
     via_deputy = workflow.decide(theirs.request_id, 0, "UDEPUTY2", "approve", APPROVE)
     assert isinstance(via_deputy, Refusal) and via_deputy.code == "not_approver"
+
+
+def test_a_request_for_a_tool_the_policy_now_bars_can_be_rejected_but_not_approved(
+    workflow: Workflow, policy: LoadedPolicy
+) -> None:
+    """Made while Force RFR was approved; the register then says it is prohibited, and the bot restarts
+    with that policy. Its reviewers are refused the approval (at the click and at the decision), and may
+    still reject it."""
+    result = submit(workflow)
+    barred = parse_policy(TEST_POLICY.replace("status: approved", "status: prohibited"), "policy.yml")
+    later = Workflow(workflow.db, barred, workflow.approvers, clock=workflow.clock)
+    clicked = later.authorised_request(result.request_id, 0, "USUP1", "approve")
+    assert isinstance(clicked, Refusal) and clicked.code == "tool_barred"
+    assert "Force RFR is prohibited in this force" in clicked.message
+    refused = later.decide(result.request_id, 0, "USUP1", "approve", APPROVE)
+    assert isinstance(refused, Refusal) and refused.code == "tool_barred"
+    assert not isinstance(later.authorised_request(result.request_id, 0, "USUP1", "reject"), Refusal)
+    rejected = later.decide(result.request_id, 0, "USUP1", "reject", REJECT)
+    assert isinstance(rejected, Decided)
+    request = later.load(result.request_id)
+    assert request is not None and request.status == RequestStatus.REJECTED
+    assert audit_actions(workflow, result.request_id).count("action_refused") == 2
 
 
 def test_a_deputy_of_two_approvers_acts_for_the_one_who_has_not_decided(
