@@ -45,6 +45,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime
@@ -69,7 +70,11 @@ STOP_SECONDS = 90.0
 WATCH_SECONDS = 1.0
 # Messages down the pipe: (kind, payload).
 REQUEST, WAKE_OUTBOX, STOP, READY = "request", "wake-outbox", "stop", "ready"
-DONE = "done"  # from the follow-up process: (DONE, number of the request whose work has ended)
+DONE = "done"  # from the follow-up process: (DONE, numbers of the requests whose work has ended)
+# How long the follow-up process gathers ended requests before it says so: one message for many, so the
+# answering process's GIL is woken a few times a second, not once for every request it answered. A
+# request whose work ended within this of a crash runs again in the next process, which is harmless.
+DONE_GATHER_SECONDS = 0.1
 _SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of this one's threads or pools
 
 
@@ -158,7 +163,7 @@ class FollowUpProcess:
             number = None
             if kind == REQUEST:
                 number = next(self._numbers)
-                message = (REQUEST, (number, *payload))
+                message = (REQUEST, (number, *payload, False))
                 with self._unfinished_lock:
                     self._unfinished[number] = message
             if self._send(message, number is not None):
@@ -198,7 +203,8 @@ class FollowUpProcess:
             self._on_failure()
             return False
         with self._unfinished_lock:
-            unfinished = list(self._unfinished.values())
+            # Marked as sent again: a modal the dead process opened is not opened twice (sent_again).
+            unfinished = [(kind, (*payload[:-1], True)) for kind, payload in self._unfinished.values()]
         if unfinished:
             log.warning("sending %d request(s) the dead follow-up process had not finished", len(unfinished))
         connection = self._connection
@@ -214,12 +220,13 @@ class FollowUpProcess:
         """The follow-up process's word that a request's work has ended, until its pipe closes."""
         while True:
             try:
-                kind, number = connection.recv()
+                kind, numbers = connection.recv()
             except (EOFError, OSError):
                 return
             if kind == DONE:
                 with self._unfinished_lock:
-                    self._unfinished.pop(number, None)
+                    for number in numbers:
+                        self._unfinished.pop(number, None)
 
     def _finish(self) -> None:
         connection, process = self._connection, self._process
@@ -319,14 +326,14 @@ def _serve(
         if kind == WAKE_OUTBOX:
             wake_outbox(payload)
             continue
-        number, request, as_of = payload
+        number, request, as_of, again = payload
         started: list[Future[None]] = []
         try:
             body = _payload_of(request)
             # Answered already (and its signature checked) by the answering process: Bolt skips the
             # signature check for Socket Mode requests, and what ack() builds here is dropped. The
             # listener judges it as of the moment the answering process's did (handlers/after_answer.py).
-            with judged_as_of(as_of) as started:
+            with judged_as_of(as_of, again) as started:
                 app.dispatch(BoltRequest(body=body, mode="socket_mode"))
         except Exception:
             log.exception("follow-up process: a handed-over request failed")
@@ -334,12 +341,16 @@ def _serve(
 
 
 class _Teller:
-    """Tells the answering process when a request's work has ended: at once if it started none, else
-    when the last of it ends, from the thread that ran it (so sends are serialised here)."""
+    """Tells the answering process when a request's work has ended (at once if it started none, else
+    when the last of it ends), gathering the requests that end within DONE_GATHER_SECONDS into one
+    message, sent from a thread of its own."""
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
         self._lock = threading.Lock()
+        self._ended: list[int] = []
+        self._waiting = threading.Condition(self._lock)
+        threading.Thread(target=self._send_loop, name="follow-up-done", daemon=True).start()
 
     def done_when_ended(self, number: int, started: list[Future[None]]) -> None:
         if not started:
@@ -358,8 +369,23 @@ class _Teller:
             future.add_done_callback(ended)
 
     def _done(self, number: int) -> None:
-        with self._lock, contextlib.suppress(OSError, ValueError):  # the answering process is gone
-            self._connection.send((DONE, number))
+        with self._lock:
+            self._ended.append(number)
+            if len(self._ended) == 1:
+                self._waiting.notify()
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._ended:
+                    self._waiting.wait()
+            time.sleep(DONE_GATHER_SECONDS)  # gather what ends meanwhile
+            with self._lock:
+                ended, self._ended = self._ended, []
+            try:
+                self._connection.send((DONE, ended))
+            except (OSError, ValueError):  # the answering process is gone
+                return
 
 
 def _payload_of(request: dict[str, Any] | ReceivedText) -> dict[str, Any]:

@@ -34,6 +34,8 @@ _HANDED_OVER: dict[str, Any] = {}
 # answering process judged it as of (`AfterAnswer.as_of`), if its listener read the clock, and the work
 # the listener started (`started`), whose end the answering process is told of.
 _JUDGED = threading.local()
+# While the work of a request sent again to a new follow-up process runs on this thread (`sent_again`).
+_AGAIN = threading.local()
 
 
 @dataclass(frozen=True)
@@ -62,17 +64,25 @@ class HandOver(Protocol):
 
 
 @contextmanager
-def judged_as_of(moment: datetime | None) -> Iterator[list[Future[None]]]:
+def judged_as_of(moment: datetime | None, again: bool = False) -> Iterator[list[Future[None]]]:
     """In a follow-up process: the listener run meanwhile on this thread, for a request handed over by
     the answering process, reads `moment` from `AfterAnswer.as_of`, as that process's listener read it.
     Gives the list of the work it starts (filled as it runs), to tell that process when the request is
-    done with (bot/follow_up.py)."""
+    done with (bot/follow_up.py). `again`: the request was sent again, after a follow-up process died
+    before saying it was done with it (`sent_again`)."""
     started: list[Future[None]] = []
-    _JUDGED.moment, _JUDGED.started = moment, started
+    _JUDGED.moment, _JUDGED.started, _JUDGED.again = moment, started, again
     try:
         yield started
     finally:
-        _JUDGED.moment, _JUDGED.started = None, None
+        _JUDGED.moment, _JUDGED.started, _JUDGED.again = None, None, False
+
+
+def sent_again() -> bool:
+    """Whether the work running on this thread is a request's sent again to a new follow-up process: its
+    first run may have done it already (a modal opened, whose trigger_id is now spent), so a failure that
+    only says so is not the user's business."""
+    return bool(getattr(_AGAIN, "active", False))
 
 
 class AfterAnswer:
@@ -108,7 +118,8 @@ class AfterAnswer:
         """`kind` names the request in the log line of a failure (its payload may hold user text)."""
 
         def here() -> None:
-            future = self._executor.submit(self._run, kind, work, args)
+            again = bool(getattr(_JUDGED, "again", False))
+            future = self._executor.submit(self._run, kind, work, args, again)
             started = getattr(_JUDGED, "started", None)
             if started is not None:  # a handed-over request's work, in a follow-up process
                 started.append(future)
@@ -123,10 +134,13 @@ class AfterAnswer:
             self._hand_over(payload, here, getattr(self._current, "as_of", None))
 
     @staticmethod
-    def _run(kind: str, work: Callable[..., None], args: tuple[Any, ...]) -> None:
+    def _run(kind: str, work: Callable[..., None], args: tuple[Any, ...], again: bool = False) -> None:
         BACKGROUND.lower_this_thread()
         ANSWERS.step_aside()
+        _AGAIN.active = again
         try:
             work(*args)
         except Exception as error:  # nobody else would see it: a Future's exception is never read
             log_listener_failure(error, kind)
+        finally:
+            _AGAIN.active = False

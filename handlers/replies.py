@@ -9,6 +9,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import views
+from handlers.after_answer import sent_again
 
 log = logging.getLogger(__name__)
 
@@ -41,5 +42,8 @@ def open_view(client: WebClient, body: dict[str, Any], view: dict[str, Any]) -> 
     try:
         client.views_open(trigger_id=body["trigger_id"], view=view)
     except SlackApiError as exc:
+        if sent_again():  # its first run, in a follow-up process that died, may have opened it
+            log.info("a form not opened again after a follow-up process died: %s", exc.response.get("error"))
+            return
         log.warning("could not open a form: %s", exc.response.get("error"))
         tell(client, {**body, "trigger_id": None}, "Slack did not open the form in time. Please try again.")

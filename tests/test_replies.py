@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import pytest
 
 from bot import views
+from handlers.after_answer import AfterAnswer, judged_as_of
 from handlers.replies import open_view, tell
 from tests.slackstub import SlackStub
 
@@ -53,3 +55,17 @@ def test_an_app_home_click_is_answered_in_a_modal_while_its_trigger_lives(stub: 
     # The same trigger again (spent): the notice goes as a DM instead.
     tell(client, body, "Second notice.")
     assert _dms_to(stub, "UOFFICER") == ["Second notice."]
+
+
+def test_a_form_sent_again_to_a_new_follow_up_process_is_not_reported_unopened(stub: SlackStub) -> None:
+    """Its first run, in a follow-up process that died before saying it was done, may have opened it: the
+    spent trigger_id of the run sent again is nobody's business (bot/follow_up.py)."""
+    client = stub.client()
+    body = _home_click(stub, "UOFFICER", "123.456.spent")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        after_answer = AfterAnswer(pool)
+        for again in (True, False):
+            with judged_as_of(None, again) as started:
+                after_answer("command", open_view, client, body, views.notice_modal("A form", "text"))
+            wait(started)
+    assert _dms_to(stub, "UOFFICER") == ["Slack did not open the form in time. Please try again."]  # once
