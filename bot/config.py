@@ -21,6 +21,10 @@ class SettingsError(Exception):
     """A setting is missing or malformed; the message names it and says what to do."""
 
 
+# The database URL schemes the bot has drivers for (SQLite's is in Python; psycopg 3 is a dependency).
+DATABASE_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql+psycopg")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FRBOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
@@ -80,7 +84,9 @@ class Settings(BaseSettings):
         # checking first refused the common postgres:// form this rewrite is meant to accept.
         if value.startswith("postgresql://") or value.startswith("postgres://"):
             value = "postgresql+psycopg://" + value.split("://", 1)[1]
-        if not value.startswith(("sqlite", "postgresql")):
+        # The scheme whole, driver included: postgresql+psycopg2:// (or +asyncpg) names a driver the bot
+        # does not ship, which failed later, at the first connection, with a traceback.
+        if value.split("://", 1)[0] not in DATABASE_SCHEMES:
             raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
         return value
 

@@ -326,16 +326,22 @@ def _due_reviews(now: datetime, policy: Policy) -> list[Any]:
     (storage/models.py, PENDING_STAGE). Testing the request's status as well made PostgreSQL, which
     expects most pending stages to be due (its statistics of due_at are of every stage), join all pending
     requests by hash instead of looking up the few due ones (bench/NOTES.md item 42)."""
-    conditions = [
+    return [
         IS_PENDING_STAGE,
         StageReview.due_at.is_not(None),
         StageReview.due_at <= now,
         _not_checked_after(now),
+        *_clock_running(policy),
     ]
-    if policy.review_deadlines.pause_while_awaiting_officer:
-        waiting = exists().where(InfoRequest.stage_review_id == StageReview.id, InfoRequest.answer.is_(None))
-        conditions.append(~waiting)
-    return conditions
+
+
+def _clock_running(policy: Policy) -> list[Any]:
+    """A review whose clock runs: not one waiting on the officer's answer to a question, when the policy
+    stops the clock for that (it is not overdue meanwhile, for reminders nor for the digest)."""
+    if not policy.review_deadlines.pause_while_awaiting_officer:
+        return []
+    waiting = exists().where(InfoRequest.stage_review_id == StageReview.id, InfoRequest.answer.is_(None))
+    return [~waiting]
 
 
 # --- Overdue reviews: reminders and escalation ------------------------------------------------------------
@@ -775,6 +781,14 @@ def _remind_post_use(db: sessionmaker[Session], now: datetime, report: SweepRepo
                 FrRequest.status == RequestStatus.APPROVED,
                 FrRequest.closed_at.is_(None),
                 FrRequest.valid_until <= now,
+                # Not those reminded for this day already (its reminder is due within the last day):
+                # otherwise the oldest BATCH_SIZE unrecorded approvals, read again in every sweep, would
+                # keep the rest from their reminders for good.
+                ~exists().where(
+                    ScheduledNotice.kind == NoticeKind.POST_USE,
+                    ScheduledNotice.subject_id == FrRequest.id,
+                    ScheduledNotice.due_at > now - timedelta(days=1),
+                ),
             )
             .order_by(FrRequest.valid_until)
             .limit(BATCH_SIZE)
@@ -1089,7 +1103,12 @@ def digest_summary(
                 StageReview.message_ts,
             )
             .join(FrRequest, FrRequest.id == StageReview.request_id)
-            .where(IS_PENDING_STAGE, StageReview.due_at.is_not(None), StageReview.due_at <= now)
+            .where(
+                IS_PENDING_STAGE,
+                StageReview.due_at.is_not(None),
+                StageReview.due_at <= now,
+                *_clock_running(policy),
+            )
             .order_by(StageReview.due_at, StageReview.id)
             .limit(DIGEST_ITEMS_KEPT)
         )

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -220,6 +220,9 @@ def insert_outbox(session: Session, rows: list[dict[str, Any]]) -> None:
     write_rows(session, [(OUTBOX_INSERT, rows)])
 
 
+# How many pages of the oldest pending stages "Awaiting my decision" looks through for ones the user may
+# decide now (most pages hold them all; see Workflow.awaiting_decision).
+AWAITING_PAGES = 10
 MODAL_UPDATE = "update_modal"  # outbox kind (bot/intake.py sends it)
 # Slack shows the "received" answer when our HTTP reply reaches it; an update sent sooner could land first.
 MODAL_UPDATE_DELAY = timedelta(seconds=1)
@@ -1012,7 +1015,7 @@ class Workflow:
             request.id,
             now,
         )
-        self._touch_homes(session, request, now)
+        self._touch_homes(session, request, now, closed=stage, actor=user_id)
         return Decided(
             reference=request.reference,
             outcome=outcome,
@@ -1106,17 +1109,35 @@ class Workflow:
 
     # --- Everyday flows: withdraw, answer, comment, post-use record, delegation, viewing --------------
 
-    def _touch_homes(self, session: Session, request: FrRequest, now: datetime) -> None:
-        """Queue an App Home refresh for the people this request concerns."""
-        enqueue_at_commit(session, "publish_home", self._homes(request), request.id, now)
+    def _touch_homes(
+        self,
+        session: Session,
+        request: FrRequest,
+        now: datetime,
+        closed: StageReview | None = None,
+        actor: str | None = None,
+    ) -> None:
+        """Queue an App Home refresh for the people this request concerns: `closed`, a stage this change
+        took out of its approvers' hands (decided, or cancelled by a withdrawal), whose "Awaiting my
+        decision" lists showed it; `actor`, who made the change (a deputy, say)."""
+        enqueue_at_commit(session, "publish_home", self._homes(request, closed, actor), request.id, now)
 
-    def _homes(self, request: FrRequest) -> dict[str, Any]:
-        """Whose App Home shows this request: the officer's and its current deciders'."""
-        principals: tuple[str, ...] = ()
+    def _homes(
+        self, request: FrRequest, closed: StageReview | None = None, actor: str | None = None
+    ) -> dict[str, Any]:
+        """Whose App Home shows this request: the officer's, its current deciders', and those of a stage
+        it has just left (`closed`) with who left it there (`actor`)."""
+        principals: list[str] = []
+        stages = [closed] if closed is not None else []
         if request.status == RequestStatus.PENDING and request.current is not None:
+            stages.append(request.current)
+        for stage in stages:
             with contextlib.suppress(StopIteration):
-                principals = self.policy.stage(request.current.stage_id).approvers
-        return {"users": [request.requester_id], "principals": list(principals)}
+                principals += [p for p in self.policy.stage(stage.stage_id).approvers if p not in principals]
+        users = [request.requester_id]
+        if actor is not None and actor not in users:
+            users.append(actor)
+        return {"users": users, "principals": principals}
 
     def withdraw(self, request_id: int, user_id: str) -> Recorded | Refusal:
         with self._write() as session:
@@ -1147,7 +1168,7 @@ class Workflow:
             )
             enqueue_at_commit(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
             enqueue_at_commit(session, "dm", views.withdrawn_dm(request), request.id, now)
-            self._touch_homes(session, request, now)
+            self._touch_homes(session, request, now, closed=current)
             result = Recorded(request.reference)
         self._on_outbox()
         return result
@@ -1477,7 +1498,11 @@ class Workflow:
                     continue
             if not stage_ids:
                 return []
-            candidates = session.scalars(
+            decided_by_them = exists().where(
+                Decision.stage_review_id == StageReview.id,
+                or_(Decision.approver_id == user_id, Decision.on_behalf_of == user_id),
+            )
+            candidates = (
                 select(StageReview.request_id)
                 .join(FrRequest, FrRequest.id == StageReview.request_id)
                 .where(
@@ -1485,17 +1510,24 @@ class Workflow:
                     StageReview.stage_id.in_(stage_ids),
                     FrRequest.status == RequestStatus.PENDING,
                     FrRequest.requester_id != user_id,
+                    ~decided_by_them,
                 )
-                .order_by(StageReview.started_at)
-                .limit(limit * 2)
-            ).all()
+                .order_by(StageReview.started_at, StageReview.id)
+            )
             found: list[tuple[FrRequest, StageReview]] = []
-            for request in requests_with_history(session, candidates):
-                if request.current is None:
-                    continue
-                if self._authority(session, request, request.current.position, user_id)[0] is None:
-                    found.append((request, request.current))
-                if len(found) >= limit:
+            page = limit * 2
+            # Page on while the checks below pass over some (a deputy's principal's own request, say), so
+            # a long queue of those does not hide the rest behind "Nothing is waiting for you".
+            for offset in range(0, page * AWAITING_PAGES, page):
+                ids = session.scalars(candidates.offset(offset).limit(page)).all()
+                for request in requests_with_history(session, ids):
+                    if request.current is None:
+                        continue
+                    if self._authority(session, request, request.current.position, user_id)[0] is None:
+                        found.append((request, request.current))
+                    if len(found) >= limit:
+                        return found
+                if len(ids) < page:
                     break
             return found
 

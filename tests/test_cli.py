@@ -76,8 +76,10 @@ def test_bad_http_port(tmp_path: Path) -> None:
     assert line.startswith("fr-bot: invalid setting FRBOT_HTTP_PORT: ")
 
 
-def test_bad_database_url_scheme(tmp_path: Path) -> None:
-    line = config_error(fr_bot(tmp_path, "migrate", FRBOT_DATABASE_URL="mysql://fr:pw@db/fr"))
+@pytest.mark.parametrize("url", ["mysql://fr:pw@db/fr", "postgresql+psycopg2://fr:pw@db/fr"])
+def test_bad_database_url_scheme(tmp_path: Path, url: str) -> None:
+    """A driver the bot does not ship (psycopg2) is refused with one line, not a traceback at connect."""
+    line = config_error(fr_bot(tmp_path, "migrate", FRBOT_DATABASE_URL=url))
     assert line.startswith("fr-bot: invalid setting FRBOT_DATABASE_URL: ")
     assert "sqlite:///" in line and "postgresql+psycopg://" in line
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 from sqlalchemy import select
 
@@ -11,7 +12,7 @@ from bot.forms import DelegationForm, PostUseForm
 from bot.policy import LoadedPolicy, parse_policy
 from bot.workflow import Decided, Refusal, RequestView, Workflow
 from storage.db import transaction
-from storage.models import AuditEvent, RequestStatus, StageStatus
+from storage.models import AuditEvent, OutboxMessage, RequestStatus, StageStatus
 from tests.conftest import TEST_POLICY, FakeClock
 from tests.test_workflow import APPROVE, REJECT, audit_actions, submit
 
@@ -125,6 +126,42 @@ def test_delegation_never_lets_the_requester_decide_their_own_request(
     theirs = submit(workflow, key="V2", requester="USUP2")
     via_deputy = workflow.decide(theirs.request_id, 0, "UDEPUTY2", "approve", APPROVE)
     assert isinstance(via_deputy, Refusal) and via_deputy.code == "not_approver"
+
+
+def _last_home_refresh(workflow: Workflow) -> dict[str, Any]:
+    with transaction(workflow.db) as session:
+        return session.scalars(
+            select(OutboxMessage.payload)
+            .where(OutboxMessage.kind == "publish_home")
+            .order_by(OutboxMessage.id.desc())
+            .limit(1)
+        ).one()
+
+
+def test_app_home_is_refreshed_for_the_approvers_of_a_stage_a_change_closed(workflow: Workflow) -> None:
+    """Their "Awaiting my decision" lists showed it: once decided, or withdrawn, it must leave them (the
+    refresh went to the officer and the deciders of the stage current after the change only)."""
+    decided = submit(workflow)
+    workflow.decide(decided.request_id, 0, "USUP1", "approve", APPROVE)
+    refresh = _last_home_refresh(workflow)
+    assert refresh["principals"] == ["USUP1", "USUP2", "S0SUPERS"]
+    assert refresh["users"] == ["UOFFICER", "USUP1"]
+    withdrawn = submit(workflow, key="V2", tool="engine-a")
+    workflow.withdraw(withdrawn.request_id, "UOFFICER")
+    assert _last_home_refresh(workflow)["principals"] == ["USUP1", "USUP2", "S0SUPERS"]
+
+
+def test_awaiting_decision_looks_past_the_stages_the_user_has_decided(workflow: Workflow) -> None:
+    """The authorisers' stage needs two approvals: the 30 oldest, approved by UAUTH1, wait for a second
+    approver; the 31st is still UAUTH1's to decide (the list read the 30 oldest and found nothing)."""
+    ids = [
+        submit(workflow, key=f"V{n}", urgency="threat_to_life", urgency_justification=URGENT).request_id
+        for n in range(31)
+    ]
+    for request_id in ids[:30]:
+        assert isinstance(workflow.decide(request_id, 0, "UAUTH1", "approve", APPROVE), Decided)
+    assert [r.id for r, _ in workflow.awaiting_decision("UAUTH1")] == ids[30:]
+    assert len(workflow.awaiting_decision("UAUTH2")) == 15  # the list's limit
 
 
 def test_a_request_for_a_tool_the_policy_now_bars_can_be_rejected_but_not_approved(

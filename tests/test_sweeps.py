@@ -922,6 +922,39 @@ def test_questions_that_overlap_stop_the_clock_from_the_first_until_the_last_ans
     assert _due_at(workflow) == MONDAY + timedelta(hours=11)
 
 
+def test_every_unrecorded_approval_gets_its_daily_reminder_however_many_wait(
+    workflow: Workflow, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep reminds a batch at a time: the oldest approvals already reminded today must not fill every
+    batch, or those after them are never reminded (BATCH_SIZE 2 here, 3 approvals ended)."""
+    monkeypatch.setattr(sweeps, "BATCH_SIZE", 2)
+    ids = [submit(workflow, f"V{n}") for n in range(3)]
+    for request_id in ids:
+        workflow.decide(request_id, 0, "USUP1", "approve", APPROVE)
+        clock.advance(minutes=1)
+    request = workflow.load(ids[-1])
+    assert request is not None and request.valid_until is not None
+    clock.now = request.valid_until + timedelta(hours=1)
+    assert sweep(workflow, clock).post_use_reminders == 2
+    assert sweep(workflow, clock).post_use_reminders == 1
+    assert sweep(workflow, clock).post_use_reminders == 0
+    clock.advance(days=1)
+    assert sweep(workflow, clock).post_use_reminders + sweep(workflow, clock).post_use_reminders == 3
+
+
+def test_the_digest_does_not_list_as_overdue_a_review_whose_clock_is_stopped(
+    workflow: Workflow, clock: FakeClock
+) -> None:
+    """Due at +8 h, a question to the officer asked at +7 h and still unanswered: the leads are not sent
+    to chase a reviewer who waits on the officer."""
+    request_id = submit(workflow, "V1", urgency="urgent", urgency_justification=WHY)
+    _ask_and_answer(workflow, clock, request_id, MONDAY + timedelta(hours=7), "VQ1")
+    now = MONDAY + timedelta(hours=9)
+    with transaction(workflow.db) as session:
+        summary = sweeps.digest_summary(session, workflow.policy, now - timedelta(days=1), now, now)
+    assert summary["overdue"] == []
+
+
 def test_officer_is_reminded_daily_until_the_outcome_is_recorded(
     workflow: Workflow, clock: FakeClock, stub: SlackStub, engine: Engine
 ) -> None:
