@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from bot.audit import GENESIS_HASH
 from bot.evidence import choice_label
 from bot.policy import SUBJECT_LABELS, URGENCY_LABELS, Policy, SubjectCategory, Urgency
+from bot.sweeps import percentile
 from storage.models import AuditChainHead, AuditEvent, Decision, FrRequest, RequestStatus, StageReview
 
 
@@ -80,11 +81,11 @@ def summary(values: list[float]) -> dict[str, float | int]:
     if not values:
         return {"count": 0, "median": 0.0, "p90": 0.0, "mean": 0.0}
     ordered = sorted(values)
-    p90 = ordered[min(len(ordered) - 1, max(0, round(0.9 * len(ordered)) - 1))]
     return {
         "count": len(ordered),
         "median": statistics.median(ordered),
-        "p90": p90,
+        # Nearest rank, as the digest's: round() is to even, which took the 6th of 7 values, not the 7th.
+        "p90": percentile(ordered, 0.9),
         "mean": statistics.fmean(ordered),
     }
 

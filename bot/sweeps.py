@@ -1038,7 +1038,7 @@ def _record_missed(
     report.digests_missed += 1
 
 
-def _percentile(sorted_values: list[float], fraction: float) -> float:
+def percentile(sorted_values: list[float], fraction: float) -> float:
     """Nearest-rank percentile: the smallest value with at least `fraction` of the values at or below."""
     rank = max(1, math.ceil(fraction * len(sorted_values)))
     return sorted_values[rank - 1]
@@ -1149,7 +1149,7 @@ def digest_summary(
     decision_hours = {
         "count": len(hours),
         "median": statistics.median(hours) if hours else None,
-        "p90": _percentile(hours, 0.9) if hours else None,
+        "p90": percentile(hours, 0.9) if hours else None,
     }
 
     horizon = now + timedelta(hours=policy.digest.expiring_within_hours)

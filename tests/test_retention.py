@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine, func, select
 
-from bot import retention
+from bot import report, retention
 from bot.audit import PURGE_ACTION, REMOVED_TEXT, verify_chain
 from bot.evidence import request_events
 from bot.forms import DecisionForm, check_request
@@ -183,8 +183,6 @@ def test_purged_request_renders_details_removed(
 def test_report_counts_and_times(workflow: Workflow, clock: FakeClock) -> None:
     from datetime import UTC, datetime
 
-    from bot import report
-
     fast = submit(workflow, "V1")
     clock.advance(hours=4)
     workflow.decide(fast, 0, "USUP1", "approve", APPROVE)
@@ -209,3 +207,11 @@ def test_report_counts_and_times(workflow: Workflow, clock: FakeClock) -> None:
     # Both approvals (72 hours) ended before 1 April with no outcome recorded: both are overdue.
     assert sorted(ref for ref, _ in data.overdue_post_use) == ["FR-2026-00001", "FR-2026-00002"]
     assert "## Overdue post-use records" in report.markdown(data, "chart.png")
+
+
+def test_the_reports_90th_percentile_is_the_nearest_rank() -> None:
+    """Seven urgent decisions, one slow: the slow one is the 90th percentile (round() to even took the 6th
+    of the 7), as the digest counts it."""
+    assert report.summary([1.0] * 6 + [48.0])["p90"] == 48.0
+    assert report.summary([float(n) for n in range(1, 11)])["p90"] == 9.0
+    assert report.summary([5.0])["p90"] == 5.0
