@@ -157,15 +157,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             until = evidence.parse_moment(args.until, zone, end_of_day=True)
         except ValueError as exc:
             raise _fail(f"--since/--until: {exc} (use YYYY-MM-DD or an ISO date-time)") from None
-        out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout  # noqa: SIM115
-        try:
-            with ctx.engine.connect() as connection:
-                rows = evidence.export_events(connection, out, since, until, args.format, args.with_text)
-        except BrokenPipeError:  # e.g. piped into `head`: the reader has what it wanted
-            raise _fail("export stopped: the output was closed") from None
-        finally:
-            if args.out:
-                out.close()
+        # Logged before a row is written: an export cut short (a closed pipe, a failure, Ctrl-C) has
+        # disclosed what it wrote by then, and the log must show it did.
         now = utcnow()
         with transaction(ctx.db) as session:
             append_event(
@@ -178,14 +171,22 @@ def cmd_export(args: argparse.Namespace) -> int:
                     "since": since.isoformat(),
                     "until": until.isoformat(),
                     "format": args.format,
-                    "rows": rows,
                     "with_text": args.with_text,
                 },
             )
             if args.with_text:
-                # Free text was disclosed: each request in the range counts as viewed.
+                # Free text is disclosed: each request in the range counts as viewed.
                 for request_id in evidence.requests_in_range(session, since, until):
                     record_view(session, actor, request_id, "cli export", now)
+        out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout  # noqa: SIM115
+        try:
+            with ctx.engine.connect() as connection:
+                rows = evidence.export_events(connection, out, since, until, args.format, args.with_text)
+        except BrokenPipeError:  # e.g. piped into `head`: the reader has what it wanted
+            raise _fail("export stopped: the output was closed") from None
+        finally:
+            if args.out:
+                out.close()
     print(f"exported {rows} events", file=sys.stderr)
     return 0
 

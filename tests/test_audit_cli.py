@@ -216,6 +216,36 @@ def test_export_streams_every_event_in_range_as_csv_and_jsonl(
     assert {r for a, _, r in logged if a == "request_viewed"} == {1, 2}
 
 
+class _ClosedAfterOneWrite(io.StringIO):
+    """A reader that goes away after the first write (`… | head -1`)."""
+
+    def write(self, text: str) -> int:
+        if self.getvalue():
+            raise BrokenPipeError("the reader is gone")
+        return super().write(text)
+
+
+def test_an_export_cut_short_is_logged_with_the_views_it_disclosed(
+    workflow: Workflow, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The free text reached the reader before the pipe closed: the export and the requests' views are on
+    record although it stopped (they were appended after the last row, so nothing was)."""
+    history(workflow)
+    monkeypatch.setattr(sys, "stdout", _ClosedAfterOneWrite())
+    cut = cli(
+        "audit", "export", "--since", "2026-03-01", "--until", "2026-03-31", "--with-text", "--actor", "UFOI"
+    )
+    assert cut.returncode == 2 and "export stopped: the output was closed" in cut.stderr
+    with transaction(workflow.db) as session:
+        logged = list(
+            session.execute(
+                select(AuditEvent.action, AuditEvent.request_id).where(AuditEvent.actor_id == "UFOI")
+            )
+        )
+    assert ("audit_exported", None) in logged
+    assert {r for a, r in logged if a == "request_viewed"} == {1, 2}
+
+
 def test_pack_holds_timeline_raw_events_and_their_verification(
     workflow: Workflow, run, tmp_path: Path
 ) -> None:
