@@ -826,13 +826,23 @@ class OutboxDispatcher:
         self.client.chat_update(channel=payload["channel"], ts=payload["ts"], **_body(message))
 
     def _redact_dms(self, row_id: int, request_id: int) -> None:
-        """After a retention purge, every DM about the request is edited down to a notice."""
+        """After a retention purge, every DM about the request, and every note threaded under its reviewer
+        messages (a question with its answer), is edited down to a notice."""
         with transaction(self.db, read_only=True) as session:
             request = session.get(FrRequest, request_id)
             sent = session.execute(
                 select(DirectMessage.channel, DirectMessage.ts)
                 .where(DirectMessage.request_id == request_id)
                 .order_by(DirectMessage.id)
+            ).all()
+            sent += session.execute(
+                select(OutboxMessage.posted_channel, OutboxMessage.posted_ts)
+                .where(
+                    OutboxMessage.request_id == request_id,
+                    OutboxMessage.kind == "stage_note",
+                    OutboxMessage.posted_ts.is_not(None),
+                )
+                .order_by(OutboxMessage.id)
             ).all()
         if request is None:
             raise PermanentFailure("request no longer exists")

@@ -5,7 +5,9 @@ version) that statistics and the audit chain need, and removes what officers and
 request's justifications, decision rationales and conditions, questions and answers, and the matching
 free texts of the audit trail (their salted commitments stay in the chain, so it still verifies). Each
 purge is itself an audit event, and the request's Slack messages are re-rendered to say the details were
-removed. A request under legal hold is never purged.
+removed: the reviewer messages, the officer's DMs and the notes threaded under the reviewer messages (a
+question with its answer), and the payloads the outbox kept of them. A request under legal hold is never
+purged.
 
 `purge` is a plain function so the scheduler and `fr-bot retention purge` can both call it.
 """
@@ -19,13 +21,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot import views
 from bot.audit import PURGE_ACTION, REMOVED_TEXT, append_event
 from bot.forms import FREE_TEXT_FIELDS
 from bot.outbox import REDACT_DMS
 from bot.policy import Policy
 from bot.workflow import enqueue
 from storage.db import transaction
-from storage.models import AuditEventText, FrRequest, PostUseRecord, utcnow
+from storage.models import AuditEventText, FrRequest, OutboxMessage, PostUseRecord, utcnow
 from storage.queries import request_with_history
 
 # The request's typed free text; everything else on the row is a category, an ID or a time.
@@ -156,9 +159,30 @@ def _redact(session: Session, request_id: int, policy: Policy, now: datetime, ac
             "audit_texts_removed": removed,
         },
     )
+    _scrub_outbox(session, request, policy)
     enqueue(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
     enqueue(session, REDACT_DMS, {"request_id": request.id}, request.id, now)
     return Purged(request.reference, len(redacted), removed)
+
+
+# The request's outbox rows whose payload holds what was typed: DMs (a decision's rationale and conditions,
+# a question) and notes threaded under a reviewer message (a question with its answer).
+TEXT_KINDS = ("dm", "stage_note")
+
+
+def _scrub_outbox(session: Session, request: FrRequest, policy: Policy) -> None:
+    """The removal notice in place of the typed text in the request's queued messages, sent or not: kept
+    payloads would hold what the purge removed, and a dead one replayed (`fr-bot outbox retry`) or one
+    still pending would post it again. The posts already made are edited (REDACT_DMS, bot/outbox.py)."""
+    notice = views.redacted_dm(request, policy)
+    rows = session.scalars(
+        select(OutboxMessage).where(
+            OutboxMessage.request_id == request.id, OutboxMessage.kind.in_(TEXT_KINDS)
+        )
+    ).all()
+    for row in rows:
+        kept = {key: row.payload[key] for key in ("user", "stage_review_id") if key in row.payload}
+        row.payload = {**kept, **notice}
 
 
 def set_legal_hold(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import Engine, func, select
 
@@ -14,6 +16,8 @@ from bot.workflow import Workflow
 from storage.db import transaction
 from storage.models import AuditEvent, AuditEventText, FrRequest, OutboxMessage, RequestStatus
 from tests.conftest import TEST_POLICY, FakeClock, valid_form_values
+from tests.slackstub import SlackStub
+from tests.test_outbox import drain, make_dispatcher
 
 REJECT = DecisionForm(
     rationale="Alternatives are not exhausted: ask the family.", reason_code="alternatives_not_exhausted"
@@ -130,6 +134,35 @@ def test_purge_removes_free_text_and_keeps_the_skeleton(
     assert submitted.readable["form"]["necessity"] == REMOVED_TEXT
     assert "robbery" not in str([e.readable for e in events])
     assert queued == ["redact_dms", "refresh_reviews"]  # reviewer messages and the officer's DMs
+
+
+def test_a_purge_leaves_no_typed_text_in_slack_threads_or_the_outbox(
+    workflow: Workflow, short_policy: LoadedPolicy, clock: FakeClock
+) -> None:
+    """A question answered, then a rejection: the answer's note threaded under the reviewer message, the
+    question's and the decision's DMs, and the outbox rows behind them held the typed text after the purge
+    (only the reviewer messages and the DMs were edited, and no payload was touched)."""
+    question, answer = "Which exhibit is the still from?", "Exhibit JS/1, camera three"
+    with SlackStub() as stub:
+        dispatcher = make_dispatcher(workflow, stub, clock)
+        request_id = submit(workflow, "V1")
+        workflow.request_info(request_id, 0, "USUP1", question, "Q1")
+        info = load(workflow, request_id).stages[0].info_requests[0]
+        workflow.answer_info(info.id, "UOFFICER", answer)
+        workflow.decide(request_id, 0, "USUP1", "reject", REJECT)
+        drain(dispatcher, clock)
+        typed = (question, answer, REJECT.rationale)
+        assert any(t in json.dumps(m) for m in stub.messages.values() for t in typed)
+        clock.advance(days=11)
+        retention.purge(workflow.db, short_policy.policy, clock, actor="URETENTION")
+        with transaction(workflow.db) as session:
+            payloads = session.scalars(
+                select(OutboxMessage.payload).where(OutboxMessage.request_id == request_id)
+            ).all()
+        assert not [t for t in typed if t in json.dumps(payloads)]
+        drain(dispatcher, clock)
+        assert not [t for t in typed if t in json.dumps(list(stub.messages.values()))]
+        stub.assert_no_violations()
 
 
 def test_legal_hold_stops_the_purge_until_released(
