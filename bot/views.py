@@ -785,8 +785,14 @@ def officer_buttons(request: FrRequest, now: datetime | None = None) -> Block | 
 
 
 def initial_values(request: FrRequest) -> dict[str, str]:
-    """A stored request as the request modal's initial values, for starting again from it."""
-    values = {field.block_id: str(getattr(request, field.block_id, "") or "") for field in forms.FIELD_ORDER}
+    """A stored request as the request modal's initial values, for starting again from it; a purged one's
+    removed free text is left blank for the officer to write again, not offered as the removal marker."""
+    purged = forms.FREE_TEXT_FIELDS if request.redacted_at is not None else ()
+    values = {
+        field.block_id: str(getattr(request, field.block_id, "") or "")
+        for field in forms.FIELD_ORDER
+        if field.block_id not in purged
+    }
     values[forms.TOOL.block_id] = request.tool_id
     values[forms.SUBJECT_CHILD.block_id] = "yes" if request.subject_is_child else "no"
     return values

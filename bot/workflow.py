@@ -1311,6 +1311,19 @@ class Workflow:
             post_use = session.scalar(select(PostUseRecord).where(PostUseRecord.request_id == request.id))
             return RequestView(request, events, comments, post_use)
 
+    def start_again_from(self, request_id: int | None, user_id: str) -> FrRequest | Refusal:
+        """The officer's own request that a new one starts from (Re-request): the form shows its details
+        again, so the look is logged as a view (s.62), as Details and `/fr-request status` are."""
+        with self._write() as session:
+            request = request_with_history(session, request_id) if request_id is not None else None
+            now = self.clock()
+            if request is None or request.requester_id != user_id:
+                refusal = Refusal("not_yours", "You can only start again from one of your own requests.")
+                self._refuse(session, request, -1, user_id, "rerequest", refusal)
+                return refusal
+            audit(session, user_id, "request_viewed", request.id, now, surface="rerequest")
+            return request
+
     def comment(
         self, request_id: int, user_id: str, text: str, submission_key: str, view_id: str | None = None
     ) -> Recorded | Refusal:

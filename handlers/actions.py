@@ -146,10 +146,9 @@ def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
     @app.action(views.REREQUEST_ACTION)
     @guarded
     def rerequest(body: dict[str, Any], action: dict[str, Any], client: WebClient) -> None:
-        request_id = _id(action)
-        request = workflow.load(request_id) if request_id is not None else None
-        if request is None or request.requester_id != _user(body):
-            tell(client, body, "You can only start again from one of your own requests.")
+        request = workflow.start_again_from(_id(action), _user(body))
+        if isinstance(request, Refusal):
+            tell(client, body, request.message)
             return
         metadata = views.ItemContext(previous_request_id=request.id).model_dump_json()
         open_view(client, body, views.request_modal(policy, views.initial_values(request), metadata))

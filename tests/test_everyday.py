@@ -237,6 +237,22 @@ def test_a_deputy_sees_and_comments_on_the_requests_they_may_decide(
     assert isinstance(ended, Refusal) and ended.code == "not_yours"
 
 
+def test_starting_again_from_a_request_is_a_logged_view_of_it(workflow: Workflow) -> None:
+    """The Re-request form is filled with the request's justifications: a look at its details like the
+    Details button's, on record (it was not)."""
+    result = submit(workflow)
+    other = workflow.start_again_from(result.request_id, "USUP1")
+    assert isinstance(other, Refusal) and other.code == "not_yours"
+    assert isinstance(workflow.start_again_from(None, "UOFFICER"), Refusal)
+    again = workflow.start_again_from(result.request_id, "UOFFICER")
+    assert not isinstance(again, Refusal) and again.id == result.request_id
+    with transaction(workflow.db) as session:
+        looks = session.execute(
+            select(AuditEvent.actor_id, AuditEvent.details).where(AuditEvent.action == "request_viewed")
+        ).all()
+    assert [(actor, details["surface"]) for actor, details in looks] == [("UOFFICER", "rerequest")]
+
+
 def test_only_involved_people_see_a_request_and_every_look_is_logged(workflow: Workflow) -> None:
     result = submit(workflow)
     for viewer in ("UOFFICER", "USUP3", "ULEAD1"):  # requester, group approver, lead

@@ -7,10 +7,10 @@ import json
 import pytest
 from sqlalchemy import Engine, func, select
 
-from bot import report, retention
+from bot import report, retention, views
 from bot.audit import PURGE_ACTION, REMOVED_TEXT, verify_chain
 from bot.evidence import request_events
-from bot.forms import DecisionForm, check_request
+from bot.forms import FREE_TEXT_FIELDS, DecisionForm, check_request
 from bot.policy import LoadedPolicy, parse_policy
 from bot.workflow import Workflow
 from storage.db import transaction
@@ -163,6 +163,20 @@ def test_a_purge_leaves_no_typed_text_in_slack_threads_or_the_outbox(
         drain(dispatcher, clock)
         assert not [t for t in typed if t in json.dumps(list(stub.messages.values()))]
         stub.assert_no_violations()
+
+
+def test_a_purged_request_starts_a_new_one_with_its_free_text_blank(
+    workflow: Workflow, short_policy: LoadedPolicy, clock: FakeClock
+) -> None:
+    """Not the removal marker in every box (shorter than the minimum: seven errors on submitting)."""
+    request_id = submit(workflow, "V1")
+    workflow.decide(request_id, 0, "USUP1", "reject", REJECT)
+    clock.advance(days=11)
+    retention.purge(workflow.db, short_policy.policy, clock, actor="URETENTION")
+    values = views.initial_values(load(workflow, request_id))
+    assert not set(values) & set(FREE_TEXT_FIELDS)
+    assert REMOVED_TEXT not in values.values()
+    assert values["tool"] == "force-rfr" and values["case_reference"] == "CRIM/123456/26"
 
 
 def test_legal_hold_stops_the_purge_until_released(
