@@ -583,10 +583,17 @@ def verify_chain(bind: Engine | Connection, anchors: dict[int, str] | None = Non
         ).order_by(AuditEventText.event_seq, AuditEventText.path),
     )
     pending_text = next(texts, None)
-    # Texts missing for a request are only legitimate if that request was purged, which the chain
-    # records later than the events themselves: settle them at the end.
-    missing_texts: dict[int | None, tuple[int, int, str]] = {}
-    purged: set[int] = set()
+    # A missing text is the purge's doing only if its request was purged after its event (a legal hold's
+    # reason written after the purge is not removed by it). The purge events are verified below with the
+    # rest of the chain.
+    purged_at: dict[int, int] = {
+        request_id: seq
+        for request_id, seq in bind.execute(
+            select(AuditEvent.request_id, func.max(AuditEvent.seq))
+            .where(AuditEvent.action == PURGE_ACTION, AuditEvent.request_id.is_not(None))
+            .group_by(AuditEvent.request_id)
+        )
+    }
     expected_seq, expected_prev, previous_id, flagged = 1, GENESIS_HASH, 0, False
     sha256 = hashlib.sha256
     for seq, event_id, request_id, actor, action, details_json, created_at, prev_hash, stored_hash in events:
@@ -635,7 +642,12 @@ def verify_chain(bind: Engine | Connection, anchors: dict[int, str] | None = Non
             for path, committed in sealed_paths(details):
                 stored = event_texts.pop(path, None)
                 if stored is None:
-                    missing_texts.setdefault(request_id, (seq, event_id, path))
+                    purge = purged_at.get(request_id) if request_id is not None else None
+                    if purge is None or purge < seq:
+                        when = "its request was never purged" if purge is None else "after its purge"
+                        report.add(
+                            Problem(seq, event_id, "text_deleted", f"free text '{path}' was deleted ({when})")
+                        )
                     continue
                 report.texts_checked += 1
                 if commitment(stored[0], stored[1]) != committed:
@@ -651,8 +663,6 @@ def verify_chain(bind: Engine | Connection, anchors: dict[int, str] | None = Non
             report.add(
                 Problem(seq, event_id, "text_inserted", f"free text '{path}' is not committed in the chain")
             )
-        if action == PURGE_ACTION and request_id is not None:
-            purged.add(request_id)
         # Carry on from what the row claims, so each later break is reported on its own.
         expected_seq, expected_prev, previous_id = seq + 1, stored_hash, event_id
         report.last_hash = stored_hash
@@ -663,16 +673,6 @@ def verify_chain(bind: Engine | Connection, anchors: dict[int, str] | None = Non
             )
         )
         pending_text = next(texts, None)
-    for request_id, (seq, event_id, path) in missing_texts.items():
-        if request_id not in purged:
-            report.add(
-                Problem(
-                    seq,
-                    event_id,
-                    "text_deleted",
-                    f"free text '{path}' was deleted although its request was never purged",
-                )
-            )
     for seq in anchors:
         report.add(Problem(seq, None, "deleted", "an anchored event is no longer in the chain"))
     _check_head(head, report, expected_seq - 1)

@@ -274,6 +274,10 @@ def test_free_text_deleted_outside_a_purge_is_named(workflow: Workflow, engine: 
     result = verify(engine)
     assert result.first is not None
     assert (result.first.seq, result.first.kind) == (seq, "text_deleted")
+    # Every deleted text of the request is reported, not only its first.
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_event_texts WHERE path = 'rationale'"))
+    assert [p.kind for p in verify(engine).problems] == ["text_deleted", "text_deleted"]
 
 
 def test_anchor_catches_a_chain_rebuilt_from_scratch(workflow: Workflow, engine: Engine) -> None:

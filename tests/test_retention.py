@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from bot import report, retention, views
 from bot.audit import PURGE_ACTION, REMOVED_TEXT, verify_chain
@@ -177,6 +177,28 @@ def test_a_purged_request_starts_a_new_one_with_its_free_text_blank(
     assert not set(values) & set(FREE_TEXT_FIELDS)
     assert REMOVED_TEXT not in values.values()
     assert values["tool"] == "force-rfr" and values["case_reference"] == "CRIM/123456/26"
+
+
+def test_a_text_written_after_a_purge_and_deleted_is_not_excused_by_the_purge(
+    workflow: Workflow, short_policy: LoadedPolicy, clock: FakeClock, engine: Engine
+) -> None:
+    """A hold placed on a purged request writes its reason as a sealed text; the purge, earlier, cannot
+    have removed it, so its deletion is tampering (any purge of the request excused every missing text)."""
+    request_id = submit(workflow, "V1")
+    workflow.decide(request_id, 0, "USUP1", "reject", REJECT)
+    clock.advance(days=11)
+    retention.purge(workflow.db, short_policy.policy, clock, actor="URETENTION")
+    assert verify_chain(engine).ok
+    reference = load(workflow, request_id).reference
+    retention.set_legal_hold(workflow.db, reference, "ULEGAL", "Judicial review lodged", clock(), True)
+    with engine.begin() as conn:
+        seq = conn.execute(
+            text("SELECT event_seq FROM audit_event_texts WHERE path = 'hold_reason'")
+        ).scalar_one()
+        conn.execute(text("DELETE FROM audit_event_texts WHERE path = 'hold_reason'"))
+    result = verify_chain(engine)
+    assert result.first is not None and (result.first.seq, result.first.kind) == (seq, "text_deleted")
+    assert "after its purge" in result.first.message
 
 
 def test_legal_hold_stops_the_purge_until_released(
