@@ -145,6 +145,11 @@ def cmd_pack(args: argparse.Namespace) -> int:
     )
     if not chain.ok:
         print("warning: the audit chain is BROKEN; see verification.txt", file=sys.stderr)
+    if evidence.differences_from_trail(request, events):
+        print(
+            "warning: the request's record differs from its audit trail; see verification.txt",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -168,6 +169,59 @@ def _labels(policy: Policy, request: FrRequest) -> list[tuple[str, str]]:
     ]
 
 
+def differences_from_trail(request: FrRequest, events: list[TimelineEvent]) -> list[str]:
+    """Where the request's rows say other than its audit trail. The timeline shows the justifications,
+    rationales, conditions, questions and answers from the rows (fr_requests, decisions, info_requests),
+    which are not append-only; the chain is, and keeps each of those texts. A pack must not present an
+    edited row as the record while it says the chain is intact. Texts removed by a purge (from both) are
+    not compared."""
+    if request.redacted_at is not None:
+        return []
+    found: list[str] = []
+    submitted = next((e for e in events if e.action == "request_submitted"), None)
+    if submitted is not None:
+        form = submitted.readable.get("form") or {}
+        for field in forms.FREE_TEXT_FIELDS:
+            if field in form and str(form[field] or "") != str(getattr(request, field, "") or ""):
+                found.append(f"the request's {field} differs from its submission (seq {submitted.seq})")
+    recorded = {
+        (e.readable.get("stage"), e.actor, e.readable.get("outcome")): e
+        for e in events
+        if e.action == "decision_recorded"
+    }
+    asked: Counter[tuple[Any, ...]] = Counter()
+    answered: Counter[tuple[Any, ...]] = Counter()
+    for e in events:
+        if e.action == "info_requested":
+            asked[(e.readable.get("stage"), e.actor, e.readable.get("question"))] += 1
+        elif e.action == "info_answered":
+            details = e.readable
+            answered[(details.get("stage"), details.get("question"), details.get("answer"))] += 1
+    for stage in request.stages:
+        for decision in stage.decisions:
+            event = recorded.get((stage.stage_id, decision.approver_id, decision.outcome))
+            if event is None:
+                found.append(
+                    f"the {decision.outcome} by {decision.approver_id} ({stage.stage_id}) has no event"
+                )
+                continue
+            for field in ("rationale", "conditions"):
+                if str(event.readable.get(field) or "") != str(getattr(decision, field) or ""):
+                    found.append(
+                        f"the {field} of the {decision.outcome} by {decision.approver_id} ({stage.stage_id}) "
+                        f"differs from its event (seq {event.seq})"
+                    )
+        rows_asked = Counter((stage.stage_id, i.asked_by, i.question) for i in stage.info_requests)
+        rows_answered = Counter(
+            (stage.stage_id, i.question, i.answer) for i in stage.info_requests if i.answer is not None
+        )
+        trail_asked = Counter({key: n for key, n in asked.items() if key[0] == stage.stage_id})
+        trail_answered = Counter({key: n for key, n in answered.items() if key[0] == stage.stage_id})
+        if rows_asked != trail_asked or rows_answered != trail_answered:
+            found.append(f"the questions or answers of the {stage.stage_id} stage differ from their events")
+    return found
+
+
 def timeline_markdown(
     request: FrRequest, events: list[TimelineEvent], policy: Policy, generated_by: str, now: datetime
 ) -> str:
@@ -178,6 +232,17 @@ def timeline_markdown(
         "",
         f"Generated {utc_text(now)} by {generated_by}. Times are UTC.",
         "",
+    ]
+    differences = differences_from_trail(request, events)
+    if differences:
+        lines += [
+            "**Warning: the record below differs from the audit trail** (the trail's texts are in the audit",
+            "trail section and texts.jsonl; see verification.txt):",
+            "",
+            *(f"- {difference}" for difference in differences),
+            "",
+        ]
+    lines += [
         "## Request",
         "",
         "| Field | Value |",
@@ -458,4 +523,10 @@ def _verification_text(
         first = chain.first.describe() if chain.first else ""
         lines.append(f"Whole chain: BROKEN ({chain.problem_count} problems); first: {first}")
         lines += [f"  {problem.describe()}" for problem in chain.problems]
+    differences = differences_from_trail(request, events)
+    lines += ["", "The timeline's texts (from the request's rows) against the audit trail:"]
+    if differences:
+        lines += [f"  DIFFERS: {difference}" for difference in differences]
+    else:
+        lines.append("  consistent: every justification, rationale, condition, question and answer matches")
     return "\n".join(lines) + "\n"

@@ -279,6 +279,9 @@ def test_pack_holds_timeline_raw_events_and_their_verification(
     verification = (pack / "verification.txt").read_text()
     assert "Whole chain: INTACT" in verification
     assert "failing their own hash or commitments: 0" in verification
+    assert (
+        "consistent: every justification, rationale, condition, question and answer matches" in verification
+    )
     assert "Necessary and proportionate for this robbery." in (pack / "timeline.md").read_text()
 
     # The pack's own checker, run by someone without the bot: passes, then catches an altered text.
@@ -290,6 +293,29 @@ def test_pack_holds_timeline_raw_events_and_their_verification(
     assert checked.returncode == 1
     assert "texts.jsonl: does not match the manifest" in checked.stdout
     assert "does not match its commitment" in checked.stdout
+
+
+def test_a_pack_flags_a_record_edited_behind_the_audit_trail(
+    workflow: Workflow, cli, engine: Engine, tmp_path: Path
+) -> None:
+    """The decisions, questions and requests tables are not append-only: a rationale, a question or a
+    justification edited in them made a pack whose timeline showed the edit while it said the chain was
+    intact. Now the pack compares them with the trail's kept texts and says where they differ."""
+    rejected, _ = history(workflow)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE decisions SET rationale = 'All alternatives exhausted.'"))
+        conn.execute(text("UPDATE info_requests SET question = 'Nothing to ask.'"))
+        conn.execute(text("UPDATE fr_requests SET necessity = 'Obviously necessary.'"))
+    done = cli("audit", "pack", rejected, "--out", "pack", "--actor", "UCOURT")
+    assert done.returncode == 0, done.stderr
+    assert "differs from its audit trail" in done.stderr
+    verification = (tmp_path / "pack" / "verification.txt").read_text()
+    assert "Whole chain: INTACT" in verification  # the chain itself was not touched
+    differs = [line for line in verification.splitlines() if "DIFFERS" in line]
+    assert any("necessity differs from its submission" in line for line in differs)
+    assert any("rationale of the reject by USUP1 (supervisor)" in line for line in differs)
+    assert any("questions or answers of the supervisor stage" in line for line in differs)
+    assert "the record below differs from the audit trail" in (tmp_path / "pack" / "timeline.md").read_text()
 
 
 def _sealed(details: object, path: str = "") -> list[str]:
