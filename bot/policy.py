@@ -145,6 +145,19 @@ class Stage(_Strict):
     def _approver_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _slack_principals(value)
 
+    @model_validator(mode="after")
+    def _enough_approvers(self) -> Stage:
+        # Approvals come from distinct people (one decision per person and stage, a deputy's included):
+        # a stage of fewer people than it needs could never be approved. A user group's size is Slack's
+        # to know, so a stage with one is not checked here.
+        people = set(self.approver_users)
+        if not self.approver_groups and len(people) < self.required_approvals:
+            raise ValueError(
+                f"required_approvals is {self.required_approvals} but only {len(people)} distinct "
+                "approver(s) are named: the stage could never be approved"
+            )
+        return self
+
     @property
     def approver_users(self) -> tuple[str, ...]:
         return tuple(a for a in self.approvers if not a.startswith("S"))
@@ -155,13 +168,18 @@ class Stage(_Strict):
 
 
 class RouteCondition(_Strict):
-    """All given attributes must match; an omitted attribute matches anything."""
+    """All given attributes must match; an omitted attribute matches anything. A list may not be empty:
+    it would match nothing, and silently turn its rule off."""
 
-    tool_status: tuple[ToolStatus, ...] | None = None
-    tool_category: tuple[ToolCategory, ...] | None = None
-    urgency: tuple[Urgency, ...] | None = None
-    subject_category: tuple[SubjectCategory, ...] | None = None
+    tool_status: Annotated[tuple[ToolStatus, ...], Field(min_length=1)] | None = None
+    tool_category: Annotated[tuple[ToolCategory, ...], Field(min_length=1)] | None = None
+    urgency: Annotated[tuple[Urgency, ...], Field(min_length=1)] | None = None
+    subject_category: Annotated[tuple[SubjectCategory, ...], Field(min_length=1)] | None = None
     subject_is_child: bool | None = None
+
+    @property
+    def matches_everything(self) -> bool:
+        return all(getattr(self, name) is None for name in type(self).model_fields)
 
 
 class Route(_Strict):
@@ -294,7 +312,20 @@ class Policy(_Strict):
         known = {s.id for s in self.stages}
         for index, route in enumerate(self.routes):
             _known_stages(f"routes.{index}.stages", route.stages, known)
+            if route.when.matches_everything and index < len(self.routes) - 1:
+                # The first matching rule wins: the rules after one that matches everything never would.
+                raise ValueError(
+                    f"routes.{index}.when: matches every request, so the routes after it could never be "
+                    "chosen (give it conditions, move it last, or make it the default_route)"
+                )
         _known_stages("default_route", self.default_route, known)
+        if self.leads_channel is None:
+            # Without it an overdue review's escalation, a single-stage approval's ratification reminder
+            # and the daily digest would be dropped with a log line: the leads' oversight, gone unseen.
+            raise ValueError(
+                "leads_channel: required: escalations of overdue reviews, ratification reminders and the "
+                "daily digest are posted there"
+            )
         return self
 
     @model_validator(mode="after")

@@ -82,7 +82,8 @@ def test_defaults_fill_in_a_minimal_policy() -> None:
         "offence_categories: [{id: other, label: Other}]\n"
         "tools: [{id: t, name: T, category: other, status: approved, jurisdiction: UK}]\n"
         "stages: [{id: s, name: S, channel: G0PRIVATE, approvers: [W0ENTERPRISE]}]\n"
-        "default_route: [s]\n",
+        "default_route: [s]\n"
+        "leads_channel: C0LEADS\n",
         SOURCE,
     )
     policy = loaded.policy
@@ -90,7 +91,45 @@ def test_defaults_fill_in_a_minimal_policy() -> None:
     assert policy.routes == ()
     assert policy.purposes[0].id == "investigation"
     assert policy.case_reference.example == "CRIM/123456/26"
-    assert policy.leads_channel is None
+    assert policy.digest.enabled and policy.ratification.required_for
+
+
+def test_a_policy_must_say_where_the_leads_are_told() -> None:
+    """Escalations, ratification reminders and the digest were dropped with a log line without it."""
+    with pytest.raises(PolicyError, match=r"leads_channel: required"):
+        parse_policy(TEST_POLICY.replace("leads_channel: C0LEADS\n", ""), SOURCE)
+
+
+def test_a_stage_needing_more_approvals_than_its_approvers_is_refused() -> None:
+    """Approvals come from distinct people: one approver cannot give a stage its two approvals."""
+    one = TEST_POLICY.replace("approvers: [UDPO1]}", "approvers: [UDPO1, UDPO1], required_approvals: 2}")
+    with pytest.raises(PolicyError, match=r"stages\.2.*only 1 distinct approver"):
+        parse_policy(one, SOURCE)
+    # With a user group the count is Slack's: not refused here.
+    parse_policy(
+        TEST_POLICY.replace(
+            "approvers: [USUP1, USUP2, S0SUPERS]}", "approvers: [S0SUPERS], required_approvals: 3}"
+        ),
+        SOURCE,
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where"),
+    [
+        ("when: {urgency: [threat_to_life]}", "when: {urgency: []}", r"routes\.1\.when\.urgency"),
+        (
+            "when: {tool_category: [third_party_online]}",
+            "when: {}",
+            r"routes\.0\.when: matches every request",
+        ),
+    ],
+)
+def test_a_route_that_could_never_match_or_hides_the_rest_is_refused(old: str, new: str, where: str) -> None:
+    with pytest.raises(PolicyError, match=where):
+        parse_policy(TEST_POLICY.replace(old, new), SOURCE)
+    # The last route may match everything: nothing comes after it but the default.
+    parse_policy(TEST_POLICY.replace("when: {urgency: [threat_to_life]}", "when: {}"), SOURCE)
 
 
 # --- Versions ------------------------------------------------------------------------------------
