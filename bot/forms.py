@@ -234,6 +234,40 @@ def tool_barred(policy: Policy, tool_id: str) -> str | None:
     return None
 
 
+# A reasoned answer has at least this many different words (of two letters or more): "n/a n/a n/a …" or
+# forty x's reach any minimum length and say nothing (Bridges: the criteria must be objective).
+MIN_DISTINCT_WORDS = 4
+_WORD = re.compile(r"[^\W_]{2,}")
+
+
+def justification_problem(text: str, minimum: int) -> str | None:
+    """Why a justification is not a reasoned answer, or None. Its length is counted with runs of spaces
+    and line breaks as one space, so blank lines do not make up the minimum."""
+    spread = " ".join(text.split())
+    if len(spread) < minimum:
+        return f"Give a reasoned answer of at least {minimum} characters specific to this case."
+    if len(set(_WORD.findall(spread.lower()))) < MIN_DISTINCT_WORDS:
+        return "Give a reasoned answer in words, specific to this case, not filler."
+    return None
+
+
+def _no_repeated_answers(values: dict[str, Any], errors: dict[str, str]) -> None:
+    """Each justification answers its own question: one pasted into several boxes answers none of the
+    others. The later box is marked, naming the one it repeats."""
+    seen: dict[str, TextField] = {}
+    for field in TEXT_FIELDS:
+        text = values.get(field.block_id)
+        if not field.justification or not text or field.block_id in errors:
+            continue
+        key = " ".join(text.lower().split())
+        if key in seen:
+            errors[field.block_id] = (
+                f"This repeats your answer to '{seen[key].label}': say what is specific to this question."
+            )
+        else:
+            seen[key] = field
+
+
 def check_request(policy: Policy, raw: dict[str, str]) -> RequestForm:
     """Apply the policy's objective criteria; raise FormErrors naming each failing field."""
     errors: dict[str, str] = {}
@@ -253,12 +287,12 @@ def check_request(policy: Policy, raw: dict[str, str]) -> RequestForm:
             errors[field.block_id] = f"Keep this to {field.max_length} characters (now {len(text)})."
         elif not text and not field.optional:
             errors[field.block_id] = "This is required."
-        elif field.justification and len(text) < policy.min_justification_length:
-            errors[field.block_id] = (
-                f"Give a reasoned answer of at least {policy.min_justification_length} characters "
-                "specific to this case."
-            )
+        elif field.justification and text:
+            problem = justification_problem(text, policy.min_justification_length)
+            if problem is not None:
+                errors[field.block_id] = problem
         values[field.block_id] = text
+    _no_repeated_answers(values, errors)
 
     reference = values.get("case_reference", "").upper()
     values["case_reference"] = reference

@@ -108,7 +108,8 @@ def test_text_exactly_at_max_length_passes(policy: LoadedPolicy) -> None:
     values = valid_form_values(urgency="urgent")
     for field in TEXT_FIELDS:
         if field is not forms.CASE_REFERENCE:
-            values[field.block_id] = "x" * field.max_length
+            words = f"{field.block_id} alpha beta gamma delta "  # a different answer in each box
+            values[field.block_id] = (words + "x" * field.max_length)[: field.max_length]
     form = check_request(policy.policy, values)
     assert len(form.necessity) == forms.NECESSITY.max_length
 
@@ -164,8 +165,37 @@ def test_justification_shorter_than_policy_minimum(policy: LoadedPolicy, field: 
     assert list(errors) == [field]
     assert f"at least {minimum} characters" in errors[field]
     # Exactly the minimum passes; one short fails (surrounding space does not count).
-    check_request(policy.policy, valid_form_values(**{field: "x" * minimum}))
-    assert list(errors_for(policy, **{field: "  " + "x" * (minimum - 1) + "  "})) == [field]
+    exact = "abc def ghi jkl mnop" + "q" * (minimum - 20)
+    assert len(exact) == minimum
+    check_request(policy.policy, valid_form_values(**{field: exact}))
+    assert list(errors_for(policy, **{field: "  " + exact[:-1] + "  "})) == [field]
+
+
+@pytest.mark.parametrize("field", JUSTIFICATION_FIELDS)
+@pytest.mark.parametrize(
+    "filler",
+    [
+        "x" * 60,  # one "word"
+        "n/a " * 12,  # no word of two letters
+        "n/a" + "\n" * 30 + "done",  # blank lines making up the length
+        "none none none none none none none",  # one word, repeated
+    ],
+)
+def test_filler_does_not_pass_for_a_justification(policy: LoadedPolicy, field: str, filler: str) -> None:
+    """Bridges: the criteria must be objective. Each of these reached the minimum length and was taken."""
+    assert list(errors_for(policy, **{field: filler})) == [field]
+
+
+def test_one_answer_pasted_into_every_box_is_refused_in_all_but_the_first(policy: LoadedPolicy) -> None:
+    pasted = "Serious offence; the image is the only lead we have at present."
+    fields = [f for f in JUSTIFICATION_FIELDS if f != "urgency_justification"]
+    errors = errors_for(policy, **{f: pasted for f in fields})
+    assert list(errors) == fields[1:]
+    first_label = next(f.label for f in TEXT_FIELDS if f.block_id == fields[0])
+    assert all(f"repeats your answer to '{first_label}'" in errors[f] for f in fields[1:])
+    # Differing only in case and spacing is still the same answer.
+    shouted = "  " + pasted.upper().replace(" ", "   ")
+    assert list(errors_for(policy, **{fields[0]: pasted, fields[1]: shouted})) == [fields[1]]
 
 
 def test_image_authority_is_not_held_to_the_justification_minimum(policy: LoadedPolicy) -> None:
@@ -287,6 +317,7 @@ def test_error_texts_fit_under_the_field(policy: LoadedPolicy) -> None:
         f"'{long_note.strip()}'}}\n"
         "stages: [{id: s, name: S, channel: C0S, approvers: [U0A]}]\n"
         "default_route: [s]\n"
+        "leads_channel: C0LEADS\n"
     )
     from bot.policy import parse_policy
 

@@ -61,9 +61,10 @@ BARE_AMPERSAND = re.compile(r"&(?!amp;|lt;|gt;)")
 BROADCAST = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
 
 
-def longest(length: int) -> str:
-    """Text of exactly `length` characters (after the form's cleaning) made of Slack markup."""
-    text = (EVIL * (length // len(EVIL) + 1))[: length - 1] + "!"
+def longest(length: int, tag: str = "") -> str:
+    """Text of exactly `length` characters (after the form's cleaning) made of Slack markup, after `tag`
+    (so that each box of a form holds its own answer)."""
+    text = (tag + EVIL * (length // len(EVIL) + 1))[: length - 1] + "!"
     assert len(clean_text(text)) == length
     return text
 
@@ -217,7 +218,7 @@ def longest_form_values(**overrides: str) -> dict[str, str]:
     )
     for text_field in forms.TEXT_FIELDS:
         if text_field is not forms.CASE_REFERENCE:
-            values[text_field.block_id] = longest(text_field.max_length)
+            values[text_field.block_id] = longest(text_field.max_length, f"{text_field.block_id}: ")
     values.update(overrides)
     return values
 
