@@ -197,7 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         else:
             assert settings.slack_app_token is not None
-            serve_socket(app, settings.slack_app_token.get_secret_value())
+            serve_socket(app, settings.slack_app_token.get_secret_value(), stopping)
     finally:
         # Shutdown order: no new requests (above), listeners finish their work after ack (in the
         # follow-up process, if there is one), then the dispatcher finishes the row it is sending; what

@@ -89,8 +89,17 @@ class ParsedRequest(BoltRequest):
             self.mode = "http"
 
 
+# Slack's timestamps are Unix seconds: ten digits until the year 2286.
+TIMESTAMP_DIGITS = 12
+
+
 def _signed(verifier: SignatureVerifier, body: bytes, timestamp: str, signature: str) -> bool:
-    if not timestamp.isdigit() or not signature:
+    # ASCII digits, and few: str.isdigit() takes "²", and a few thousand digits overflow int(), either
+    # of which slack_sdk's int() raised on, answering an unsigned request 500 with a traceback.
+    if (
+        not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= TIMESTAMP_DIGITS)
+        or not signature
+    ):
         return False
     try:
         return bool(verifier.is_valid(body.decode("utf-8"), timestamp, signature))
@@ -207,10 +216,14 @@ class CheckedSocketModeHandler(SocketModeHandler):
         super().handle(client, req)
 
 
-def serve_socket(app: App, app_token: str) -> None:
-    handler = CheckedSocketModeHandler(app, app_token)
-    stopped = threading.Event()
+def serve_socket(app: App, app_token: str, stopping: threading.Event | None = None) -> None:
+    """Until SIGTERM or Ctrl-C. `stopping`: the caller's event, set by a signal that came while the bot
+    was starting (it is then not connected at all)."""
+    stopped = stopping if stopping is not None else threading.Event()
     on_termination(stopped.set)
+    if stopped.is_set():
+        return
+    handler = CheckedSocketModeHandler(app, app_token)
     handler.connect()
     log.info("Socket Mode: connected to Slack")
     stopped.wait()

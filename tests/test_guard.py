@@ -212,3 +212,35 @@ def test_socket_mode_drops_malformed_envelopes_before_bolt(monkeypatch: pytest.M
     handler.handle(client, broken)
     handler.handle(client, SocketModeRequest(type="interactive", envelope_id="good", payload=SUBMISSION))
     assert acked == ["bad"] and passed == ["good"]
+
+
+@pytest.mark.parametrize("timestamp", ["²", "1" * 5000, "", "12a", " 1700000000"])
+def test_a_request_with_an_odd_timestamp_is_refused_as_unsigned(timestamp: str) -> None:
+    """ "²" passes str.isdigit() and five thousand digits overflow int(): either reached slack_sdk's int()
+    and was answered 500 with a traceback, where anything unsigned is answered 401."""
+    from bot.server import wsgi_app
+    from tests.conftest import signed_environ
+
+    app = App(signing_secret="secret", token="xoxb-test", token_verification_enabled=False)
+    environ = signed_environ(
+        "secret", "command=%2Ffr-request&user_id=U1", "application/x-www-form-urlencoded"
+    )
+    environ["HTTP_X_SLACK_REQUEST_TIMESTAMP"] = timestamp
+    statuses: list[str] = []
+    b"".join(wsgi_app(app, "secret")(environ, lambda status, _headers: statuses.append(status)))
+    assert [status.split()[0] for status in statuses] == ["401"]
+
+
+def test_a_stop_asked_for_while_starting_ends_socket_mode_before_it_connects() -> None:
+    """SIGTERM while the bot was starting (Slack's auth.test, the background work) set the start's event,
+    which Socket Mode never looked at: it connected and ran on until the supervisor killed it."""
+    import threading
+
+    from bot.server import serve_socket
+
+    stopping = threading.Event()
+    stopping.set()
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (serve_socket(None, "xapp-unused", stopping), done.set()))  # type: ignore[arg-type]
+    worker.start()
+    assert done.wait(5), "serve_socket went on although the stop came first"
