@@ -1265,16 +1265,29 @@ class Workflow:
             log.warning("approver lookup failed: %s", exc)
             return False
 
-    def view_request(self, reference_or_id: str | int, user_id: str, surface: str) -> RequestView | Refusal:
-        """A request and its timeline for someone entitled to see it; every look is recorded."""
-        with self._write() as session:
+    def _allowed_to_look(
+        self, reference_or_id: str | int, user_id: str, requester_too: bool = True
+    ) -> tuple[FrRequest | None, bool]:
+        """The request, and whether `user_id` may see it (`requester_too`: its officer included), asked in
+        a read-only transaction before the write that records the look: on SQLite a write holds the
+        process's one writer lock, and the answer can be a question to Slack (a user group's members),
+        which every other write would wait behind."""
+        with transaction(self.db, read_only=True) as session:
             if isinstance(reference_or_id, int):
                 request = request_with_history(session, reference_or_id)
             else:
                 found = session.scalar(select(FrRequest.id).where(FrRequest.reference == reference_or_id))
                 request = request_with_history(session, found) if found is not None else None
+            if request is None or (not requester_too and user_id == request.requester_id):
+                return request, False
+            return request, self.may_view(request, user_id, session)
+
+    def view_request(self, reference_or_id: str | int, user_id: str, surface: str) -> RequestView | Refusal:
+        """A request and its timeline for someone entitled to see it; every look is recorded."""
+        request, allowed = self._allowed_to_look(reference_or_id, user_id)
+        with self._write() as session:
             now = self.clock()
-            if request is None or not self.may_view(request, user_id, session):
+            if request is None or not allowed:
                 # The same answer whether it exists or not: do not confirm references to outsiders.
                 refusal = Refusal("not_yours", "That request is not one of yours, or does not exist.")
                 audit(
@@ -1327,13 +1340,10 @@ class Workflow:
     def comment(
         self, request_id: int, user_id: str, text: str, submission_key: str, view_id: str | None = None
     ) -> Recorded | Refusal:
+        allowed = self._allowed_to_look(request_id, user_id, requester_too=False)[1]
         with self._write() as session:
             request = request_with_history(session, request_id)
-            if (
-                request is None
-                or user_id == request.requester_id
-                or not self.may_view(request, user_id, session)
-            ):
+            if request is None or not allowed:
                 refusal = Refusal(
                     "not_reviewer", "Only this request's reviewers and leads can comment on it."
                 )

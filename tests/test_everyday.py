@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from typing import Any
 
 from sqlalchemy import select
 
 from bot import views
+from bot.approvers import ApproverDirectory
 from bot.forms import DelegationForm, PostUseForm
 from bot.policy import LoadedPolicy, parse_policy
 from bot.workflow import Decided, Refusal, RequestView, Workflow
 from storage.db import transaction
 from storage.models import AuditEvent, OutboxMessage, RequestStatus, StageStatus
-from tests.conftest import TEST_POLICY, FakeClock
+from tests.conftest import GROUPS, TEST_POLICY, FakeClock
 from tests.test_workflow import APPROVE, REJECT, audit_actions, submit
 
 URGENT = "A named victim has been threatened with a knife tonight."
@@ -251,6 +255,39 @@ def test_starting_again_from_a_request_is_a_logged_view_of_it(workflow: Workflow
             select(AuditEvent.actor_id, AuditEvent.details).where(AuditEvent.action == "request_viewed")
         ).all()
     assert [(actor, details["surface"]) for actor, details in looks] == [("UOFFICER", "rerequest")]
+
+
+class _SlowSlack:
+    """A user group's members, from a Slack that answers when told to."""
+
+    def __init__(self) -> None:
+        self.asked, self.answer = threading.Event(), threading.Event()
+
+    def members(self, group_id: str) -> frozenset[str]:
+        self.asked.set()
+        assert self.answer.wait(10)
+        return frozenset(GROUPS.get(group_id, set()))
+
+
+def test_whether_someone_may_look_is_asked_before_the_write_that_records_the_look(
+    workflow: Workflow,
+) -> None:
+    """Whether a stranger may see a request can be a question to Slack (a user group's members). On SQLite
+    it was asked inside the write that records the look, holding the process's one writer lock: every
+    other write (an officer's form) waited behind Slack, and gave up after two seconds."""
+    result = submit(workflow)
+    slack = _SlowSlack()
+    slow = Workflow(workflow.db, workflow.loaded, ApproverDirectory(slack), clock=workflow.clock)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        looking = pool.submit(slow.view_request, result.reference, "USTRANGER", "status_command")
+        assert slack.asked.wait(5)
+        try:
+            started = time.monotonic()
+            submit(workflow, key="V2")  # a write while Slack is being asked
+            assert time.monotonic() - started < 1.5
+        finally:
+            slack.answer.set()
+        assert isinstance(looking.result(timeout=10), Refusal)
 
 
 def test_only_involved_people_see_a_request_and_every_look_is_logged(workflow: Workflow) -> None:
