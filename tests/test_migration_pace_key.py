@@ -31,3 +31,16 @@ def test_rows_waiting_to_be_sent_get_their_pace_key_on_upgrade(
         rows = list(session.scalars(select(OutboxMessage)))
         assert {row.id: row.pace_key for row in rows} == expected
         assert all(row.pace_key == pace_key_for(session, row.kind, row.payload) for row in rows)
+
+
+def test_a_database_holding_requests_migrates_down_and_up_again(
+    database_url: str, engine: Engine, workflow: Workflow, form: RequestForm
+) -> None:
+    """On SQLite a migration that changes a table's columns copies it and drops the old one, which the
+    foreign-key checks refused while requests referred to it: a database with one request could not go
+    below 0004 (nor a populated 0001 database up)."""
+    request_id = workflow.submit(form, "UOFFICER", "T0TEST", "VDOWN").request_id
+    config = alembic_config(database_url)
+    command.downgrade(config, "0001")
+    command.upgrade(config, "head")
+    assert workflow.load(request_id) is not None
