@@ -264,19 +264,24 @@ def test_edited_free_text_is_named(workflow: Workflow, engine: Engine) -> None:
     assert (result.first.seq, result.first.kind) == (seq, "text_edited")
 
 
-def test_free_text_deleted_outside_a_purge_is_named(workflow: Workflow, engine: Engine) -> None:
-    populate(workflow)
+def delete_kept_text(engine: Engine, path: str) -> int:
+    """Delete the one kept free text at `path` behind the bot's back; the seq of its event."""
     with engine.begin() as conn:
         seq = conn.execute(
-            text("SELECT event_seq FROM audit_event_texts WHERE path = 'question'")
+            text("SELECT event_seq FROM audit_event_texts WHERE path = :path"), {"path": path}
         ).scalar_one()
-        conn.execute(text("DELETE FROM audit_event_texts WHERE path = 'question'"))
+        conn.execute(text("DELETE FROM audit_event_texts WHERE path = :path"), {"path": path})
+    return int(seq)
+
+
+def test_free_text_deleted_outside_a_purge_is_named(workflow: Workflow, engine: Engine) -> None:
+    populate(workflow)
+    seq = delete_kept_text(engine, "question")
     result = verify(engine)
     assert result.first is not None
     assert (result.first.seq, result.first.kind) == (seq, "text_deleted")
     # Every deleted text of the request is reported, not only its first.
-    with engine.begin() as conn:
-        conn.execute(text("DELETE FROM audit_event_texts WHERE path = 'rationale'"))
+    delete_kept_text(engine, "rationale")
     assert [p.kind for p in verify(engine).problems] == ["text_deleted", "text_deleted"]
 
 

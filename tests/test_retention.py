@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select
 
 from bot import report, retention, views
 from bot.audit import PURGE_ACTION, REMOVED_TEXT, verify_chain
@@ -17,6 +17,7 @@ from storage.db import transaction
 from storage.models import AuditEvent, AuditEventText, FrRequest, OutboxMessage, RequestStatus
 from tests.conftest import TEST_POLICY, FakeClock, valid_form_values
 from tests.slackstub import SlackStub
+from tests.test_audit_chain import delete_kept_text
 from tests.test_outbox import drain, make_dispatcher
 
 REJECT = DecisionForm(
@@ -191,11 +192,7 @@ def test_a_text_written_after_a_purge_and_deleted_is_not_excused_by_the_purge(
     assert verify_chain(engine).ok
     reference = load(workflow, request_id).reference
     retention.set_legal_hold(workflow.db, reference, "ULEGAL", "Judicial review lodged", clock(), True)
-    with engine.begin() as conn:
-        seq = conn.execute(
-            text("SELECT event_seq FROM audit_event_texts WHERE path = 'hold_reason'")
-        ).scalar_one()
-        conn.execute(text("DELETE FROM audit_event_texts WHERE path = 'hold_reason'"))
+    seq = delete_kept_text(engine, "hold_reason")
     result = verify_chain(engine)
     assert result.first is not None and (result.first.seq, result.first.kind) == (seq, "text_deleted")
     assert "after its purge" in result.first.message
