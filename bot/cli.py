@@ -445,7 +445,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
         elif report.digests_missed:
             print("today's digest time is past the grace period: recorded as missed")
         else:
-            print("nothing to send: today's digest is already recorded, or the policy has no leads_channel")
+            print("nothing to send: today's digest is already recorded, or the digest is turned off")
     finally:
         services.close()
     return 0
