@@ -267,6 +267,7 @@ class DueReview(NamedTuple):
     urgency: str
     escalated: bool  # its escalation is recorded (it escalates once)
     reminders_sent: int  # before this sweep's
+    last_reminder_due: datetime | None  # the slot its latest reminder was for
 
 
 def _notices_of_the_stage(kind: str) -> Any:
@@ -291,6 +292,9 @@ _DUE_REVIEW_COLUMNS = select(
     FrRequest.urgency,
     exists().where(_notices_of_the_stage(NoticeKind.ESCALATION)),
     _REMINDERS_SENT,
+    select(func.max(ScheduledNotice.due_at))
+    .where(_notices_of_the_stage(NoticeKind.REMINDER))
+    .scalar_subquery(),
 ).join(FrRequest, FrRequest.id == StageReview.request_id)
 
 
@@ -465,11 +469,15 @@ def _sweep_channel(
             if escalate_at is not None and escalate_at > now:
                 checks.append(escalate_at)
             next_checks[stage.id] = min(checks)
-            if gap_ends is None:
+            # One reminder for each slot of the schedule (collapsed after downtime), numbered by the
+            # reminders it has had: a due time moved on by a question to the officer starts its slots
+            # again, whose numbers, counted from it, the reminders before it had taken (and were dropped).
+            owed = stage.last_reminder_due is None or slot.due > stage.last_reminder_due
+            if gap_ends is None and owed:
                 notice = Notice(
                     kind=NoticeKind.REMINDER,
                     subject_id=stage.id,
-                    sequence=slot.sequence,
+                    sequence=stage.reminders_sent,
                     request_id=stage.request_id,
                     channel=channel,
                     due_at=slot.due,
@@ -622,7 +630,8 @@ def _queue_reminders(
             "consolidated": len(reminded) > 1,
         }
         events.append(prepare_event("system", "reminder_sent", stage.request_id, now, details))
-        if sequence == 0:  # the reviewer message now shows the review as overdue
+        if stage.last_reminder_due is None or stage.last_reminder_due < stage.due_at:
+            # The first reminder since the due time: the reviewer message now shows the review as overdue.
             payload = {"request_id": stage.request_id}
             rows.append(outbox_row(session, "refresh_reviews", payload, stage.request_id, now))
         report.reminders += 1

@@ -422,7 +422,13 @@ def review_message(
         summary_fields(request, policy),
     ]
     if request.status == RequestStatus.PENDING and stage.status == StageStatus.PENDING and stage.due_at:
-        blocks.append(context(due_text(stage.due_at, policy, now)))
+        waiting = policy.review_deadlines.pause_while_awaiting_officer and any(
+            info.answer is None for info in stage.info_requests
+        )
+        if waiting:  # no reminder goes and the due time moves on by the wait (README): not overdue
+            blocks.append(context(":pause_button: Clock stopped: waiting for the officer's answer"))
+        else:
+            blocks.append(context(due_text(stage.due_at, policy, now)))
     if request.urgency_justification and request.redacted_at is None:
         blocks.append(
             section(f"*{forms.URGENCY_JUSTIFICATION.label}*\n{esc(request.urgency_justification, 2900)}")

@@ -788,22 +788,31 @@ class Workflow:
         recorded."""
         with transaction(self.db, read_only=True, single_statement=True) as session:
             request = request_for_review(session, request_id)
-            refusal = self._refusal(session, request, position, user_id)
-        if refusal is None and action == "approve":
-            refusal = self._approval_refusal(request)
+            refusal = self._click_refusal(session, request, position, user_id, action)
         if refusal is None and request is not None:
             return request
         with self._write() as session:
             request = request_for_review(session, request_id)
             # Checked again in the writing transaction: the refusal recorded is the one that holds now.
-            refusal = self._refusal(session, request, position, user_id)
-            if refusal is None and action == "approve":
-                refusal = self._approval_refusal(request)
+            refusal = self._click_refusal(session, request, position, user_id, action)
             if refusal is None and request is not None:
                 return request
             refusal = refusal or Refusal("gone", "That request no longer exists.")
             self._refuse(session, request, position, user_id, action, refusal)
             return refusal
+
+    def _click_refusal(
+        self, session: Session, request: FrRequest | None, position: int, user_id: str, action: str
+    ) -> Refusal | None:
+        """Why a reviewer's click on `action` is refused, as the form it opens would be: a question may
+        come from an approver who has given their approval already (a stage waiting for a second one,
+        as `request_info` allows); an approval needs the tool still allowed."""
+        refusal = self._refusal(session, request, position, user_id)
+        if refusal is not None and action == "request_info" and refusal.code == "already_decided":
+            return None
+        if refusal is None and action == "approve":
+            return self._approval_refusal(request)
+        return refusal
 
     def _refuse(
         self,

@@ -210,6 +210,19 @@ def test_a_deputy_of_two_approvers_acts_for_the_one_who_has_not_decided(
     assert deciders == [("UAUTH1", None), ("UDEPUTY", "UAUTH2")]
 
 
+def test_an_approver_who_gave_the_first_of_two_approvals_may_still_ask_the_officer(
+    workflow: Workflow,
+) -> None:
+    """The question is accepted from them (request_info); the button that opens its form refused them as
+    having decided already."""
+    result = submit(workflow, urgency="threat_to_life", urgency_justification=URGENT)
+    assert isinstance(workflow.decide(result.request_id, 0, "UAUTH1", "approve", APPROVE), Decided)
+    asked = workflow.authorised_request(result.request_id, 0, "UAUTH1", "request_info")
+    assert not isinstance(asked, Refusal)
+    again = workflow.authorised_request(result.request_id, 0, "UAUTH1", "approve")
+    assert isinstance(again, Refusal) and again.code == "already_decided"
+
+
 def test_a_deputy_decides_once_on_a_stage_whoever_they_stand_in_for(
     workflow: Workflow, clock: FakeClock
 ) -> None:

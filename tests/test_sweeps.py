@@ -890,6 +890,46 @@ def test_a_stopped_clock_moves_the_escalation_with_the_due_time(
     assert sweep(workflow, clock).escalations == 1
 
 
+def test_reminders_go_on_after_a_question_numbered_by_those_sent(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub
+) -> None:
+    """Urgent: due at +8 h, reminded every 2 h. Reminded at +8 h; a question at +9 h answered at +11 h
+    moves the due time to +10 h. The sweep at +11 h owes a reminder (the slot at +10 h): it was keyed by its
+    number in the new schedule, 0, which the reminder at +8 h had taken, and was dropped, and the next one
+    came at +12 h called 'Reminder 2'."""
+    request_id = submit(workflow, "V1", urgency="urgent", urgency_justification=WHY)
+    clock.now = MONDAY + timedelta(hours=8)
+    assert sweep(workflow, clock).reminders == 1
+    info = _ask_and_answer(workflow, clock, request_id, MONDAY + timedelta(hours=9), "VQ1")
+    clock.now = MONDAY + timedelta(hours=11)
+    workflow.answer_info(info, OFFICER, "Exhibit JS/1, camera 3")
+    assert _due_at(workflow) == MONDAY + timedelta(hours=10)
+    assert sweep(workflow, clock).reminders == 1
+    assert sweep(workflow, clock).reminders == 0  # once for its slot
+    clock.now = MONDAY + timedelta(hours=12)
+    assert sweep(workflow, clock).reminders == 1
+    deliver(workflow, stub, clock)
+    numbers = [
+        re.findall(r"Reminder \d+|Reminder", c.args["text"])
+        for c in posts(stub, "C0SUPER")
+        if "eminder" in c.args["text"]
+    ]
+    assert [n[0] for n in numbers] == ["Reminder", "Reminder 2", "Reminder 3"]
+
+
+def test_the_reviewer_message_says_the_clock_is_stopped_not_overdue_while_a_question_waits(
+    workflow: Workflow, clock: FakeClock
+) -> None:
+    request_id = submit(workflow, "V1", urgency="urgent", urgency_justification=WHY)
+    _ask_and_answer(workflow, clock, request_id, MONDAY + timedelta(hours=9), "VQ1")
+    request = workflow.load(request_id)
+    assert request is not None
+    message = json.dumps(
+        views.review_message(request, request.stages[0], workflow.policy, MONDAY + timedelta(hours=10))
+    )
+    assert "Overdue" not in message and "Clock stopped" in message
+
+
 def test_a_working_time_deadline_stops_only_for_the_working_time_spent_waiting(
     workflow: Workflow, clock: FakeClock
 ) -> None:
