@@ -16,7 +16,7 @@ from bot import views
 from bot.approvers import ApproverLookupFailed
 from bot.workflow import Workflow
 from storage.db import transaction
-from storage.models import AppHomeViewer
+from storage.models import AppHomeViewer, Delegation
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,19 @@ class HomePublisher:
             log.warning("home refresh limited to named users: %s", exc)
         if not users:
             return
+        today = self.workflow.clock().astimezone(self.workflow.policy.zone).date()
         with transaction(self.workflow.db, read_only=True) as session:
+            # Their deputies today too: "Awaiting my decision" lists a principal's stages for them.
+            users |= set(
+                session.scalars(
+                    select(Delegation.deputy_id).where(
+                        Delegation.approver_id.in_(users),
+                        Delegation.revoked_at.is_(None),
+                        Delegation.starts_on <= today,
+                        Delegation.ends_on >= today,
+                    )
+                )
+            )
             viewers = set(
                 session.scalars(select(AppHomeViewer.user_id).where(AppHomeViewer.user_id.in_(users)))
             )

@@ -155,6 +155,26 @@ def test_app_home_is_refreshed_for_the_approvers_of_a_stage_a_change_closed(work
     assert _last_home_refresh(workflow)["principals"] == ["USUP1", "USUP2", "S0SUPERS"]
 
 
+def test_a_deputys_app_home_is_refreshed_with_their_principals(workflow: Workflow, clock: FakeClock) -> None:
+    """Their "Awaiting my decision" lists the principal's stages: a decision by another approver must
+    take the request off it, as it does for the principal."""
+    from bot.home import HomePublisher
+    from tests.slackstub import SlackStub
+
+    today = clock.now.date()
+    workflow.delegate("USUP1", DelegationForm(deputy_id="UDEPUTY", starts_on=today, ends_on=today))
+    result = submit(workflow)
+    with SlackStub() as stub:
+        home = HomePublisher(workflow, stub.client())
+        home.opened("UDEPUTY")
+        stub.clear()
+        workflow.decide(result.request_id, 0, "USUP2", "approve", APPROVE)
+        home.publish_for(_last_home_refresh(workflow))
+        published = [c.args["user_id"] for c in stub.calls_to("views.publish") if c.ok]
+        assert published == ["UDEPUTY"]
+        stub.assert_no_violations()
+
+
 def test_awaiting_decision_looks_past_the_stages_the_user_has_decided(workflow: Workflow) -> None:
     """The authorisers' stage needs two approvals: the 30 oldest, approved by UAUTH1, wait for a second
     approver; the 31st is still UAUTH1's to decide (the list read the 30 oldest and found nothing)."""
