@@ -147,6 +147,8 @@ DUE_MARGIN_SECONDS = 0.01
 # them. A pace key's release is not delayed so: its rows have waited their turn already.
 PASS_GRACE_SECONDS = 0.05
 STALE_PASS_SECONDS = 5.0
+# The last_error of a row whose cut-off post waits for Slack's report of where it landed.
+LANDING_WAIT = "waiting for the landing report of a cut-off send"
 # Kinds that post a new message (the rest edit or publish, which a retry simply redoes).
 POST_KINDS = frozenset({"post_review", "dm", "channel_post", "stage_note"})
 STAGE_POST_KINDS = ("post_review", "stage_note")  # posted to the channel of their stage
@@ -169,6 +171,9 @@ CLAIM_FINISHED = (
         _OUTBOX.c.status == OutboxStatus.PENDING,
         _OUTBOX.c.attempt_started_at.is_(None),
         or_(_OUTBOX.c.claimed_until.is_(None), _OUTBOX.c.claimed_until < bindparam("now")),
+        # Due still: a dispatcher's list can be seconds old, and another may have put the row off since
+        # (a backoff, a rate limit's Retry-After, the wait for a cut-off post's landing).
+        _OUTBOX.c.next_attempt_at <= bindparam("now"),
     )
     .values(claimed_until=bindparam("until"), attempt_started_at=bindparam("now"))
     .returning(
@@ -491,6 +496,7 @@ class OutboxDispatcher:
                     OutboxMessage.id == row_id,
                     OutboxMessage.status == OutboxStatus.PENDING,
                     or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
+                    OutboxMessage.next_attempt_at <= now,
                 )
                 .values(claimed_until=now + self.lease)
             ).rowcount
@@ -509,6 +515,7 @@ class OutboxDispatcher:
                 ):
                     # Slack may have the post: give its landing event time to say so before posting again.
                     row.next_attempt_at, row.claimed_until = started + self.landing_wait, None
+                    row.last_error = LANDING_WAIT  # not a backoff that Slack answering again ends
                     log.warning(
                         "outbox row %s (%s, request %s): the send started at %s was cut off; waiting until "
                         "%s for Slack to report whether it landed before sending again",
@@ -623,7 +630,10 @@ class OutboxDispatcher:
                     OutboxMessage.status == OutboxStatus.PENDING,
                     OutboxMessage.next_attempt_at > now,
                     OutboxMessage.attempts > 0,
-                    or_(OutboxMessage.last_error.is_(None), OutboxMessage.last_error != "rate limited"),
+                    or_(
+                        OutboxMessage.last_error.is_(None),
+                        OutboxMessage.last_error.not_in(["rate limited", LANDING_WAIT]),
+                    ),
                 )
                 .values(next_attempt_at=now)
             ).rowcount

@@ -444,6 +444,26 @@ def test_a_post_cut_off_by_a_crash_waits_for_slack_to_report_it_and_is_never_pos
     assert "Approved" in str(message["blocks"]) and not any(b["type"] == "actions" for b in message["blocks"])
 
 
+def test_a_dispatcher_with_an_older_list_does_not_post_a_row_another_has_put_off(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock
+) -> None:
+    """Two dispatchers list the same cut-off post; one finds it cut off and puts it off until Slack can
+    report where it landed; the other, reaching it later from its list, claimed it (the claim did not ask
+    whether the row was due) and posted it a second time at once."""
+    slack_reports_landings(workflow, stub, clock)
+    first = make_dispatcher(workflow, stub, clock)
+    submit(workflow, "V1")
+    review = next(row for row in rows(workflow) if row.kind == "post_review" and row.posted_ts is None)
+    post_cut_off(first, stub, review.id, "C0SUPER")
+    second, third = make_dispatcher(workflow, stub, clock), make_dispatcher(workflow, stub, clock)
+    clock.advance(seconds=31)  # the dead dispatcher's lease runs out
+    listed = [row_id for row_id, _ in third._due(set())]
+    assert review.id in listed
+    second.run_once()  # finds it cut off: waits for its landing report
+    assert third._claim(review.id) is None
+    assert len(posts_of(stub, review.id)) == 1
+
+
 @pytest.mark.parametrize("reports", ["arrive for other posts", "never arrive"])
 def test_a_crash_cut_off_post_is_sent_again_when_slack_does_not_report_it(
     workflow: Workflow, stub: SlackStub, clock: FakeClock, reports: str
