@@ -848,10 +848,13 @@ class Workflow:
         outcome: str,
         form: DecisionForm,
         view_id: str | None = None,
+        again: bool = False,
     ) -> Decided | Refusal:
         """Record a reviewer's decision, or the refusal of it. `view_id`: the reviewer's modal, answered
         "received" before this ran (handlers/views.py): the same transaction queues its update with the
-        outcome, so the reviewer is shown what the database holds."""
+        outcome, so the reviewer is shown what the database holds. `again`: the form is run again by a
+        follow-up process after the one that ran it died before saying it was done (bot/follow_up.py):
+        this reviewer's decision, if recorded, is shown as recorded, not refused as decided."""
         if outcome not in ("approve", "reject"):
             raise ValueError(outcome)
         try:
@@ -862,11 +865,15 @@ class Workflow:
                 refusal, on_behalf_of = self._authority(session, request, position, user_id)
                 if refusal is None and outcome == "approve":
                     refusal = self._approval_refusal(request)
-                if refusal is not None:
+                recorded = (
+                    _decided_already(request, position, user_id, outcome) if refusal and again else None
+                )
+                if refusal is not None and recorded is None:
                     self._refuse(session, request, position, user_id, outcome, refusal, view_id)
                     return refusal
                 assert request is not None
-                result = self._apply_decision(
+                # Recorded by the run before (`again`): shown as recorded, nothing written again.
+                result = recorded or self._apply_decision(
                     session, request, request.stages[position], user_id, outcome, form, on_behalf_of
                 )
                 shown = partial(
@@ -1183,16 +1190,22 @@ class Workflow:
         return result
 
     def answer_info(
-        self, info_id: int, user_id: str, answer: str, view_id: str | None = None
+        self, info_id: int, user_id: str, answer: str, view_id: str | None = None, again: bool = False
     ) -> Recorded | Refusal:
+        """`again`: as `decide`'s; this answer, recorded by the run before, is shown as saved."""
         with self._write() as session:
             info = session.get(InfoRequest, info_id)
             request = request_with_history(session, info.request_id, lock=True) if info else None
+            if request is not None:  # read again under the request's lock: answered meanwhile?
+                info = session.get(InfoRequest, info_id, populate_existing=True)
             refusal = None
+            already = False
             if info is None or request is None:
                 refusal = Refusal("unknown_question", "That question does not exist.")
             elif request.requester_id != user_id:
                 refusal = Refusal("not_requester", "Only the officer who made the request can answer.")
+            elif again and info.answer is not None and info.answer == answer:
+                already = True  # recorded by the run before: shown as saved, nothing written again
             elif info.answer is not None:
                 refusal = Refusal("already_answered", "This question has already been answered.")
             elif request.status != RequestStatus.PENDING:
@@ -1201,27 +1214,28 @@ class Workflow:
                 self._refuse(session, request, -1, user_id, "answer_info", refusal, view_id, "answer")
                 return refusal
             assert info is not None and request is not None
-            now = self.clock()
-            info = session.get(InfoRequest, info_id, populate_existing=True)
-            assert info is not None
-            info.answer, info.answered_at = answer, now
-            request.updated_at = now
-            stage = next(s for s in request.stages if s.id == info.stage_review_id)
-            self._resume_clock(stage, request.urgency, info, now)
-            audit_at_commit(
-                session,
-                user_id,
-                "info_answered",
-                request.id,
-                now,
-                stage=stage.stage_id,
-                question=info.question,
-                answer=answer,
-            )
-            enqueue_at_commit(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
-            note = views.answer_note(request, info)
-            enqueue_at_commit(session, "stage_note", {"stage_review_id": stage.id, **note}, request.id, now)
-            self._touch_homes(session, request, now)
+            if not already:
+                now = self.clock()
+                info.answer, info.answered_at = answer, now
+                request.updated_at = now
+                stage = next(s for s in request.stages if s.id == info.stage_review_id)
+                self._resume_clock(stage, request.urgency, info, now)
+                audit_at_commit(
+                    session,
+                    user_id,
+                    "info_answered",
+                    request.id,
+                    now,
+                    stage=stage.stage_id,
+                    question=info.question,
+                    answer=answer,
+                )
+                enqueue_at_commit(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
+                note = views.answer_note(request, info)
+                enqueue_at_commit(
+                    session, "stage_note", {"stage_review_id": stage.id, **note}, request.id, now
+                )
+                self._touch_homes(session, request, now)
             result = Recorded(request.reference)
             self._show(session, view_id, user_id, views.answer_sent_modal, "answer")
         self._on_outbox()
@@ -1378,37 +1392,52 @@ class Workflow:
         return result
 
     def record_post_use(
-        self, request_id: int, user_id: str, form: PostUseForm, view_id: str | None = None
+        self,
+        request_id: int,
+        user_id: str,
+        form: PostUseForm,
+        view_id: str | None = None,
+        again: bool = False,
     ) -> Recorded | Refusal:
+        """`again`: as `decide`'s; this record, kept by the run before, is shown as saved."""
         with self._write() as session:
             request = request_for_review(session, request_id, lock=True)
             refusal = _not_the_officers(request, user_id, "record its use")
+            already = False
             if refusal is None and request is not None:
                 if request.status != RequestStatus.APPROVED:
                     why = f"{request.reference} was not approved, so there is no use to record."
                     refusal = Refusal("not_approved", why)
                 elif request.closed_at is not None:
-                    why = f"The use of {request.reference} is already recorded."
-                    refusal = Refusal("already_recorded", why)
+                    kept = session.scalar(select(PostUseRecord).where(PostUseRecord.request_id == request.id))
+                    already = (
+                        again
+                        and kept is not None
+                        and all(getattr(kept, name) == value for name, value in form.model_dump().items())
+                    )
+                    if not already:
+                        why = f"The use of {request.reference} is already recorded."
+                        refusal = Refusal("already_recorded", why)
             if refusal is not None:
                 self._refuse(
                     session, request, -1, user_id, "record_post_use", refusal, view_id, views.POST_USE_NAME
                 )
                 return refusal
             assert request is not None
-            now = self.clock()
-            session.add(
-                PostUseRecord(
-                    request_id=request.id,
-                    recorded_by=user_id,
-                    created_at=now,
-                    **form.model_dump(),
+            if not already:
+                now = self.clock()
+                session.add(
+                    PostUseRecord(
+                        request_id=request.id,
+                        recorded_by=user_id,
+                        created_at=now,
+                        **form.model_dump(),
+                    )
                 )
-            )
-            request.closed_at = request.updated_at = now
-            audit_at_commit(session, user_id, "post_use_recorded", request.id, now, **form.model_dump())
-            enqueue_at_commit(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
-            self._touch_homes(session, request, now)
+                request.closed_at = request.updated_at = now
+                audit_at_commit(session, user_id, "post_use_recorded", request.id, now, **form.model_dump())
+                enqueue_at_commit(session, "refresh_reviews", {"request_id": request.id}, request.id, now)
+                self._touch_homes(session, request, now)
             result = Recorded(request.reference)
             self._show(session, view_id, user_id, views.post_use_recorded_modal, views.POST_USE_NAME)
         self._on_outbox()
@@ -1433,38 +1462,56 @@ class Workflow:
                 self._refuse(session, None, -1, approver_id, "delegate", refusal, view_id, "delegation")
                 return refusal
             now = self.clock()
-            delegation = Delegation(
-                approver_id=approver_id,
-                deputy_id=form.deputy_id,
-                starts_on=form.starts_on,
-                ends_on=form.ends_on,
-                created_at=now,
-            )
-            session.add(delegation)
-            session.flush()
-            audit_at_commit(
-                session,
-                approver_id,
-                "delegation_created",
-                None,
-                now,
-                delegation=delegation.id,
-                deputy=form.deputy_id,
-                starts_on=form.starts_on.isoformat(),
-                ends_on=form.ends_on.isoformat(),
-            )
-            enqueue_at_commit(
-                session, "publish_home", {"users": [approver_id, form.deputy_id], "principals": []}, None, now
-            )
-            result = Delegated(delegation.id)
             shown = partial(views.deputy_named_modal, form.deputy_id, form.starts_on, form.ends_on)
+            same = session.scalar(
+                select(Delegation.id).where(
+                    Delegation.approver_id == approver_id,
+                    Delegation.deputy_id == form.deputy_id,
+                    Delegation.starts_on == form.starts_on,
+                    Delegation.ends_on == form.ends_on,
+                    Delegation.revoked_at.is_(None),
+                )
+            )
+            if same is not None:
+                # Named already (the form run again, or submitted twice): one delegation, one event.
+                result = Delegated(same)
+            else:
+                delegation = Delegation(
+                    approver_id=approver_id,
+                    deputy_id=form.deputy_id,
+                    starts_on=form.starts_on,
+                    ends_on=form.ends_on,
+                    created_at=now,
+                )
+                session.add(delegation)
+                session.flush()
+                audit_at_commit(
+                    session,
+                    approver_id,
+                    "delegation_created",
+                    None,
+                    now,
+                    delegation=delegation.id,
+                    deputy=form.deputy_id,
+                    starts_on=form.starts_on.isoformat(),
+                    ends_on=form.ends_on.isoformat(),
+                )
+                enqueue_at_commit(
+                    session,
+                    "publish_home",
+                    {"users": [approver_id, form.deputy_id], "principals": []},
+                    None,
+                    now,
+                )
+                result = Delegated(delegation.id)
             self._show(session, view_id, approver_id, shown, "delegation")
         self._on_outbox()
         return result
 
     def revoke_delegation(self, delegation_id: int, user_id: str) -> Delegated | Refusal:
         with self._write() as session:
-            delegation = session.get(Delegation, delegation_id)
+            # Locked: two clicks on Revoke (through two processes) must not both pass the check below.
+            delegation = session.get(Delegation, delegation_id, with_for_update={"key_share": True})
             if delegation is None or delegation.approver_id != user_id or delegation.revoked_at is not None:
                 return Refusal("not_yours", "That delegation is not yours, or has already been revoked.")
             now = self.clock()
@@ -1585,6 +1632,23 @@ class Workflow:
             pending_by_stage=pending,
             decided_today={status: int(count) for status, count in decided},
         )
+
+
+def _decided_already(request: FrRequest | None, position: int, user_id: str, outcome: str) -> Decided | None:
+    """The outcome of `user_id`'s decision `outcome` on stage `position`, if it is recorded."""
+    if request is None or not 0 <= position < len(request.stages):
+        return None
+    stage = request.stages[position]
+    if not any(d.approver_id == user_id and d.outcome == outcome for d in stage.decisions):
+        return None
+    return Decided(
+        reference=request.reference,
+        outcome=outcome,
+        request_status=request.status,
+        stage_name=stage.stage_name,
+        approvals=len(stage.approvals),
+        required=stage.required_approvals,
+    )
 
 
 def _not_the_officers(request: FrRequest | None, user_id: str, doing: str) -> Refusal | None:

@@ -32,7 +32,7 @@ from slack_sdk.errors import SlackApiError
 from bot import forms, views
 from bot.services import Services
 from bot.workflow import MODAL_UPDATE_DELAY, Submission
-from handlers.after_answer import AfterAnswer
+from handlers.after_answer import AfterAnswer, sent_again
 from storage.db import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,13 @@ def record_decision(
         client,
         answered,
         lambda: services.workflow.decide(
-            ctx.request_id, ctx.position, answered.user_id, ctx.action, form, str(answered.view["id"])
+            ctx.request_id,
+            ctx.position,
+            answered.user_id,
+            ctx.action,
+            form,
+            str(answered.view["id"]),
+            again=sent_again(),
         ),
         DECISION_NOT_STORED,
     )
@@ -320,7 +326,7 @@ def register_everyday(app: App, services: Services, after_answer: AfterAnswer) -
             (forms.ANSWER.block_id,),
             forms.check_answer,
             info_id,
-            lambda answer: workflow.answer_info(info_id, form.user_id, answer, str(view["id"])),  # type: ignore[arg-type]
+            lambda answer: workflow.answer_info(info_id, form.user_id, answer, str(view["id"]), sent_again()),  # type: ignore[arg-type]
         )
 
     @app.view(views.COMMENT_CALLBACK)
@@ -351,7 +357,9 @@ def register_everyday(app: App, services: Services, after_answer: AfterAnswer) -
             fields,
             forms.check_post_use,
             request_id,
-            lambda checked: workflow.record_post_use(request_id, form.user_id, checked, str(view["id"])),  # type: ignore[arg-type]
+            lambda checked: workflow.record_post_use(  # type: ignore[arg-type]
+                request_id, form.user_id, checked, str(view["id"]), sent_again()
+            ),
         )
 
     @app.view(views.DELEGATE_CALLBACK)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -321,6 +322,50 @@ def test_whether_someone_may_look_is_asked_before_the_write_that_records_the_loo
         finally:
             slack.answer.set()
         assert isinstance(looking.result(timeout=10), Refusal)
+
+
+def test_a_form_run_again_is_shown_as_recorded_and_recorded_once(
+    workflow: Workflow, clock: FakeClock
+) -> None:
+    """A follow-up process that dies after saving a form, before it says so, has the form run again by the
+    next (bot/follow_up.py, `again`): a decision was then refused as decided and its modal told 'Not
+    recorded', a delegation made twice, an answer and a record of use refused."""
+    result = submit(workflow)
+    request_id = result.request_id
+    for again in (False, True):
+        decided = workflow.decide(request_id, 0, "USUP1", "approve", APPROVE, "VDECIDE", again=again)
+        assert isinstance(decided, Decided) and decided.outcome == "approve"
+    today = clock.now.date()
+    form = DelegationForm(deputy_id="UDEPUTY", starts_on=today, ends_on=today)
+    first, again = (workflow.delegate("USUP2", form, view_id="VDELEGATE") for _ in range(2))
+    assert not isinstance(first, Refusal) and again == first
+    for again in (False, True):
+        assert not isinstance(
+            workflow.record_post_use(request_id, "UOFFICER", POST_USE, "VUSE", again), Refusal
+        )
+    other = submit(workflow, key="V2")
+    workflow.request_info(other.request_id, 0, "USUP1", "Which exhibit is the still from?", "VQ1")
+    request = workflow.load(other.request_id)
+    assert request is not None
+    info = request.stages[0].info_requests[0]
+    for again in (False, True):
+        assert not isinstance(
+            workflow.answer_info(info.id, "UOFFICER", "Exhibit JS/1", "VANSWER", again), Refusal
+        )
+    # Not the same answer, or not a run again (a second form): refused as before.
+    assert isinstance(workflow.answer_info(info.id, "UOFFICER", "Something else", again=True), Refusal)
+    assert isinstance(workflow.answer_info(info.id, "UOFFICER", "Exhibit JS/1"), Refusal)
+    actions = audit_actions(workflow)
+    assert actions.count("action_refused") == 2
+    for action in ("decision_recorded", "delegation_created", "post_use_recorded", "info_answered"):
+        assert actions.count(action) == 1, action
+    with transaction(workflow.db) as session:
+        updates = session.scalars(
+            select(OutboxMessage.payload)
+            .where(OutboxMessage.kind == "update_modal")
+            .order_by(OutboxMessage.id)
+        ).all()
+    assert all("Not recorded" not in json.dumps(payload) for payload in updates)
 
 
 def test_only_involved_people_see_a_request_and_every_look_is_logged(workflow: Workflow) -> None:
