@@ -16,26 +16,28 @@ log = logging.getLogger(__name__)
 
 def tell(client: WebClient, body: dict[str, Any], text: str, title: str = "FR requests") -> None:
     """Ephemeral in the channel or DM clicked in; a small modal when the click came from App Home (or a
-    modal), or, when that cannot open (its trigger_id spent or expired), a message in the app's DM with
-    the user: there is no channel to show an ephemeral in, and a click must not go unanswered."""
+    modal). When neither can be shown (a trigger_id spent or expired, a channel the bot is not in, a DM
+    between people), a message in the app's DM with the user: a click must not go unanswered."""
     user_id = (body.get("user") or {}).get("id") or body.get("user_id")
     container = body.get("container") or {}
     channel = container.get("channel_id") or (body.get("channel") or {}).get("id") or body.get("channel_id")
-    try:
-        if container.get("type") == "view" and body.get("trigger_id"):
-            try:
-                client.views_open(
-                    trigger_id=body["trigger_id"], view=views.notice_modal(title, views.esc(text))
-                )
-                return
-            except SlackApiError as exc:
-                log.warning("could not show a notice: %s; sending it as a DM", exc.response.get("error"))
-        if channel and user_id:
+    if container.get("type") == "view" and body.get("trigger_id"):
+        try:
+            client.views_open(trigger_id=body["trigger_id"], view=views.notice_modal(title, views.esc(text)))
+            return
+        except SlackApiError as exc:
+            log.warning("could not show a notice: %s; sending it as a DM", exc.response.get("error"))
+    if channel and user_id:
+        try:
             client.chat_postEphemeral(channel=channel, user=user_id, text=text)
-        elif user_id:
+            return
+        except SlackApiError as exc:  # a channel the bot is not in, or a DM between people
+            log.warning("could not reply in %s: %s; sending it as a DM", channel, exc.response.get("error"))
+    if user_id:
+        try:
             client.chat_postMessage(channel=user_id, text=text)
-    except SlackApiError as exc:
-        log.warning("could not tell the user: %s", exc.response.get("error"))
+        except SlackApiError as exc:
+            log.warning("could not tell the user: %s", exc.response.get("error"))
 
 
 def open_view(client: WebClient, body: dict[str, Any], view: dict[str, Any]) -> None:

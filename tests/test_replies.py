@@ -69,3 +69,14 @@ def test_a_form_sent_again_to_a_new_follow_up_process_is_not_reported_unopened(s
                 after_answer("command", open_view, client, body, views.notice_modal("A form", "text"))
             wait(started)
     assert _dms_to(stub, "UOFFICER") == ["Slack did not open the form in time. Please try again."]  # once
+
+
+def test_a_command_whose_form_did_not_open_in_a_channel_without_the_bot_is_explained_in_a_dm(
+    stub: SlackStub,
+) -> None:
+    """/fr-request typed in a channel the bot is not in: the ephemeral reply is refused there too, and the
+    officer was told nothing at all."""
+    stub.not_in_channel.add("C0OTHER")
+    body = {"user_id": "UOFFICER", "channel_id": "C0OTHER", "trigger_id": "1.2.expired"}
+    open_view(stub.client(), body, views.notice_modal("A form", "text"))
+    assert _dms_to(stub, "UOFFICER") == ["Slack did not open the form in time. Please try again."]
