@@ -590,10 +590,17 @@ def given_back(submitted: dict[str, Any], answers: dict[str, str], notice: str) 
     return view
 
 
+# What an input element shows as already given: cleared from a box left empty, or a form given back a
+# second time would bring back what the person had deleted (from the first give-back's initial value).
+_INITIAL_KEYS = ("initial_value", "initial_option", "initial_date", "initial_user")
+
+
 def _answered(block: Block, answer: str | None) -> Block:
-    if block.get("type") != "input" or not answer:
+    if block.get("type") != "input":
         return block
-    element = dict(block["element"])
+    element = {key: value for key, value in block["element"].items() if key not in _INITIAL_KEYS}
+    if not answer:
+        return {**block, "element": element}
     kind = element.get("type")
     if kind == "plain_text_input":
         element["initial_value"] = answer[: element.get("max_length") or 3000]
