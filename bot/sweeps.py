@@ -54,6 +54,7 @@ from bot.workflow import audit, enqueue, insert_outbox, outbox_row
 from storage.db import dialect_of, transaction
 from storage.models import (
     AuditEvent,
+    Decision,
     DigestRun,
     DigestStatus,
     FrRequest,
@@ -268,6 +269,8 @@ class DueReview(NamedTuple):
     escalated: bool  # its escalation is recorded (it escalates once)
     reminders_sent: int  # before this sweep's
     last_reminder_due: datetime | None  # the slot its latest reminder was for
+    requester_id: str
+    decided_by: str | None  # who decided the stage already (by or for), space-separated
 
 
 def _notices_of_the_stage(kind: str) -> Any:
@@ -277,6 +280,14 @@ def _notices_of_the_stage(kind: str) -> Any:
 
 # How many reminders the review on the row has had: in its due read and in the leads' escalation message.
 _REMINDERS_SENT = select(func.count()).where(_notices_of_the_stage(NoticeKind.REMINDER)).scalar_subquery()
+
+
+# Who has decided the stage on the row (a stage waiting for its second approval): not asked again.
+_DECIDED_BY = (
+    select(func.aggregate_strings(Decision.approver_id, " "))
+    .where(Decision.stage_review_id == StageReview.id)
+    .scalar_subquery()
+)
 
 
 _DUE_REVIEW_COLUMNS = select(
@@ -295,6 +306,8 @@ _DUE_REVIEW_COLUMNS = select(
     select(func.max(ScheduledNotice.due_at))
     .where(_notices_of_the_stage(NoticeKind.REMINDER))
     .scalar_subquery(),
+    FrRequest.requester_id,
+    _DECIDED_BY,
 ).join(FrRequest, FrRequest.id == StageReview.request_id)
 
 
@@ -406,6 +419,13 @@ def _approvers(policy: Policy, stage_id: str) -> tuple[str, ...]:
         return ()
 
 
+def _still_to_decide(policy: Policy, stage: DueReview) -> tuple[str, ...]:
+    """The stage's approvers a reminder asks: not those who have decided it (a stage waiting for a second
+    approval), nor the officer who made the request (who may not decide it). Groups are named whole."""
+    done = {stage.requester_id, *(stage.decided_by or "").split()}
+    return tuple(a for a in _approvers(policy, stage.stage_id) if a not in done)
+
+
 def _link(stage: StageReview | DueReview) -> str | None:
     return views.message_link(stage.message_permalink, stage.message_channel, stage.message_ts)
 
@@ -459,7 +479,7 @@ def _sweep_channel(
                 stage_name=stage.stage_name,
                 due_at=stage.due_at,
                 link=_link(stage),
-                approvers=_approvers(policy, stage.stage_id),
+                approvers=_still_to_decide(policy, stage),
             )
             escalate_at = None
             if not stage.escalated:

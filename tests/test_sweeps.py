@@ -930,6 +930,21 @@ def test_the_reviewer_message_says_the_clock_is_stopped_not_overdue_while_a_ques
     assert "Overdue" not in message and "Clock stopped" in message
 
 
+def test_a_reminder_does_not_ask_an_approver_who_has_decided(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub
+) -> None:
+    """Threat to life: the authorisers' stage needs two approvals. UAUTH1 has given one; the reminder asks
+    UAUTH2 and UAUTH3 (it asked UAUTH1 too, to approve or reject what they had approved)."""
+    request_id = submit(workflow, "V1", urgency="threat_to_life", urgency_justification=WHY)
+    workflow.decide(request_id, 0, "UAUTH1", "approve", APPROVE)
+    clock.now = MONDAY + timedelta(hours=1)
+    assert sweep(workflow, clock).reminders == 1
+    deliver(workflow, stub, clock)
+    [reminder] = [c for c in posts(stub, "C0AUTH") if "eminder" in c.args["text"]]
+    text = json.dumps(reminder.args["blocks"])
+    assert "<@UAUTH2>" in text and "<@UAUTH3>" in text and "<@UAUTH1>" not in text
+
+
 def test_a_working_time_deadline_stops_only_for_the_working_time_spent_waiting(
     workflow: Workflow, clock: FakeClock
 ) -> None:
