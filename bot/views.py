@@ -303,6 +303,8 @@ def _status_line(request: FrRequest, policy: Policy) -> str:
         stage = request.current
         where = f"stage {stage.position + 1} of {len(request.stages)}"
         return f"{badge}: awaiting *{esc(stage.stage_name)}* ({where})"
+    if request.status == RequestStatus.APPROVED and request.closed_at is not None:
+        return f"{badge}: the search's outcome is recorded, closed {when(request.closed_at, policy)}"
     if request.status == RequestStatus.APPROVED:
         return f"{badge}: valid until {when(request.valid_until, policy)}"
     return f"{badge} {when(request.decided_at, policy)}"
@@ -692,7 +694,14 @@ def decision_dm(
         blocks.append(
             context(f"{esc(request.current.stage_name)}: {due_text(request.current.due_at, policy)}")
         )
-    if form.conditions:
+    if request.status == RequestStatus.APPROVED:
+        # The approval holds every stage's conditions, not only the last decision's.
+        given = [(s.stage_name, d.conditions) for s in request.stages for d in s.approvals if d.conditions]
+        if given:
+            share = 2800 // len(given)
+            lines = "\n".join(f"• *{esc(name, 75)}*: {esc(text, share)}" for name, text in given)
+            blocks.append(section(f"*Conditions you must follow*\n{lines}"))
+    elif form.conditions:
         blocks.append(section(f"*Conditions you must follow*\n{esc(form.conditions, 2900)}"))
     follow_up = officer_buttons(request, request.updated_at)
     if follow_up is not None:

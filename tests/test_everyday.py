@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from bot import views
 from bot.approvers import ApproverDirectory
-from bot.forms import DelegationForm, PostUseForm
+from bot.forms import DecisionForm, DelegationForm, PostUseForm
 from bot.policy import LoadedPolicy, parse_policy
 from bot.workflow import Decided, Refusal, RequestView, Workflow
 from storage.db import transaction
@@ -366,6 +366,39 @@ def test_a_form_run_again_is_shown_as_recorded_and_recorded_once(
             .order_by(OutboxMessage.id)
         ).all()
     assert all("Not recorded" not in json.dumps(payload) for payload in updates)
+
+
+def test_the_approval_dm_holds_the_conditions_of_every_stage(workflow: Workflow) -> None:
+    """Supervisor review approves on a condition, the later stages without: the final 'approved' DM showed
+    only the last decision's conditions (none), and the officer was not told what they must follow."""
+    result = submit(workflow, tool="engine-a")  # supervisor, two authorisers, data protection
+    conditional = DecisionForm(
+        rationale=APPROVE.rationale, conditions="Custody images only; delete in 30 days"
+    )
+    workflow.decide(result.request_id, 0, "USUP1", "approve", conditional)
+    for position, approver in ((1, "UAUTH1"), (1, "UAUTH2"), (2, "UDPO1")):
+        assert isinstance(workflow.decide(result.request_id, position, approver, "approve", APPROVE), Decided)
+    with transaction(workflow.db) as session:
+        last_dm = session.scalars(
+            select(OutboxMessage.payload)
+            .where(OutboxMessage.kind == "dm")
+            .order_by(OutboxMessage.id.desc())
+            .limit(1)
+        ).one()
+    body = json.dumps(last_dm)
+    assert "is approved" in last_dm["text"]
+    assert "Conditions you must follow" in body and "Custody images only; delete in 30 days" in body
+    assert "Supervisor review" in body  # whose condition it is
+
+
+def test_a_closed_approval_says_its_outcome_is_recorded_not_valid_until(workflow: Workflow) -> None:
+    result = submit(workflow)
+    workflow.decide(result.request_id, 0, "USUP1", "approve", APPROVE)
+    workflow.record_post_use(result.request_id, "UOFFICER", POST_USE)
+    request = workflow.load(result.request_id)
+    assert request is not None
+    listed = json.dumps(views.requests_list([request], workflow.policy))
+    assert "outcome is recorded" in listed and "valid until" not in listed
 
 
 def test_only_involved_people_see_a_request_and_every_look_is_logged(workflow: Workflow) -> None:
