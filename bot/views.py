@@ -1025,12 +1025,19 @@ def requests_list(requests: list[FrRequest], policy: Policy) -> list[Block]:
     if not requests:
         return [section("You have no FR requests yet. Type `/fr-request` to start one.")]
     lines = [_request_line(r, policy) for r in requests]
-    return [section("*Your recent FR requests*"), *[section(t) for t in pack(lines)]]
+    heading = "*Your FR requests*: those still open first, then the most recent"
+    return [section(heading), *[section(t) for t in pack(lines)]]
 
 
 def _request_line(request: FrRequest, policy: Policy) -> str:
     tool = esc(request.tool_snapshot["name"], 100)
     status = _status_line(request, policy)
+    current = request.current if request.status == RequestStatus.PENDING else None
+    if current is not None and any(info.answer is None for info in current.info_requests):
+        # The review waits for the officer: say so where they look for what to do next.
+        status += (
+            "\n:grey_question: A reviewer's question waits for your answer (its DM has the Answer button)"
+        )
     return f"*{request.reference}* · {tool} · case {esc(request.case_reference)}\n{status}"
 
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -1539,11 +1539,18 @@ class Workflow:
     # --- Lists for App Home and `/fr-request list` -------------------------------------------------------
 
     def my_requests(self, user_id: str, limit: int = 10) -> list[FrRequest]:
+        """The officer's requests still open (pending, or approved with the search's outcome to record)
+        first, then the most recent: an old approval waiting for its outcome is not pushed off the list by
+        newer requests."""
+        still_open = and_(
+            FrRequest.closed_at.is_(None),
+            FrRequest.status.in_([RequestStatus.PENDING, RequestStatus.APPROVED]),
+        )
         with transaction(self.db, read_only=True) as session:
             ids = session.scalars(
                 select(FrRequest.id)
                 .where(FrRequest.requester_id == user_id)
-                .order_by(FrRequest.id.desc())
+                .order_by(case((still_open, 0), else_=1), FrRequest.id.desc())
                 .limit(limit)
             ).all()
             return requests_with_history(session, ids)

@@ -401,6 +401,22 @@ def test_a_closed_approval_says_its_outcome_is_recorded_not_valid_until(workflow
     assert "outcome is recorded" in listed and "valid until" not in listed
 
 
+def test_my_requests_lists_the_open_ones_first_and_a_question_waiting_for_me(workflow: Workflow) -> None:
+    """An approval waiting for its outcome was pushed off the ten-long list by newer requests; nothing in
+    the list said a question waited for the officer's answer (the review's clock stops meanwhile)."""
+    approved = submit(workflow, key="V0")
+    workflow.decide(approved.request_id, 0, "USUP1", "approve", APPROVE)
+    newer = [submit(workflow, key=f"V{n}") for n in range(1, 12)]
+    for result in newer:
+        workflow.withdraw(result.request_id, "UOFFICER")
+    asked = submit(workflow, key="V12")
+    workflow.request_info(asked.request_id, 0, "USUP1", "Which exhibit is the still from?", "VQ1")
+    mine = workflow.my_requests("UOFFICER")
+    assert [r.id for r in mine[:2]] == [asked.request_id, approved.request_id] and len(mine) == 10
+    listed = json.dumps(views.requests_list(mine, workflow.policy))
+    assert listed.count("question waits for your answer") == 1
+
+
 def test_only_involved_people_see_a_request_and_every_look_is_logged(workflow: Workflow) -> None:
     result = submit(workflow)
     for viewer in ("UOFFICER", "USUP3", "ULEAD1"):  # requester, group approver, lead
