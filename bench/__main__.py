@@ -88,6 +88,19 @@ def machine(postgres_url: str) -> list[str]:
     ]
 
 
+def code_version() -> str:
+    """The commit the bot's code is at, and "+changes" when its files differ from it: what a benchmark
+    that ends now ran (each benchmark starts its processes afresh, so it runs the code as it was then)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = git("status", "--porcelain", "--", "bot", "handlers", "storage", "bench/*.py")
+    return commit + ("+changes" if changed else "")
+
+
 def run(args: list[str]) -> float:
     started = time.perf_counter()
     print("$", " ".join(args), flush=True)
@@ -130,10 +143,12 @@ def main() -> None:
     url = args.postgres_url
     durations: dict[str, float] = {}
     finished: dict[str, str] = {}  # when each benchmark run this time ended, not when RESULTS.md is gathered
+    commits: dict[str, str] = {}  # the code each ran: sections gathered from earlier runs may be older
 
     def ran(name: str, seconds: float) -> None:
         durations[name] = seconds
         finished[name] = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
+        commits[name] = code_version()
 
     if "ack" not in skip:
         ack = ["bench.ack_latency", "--requests", str(args.requests), "--duration", str(args.duration)]
@@ -151,20 +166,23 @@ def main() -> None:
     if "audit" not in skip:
         audit_out = OUT / "audit_verify.txt"
         started = time.perf_counter()
-        with audit_out.open("w") as sink:
+        # Written aside and moved in once complete: a failed run keeps the last complete section.
+        partial = audit_out.with_suffix(".partial")
+        with partial.open("w") as sink:
             subprocess.run(
                 [sys.executable, "-m", "bench.audit_verify", "--events", "200000", "--url", url],
                 cwd=ROOT,
                 check=True,
                 stdout=sink,
             )
+        os.replace(partial, audit_out)
         ran("audit chain, 200,000 events", time.perf_counter() - started)
 
     durations = merged("durations.json", durations)
     finished = merged("finished.json", finished)
-    audit_lines = (
-        (OUT / "audit_verify.txt").read_text().strip() if (OUT / "audit_verify.txt").exists() else ""
-    )
+    commits = merged("commits.json", commits)
+    current = code_version()
+    audit_lines = section("audit_verify.txt").strip()
     parts = [
         "# Benchmark results",
         "",
@@ -176,10 +194,20 @@ def main() -> None:
         *machine(url),
         "- Benchmark durations: " + ", ".join(f"{k} {v:.0f}s" for k, v in durations.items()),
         *(["- Finished (UTC): " + ", ".join(f"{k} {v}" for k, v in finished.items())] if finished else []),
+        *(
+            [
+                f"- Code each ran (the code now: {current}): "
+                + ", ".join(
+                    f"{k} {v}" + ("" if v == current else " (earlier code)") for k, v in commits.items()
+                )
+            ]
+            if commits
+            else []
+        ),
         "",
         (BENCH / "NOTES.md").read_text().strip(),
         "",
-        "## After the fixes (this run)",
+        "## After the fixes (each benchmark's latest run: see the code each ran, above)",
         "",
         section("ack_latency_sqlite.md"),
         "",

@@ -662,10 +662,10 @@ def write_results(
                     )
                 )
         lines += stored_floor_table(results[model])
-        if model in rates:
+        if model in rates and model == "saturation":  # under think time the rate is only the users' pace
             lines += [
                 "",
-                "Bot submissions per second (validated, committed, acknowledged): "
+                "Bot submissions acknowledged per second (each validated, answered, then stored): "
                 + ", ".join(f"{users} users: {value:.0f}/s" for users, value in rates[model].items()),
             ]
         lines.append("")

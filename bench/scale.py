@@ -266,8 +266,9 @@ def first_sweeps(url: str, results: dict[str, Measured]) -> None:
     """The first sweep has work: reminders and escalations for the overdue reviews, expiry warnings and
     the day's digest (an hour late, so the sweep's catch-up sends it). Timed as the scheduler runs it,
     `run_sweeps`, whose sweeps (and reviewer channels) run at once on PostgreSQL, each on its own
-    connection. Each run on a fresh copy of the seeded database, by a process that has not swept before
-    (a new engine: SQLAlchemy's statement cache is the engine's)."""
+    connection. Each run on a fresh copy of the seeded database, by a new engine in this process (new
+    connections, statements compiled afresh: SQLAlchemy's statement cache is the engine's; the process's
+    other caches, Python's own included, are warm)."""
     loaded = bench_policy()
     for _ in range(REPEATS):
         with seeded_copy(url) as copy:
@@ -516,7 +517,10 @@ def render(data: dict[str, Any], sizes: list[int]) -> str:
         f"grows. Median of {REPEATS} runs. The sweep with work due is timed as the scheduler runs it "
         "(`run_sweeps`: on PostgreSQL its three sweeps, and the reviewer channels, at once, each on its "
         "own connection), on a fresh "
-        "copy of the seeded database each, by a new process (its statements compiled for the first time), "
+        "copy of the seeded database each, by a new engine in the benchmark's process (new connections to a "
+        "database no server process has read yet, its statements compiled for the first time: SQLAlchemy's "
+        "cache is the engine's; the process's other caches are warm, so a freshly started one may take "
+        "longer), "
         "and by one that has swept such work before (its pool's connections kept throughout, as a running "
         "scheduler's are; the copy put back after each run), which also times each sweep alone, in turn. "
         "The process's start-up objects are frozen for the garbage collector, as the bot's are.",

@@ -118,6 +118,7 @@ class RemoteStub:
         self.views: dict[str, Any] = {}  # ... and open modals: none are tracked on this side
         self.late_acks = 0  # answers slower than Slack's 3 seconds, counted by SlackDriver
         self._lock = threading.Lock()  # one pipe shared by every simulated user
+        self._counting = threading.Lock()  # late_acks, from every simulated user's thread
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
@@ -159,7 +160,8 @@ class RemoteStub:
         return default_user(user_id, self.team_id)
 
     def record_violation(self, source: str, error: str, *messages: str, **_: Any) -> None:
-        self.late_acks += 1  # the driver reports only acks later than 3 s here
+        with self._counting:  # the driver reports only acks later than 3 s here
+            self.late_acks += 1
 
     def apply_view_response(self, view_id: str, status: int, body: Any) -> None:
         """The benchmark's submissions are of a copied form the stub does not track: nothing to apply."""
