@@ -428,20 +428,36 @@ def _run_background(what: str, settings: Settings, records_receipts: bool, sched
 
 def cmd_digest(args: argparse.Namespace) -> int:
     """Queue the leads' digest now if today's is due and not yet recorded (still once per day)."""
-    from bot.scheduler import SweepScheduler
-    from bot.services import build_services
+    from sqlalchemy import func, select
 
-    settings = load_settings()
-    policy = load_policy(settings.policy_file)
-    _prepare_database(settings.database_url)
-    services = build_services(settings.database_url, policy, make_client(settings), clock=_clock())
+    from bot.scheduler import SweepScheduler
+    from storage.db import transaction
+    from storage.models import OutboxMessage, OutboxStatus
+
+    services = bootstrap(load_settings())  # secret-safe logging, as every command that talks to Slack
+    policy = services.policy
     try:
+        with transaction(services.db, read_only=True) as session:
+            before = session.scalar(select(func.max(OutboxMessage.id))) or 0
         report = SweepScheduler(services.db, policy.policy, clock=services.workflow.clock).digest()
         if report is None:
             raise CliError("the digest could not be prepared; see the log")
         if report.digests_sent:
             services.dispatcher.run_once()
-            print("digest sent")
+            with transaction(services.db, read_only=True) as session:
+                queued = session.execute(
+                    select(OutboxMessage.status, OutboxMessage.last_error).where(OutboxMessage.id > before)
+                ).all()
+            # Said as it is: Slack may have refused it (dead) or not taken it yet (the bot sends it).
+            dead = [error for status, error in queued if status == OutboxStatus.DEAD]
+            if dead:
+                raise CliError(f"the digest was not sent: {dead[0]}; fix it, then `fr-bot outbox retry`")
+            if any(status == OutboxStatus.PENDING for status, _ in queued):
+                print(
+                    "digest queued: Slack has not taken it yet; the bot sends it (see `fr-bot outbox list`)"
+                )
+            else:
+                print("digest sent")
         elif report.digests_missed:
             print("today's digest time is past the grace period: recorded as missed")
         else:

@@ -372,3 +372,26 @@ def test_report_writes_markdown_csv_and_chart(workflow: Workflow, cli, tmp_path:
     assert empty.returncode == 0 and "**0 requests.**" in (folder / "fr-report-2025-01.md").read_text()
     bad = run("report", "--month", "2026-13")
     assert bad.returncode == 2 and "YYYY-MM" in bad.stderr
+
+
+@pytest.mark.parametrize("leads_channel_takes_it", [True, False])
+def test_fr_bot_digest_says_whether_slack_took_it(
+    workflow: Workflow, cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, leads_channel_takes_it: bool
+) -> None:
+    """It printed "digest sent" after one pass of the outbox whatever became of the post: refused by
+    Slack (dead) or not taken yet, the operator was told it was sent."""
+    from tests.slackstub import SlackStub
+
+    clock_file = tmp_path / "now.txt"
+    clock_file.write_text("2026-03-02T09:00:00+00:00")  # after the 08:00 digest time, London on GMT
+    with SlackStub() as stub:
+        if not leads_channel_takes_it:
+            stub.not_in_channel.add("C0LEADS")
+        monkeypatch.setenv("FRBOT_TEST_CLOCK_FILE", str(clock_file))
+        monkeypatch.setenv("FRBOT_SLACK_BOT_TOKEN", stub.bot_token)
+        monkeypatch.setenv("FRBOT_SLACK_API_URL", stub.base_url)
+        done = cli("digest")
+    if leads_channel_takes_it:
+        assert done.returncode == 0 and "digest sent" in done.stdout, done
+    else:
+        assert done.returncode == 2 and "the digest was not sent: not_in_channel" in done.stderr, done
