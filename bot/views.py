@@ -954,7 +954,10 @@ def timeline_line(event: TimelineEvent, request: FrRequest, policy: Policy) -> s
     elif action in ("request_approved", "request_rejected", "request_withdrawn"):
         text = f"{who if action == 'request_withdrawn' else 'Request'} {action.removeprefix('request_')}"
         if d.get("valid_until"):
-            text += f", valid until {esc(str(d['valid_until'])[:16].replace('T', ' '))} UTC"
+            try:  # shown in each reader's zone, as every other time
+                text += f", valid until {when(datetime.fromisoformat(str(d['valid_until'])), policy)}"
+            except ValueError:
+                text += f", valid until {esc(str(d['valid_until']), 40)}"
     elif action == "request_rerequested":
         text = f"{who} started this request again from {esc(str(d.get('previous', '')))}"
     elif action == "info_requested":
