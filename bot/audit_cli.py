@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot import evidence, retention
 from bot.audit import AuditChainError, append_event, record_view, verify_chain
 from bot.policy import LoadedPolicy, load_policy
-from storage.db import make_engine, make_session_factory, transaction
+from storage.db import DatabaseUnavailable, make_engine, make_session_factory, transaction
 from storage.models import utcnow
 
 EXIT_BROKEN_CHAIN = 1
@@ -73,6 +73,13 @@ def _reported(command: Callable[[argparse.Namespace], int]) -> Callable[[argpars
             return command(args)
         except CliError as exc:
             print(f"fr-bot: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        except OSError as exc:  # an --out the command cannot write
+            where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+            print(f"fr-bot: cannot write{where}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        except DatabaseUnavailable as exc:
+            print(f"fr-bot: the database is unavailable ({exc}); try again", file=sys.stderr)
             return EXIT_CONFIG
         except AuditChainError as exc:  # nothing can be logged, so nothing is shown
             print(f"fr-bot: {exc}", file=sys.stderr)
@@ -162,6 +169,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             until = evidence.parse_moment(args.until, zone, end_of_day=True)
         except ValueError as exc:
             raise _fail(f"--since/--until: {exc} (use YYYY-MM-DD or an ISO date-time)") from None
+        # Opened first: an --out that cannot be written fails before any disclosure is logged.
+        out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout  # noqa: SIM115
         # Logged before a row is written: an export cut short (a closed pipe, a failure, Ctrl-C) has
         # disclosed what it wrote by then, and the log must show it did.
         now = utcnow()
@@ -183,7 +192,6 @@ def cmd_export(args: argparse.Namespace) -> int:
                 # Free text is disclosed: each request in the range counts as viewed.
                 for request_id in evidence.requests_in_range(session, since, until):
                     record_view(session, actor, request_id, "cli export", now)
-        out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout  # noqa: SIM115
         try:
             with ctx.engine.connect() as connection:
                 rows = evidence.export_events(connection, out, since, until, args.format, args.with_text)
@@ -197,17 +205,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _hold(args: argparse.Namespace, hold: bool) -> int:
+    reference = args.reference.strip().upper()  # as `audit show` reads one
     with _context() as ctx:
         try:
-            changed = retention.set_legal_hold(
-                ctx.db, args.reference.upper(), _actor(args), args.reason, utcnow(), hold
-            )
+            changed = retention.set_legal_hold(ctx.db, reference, _actor(args), args.reason, utcnow(), hold)
         except LookupError:
-            raise _fail(f"no request {args.reference}") from None
+            raise _fail(f"no request {reference}") from None
+        with transaction(ctx.db, read_only=True) as session:
+            request = evidence.find_request(session, reference)
+            purged = request.redacted_at if request is not None else None
     state = "placed on" if hold else "released from"
-    print(
-        f"{args.reference.upper()} {state} legal hold" if changed else f"{args.reference.upper()}: no change"
-    )
+    print(f"{reference} {state} legal hold" if changed else f"{reference}: no change")
+    if hold and purged is not None:
+        # The hold keeps what is left; what the purge removed is gone already.
+        print(f"note: its free text was already removed under the retention policy on {purged:%Y-%m-%d}")
     return 0
 
 
@@ -258,7 +269,7 @@ def cmd_retention_purge(args: argparse.Namespace) -> int:
 
 def _month(value: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d{4})-(\d{2})", value.strip())
-    if not match or not 1 <= int(match.group(2)) <= 12:
+    if not match or not 1 <= int(match.group(2)) <= 12 or not 1970 <= int(match.group(1)) <= 9998:
         raise argparse.ArgumentTypeError("expected YYYY-MM, e.g. 2026-03")
     return int(match.group(1)), int(match.group(2))
 
@@ -267,6 +278,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bot import report
 
     year, month = args.month
+    today = utcnow()
+    if (year, month) > (today.year, today.month):
+        raise _fail(f"{year}-{month:02d} has not begun: a report covers a month that has")
     with _context() as ctx, transaction(ctx.db) as session:
         data = report.build(session, ctx.policy.policy, year, month, utcnow())
     written = report.write(data, Path(args.out))

@@ -83,11 +83,18 @@ def wait_for_slack(
 
 
 def _prepare_database(url: str) -> None:
+    from alembic.util.exc import CommandError
+
     try:
         migrate(url)
     except SQLAlchemyError as exc:
         first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         raise CliError(f"FRBOT_DATABASE_URL: cannot open or migrate the database: {first}") from None
+    except CommandError as exc:  # a revision this code does not know: the schema is newer (a rollback)
+        raise CliError(
+            f"FRBOT_DATABASE_URL: the database's schema is newer than this fr-bot ({exc}); "
+            "run the version that migrated it"
+        ) from None
 
 
 def bootstrap(

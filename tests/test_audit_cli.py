@@ -395,3 +395,38 @@ def test_fr_bot_digest_says_whether_slack_took_it(
         assert done.returncode == 0 and "digest sent" in done.stdout, done
     else:
         assert done.returncode == 2 and "the digest was not sent: not_in_channel" in done.stderr, done
+
+
+def test_admin_mistakes_are_one_line_and_log_nothing(workflow: Workflow, cli, engine: Engine) -> None:
+    """An --out that cannot be written, a month not begun, a reference pasted with a space: each was a
+    traceback (and the export logged disclosures that never happened) or a refusal of a good reference."""
+    first, _ = history(workflow)
+    bad_out = cli(
+        "audit", "export", "--since", "2026-03-01", "--until", "2026-03-31", "--with-text",
+        "--actor", "UFOI", "--out", "missing-folder/x.csv",
+    )  # fmt: skip
+    assert bad_out.returncode == 2 and "cannot write" in bad_out.stderr and "Traceback" not in bad_out.stderr
+    with transaction(workflow.db) as session:
+        logged = session.scalars(select(AuditEvent.action).where(AuditEvent.actor_id == "UFOI")).all()
+    assert logged == []
+    future = cli("report", "--month", "2999-01", "--out", "report")
+    assert future.returncode == 2 and "has not begun" in future.stderr
+    assert cli("report", "--month", "9999-12").returncode == 2
+    held = cli(
+        "audit", "hold", f"  {first.lower()} ", "--reason", "Judicial review lodged", "--actor", "ULEGAL"
+    )
+    assert held.returncode == 0 and f"{first} placed on legal hold" in held.stdout, held
+
+
+def test_a_database_newer_than_the_code_is_one_line_not_a_traceback(
+    workflow: Workflow, cli, engine: Engine
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    try:
+        for command in (("migrate",), ("audit", "verify")):
+            done = cli(*command)
+            assert done.returncode == 2 and "newer than this fr-bot" in done.stderr, (command, done)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = (SELECT '0014')"))
