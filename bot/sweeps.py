@@ -282,9 +282,10 @@ def _notices_of_the_stage(kind: str) -> Any:
 _REMINDERS_SENT = select(func.count()).where(_notices_of_the_stage(NoticeKind.REMINDER)).scalar_subquery()
 
 
-# Who has decided the stage on the row (a stage waiting for its second approval): not asked again.
+# Who has decided the stage on the row (a stage waiting for its second approval), in person or by a
+# deputy: not asked again.
 _DECIDED_BY = (
-    select(func.aggregate_strings(Decision.approver_id, " "))
+    select(func.aggregate_strings(Decision.approver_id + " " + func.coalesce(Decision.on_behalf_of, ""), " "))
     .where(Decision.stage_review_id == StageReview.id)
     .scalar_subquery()
 )
@@ -419,11 +420,14 @@ def _approvers(policy: Policy, stage_id: str) -> tuple[str, ...]:
         return ()
 
 
-def _still_to_decide(policy: Policy, stage: DueReview) -> tuple[str, ...]:
-    """The stage's approvers a reminder asks: not those who have decided it (a stage waiting for a second
-    approval), nor the officer who made the request (who may not decide it). Groups are named whole."""
-    done = {stage.requester_id, *(stage.decided_by or "").split()}
-    return tuple(a for a in _approvers(policy, stage.stage_id) if a not in done)
+def _still_to_decide(
+    policy: Policy, stage_id: str, requester_id: str, decided_by: str | None
+) -> tuple[str, ...]:
+    """The stage's approvers a reminder or an escalation names: not those who have decided it (a stage
+    waiting for a second approval), in person or by a deputy, nor the officer who made the request (who
+    may not decide it). Groups are named whole."""
+    done = {requester_id, *(decided_by or "").split()}
+    return tuple(a for a in _approvers(policy, stage_id) if a not in done)
 
 
 def _link(stage: StageReview | DueReview) -> str | None:
@@ -479,7 +483,7 @@ def _sweep_channel(
                 stage_name=stage.stage_name,
                 due_at=stage.due_at,
                 link=_link(stage),
-                approvers=_still_to_decide(policy, stage),
+                approvers=_still_to_decide(policy, stage.stage_id, stage.requester_id, stage.decided_by),
             )
             escalate_at = None
             if not stage.escalated:
@@ -727,6 +731,8 @@ def _announce_escalations(
                 StageReview.message_channel,
                 StageReview.message_ts,
                 _REMINDERS_SENT,
+                FrRequest.requester_id,
+                _DECIDED_BY,
             )
             .join(FrRequest, FrRequest.id == StageReview.request_id)
             .where(_one_of(session, StageReview.id, list(claimed)))
@@ -744,7 +750,7 @@ def _announce_escalations(
                 stage_name=stage_name,
                 due_at=due_at or now,
                 link=views.message_link(permalink, message_channel, message_ts),
-                approvers=_approvers(policy, stage_id),
+                approvers=_still_to_decide(policy, stage_id, requester_id, decided_by),
                 reminders_sent=int(count),
             )
             for (
@@ -757,6 +763,8 @@ def _announce_escalations(
                 message_channel,
                 message_ts,
                 count,
+                requester_id,
+                decided_by,
             ) in escalated
         ]
         message = views.escalation_message(policy.leads_channel, items, policy, now)
@@ -859,6 +867,7 @@ def _warn_expiring(db: sessionmaker[Session], policy: Policy, now: datetime, rep
             select(FrRequest)
             .where(
                 FrRequest.status == RequestStatus.APPROVED,
+                FrRequest.closed_at.is_(None),  # its search's outcome recorded: nothing left to expire
                 FrRequest.valid_until > now,
                 FrRequest.valid_until <= now + lead,
                 _no_notice(NoticeKind.EXPIRY_WARNING),
@@ -1188,6 +1197,7 @@ def digest_summary(
         select(FrRequest.id, FrRequest.reference, FrRequest.valid_until)
         .where(
             FrRequest.status == RequestStatus.APPROVED,
+            FrRequest.closed_at.is_(None),  # closed with its outcome recorded: not expiring
             FrRequest.valid_until > now,
             FrRequest.valid_until <= horizon,
         )

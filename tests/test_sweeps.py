@@ -16,7 +16,7 @@ from sqlalchemy import Engine, func, select, update
 
 from bot import sweeps, views
 from bot.audit import verify_chain
-from bot.forms import FREE_TEXT_FIELDS, DecisionForm, check_request
+from bot.forms import FREE_TEXT_FIELDS, DecisionForm, DelegationForm, check_request
 from bot.outbox import OutboxDispatcher
 from bot.pacing import Pacer, Rate, SlackLimits
 from bot.workflow import Workflow, audit
@@ -943,6 +943,50 @@ def test_a_reminder_does_not_ask_an_approver_who_has_decided(
     [reminder] = [c for c in posts(stub, "C0AUTH") if "eminder" in c.args["text"]]
     text = json.dumps(reminder.args["blocks"])
     assert "<@UAUTH2>" in text and "<@UAUTH3>" in text and "<@UAUTH1>" not in text
+    # Escalated at +1 h 30: the leads are pointed at those still to decide, too.
+    clock.now = MONDAY + timedelta(hours=1, minutes=30)
+    assert sweep(workflow, clock).escalations == 1
+    deliver(workflow, stub, clock)
+    [escalation] = [c for c in posts(stub, "C0LEADS")]
+    text = json.dumps(escalation.args["blocks"])
+    assert "<@UAUTH2>" in text and "<@UAUTH1>" not in text
+
+
+def test_a_reminder_does_not_ask_an_approver_whose_deputy_decided_for_them(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub
+) -> None:
+    today = clock.now.date()
+    workflow.delegate("UAUTH1", DelegationForm(deputy_id="UDEPUTY", starts_on=today, ends_on=today))
+    request_id = submit(workflow, "V1", urgency="threat_to_life", urgency_justification=WHY)
+    workflow.decide(request_id, 0, "UDEPUTY", "approve", APPROVE)
+    clock.now = MONDAY + timedelta(hours=1)
+    assert sweep(workflow, clock).reminders == 1
+    deliver(workflow, stub, clock)
+    [reminder] = [c for c in posts(stub, "C0AUTH") if "eminder" in c.args["text"]]
+    text = json.dumps(reminder.args["blocks"])
+    assert "<@UAUTH2>" in text and "<@UAUTH1>" not in text
+
+
+def test_a_closed_approval_is_neither_expiring_in_the_digest_nor_warned_of(
+    workflow: Workflow, clock: FakeClock
+) -> None:
+    """Its search's outcome recorded the day it was approved: the digest listed it as expiring soon and
+    the officer was warned it expires."""
+    from bot.forms import PostUseForm
+
+    request_id = submit(workflow, "V1")
+    workflow.decide(request_id, 0, "USUP1", "approve", APPROVE)
+    use = PostUseForm(search_run=True, result="no_match", handling="deleted", authority="Exhibit JS/4")
+    workflow.record_post_use(request_id, OFFICER, use)
+    request = workflow.load(request_id)
+    assert request is not None and request.valid_until is not None
+    clock.now = request.valid_until - timedelta(hours=1)
+    assert sweep(workflow, clock).expiry_warnings == 0
+    with transaction(workflow.db) as session:
+        summary = sweeps.digest_summary(
+            session, workflow.policy, clock.now - timedelta(days=1), clock.now, clock.now
+        )
+    assert summary["expiring"] == []
 
 
 def test_a_working_time_deadline_stops_only_for_the_working_time_spent_waiting(
