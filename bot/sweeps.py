@@ -913,6 +913,18 @@ def _remind_ratification(
     if not rule.required_for or policy.leads_channel is None:
         return
     after = timedelta(hours=rule.remind_after_hours)
+    # Approved by one stage only, asked in SQL: left to the loop below, approvals through several stages
+    # (which need no ratifying, and record no notice) filled every batch, and held back those that do.
+    single_stage = (
+        [
+            select(func.count())
+            .where(StageReview.request_id == FrRequest.id, StageReview.status == StageStatus.APPROVED)
+            .scalar_subquery()
+            == 1
+        ]
+        if rule.single_stage_only
+        else []
+    )
     with transaction(db) as session:
         requests = session.scalars(
             select(FrRequest)
@@ -922,6 +934,7 @@ def _remind_ratification(
                 FrRequest.decided_at <= now - after,
                 FrRequest.decided_at >= now - after - RATIFICATION_LOOKBACK,
                 _no_notice(NoticeKind.RATIFICATION),
+                *single_stage,
             )
             .order_by(FrRequest.decided_at)
             .limit(BATCH_SIZE)

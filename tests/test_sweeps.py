@@ -285,6 +285,23 @@ def test_expiring_approval_warns_the_officer_and_urgent_approval_needs_ratificat
     assert "<@UAUTH1>" in blocks_text(ratify) and "<@UAUTH2>" in blocks_text(ratify)
 
 
+def test_approvals_through_several_stages_do_not_hold_back_a_ratification(
+    workflow: Workflow, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threat to life through the online engines' three stages needs no ratifying; read in the batch and
+    passed over in Python, such approvals filled it (BATCH_SIZE 1 here) and the one-stage approval that
+    needs ratifying waited until they aged out of the week's window."""
+    monkeypatch.setattr(sweeps, "BATCH_SIZE", 1)
+    several = submit(workflow, "V1", tool="engine-a", urgency="threat_to_life", urgency_justification=WHY)
+    for position, approver in ((0, "USUP1"), (1, "UAUTH1"), (1, "UAUTH2"), (2, "UDPO1")):
+        workflow.decide(several, position, approver, "approve", APPROVE)
+    one = submit(workflow, "V2", urgency="threat_to_life", urgency_justification=WHY)
+    for approver in ("UAUTH1", "UAUTH2"):
+        workflow.decide(one, 0, approver, "approve", APPROVE)
+    clock.advance(hours=12)
+    assert sweep(workflow, clock).ratifications == 1
+
+
 def test_the_ratification_check_tests_urgency_and_status_in_the_index(
     workflow: Workflow, clock: FakeClock, engine: Engine
 ) -> None:
