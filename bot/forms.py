@@ -385,8 +385,11 @@ def check_decision(raw: dict[str, str], outcome: str) -> DecisionForm:
     rationale = clean_text(raw.get(RATIONALE.block_id, ""))
     conditions = clean_text(raw.get(CONDITIONS.block_id, "")) if outcome == "approve" else ""
     reason = raw.get(REASON_CODE.block_id) if outcome == "reject" else None
-    if len(rationale) < MIN_RATIONALE:
+    if len(" ".join(rationale.split())) < MIN_RATIONALE:
         errors[RATIONALE.block_id] = f"Record your reasons in at least {MIN_RATIONALE} characters."
+    elif justification_problem(rationale, MIN_RATIONALE) is not None:
+        # Shown to the officer and kept in the audit trail as the decision's reasons: words, not filler.
+        errors[RATIONALE.block_id] = "Record your reasons in words, not filler."
     elif len(rationale) > RATIONALE.max_length:
         errors[RATIONALE.block_id] = f"Keep this to {RATIONALE.max_length} characters."
     if len(conditions) > CONDITIONS.max_length:

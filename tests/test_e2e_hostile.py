@@ -224,7 +224,11 @@ def test_double_clicked_decision_records_one_decision(slack: SlackDriver, stub: 
         stub.clear()
         slack.block_action("USUP1", views.APPROVE_ACTION, message=message)
         opened.append(stub.wait_for("views.open").response["view"])
-    rationale = {forms.RATIONALE.block_id: {forms.ACTION_ID: {"type": "plain_text_input", "value": "x" * 30}}}
+    rationale = {
+        forms.RATIONALE.block_id: {
+            forms.ACTION_ID: {"type": "plain_text_input", "value": "Necessary and proportionate here."}
+        }
+    }
     answers = [slack.view_submission("USUP1", view, rationale) for view in opened]
     assert [status for status, _ in answers] == [200, 200]
     assert all("Decision received" in json.dumps(answer) for _, answer in answers)

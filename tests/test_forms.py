@@ -415,18 +415,27 @@ def test_approval_ignores_a_reason_code() -> None:
 
 def test_rationale_needs_20_characters() -> None:
     assert forms.MIN_RATIONALE == 20
-    check_decision({"rationale": "x" * 20}, "approve")
-    for short in ("", "x" * 19, " " * 30, "x" * 19 + "\u200b\u200b"):
+    check_decision({"rationale": "Need it; no other way"}, "approve")
+    for short in ("", "x" * 19, " " * 30, "x" * 19 + "\u200b\u200b", "n/a" + "\n" * 20 + "ok"):
         with pytest.raises(FormErrors) as caught:
             check_decision({"rationale": short}, "approve")
         assert list(caught.value.errors) == ["rationale"]
         assert "20 characters" in caught.value.errors["rationale"]
 
 
+def test_rationale_of_filler_is_refused() -> None:
+    """The decision's reasons, shown to the officer and kept in the audit trail: 'x' * 25 was taken."""
+    for filler in ("x" * 25, "n/a " * 8, "ok ok ok ok ok ok ok ok"):
+        with pytest.raises(FormErrors) as caught:
+            check_decision({"rationale": filler}, "reject")
+        assert "not filler" in caught.value.errors["rationale"]
+
+
 def test_rationale_over_max_length() -> None:
-    check_decision({"rationale": "x" * 2000}, "approve")
+    words = "Necessary and proportionate for this case. "
+    check_decision({"rationale": (words * 60)[:2000]}, "approve")
     with pytest.raises(FormErrors) as caught:
-        check_decision({"rationale": "x" * 2001}, "approve")
+        check_decision({"rationale": (words * 60)[:2001]}, "approve")
     assert caught.value.errors == {"rationale": "Keep this to 2000 characters."}
 
 
