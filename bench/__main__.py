@@ -93,7 +93,10 @@ def code_version() -> str:
     that ends now ran (each benchmark starts its processes afresh, so it runs the code as it was then)."""
 
     def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        try:
+            done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        except OSError:  # no git on this machine
+            return ""
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"

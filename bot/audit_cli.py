@@ -169,8 +169,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             until = evidence.parse_moment(args.until, zone, end_of_day=True)
         except ValueError as exc:
             raise _fail(f"--since/--until: {exc} (use YYYY-MM-DD or an ISO date-time)") from None
-        # Opened first: an --out that cannot be written fails before any disclosure is logged.
-        out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout  # noqa: SIM115
+        if args.out:  # an --out that cannot be written fails before any disclosure is logged
+            with open(args.out, "a", encoding="utf-8"):  # not emptied until the export is logged
+                pass
         # Logged before a row is written: an export cut short (a closed pipe, a failure, Ctrl-C) has
         # disclosed what it wrote by then, and the log must show it did.
         now = utcnow()
@@ -192,6 +193,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 # Free text is disclosed: each request in the range counts as viewed.
                 for request_id in evidence.requests_in_range(session, since, until):
                     record_view(session, actor, request_id, "cli export", now)
+        out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout  # noqa: SIM115
         try:
             with ctx.engine.connect() as connection:
                 rows = evidence.export_events(connection, out, since, until, args.format, args.with_text)
@@ -278,7 +280,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bot import report
 
     year, month = args.month
-    today = utcnow()
+    with _context() as ctx:  # the month in the policy's zone, as the report counts it
+        today = utcnow().astimezone(ctx.policy.policy.zone)
     if (year, month) > (today.year, today.month):
         raise _fail(f"{year}-{month:02d} has not begun: a report covers a month that has")
     with _context() as ctx, transaction(ctx.db) as session:

@@ -437,6 +437,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
     """Queue the leads' digest now if today's is due and not yet recorded (still once per day)."""
     from sqlalchemy import func, select
 
+    from bot.pacing import post_key
     from bot.scheduler import SweepScheduler
     from storage.db import transaction
     from storage.models import OutboxMessage, OutboxStatus
@@ -452,8 +453,12 @@ def cmd_digest(args: argparse.Namespace) -> int:
         if report.digests_sent:
             services.dispatcher.run_once()
             with transaction(services.db, read_only=True) as session:
-                queued = session.execute(
-                    select(OutboxMessage.status, OutboxMessage.last_error).where(OutboxMessage.id > before)
+                queued = session.execute(  # the digest's post: the bot's other rows may be queued too
+                    select(OutboxMessage.status, OutboxMessage.last_error).where(
+                        OutboxMessage.id > before,
+                        OutboxMessage.kind == "channel_post",
+                        OutboxMessage.pace_key == post_key(str(policy.policy.leads_channel)),
+                    )
                 ).all()
             # Said as it is: Slack may have refused it (dead) or not taken it yet (the bot sends it).
             dead = [error for status, error in queued if status == OutboxStatus.DEAD]

@@ -44,8 +44,9 @@ def open_view(client: WebClient, body: dict[str, Any], view: dict[str, Any]) -> 
     try:
         client.views_open(trigger_id=body["trigger_id"], view=view)
     except SlackApiError as exc:
-        if sent_again():  # its first run, in a follow-up process that died, may have opened it
-            log.info("a form not opened again after a follow-up process died: %s", exc.response.get("error"))
+        error = exc.response.get("error")
+        if sent_again() and error == "exchanged_trigger_id":  # its first run, in a process that died, used it
+            log.info("a form not opened again after a follow-up process died: it was opened before")
             return
         log.warning("could not open a form: %s", exc.response.get("error"))
         tell(client, {**body, "trigger_id": None}, "Slack did not open the form in time. Please try again.")

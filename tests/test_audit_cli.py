@@ -380,8 +380,15 @@ def test_fr_bot_digest_says_whether_slack_took_it(
 ) -> None:
     """It printed "digest sent" after one pass of the outbox whatever became of the post: refused by
     Slack (dead) or not taken yet, the operator was told it was sent."""
+    import logging
+
     from tests.slackstub import SlackStub
 
+    root = logging.getLogger()
+    # The command configures logging as the bot does (a handler on this test's captured stderr): put the
+    # root logger back after it, or later tests log to a closed stream.
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
     clock_file = tmp_path / "now.txt"
     clock_file.write_text("2026-03-02T09:00:00+00:00")  # after the 08:00 digest time, London on GMT
     with SlackStub() as stub:

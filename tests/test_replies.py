@@ -61,14 +61,23 @@ def test_a_form_sent_again_to_a_new_follow_up_process_is_not_reported_unopened(s
     """Its first run, in a follow-up process that died before saying it was done, may have opened it: the
     spent trigger_id of the run sent again is nobody's business (bot/follow_up.py)."""
     client = stub.client()
-    body = _home_click(stub, "UOFFICER", "123.456.spent")
+    body = _home_click(stub, "UOFFICER", stub.issue_trigger_id("UOFFICER"))
+    client.views_open(
+        trigger_id=body["trigger_id"], view=views.notice_modal("A form", "text")
+    )  # the first run
     with ThreadPoolExecutor(max_workers=1) as pool:
         after_answer = AfterAnswer(pool)
         for again in (True, False):
             with judged_as_of(None, again) as started:
                 after_answer("command", open_view, client, body, views.notice_modal("A form", "text"))
             wait(started)
-    assert _dms_to(stub, "UOFFICER") == ["Slack did not open the form in time. Please try again."]  # once
+        assert _dms_to(stub, "UOFFICER") == ["Slack did not open the form in time. Please try again."]  # once
+        # A trigger that expired (the dead process never opened the form): told, sent again or not.
+        expired = _home_click(stub, "UOFFICER", "123.456.expired")
+        with judged_as_of(None, True) as started:
+            after_answer("command", open_view, client, expired, views.notice_modal("A form", "text"))
+        wait(started)
+    assert len(_dms_to(stub, "UOFFICER")) == 2
 
 
 def test_a_command_whose_form_did_not_open_in_a_channel_without_the_bot_is_explained_in_a_dm(
