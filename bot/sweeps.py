@@ -269,6 +269,7 @@ class DueReview(NamedTuple):
     escalated: bool  # its escalation is recorded (it escalates once)
     reminders_sent: int  # before this sweep's
     last_reminder_due: datetime | None  # the slot its latest reminder was for
+    last_sequence: int | None  # the number its latest reminder was recorded under
     requester_id: str
     decided_by: str | None  # who decided the stage already (by or for), space-separated
 
@@ -305,6 +306,9 @@ _DUE_REVIEW_COLUMNS = select(
     exists().where(_notices_of_the_stage(NoticeKind.ESCALATION)),
     _REMINDERS_SENT,
     select(func.max(ScheduledNotice.due_at))
+    .where(_notices_of_the_stage(NoticeKind.REMINDER))
+    .scalar_subquery(),
+    select(func.max(ScheduledNotice.sequence))
     .where(_notices_of_the_stage(NoticeKind.REMINDER))
     .scalar_subquery(),
     FrRequest.requester_id,
@@ -493,15 +497,17 @@ def _sweep_channel(
             if escalate_at is not None and escalate_at > now:
                 checks.append(escalate_at)
             next_checks[stage.id] = min(checks)
-            # One reminder for each slot of the schedule (collapsed after downtime), numbered by the
-            # reminders it has had: a due time moved on by a question to the officer starts its slots
-            # again, whose numbers, counted from it, the reminders before it had taken (and were dropped).
+            # One reminder for each slot of the schedule (collapsed after downtime), numbered after the
+            # latest recorded: a due time moved on by a question to the officer starts its slots again,
+            # whose numbers, counted from it, the reminders before it had taken (and were dropped).
             owed = stage.last_reminder_due is None or slot.due > stage.last_reminder_due
             if gap_ends is None and owed:
                 notice = Notice(
                     kind=NoticeKind.REMINDER,
                     subject_id=stage.id,
-                    sequence=stage.reminders_sent,
+                    # After the latest recorded (not their count: numbers recorded before this scheme
+                    # skipped the slots collapsed after downtime, and a count would meet one of them).
+                    sequence=0 if stage.last_sequence is None else stage.last_sequence + 1,
                     request_id=stage.request_id,
                     channel=channel,
                     due_at=slot.due,

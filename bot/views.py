@@ -697,10 +697,9 @@ def decision_dm(
     if request.status == RequestStatus.APPROVED:
         # The approval holds every stage's conditions, not only the last decision's.
         given = [(s.stage_name, d.conditions) for s in request.stages for d in s.approvals if d.conditions]
-        if given:
-            share = 2800 // len(given)
-            lines = "\n".join(f"• *{esc(name, 75)}*: {esc(text, share)}" for name, text in given)
-            blocks.append(section(f"*Conditions you must follow*\n{lines}"))
+        if given:  # a section each, so that none is cut to fit the others
+            blocks.append(section("*Conditions you must follow*"))
+            blocks += [section(f"*{esc(name, 75)}*: {esc(text, 2800)}") for name, text in given]
     elif form.conditions:
         blocks.append(section(f"*Conditions you must follow*\n{esc(form.conditions, 2900)}"))
     follow_up = officer_buttons(request, request.updated_at)

@@ -685,6 +685,11 @@ class Workflow:
             return Refusal("stage_removed", message), None
         on_behalf_of: str | None = None
         deciders = {d.approver_id for d in stage.decisions} | {d.on_behalf_of for d in stage.decisions}
+        if user_id in deciders:  # decided already, in person or as a deputy: said so, whoever they stand for
+            message = (
+                f"A decision by you (or for you) on this stage of {request.reference} is already recorded."
+            )
+            return Refusal("already_decided", message), None
         try:
             if not self.approvers.is_approver(policy_stage, user_id):
                 # For an approver who has not decided yet: a deputy of two approvers may still act for

@@ -244,6 +244,22 @@ def test_an_approver_who_gave_the_first_of_two_approvals_may_still_ask_the_offic
     assert isinstance(again, Refusal) and again.code == "already_decided"
 
 
+def test_a_deputy_who_gave_the_first_of_two_approvals_may_still_ask_and_is_told_they_decided(
+    workflow: Workflow, clock: FakeClock
+) -> None:
+    """The deputy's principal is among those who decided, so the delegation found nobody left to stand
+    for: 'not an approver', and the question refused."""
+    today = clock.now.date()
+    workflow.delegate("UAUTH1", DelegationForm(deputy_id="UDEPUTY", starts_on=today, ends_on=today))
+    result = submit(workflow, urgency="threat_to_life", urgency_justification=URGENT)
+    assert isinstance(workflow.decide(result.request_id, 0, "UDEPUTY", "approve", APPROVE), Decided)
+    assert not isinstance(
+        workflow.authorised_request(result.request_id, 0, "UDEPUTY", "request_info"), Refusal
+    )
+    again = workflow.authorised_request(result.request_id, 0, "UDEPUTY", "approve")
+    assert isinstance(again, Refusal) and again.code == "already_decided"
+
+
 def test_a_deputy_decides_once_on_a_stage_whoever_they_stand_in_for(
     workflow: Workflow, clock: FakeClock
 ) -> None:

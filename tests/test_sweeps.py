@@ -295,6 +295,7 @@ def test_approvals_through_several_stages_do_not_hold_back_a_ratification(
     several = submit(workflow, "V1", tool="engine-a", urgency="threat_to_life", urgency_justification=WHY)
     for position, approver in ((0, "USUP1"), (1, "UAUTH1"), (1, "UAUTH2"), (2, "UDPO1")):
         workflow.decide(several, position, approver, "approve", APPROVE)
+    clock.advance(minutes=1)  # decided first: ahead in the batch on any database
     one = submit(workflow, "V2", urgency="threat_to_life", urgency_justification=WHY)
     for approver in ("UAUTH1", "UAUTH2"):
         workflow.decide(one, 0, approver, "approve", APPROVE)
