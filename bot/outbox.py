@@ -24,6 +24,7 @@ Delivery guarantee (README, "Reliability"):
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import random
@@ -183,6 +184,7 @@ CLAIM_FINISHED = (
         _OUTBOX.c.payload,
         _OUTBOX.c.attempts,
         _OUTBOX.c.doubtful_attempts,
+        _OUTBOX.c.last_error,
     )
 )
 # The usual outcome of a row that posts nothing (a modal update, an edit, App Home), in one statement: the
@@ -228,10 +230,13 @@ class Claimed:
     payload: dict[str, Any]
     attempts: int
     doubtful_attempts: int
+    last_error: str | None = None
 
     @classmethod
     def of(cls, row: OutboxMessage) -> Claimed:
-        return cls(row.id, row.request_id, row.kind, row.payload, row.attempts, row.doubtful_attempts)
+        return cls(
+            row.id, row.request_id, row.kind, row.payload, row.attempts, row.doubtful_attempts, row.last_error
+        )
 
 
 @dataclass(frozen=True)
@@ -725,7 +730,7 @@ class OutboxDispatcher:
                 return Sent()
             raise PermanentFailure(f"unknown outbox kind {row.kind}")
         except SlackApiError as exc:
-            failure = classify(exc, row.attempts)
+            failure = classify(exc, row.attempts, row.last_error)
             if isinstance(failure, RetryLater) and exc.response.status_code == 429:
                 self.pacer.hold(self._calling, failure.delay)
             raise failure from None
@@ -741,10 +746,9 @@ class OutboxDispatcher:
             # A defect, not a Slack fault: back off and make it loud in the log; dead after a few tries,
             # so that it does not hold the request's later rows.
             log.exception("outbox row %s (%s): unexpected error", row.id, row.kind)
-            error = f"unexpected error: {type(exc).__name__}"
-            if row.attempts + 1 >= UNRECOGNISED_TRIES:
-                raise PermanentFailure(error) from None
-            raise RetryLater(error, backoff(row.attempts)) from None
+            raise unrecognised(
+                f"unexpected error: {type(exc).__name__}", row.attempts, row.last_error
+            ) from None
 
     def _load_stage(self, row: Claimed, stage_review_id: int) -> tuple[FrRequest, StageReview] | None:
         """The request of a stage post with its history, and the stage. Reads that share no snapshot (each
@@ -1003,7 +1007,21 @@ def _refused(exc: BaseException) -> bool:
     return isinstance(reason, (ConnectionRefusedError, socket.gaierror))
 
 
-def classify(exc: SlackApiError, attempts: int) -> Exception:
+def unrecognised(error: str, attempts: int, last_error: str | None) -> Exception:
+    """A failure the bot does not know: tried again until it has come UNRECOGNISED_TRIES times in a row
+    (counted in the row's last_error, so retries of other failures before it, an outage's or a rate
+    limit's, do not count), then dead-lettered."""
+    mark = f"{error} (unrecognised, try "
+    streak = 1
+    if last_error is not None and last_error.startswith(mark):
+        with contextlib.suppress(ValueError):
+            streak = int(last_error[len(mark) :].split(" ", 1)[0]) + 1
+    if streak >= UNRECOGNISED_TRIES:
+        return PermanentFailure(error)
+    return RetryLater(f"{mark}{streak} of {UNRECOGNISED_TRIES})", backoff(attempts))
+
+
+def classify(exc: SlackApiError, attempts: int, last_error: str | None = None) -> Exception:
     response = exc.response
     error = str(response.get("error") or f"http_{response.status_code}")
     if response.status_code == 429 or error == "ratelimited":
@@ -1018,10 +1036,7 @@ def classify(exc: SlackApiError, attempts: int) -> Exception:
     if response.status_code >= 500 or error in TRANSIENT_ERRORS:
         # Slack documents that a 5xx may come after part of the work was done.
         return RetryLater(error, backoff(attempts), doubtful=response.status_code >= 500)
-    # `attempts`: the row's tries before this one.
-    if attempts + 1 >= UNRECOGNISED_TRIES:
-        return PermanentFailure(error)
-    return RetryLater(error, backoff(attempts))
+    return unrecognised(error, attempts, last_error)
 
 
 # --- Administration: the dead-letter list and replay (`fr-bot outbox`) ------------------------------

@@ -267,6 +267,23 @@ def test_an_edit_slack_will_never_take_does_not_hold_back_the_officers_dm(
         assert error in (refresh.last_error or "")
 
 
+def test_an_unknown_error_is_dead_lettered_after_that_many_in_a_row_not_after_other_retries(
+    workflow: Workflow, stub: SlackStub, clock: FakeClock
+) -> None:
+    """A row retried through rate limits and an outage first: its first unknown error dead-lettered it,
+    the tries of the other failures counting towards the unknown error's."""
+    dispatcher = make_dispatcher(workflow, stub, clock)
+    _approved_after_its_review_was_posted(workflow, stub, clock, dispatcher)
+    stub.fail_next("chat.update", status=503, count=UNRECOGNISED_TRIES)
+    stub.fail_next("chat.update", error="a_code_slack_added_later", count=1000)
+    drain(dispatcher, clock, step=600)
+    refresh = next(row for row in rows(workflow) if row.kind == "refresh_reviews")
+    unknown = [
+        c for c in stub.calls_to("chat.update") if c.response.get("error") == "a_code_slack_added_later"
+    ]
+    assert refresh.status == OutboxStatus.DEAD and len(unknown) == UNRECOGNISED_TRIES
+
+
 def test_slacks_temporary_errors_are_retried_until_slack_takes_them(
     workflow: Workflow, stub: SlackStub, clock: FakeClock
 ) -> None:
