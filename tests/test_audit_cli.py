@@ -384,11 +384,10 @@ def test_fr_bot_digest_says_whether_slack_took_it(
 
     from tests.slackstub import SlackStub
 
-    root = logging.getLogger()
+    root, client_log = logging.getLogger(), logging.getLogger("slack_sdk.web.base_client")
     # The command configures logging as the bot does (a handler on this test's captured stderr): put the
-    # root logger back after it, or later tests log to a closed stream.
-    monkeypatch.setattr(root, "handlers", list(root.handlers))
-    monkeypatch.setattr(root, "level", root.level)
+    # loggers back after it, or later tests log to a closed stream.
+    handlers, level, client_level = root.handlers[:], root.level, client_log.level
     clock_file = tmp_path / "now.txt"
     clock_file.write_text("2026-03-02T09:00:00+00:00")  # after the 08:00 digest time, London on GMT
     with SlackStub() as stub:
@@ -397,7 +396,12 @@ def test_fr_bot_digest_says_whether_slack_took_it(
         monkeypatch.setenv("FRBOT_TEST_CLOCK_FILE", str(clock_file))
         monkeypatch.setenv("FRBOT_SLACK_BOT_TOKEN", stub.bot_token)
         monkeypatch.setenv("FRBOT_SLACK_API_URL", stub.base_url)
-        done = cli("digest")
+        try:
+            done = cli("digest")
+        finally:
+            root.handlers[:] = handlers
+            root.setLevel(level)
+            client_log.setLevel(client_level)
     if leads_channel_takes_it:
         assert done.returncode == 0 and "digest sent" in done.stdout, done
     else:
@@ -429,6 +433,7 @@ def test_a_database_newer_than_the_code_is_one_line_not_a_traceback(
     workflow: Workflow, cli, engine: Engine
 ) -> None:
     with engine.begin() as conn:
+        head = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
         conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
     try:
         for command in (("migrate",), ("audit", "verify")):
@@ -436,4 +441,4 @@ def test_a_database_newer_than_the_code_is_one_line_not_a_traceback(
             assert done.returncode == 2 and "newer than this fr-bot" in done.stderr, (command, done)
     finally:
         with engine.begin() as conn:
-            conn.execute(text("UPDATE alembic_version SET version_num = (SELECT '0014')"))
+            conn.execute(text("UPDATE alembic_version SET version_num = :head"), {"head": head})

@@ -241,6 +241,9 @@ def test_a_stop_asked_for_while_starting_ends_socket_mode_before_it_connects() -
     stopping = threading.Event()
     stopping.set()
     done = threading.Event()
-    worker = threading.Thread(target=lambda: (serve_socket(None, "xapp-unused", stopping), done.set()))  # type: ignore[arg-type]
+    worker = threading.Thread(  # a daemon: should the stop be missed, the test fails instead of hanging
+        target=lambda: (serve_socket(None, "xapp-unused", stopping), done.set()),  # type: ignore[arg-type]
+        daemon=True,
+    )
     worker.start()
     assert done.wait(5), "serve_socket went on although the stop came first"

@@ -70,13 +70,13 @@ def test_a_form_sent_again_to_a_new_follow_up_process_is_not_reported_unopened(s
         for again in (True, False):
             with judged_as_of(None, again) as started:
                 after_answer("command", open_view, client, body, views.notice_modal("A form", "text"))
-            wait(started)
+            assert not wait(started, timeout=10).not_done
         assert _dms_to(stub, "UOFFICER") == ["Slack did not open the form in time. Please try again."]  # once
         # A trigger that expired (the dead process never opened the form): told, sent again or not.
         expired = _home_click(stub, "UOFFICER", "123.456.expired")
         with judged_as_of(None, True) as started:
             after_answer("command", open_view, client, expired, views.notice_modal("A form", "text"))
-        wait(started)
+        assert not wait(started, timeout=10).not_done
     assert len(_dms_to(stub, "UOFFICER")) == 2
 
 
