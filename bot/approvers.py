@@ -65,17 +65,30 @@ class ApproverDirectory:
         self._monotonic = monotonic
         self._cache: dict[str, tuple[float, frozenset[str]]] = {}
         self._lock = threading.Lock()
+        # One look-up of a group at a time: threads that miss the cache together wait for the first one's
+        # answer rather than each asking Slack (a Tier 2 method), and each being rate-limited.
+        self._asking: dict[str, threading.Lock] = {}
 
-    def _group(self, group_id: str) -> frozenset[str]:
-        now = self._monotonic()
+    def _fresh(self, group_id: str) -> frozenset[str] | None:
         with self._lock:
             cached = self._cache.get(group_id)
-        if cached and now - cached[0] < self._ttl:
-            return cached[1]
-        members = self._source.members(group_id)
+        return cached[1] if cached and self._monotonic() - cached[0] < self._ttl else None
+
+    def _group(self, group_id: str) -> frozenset[str]:
+        members = self._fresh(group_id)
+        if members is not None:
+            return members
         with self._lock:
-            self._cache[group_id] = (now, members)
-        return members
+            asking = self._asking.setdefault(group_id, threading.Lock())
+        with asking:
+            members = self._fresh(group_id)  # asked by another thread meanwhile?
+            if members is not None:
+                return members
+            now = self._monotonic()
+            members = self._source.members(group_id)
+            with self._lock:
+                self._cache[group_id] = (now, members)
+            return members
 
     def includes(self, principals: tuple[str, ...], user_id: str) -> bool:
         """Whether `user_id` is one of the user IDs or a member of one of the user groups listed."""

@@ -726,6 +726,18 @@ class Workflow:
         )
         return Refusal("tool_barred", message)
 
+    def _groups_looked_up(self) -> None:
+        """The user groups the policy names, asked of Slack now if their cache has expired, before a write
+        transaction that checks who may act: the write must not hold its lock (on SQLite the process's
+        one writer lock) while Slack answers. A failure is left for the check to meet and report."""
+        groups = tuple(
+            p
+            for principals in (*(s.approvers for s in self.policy.stages), self.policy.leads)
+            for p in principals
+        )
+        with contextlib.suppress(ApproverLookupFailed):
+            self.approvers.members(groups)
+
     def _delegator(
         self,
         session: Session,
@@ -776,6 +788,7 @@ class Workflow:
 
     def authorise(self, request_id: int, position: int, user_id: str, action: str) -> Refusal | None:
         """Check before opening a decision modal; a refusal is recorded in the audit trail."""
+        self._groups_looked_up()
         with self._write() as session:
             request = request_with_history(session, request_id)
             refusal = self._refusal(session, request, position, user_id)
@@ -862,6 +875,7 @@ class Workflow:
         this reviewer's decision, if recorded, is shown as recorded, not refused as decided."""
         if outcome not in ("approve", "reject"):
             raise ValueError(outcome)
+        self._groups_looked_up()
         try:
             with self._write() as session:
                 # The row lock serialises deciders of one request on PostgreSQL;
@@ -1077,6 +1091,7 @@ class Workflow:
     ) -> InfoAsked | Refusal:
         """Record a reviewer's question to the officer. `view_id`: the reviewer's modal, answered
         "received" (handlers/views.py), updated with the outcome (`_show`); so are the everyday forms'."""
+        self._groups_looked_up()
         with self._write() as session:
             request = request_with_history(session, request_id, lock=True)
             refusal = self._refusal(session, request, position, user_id)

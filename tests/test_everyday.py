@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from typing import Any
@@ -340,6 +341,24 @@ def test_whether_someone_may_look_is_asked_before_the_write_that_records_the_loo
         assert isinstance(looking.result(timeout=10), Refusal)
 
 
+def test_a_decision_asks_slack_for_its_approvers_before_it_takes_the_write_lock(workflow: Workflow) -> None:
+    """A member of a user group decides once the group's cache has expired: the question to Slack was
+    asked inside the decision's write, and an officer's form waited behind it (two seconds, then 'Not
+    saved')."""
+    result = submit(workflow)
+    slack = _SlowSlack()
+    slow = Workflow(workflow.db, workflow.loaded, ApproverDirectory(slack), clock=workflow.clock)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        deciding = pool.submit(slow.decide, result.request_id, 0, "USUP3", "approve", APPROVE)
+        assert slack.asked.wait(5)
+        try:
+            submit(workflow, key="V2")
+            assert not deciding.done()
+        finally:
+            slack.answer.set()
+        assert isinstance(deciding.result(timeout=10), Decided)
+
+
 def test_a_form_run_again_is_shown_as_recorded_and_recorded_once(
     workflow: Workflow, clock: FakeClock
 ) -> None:
@@ -495,3 +514,24 @@ def test_timeline_shows_the_sealed_free_text(workflow: Workflow) -> None:
     lines = [views.timeline_line(event, seen.request, workflow.policy) for event in seen.events]
     assert any("Which exhibit is the still from?" in line for line in lines)
     assert not any("$sealed" in line for line in lines)
+
+
+def test_threads_that_miss_a_group_together_ask_slack_once() -> None:
+    """Each asked Slack (a Tier 2 method) and each could be rate-limited; now the first asks and the
+    others take its answer."""
+    calls: list[str] = []
+    release = threading.Event()
+
+    class Slack:
+        def members(self, group_id: str) -> frozenset[str]:
+            calls.append(group_id)
+            assert release.wait(5)
+            return frozenset({"USUP3"})
+
+    directory = ApproverDirectory(Slack())
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        asked = [pool.submit(directory.members, ("S0SUPERS",)) for _ in range(4)]
+        time.sleep(0.2)  # all four waiting on the one look-up
+        release.set()
+        assert all(future.result(timeout=5) == {"USUP3"} for future in asked)
+    assert calls == ["S0SUPERS"]
