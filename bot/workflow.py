@@ -1383,9 +1383,9 @@ class Workflow:
     def comment(
         self, request_id: int, user_id: str, text: str, submission_key: str, view_id: str | None = None
     ) -> Recorded | Refusal:
-        allowed = self._allowed_to_look(request_id, user_id, requester_too=False)[1]
+        # The request as that read loaded it serves the write too: only its id and reference are used.
+        request, allowed = self._allowed_to_look(request_id, user_id, requester_too=False)
         with self._write() as session:
-            request = request_with_history(session, request_id)
             if request is None or not allowed:
                 refusal = Refusal(
                     "not_reviewer", "Only this request's reviewers and leads can comment on it."

@@ -948,6 +948,15 @@ def test_the_reviewer_message_says_the_clock_is_stopped_not_overdue_while_a_ques
     assert "Overdue" not in message and "Clock stopped" in message
 
 
+def _the_authorisers_reminder(workflow: Workflow, clock: FakeClock, stub: SlackStub) -> str:
+    """The one reminder a threat-to-life review gets when it falls due (+1 h), as posted: its blocks."""
+    clock.now = MONDAY + timedelta(hours=1)
+    assert sweep(workflow, clock).reminders == 1
+    deliver(workflow, stub, clock)
+    [reminder] = [c for c in posts(stub, "C0AUTH") if "eminder" in c.args["text"]]
+    return json.dumps(reminder.args["blocks"])
+
+
 def test_a_reminder_does_not_ask_an_approver_who_has_decided(
     workflow: Workflow, clock: FakeClock, stub: SlackStub
 ) -> None:
@@ -955,11 +964,7 @@ def test_a_reminder_does_not_ask_an_approver_who_has_decided(
     UAUTH2 and UAUTH3 (it asked UAUTH1 too, to approve or reject what they had approved)."""
     request_id = submit(workflow, "V1", urgency="threat_to_life", urgency_justification=WHY)
     workflow.decide(request_id, 0, "UAUTH1", "approve", APPROVE)
-    clock.now = MONDAY + timedelta(hours=1)
-    assert sweep(workflow, clock).reminders == 1
-    deliver(workflow, stub, clock)
-    [reminder] = [c for c in posts(stub, "C0AUTH") if "eminder" in c.args["text"]]
-    text = json.dumps(reminder.args["blocks"])
+    text = _the_authorisers_reminder(workflow, clock, stub)
     assert "<@UAUTH2>" in text and "<@UAUTH3>" in text and "<@UAUTH1>" not in text
     # Escalated at +1 h 30: the leads are pointed at those still to decide, too.
     clock.now = MONDAY + timedelta(hours=1, minutes=30)
@@ -977,11 +982,7 @@ def test_a_reminder_does_not_ask_an_approver_whose_deputy_decided_for_them(
     workflow.delegate("UAUTH1", DelegationForm(deputy_id="UDEPUTY", starts_on=today, ends_on=today))
     request_id = submit(workflow, "V1", urgency="threat_to_life", urgency_justification=WHY)
     workflow.decide(request_id, 0, "UDEPUTY", "approve", APPROVE)
-    clock.now = MONDAY + timedelta(hours=1)
-    assert sweep(workflow, clock).reminders == 1
-    deliver(workflow, stub, clock)
-    [reminder] = [c for c in posts(stub, "C0AUTH") if "eminder" in c.args["text"]]
-    text = json.dumps(reminder.args["blocks"])
+    text = _the_authorisers_reminder(workflow, clock, stub)
     assert "<@UAUTH2>" in text and "<@UAUTH1>" not in text
 
 
