@@ -297,7 +297,7 @@ def _tool_line(request: FrRequest) -> str:
     return f"{esc(tool['name'], 200)} ({tool['status']})"
 
 
-def _status_line(request: FrRequest, policy: Policy) -> str:
+def _status_line(request: FrRequest, policy: Policy, now: datetime | None = None) -> str:
     badge = STATUS_BADGES.get(request.status, request.status)
     if request.status == RequestStatus.PENDING and request.current is not None:
         stage = request.current
@@ -306,7 +306,12 @@ def _status_line(request: FrRequest, policy: Policy) -> str:
     if request.status == RequestStatus.APPROVED and request.closed_at is not None:
         return f"{badge}: the search's outcome is recorded, closed {when(request.closed_at, policy)}"
     if request.status == RequestStatus.APPROVED:
-        return f"{badge}: valid until {when(request.valid_until, policy)}"
+        valid_until = request.valid_until
+        if valid_until is not None and valid_until <= (now or datetime.now(UTC)):
+            # Past its time the approval no longer allows a search: "valid until" a past time read as if
+            # it still did.
+            return f"{badge}, ran out {when(valid_until, policy)}: a search now needs a new request"
+        return f"{badge}: valid until {when(valid_until, policy)}"
     return f"{badge} {when(request.decided_at, policy)}"
 
 
@@ -420,7 +425,7 @@ def review_message(
     """The message in one stage's reviewer channel; buttons only while that stage awaits decisions."""
     blocks: list[Block] = [
         header(f"FR search request {request.reference}"),
-        section(_status_line(request, policy)),
+        section(_status_line(request, policy, now)),
         summary_fields(request, policy),
     ]
     if request.status == RequestStatus.PENDING and stage.status == StageStatus.PENDING and stage.due_at:
@@ -466,9 +471,9 @@ def review_message(
     return {"channel": stage.channel_id, "text": clip(escape(text), 300), "blocks": blocks}
 
 
-def request_summary(request: FrRequest, policy: Policy) -> list[Block]:
+def request_summary(request: FrRequest, policy: Policy, now: datetime | None = None) -> list[Block]:
     """The short form of a request shown at the top of reviewer modals."""
-    return [section(_status_line(request, policy)), summary_fields(request, policy)]
+    return [section(_status_line(request, policy, now)), summary_fields(request, policy)]
 
 
 def decision_modal(request: FrRequest, policy: Policy, ctx: ReviewContext) -> dict[str, Any]:
@@ -981,12 +986,16 @@ def timeline_line(event: TimelineEvent, request: FrRequest, policy: Policy) -> s
 
 
 def request_details(
-    request: FrRequest, events: Sequence[TimelineEvent], policy: Policy, post_use: PostUseRecord | None = None
+    request: FrRequest,
+    events: Sequence[TimelineEvent],
+    policy: Policy,
+    post_use: PostUseRecord | None = None,
+    now: datetime | None = None,
 ) -> list[Block]:
     """The whole case file of one request: summary, the justifications, then every event in order."""
     blocks: list[Block] = [
         header(f"FR search request {request.reference}"),
-        section(_status_line(request, policy)),
+        section(_status_line(request, policy, now)),
         summary_fields(request, policy),
     ]
     if request.urgency_justification:
@@ -1018,22 +1027,27 @@ def request_details(
 
 
 def details_modal(
-    request: FrRequest, events: Sequence[TimelineEvent], policy: Policy, post_use: PostUseRecord | None
+    request: FrRequest,
+    events: Sequence[TimelineEvent],
+    policy: Policy,
+    post_use: PostUseRecord | None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
-    return modal(request.reference, request_details(request, events, policy, post_use), "fr_details", "")
+    blocks = request_details(request, events, policy, post_use, now)
+    return modal(request.reference, blocks, "fr_details", "")
 
 
-def requests_list(requests: list[FrRequest], policy: Policy) -> list[Block]:
+def requests_list(requests: list[FrRequest], policy: Policy, now: datetime | None = None) -> list[Block]:
     if not requests:
         return [section("You have no FR requests yet. Type `/fr-request` to start one.")]
-    lines = [_request_line(r, policy) for r in requests]
+    lines = [_request_line(r, policy, now) for r in requests]
     heading = "*Your FR requests*: those still open first, then the most recent"
     return [section(heading), *[section(t) for t in pack(lines)]]
 
 
-def _request_line(request: FrRequest, policy: Policy) -> str:
+def _request_line(request: FrRequest, policy: Policy, now: datetime | None = None) -> str:
     tool = esc(request.tool_snapshot["name"], 100)
-    status = _status_line(request, policy)
+    status = _status_line(request, policy, now)
     current = request.current if request.status == RequestStatus.PENDING else None
     if current is not None and any(info.answer is None for info in current.info_requests):
         # The review waits for the officer: say so where they look for what to do next.
@@ -1079,7 +1093,7 @@ def home_view(
     if not mine:
         blocks.append(context("You have no FR requests yet."))
     for request in mine:
-        blocks.append(section(_request_line(request, policy)))
+        blocks.append(section(_request_line(request, policy, now)))
         follow_up = officer_buttons(request, now) or actions(
             f"officer:{request.id}", button("Details", DETAILS_ACTION, str(request.id))
         )

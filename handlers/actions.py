@@ -162,7 +162,11 @@ def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
         if result is None or isinstance(result, Refusal):
             tell(client, body, result.message if result else STALE)
             return
-        open_view(client, body, views.details_modal(result.request, result.events, policy, result.post_use))
+        open_view(
+            client,
+            body,
+            views.details_modal(result.request, result.events, policy, result.post_use, workflow.clock()),
+        )
 
     @app.action(views.NEW_REQUEST_ACTION)
     @guarded

@@ -40,7 +40,9 @@ def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
         if isinstance(result, Refusal):
             respond(text=result.message, response_type="ephemeral")
             return
-        blocks = views.request_details(result.request, result.events, policy, result.post_use)
+        blocks = views.request_details(
+            result.request, result.events, policy, result.post_use, workflow.clock()
+        )
         respond(text=f"FR request {result.request.reference}", blocks=blocks, response_type="ephemeral")
 
     def show_list(user_id: str, respond: Respond) -> None:
@@ -49,7 +51,11 @@ def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
         except DatabaseUnavailable:
             respond(text=UNAVAILABLE, response_type="ephemeral")
             return
-        respond(text="Your FR requests", blocks=views.requests_list(mine, policy), response_type="ephemeral")
+        respond(
+            text="Your FR requests",
+            blocks=views.requests_list(mine, policy, workflow.clock()),
+            response_type="ephemeral",
+        )
 
     @app.command(COMMAND)
     def fr_request(ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond) -> None:

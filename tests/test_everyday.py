@@ -6,7 +6,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -434,6 +434,30 @@ def test_a_closed_approval_says_its_outcome_is_recorded_not_valid_until(workflow
     assert request is not None
     listed = json.dumps(views.requests_list([request], workflow.policy))
     assert "outcome is recorded" in listed and "valid until" not in listed
+
+
+def test_an_approval_past_its_time_says_it_ran_out_not_valid_until(
+    workflow: Workflow, clock: FakeClock
+) -> None:
+    """The list, Details and the reviewer message said "Approved: valid until <a past time>" once the
+    approval had run out with no outcome recorded, which read as if the search could still be run."""
+    result = submit(workflow)
+    workflow.decide(result.request_id, 0, "USUP1", "approve", APPROVE)
+    request = workflow.load(result.request_id)
+    assert request is not None and request.valid_until is not None
+    still_valid = json.dumps(views.requests_list([request], workflow.policy, clock.now))
+    assert "valid until" in still_valid and "ran out" not in still_valid
+    clock.now = request.valid_until + timedelta(minutes=1)
+    view = workflow.view_request(request.reference, "UOFFICER", "test")
+    assert not isinstance(view, Refusal)
+    for blocks in (
+        views.requests_list([request], workflow.policy, clock.now),
+        views.request_details(view.request, view.events, workflow.policy, view.post_use, clock.now),
+        views.review_message(request, request.stages[0], workflow.policy, clock.now)["blocks"],
+    ):
+        shown = json.dumps(blocks)
+        assert "Approved, ran out <!date^" in shown and "a search now needs a new request" in shown
+        assert "Approved: valid until" not in shown
 
 
 def test_my_requests_lists_the_open_ones_first_and_a_question_waiting_for_me(workflow: Workflow) -> None:
