@@ -28,7 +28,7 @@ from bot import logs
 from bot.config import Settings, SettingsError, load_settings
 from bot.foreground import ANSWER_SLICE, BACKGROUND
 from bot.policy import LoadedPolicy, PolicyError, load_policy
-from storage.db import migrate
+from storage.db import Readiness, migrate
 
 if TYPE_CHECKING:
     from slack_bolt import App
@@ -201,6 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 settings.http_threads,
                 signing_secret=settings.signing_secret(),
                 stopping=stopping,
+                ready_check=Readiness(services.engine).problem,
             )
         else:
             assert settings.slack_app_token is not None

@@ -25,8 +25,9 @@ MAX_BODY_BYTES = 1_000_000  # Slack payloads are far smaller; anything larger is
 
 
 def wsgi_app(
-    app: App, signing_secret: str | None = None
+    app: App, signing_secret: str | None = None, ready: Callable[[], str | None] | None = None
 ) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
+    """`ready` answers the readiness check: None when this process can serve, otherwise why not."""
     # Checked here as well as by Bolt so that an unsigned request is refused before its body is examined.
     verifier = SignatureVerifier(signing_secret) if signing_secret else None
 
@@ -35,6 +36,13 @@ def wsgi_app(
         if path == "/healthz" and method == "GET":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok"]
+        if path == "/readyz" and method == "GET":
+            problem = ready() if ready is not None else None
+            if problem is not None:
+                start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [problem.encode()]
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ready"]
         if path == EVENTS_PATH and method == "POST":
             content_type = environ.get("CONTENT_TYPE", "")
             if not content_type.startswith(("application/x-www-form-urlencoded", "application/json")):
@@ -138,13 +146,14 @@ def serve_http(
     drain_seconds: float = 20.0,
     signing_secret: str | None = None,
     stopping: threading.Event | None = None,
+    ready_check: Callable[[], str | None] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or `stopping` is set), then stop listening and let in-flight requests
     finish."""
     from waitress.server import create_server
 
     server = create_server(
-        wsgi_app(app, signing_secret),
+        wsgi_app(app, signing_secret, ready_check),
         host=host,
         port=port,
         threads=threads,

@@ -15,7 +15,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -130,6 +130,43 @@ PING_AFTER_IDLE_SECONDS = 1.0
 # longer than this for a lock or a connection would keep the user looking at "received" for nothing.
 # Short waits fail fast instead.
 LOCK_WAIT_SECONDS = 2
+
+
+class Readiness:
+    """Whether this process can reach its database now, for a load balancer's readiness check.
+
+    A process whose database is down still answers Slack (each user is told their form could not be
+    saved), so liveness (`/healthz`) cannot tell a balancer to send requests elsewhere; this can. The
+    answer is kept for `CACHE_SECONDS` so that checks from several balancers cost one round trip a second,
+    and a check waits no longer than the pool's and the connection's timeouts (`LOCK_WAIT_SECONDS`).
+    """
+
+    CACHE_SECONDS = 1.0
+
+    def __init__(self, engine: Engine, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.engine = engine
+        self.monotonic = monotonic
+        self._lock = threading.Lock()
+        self._checked_at: float | None = None
+        self._problem: str | None = None
+
+    def problem(self) -> str | None:
+        """None when the database answered a `SELECT 1`; otherwise why not, in one line."""
+        with self._lock:  # one check at a time: the rest take its answer
+            now = self.monotonic()
+            if self._checked_at is None or now - self._checked_at >= self.CACHE_SECONDS:
+                self._problem = self._check()
+                self._checked_at = self.monotonic()
+            return self._problem
+
+    def _check(self) -> str | None:
+        try:
+            # Read-only: on SQLite a plain transaction begins IMMEDIATE, taking the one writer lock.
+            with self.engine.connect().execution_options(**{READ_ONLY_OPTION: True}) as connection:
+                connection.exec_driver_sql("SELECT 1")
+        except SQLAlchemyError as exc:  # the driver's error inside DBAPIError says more than SQLAlchemy's
+            return f"database unavailable ({type(getattr(exc, 'orig', None) or exc).__name__})"
+        return None
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

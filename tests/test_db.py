@@ -12,13 +12,15 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from psycopg import pq
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.forms import check_request
 from bot.workflow import Workflow
 from storage import db
 from storage.db import (
+    Readiness,
     _WriterQueue,
     background_work,
     make_engine,
@@ -262,3 +264,51 @@ def test_stage_reviews_leave_room_for_heap_only_updates_and_the_pending_index_co
         assert "(due_at, id) INCLUDE (stage_name, started_at) WHERE" in index
     finally:
         engine.dispose()
+
+
+def test_readiness_says_whether_the_database_answers_and_asks_once_a_second(database_url: str) -> None:
+    """`/readyz`'s check: None while the database answers, the driver's reason when it cannot be reached,
+    and checks within a second of each other take the last answer instead of each costing a round trip."""
+    engine = make_engine(database_url)
+    seconds = [100.0]
+    asked: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: asked.append(args[2]))
+    # No writer lock on SQLite (its BEGIN IMMEDIATE): a transaction that only reads begins DEFERRED.
+    begun = ["BEGIN DEFERRED"] if make_url(database_url).get_backend_name() == "sqlite" else []
+    readiness = Readiness(engine, monotonic=lambda: seconds[0])
+    try:
+        assert readiness.problem() is None
+        assert readiness.problem() is None
+        assert asked == [*begun, "SELECT 1"]
+        seconds[0] += Readiness.CACHE_SECONDS
+        assert readiness.problem() is None
+        assert asked == [*begun, "SELECT 1"] * 2
+    finally:
+        engine.dispose()
+    # Nothing listens on port 9 (discard): refused at once, well inside the pool's and connect timeouts.
+    unreachable = make_engine("postgresql+psycopg://postgres@127.0.0.1:9/nowhere")
+    try:
+        problem = Readiness(unreachable).problem()
+        assert problem is not None and problem.startswith("database unavailable (")
+    finally:
+        unreachable.dispose()
+
+
+def test_readyz_answers_503_with_the_reason_and_healthz_stays_ok() -> None:
+    from slack_bolt import App
+
+    from bot.server import wsgi_app
+
+    app = App(signing_secret="secret", token="xoxb-test", token_verification_enabled=False)
+    problems: list[str | None] = ["database unavailable (OperationalError)", None]
+    serve = wsgi_app(app, "secret", ready=lambda: problems.pop(0))
+
+    def get(path: str) -> tuple[str, bytes]:
+        statuses: list[str] = []
+        environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+        body = b"".join(serve(environ, lambda status, _headers: statuses.append(status)))
+        return statuses[0], body
+
+    assert get("/readyz") == ("503 Service Unavailable", b"database unavailable (OperationalError)")
+    assert get("/healthz") == ("200 OK", b"ok")
+    assert get("/readyz") == ("200 OK", b"ready")

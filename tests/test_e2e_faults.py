@@ -18,6 +18,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -530,6 +532,19 @@ def test_sigterm_finishes_in_flight_work_and_exits_0(world: World) -> None:
 # --- Database unavailable or locked -----------------------------------------------------------------
 
 
+def readiness(bot: BotProcess) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{bot.port}/readyz", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+
+
+def healthz(bot: BotProcess) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{bot.port}/healthz", timeout=5) as response:
+        return int(response.status)
+
+
 @contextlib.contextmanager
 def database_unavailable(world: World) -> Iterator[None]:
     """PostgreSQL refuses connections to this test database (only ours: the server stays up)."""
@@ -579,6 +594,12 @@ def test_database_down_or_locked_says_not_saved_and_recovers_without_restart(wor
             world.stub.clear()
             view = open_form(slack, world.stub, officer)
             with outage(world):
+                if outage is database_unavailable:
+                    # A balancer's readiness check takes this process out while its database is away
+                    # (liveness, /healthz, stays 200: the process still answers Slack).
+                    wait_until(lambda: readiness(bot)[0] == 503, what="/readyz to say 503")
+                    assert readiness(bot)[1].startswith("database unavailable")
+                    assert healthz(bot) == 200
                 # The answer needs no database: the form passed its checks. Storing it fails just after,
                 # and the officer gets the form back, answers and all, saying it was not saved.
                 status, body = slack.view_submission(officer, view, slack_state(answers))
@@ -612,6 +633,7 @@ def test_database_down_or_locked_says_not_saved_and_recovers_without_restart(wor
                 assert session.scalar(select(func.count()).select_from(Decision)) == 0
         # The database is back: the form given back goes through, and the outbox carries on, no restart
         # needed.
+        wait_until(lambda: readiness(bot) == (200, "ready"), what="/readyz to say ready again")
         status, body = submit(world, slack, officer, world.stub.views[view["id"]].view)
         assert status == 200 and "Request received" in str(body), body
         world.stub.clear()
