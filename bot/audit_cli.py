@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import getpass
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -27,7 +26,6 @@ from storage.db import DatabaseUnavailable, make_engine, make_session_factory, t
 from storage.models import utcnow
 
 EXIT_BROKEN_CHAIN = 1
-ACTOR_LIMIT = 32  # audit_events.actor_id
 
 
 @dataclass
@@ -53,7 +51,9 @@ def _context() -> Iterator[Context]:
 
 
 def _actor(args: argparse.Namespace) -> str:
-    return (args.actor or f"cli:{getpass.getuser()}")[:ACTOR_LIMIT]
+    from bot.cli import operator_actor
+
+    return operator_actor(args)
 
 
 def _fail(message: str) -> Exception:
@@ -295,8 +295,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
-    def actor_option(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--actor", help="who is running this, for the audit trail (default cli:<login>)")
+    from bot.cli import add_actor_option as actor_option
 
     audit = commands.add_parser("audit", help="the tamper-evident audit trail").add_subparsers(
         dest="audit_command", required=True

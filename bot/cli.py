@@ -321,14 +321,34 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_outbox_retry(args: argparse.Namespace) -> int:
+ACTOR_LIMIT = 32  # audit_events.actor_id
+
+
+def operator_actor(args: argparse.Namespace) -> str:
+    """Who runs an admin command, as the audit trail records them: `--actor`, or `cli:<login name>`.
+    One too long to store is refused, not cut: two people whose names share 32 characters would be
+    recorded as one."""
     import getpass
 
+    actor = args.actor or f"cli:{getpass.getuser()}"
+    if len(actor) > ACTOR_LIMIT:
+        raise CliError(f"--actor: at most {ACTOR_LIMIT} characters ({actor!r} has {len(actor)})")
+    return actor
+
+
+def add_actor_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--actor",
+        help=f"who runs this, for the audit trail (default cli:<login>; at most {ACTOR_LIMIT} characters)",
+    )
+
+
+def cmd_outbox_retry(args: argparse.Namespace) -> int:
     from bot.outbox import retry_outbox
 
     if not args.ids and not args.all_dead:
         raise CliError("outbox retry: give message IDs or --all-dead")
-    actor = f"cli:{getpass.getuser()}"
+    actor = operator_actor(args)
     requeued = _with_database(lambda db: retry_outbox(db, args.ids, all_dead=args.all_dead, actor=actor))
     missing = sorted(set(args.ids) - set(requeued))
     if requeued:
@@ -518,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     retry = outbox_commands.add_parser("retry", help="send dead messages again once the cause is fixed")
     retry.add_argument("ids", nargs="*", type=int, metavar="ID")
     retry.add_argument("--all-dead", action="store_true", help="every dead message")
+    add_actor_option(retry)
     retry.set_defaults(func=cmd_outbox_retry)
 
     check = commands.add_parser("check-policy", help="validate a policy file and exit")

@@ -122,6 +122,25 @@ def test_verify_checks_anchors(workflow: Workflow, cli) -> None:
     assert run("audit", "verify", "--anchor", f"{seq}:{'a' * 64}").returncode == 1
 
 
+def test_an_actor_too_long_to_store_is_refused_not_cut(workflow: Workflow, run) -> None:
+    """`--actor` was cut to 32 characters, so two operators whose names share 32 characters were recorded
+    as one; `outbox retry` took no `--actor` at all. A name too long is refused before anything is done."""
+    reference, _ = history(workflow)
+    long_name = "cli:a.very.long.name@force.police.uk"
+    for command in (("audit", "show", reference), ("audit", "hold", reference, "--reason", "CPS asked")):
+        refused = run(*command, "--actor", long_name)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.strip().splitlines() == [
+            f"fr-bot: --actor: at most 32 characters ({long_name!r} has {len(long_name)})"
+        ]
+    refused = run("outbox", "retry", "--all-dead", "--actor", long_name)
+    assert refused.returncode == 2 and "at most 32 characters" in refused.stderr, refused.stderr
+    with transaction(workflow.db) as session:
+        actions = set(session.scalars(select(AuditEvent.action)))
+    assert not actions & {"request_viewed", "legal_hold_placed"}, actions
+    assert run("outbox", "retry", "--all-dead", "--actor", "UADMIN").returncode == 0
+
+
 def test_show_prints_the_timeline_and_logs_the_view(workflow: Workflow, engine: Engine, run) -> None:
     reference, _ = history(workflow)
     shown = run("audit", "show", reference.lower(), "--actor", "UANALYST")

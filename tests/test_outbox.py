@@ -213,7 +213,7 @@ def test_permanent_error_is_dead_lettered_with_advice_then_replayed(
     assert f"not dead or not found: {dm.id}" in capsys.readouterr().err
 
     stub.not_in_channel.clear()  # the admin invited the bot
-    assert cli.main(["outbox", "retry", "--all-dead"]) == 0
+    assert cli.main(["outbox", "retry", "--all-dead", "--actor", "UADMIN"]) == 0
     assert f"requeued 1 message(s): {review.id}" in capsys.readouterr().out
     clock.now = utcnow()  # the command stamps the replay with the wall clock
     drain(dispatcher, clock)
@@ -222,7 +222,7 @@ def test_permanent_error_is_dead_lettered_with_advice_then_replayed(
     assert [c.args["channel"] for c in delivered(stub)] == ["UOFFICER", "C0SUPER"]
     with transaction(workflow.db) as session:
         replay = session.scalars(select(AuditEvent).where(AuditEvent.action == "outbox_retried")).one()
-    assert replay.request_id == request_id and replay.actor_id.startswith("cli:")
+    assert replay.request_id == request_id and replay.actor_id == "UADMIN"
     assert replay.details["outbox_id"] == review.id
 
 
