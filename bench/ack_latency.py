@@ -18,7 +18,9 @@ measured the benchmark first records enough of them (`seed_pending`, before the 
 announcements marked sent, so no backlog of posts runs beside the levels), and every decision the bot
 answers approves a different one: after the run, every one answered must be recorded and none refused
 (`check_recorded`). A reviewer's comment, standing for the everyday forms, is answered and saved the same
-way, on those requests in turn; every one answered must be recorded (`check_recorded`). The bare apps get
+way, on those requests in turn; every one answered must be recorded (`check_recorded`), as must every
+submission answered, as a request beside the seeded ones: an answer whose form was then not saved is
+not a fast ack. The bare apps get
 the same payloads and only acknowledge them.
 
 - **Think time** (the target's model): each user waits a random think time, uniform THINK_SECONDS,
@@ -70,7 +72,7 @@ from bot.config import Settings
 from bot.forms import check_request
 from bot.workflow import Submission
 from storage.db import make_engine, make_session_factory, recreate_schema, transaction
-from storage.models import AuditEvent, Comment, Decision, OutboxMessage, OutboxStatus, utcnow
+from storage.models import AuditEvent, Comment, Decision, FrRequest, OutboxMessage, OutboxStatus, utcnow
 from tests.botprocess import (
     SIGNING_SECRET,
     BackgroundProcess,
@@ -523,20 +525,30 @@ def main() -> None:
         for kind in kinds
         if kind in RECORDED_AS
     }
-    check_recorded(database_url, answered)
+    # Requests there before the levels: the seeded ones and the one the setup submitted.
+    check_recorded(database_url, answered, requests_before=len(pending) + 1)
     print(json.dumps({"memory_kib": memory, "late_acks": late, "refused_calls": refused}, indent=2))
     write_results(results, rates, cpu, waits, round_ratios, memory, late, refused, database_url, args)
 
 
 # The row each answered form of these kinds leaves once it is recorded.
-RECORDED_AS: dict[str, type[Decision] | type[Comment]] = {"decision": Decision, "comment": Comment}
+RECORDED_AS: dict[str, type[FrRequest] | type[Decision] | type[Comment]] = {
+    "submission": FrRequest,
+    "decision": Decision,
+    "comment": Comment,
+}
 
 
-def check_recorded(database_url: str, answered: dict[str, int]) -> None:
-    """Every decision and comment the bot answered (`answered`, by kind) was recorded once the bot stopped
-    (a clean stop finishes what it answered), and none refused: each went to a different pending request."""
+def check_recorded(database_url: str, answered: dict[str, int], requests_before: int) -> None:
+    """Every form the bot answered "received" (`answered`, by kind) was recorded once the bot stopped (a
+    clean stop finishes what it answered): each submission a request beside `requests_before`, each
+    decision and comment its row; and none refused: each decision went to a different pending request.
+    An answer whose form was then not saved would otherwise count as a fast ack."""
     if not answered:
         return
+    expected = {
+        kind: count + (requests_before if kind == "submission" else 0) for kind, count in answered.items()
+    }
     engine = make_engine(database_url)
     try:
         with transaction(make_session_factory(engine), read_only=True) as session:
@@ -548,8 +560,10 @@ def check_recorded(database_url: str, answered: dict[str, int]) -> None:
             )
     finally:
         engine.dispose()
-    if recorded != answered or refused:
-        raise RuntimeError(f"answered {answered}, recorded {recorded}, {refused} refused")
+    if recorded != expected or refused:
+        raise RuntimeError(
+            f"answered {answered}, expected {expected}, recorded {recorded}, {refused} refused"
+        )
 
 
 def stored_floor_table(results: dict[str, Any]) -> list[str]:
