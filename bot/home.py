@@ -11,6 +11,7 @@ from typing import Any
 
 from slack_sdk import WebClient
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from bot import views
 from bot.approvers import ApproverLookupFailed
@@ -19,6 +20,16 @@ from storage.db import transaction
 from storage.models import AppHomeViewer, Delegation
 
 log = logging.getLogger(__name__)
+
+
+def _upsert_viewer(insert: Any) -> Any:
+    statement = insert(AppHomeViewer.__table__)
+    return statement.on_conflict_do_update(
+        index_elements=["user_id"], set_={"last_opened_at": statement.excluded.last_opened_at}
+    )
+
+
+_UPSERT_VIEWER = {"sqlite": _upsert_viewer(sqlite.insert), "postgresql": _upsert_viewer(postgresql.insert)}
 
 
 class HomePublisher:
@@ -41,11 +52,10 @@ class HomePublisher:
     def opened(self, user_id: str) -> None:
         """Record that the user looks at App Home, then show it to them fresh."""
         with transaction(self.workflow.db) as session:
-            viewer = session.get(AppHomeViewer, user_id)
-            if viewer is None:
-                session.add(AppHomeViewer(user_id=user_id, last_opened_at=self.workflow.clock()))
-            else:
-                viewer.last_opened_at = self.workflow.clock()
+            # One statement: two opens at once (two devices, Slack's retry) each read "no row" and each
+            # inserted, and on PostgreSQL the second failed on the key and its view was never published.
+            upsert = _UPSERT_VIEWER[session.get_bind().dialect.name]
+            session.execute(upsert, {"user_id": user_id, "last_opened_at": self.workflow.clock()})
         self.publish(user_id)
 
     def publish(self, user_id: str) -> None:

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from bot import views
 from bot.approvers import ApproverDirectory
@@ -17,7 +17,7 @@ from bot.forms import DecisionForm, DelegationForm, PostUseForm
 from bot.policy import LoadedPolicy, parse_policy
 from bot.workflow import Decided, Refusal, RequestView, Workflow
 from storage.db import transaction
-from storage.models import AuditEvent, OutboxMessage, RequestStatus, StageStatus
+from storage.models import AppHomeViewer, AuditEvent, OutboxMessage, RequestStatus, StageStatus
 from tests.conftest import GROUPS, TEST_POLICY, FakeClock
 from tests.test_workflow import APPROVE, REJECT, audit_actions, submit
 
@@ -174,6 +174,37 @@ def test_a_deputys_app_home_is_refreshed_with_their_principals(workflow: Workflo
         published = [c.args["user_id"] for c in stub.calls_to("views.publish") if c.ok]
         assert published == ["UDEPUTY"]
         stub.assert_no_violations()
+
+
+def test_app_home_opened_twice_at_once_is_shown_both_times(workflow: Workflow, clock: FakeClock) -> None:
+    """Two opens at once by someone new to App Home (two devices, a retried event): each read "no row
+    yet" and each inserted one; on PostgreSQL the second waited for the first's key, then failed on it with
+    an IntegrityError, and its home tab was never published. Here the first open is a transaction that has
+    inserted the row and not yet committed."""
+    from bot.home import HomePublisher
+    from tests.slackstub import SlackStub
+
+    with SlackStub() as stub:
+        home = HomePublisher(workflow, stub.client())
+        errors: list[BaseException] = []
+
+        def open_home() -> None:
+            try:
+                home.opened("UNEWVIEWER")
+            except BaseException as exc:  # reported below, on the test's thread
+                errors.append(exc)
+
+        with transaction(workflow.db) as first:
+            first.add(AppHomeViewer(user_id="UNEWVIEWER", last_opened_at=clock.now))
+            first.flush()
+            second = threading.Thread(target=open_home)
+            second.start()
+            time.sleep(0.3)  # the second open reads, then waits for the first's key (or SQLite's lock)
+        second.join(10)
+        assert not second.is_alive() and errors == []
+        assert [c.args["user_id"] for c in stub.calls_to("views.publish") if c.ok] == ["UNEWVIEWER"]
+    with transaction(workflow.db) as session:
+        assert session.scalar(select(func.count()).select_from(AppHomeViewer)) == 1
 
 
 def test_awaiting_decision_looks_past_the_stages_the_user_has_decided(workflow: Workflow) -> None:
