@@ -329,6 +329,27 @@ class Policy(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _restricted_tools_limited(self) -> Policy:
+        # What "restricted" means over "approved": usable only within objective limits, and assessed.
+        # Without them the status read as a warning the bot did nothing about (Bridges: criteria, not
+        # each officer's discretion). A category authorised through its own process never reaches a
+        # request here, so its tools need neither.
+        for index, tool in enumerate(self.tools):
+            if tool.status is not ToolStatus.RESTRICTED or tool.category in self.own_process:
+                continue
+            missing = []
+            if tool.min_seriousness is None and tool.allowed_subjects is None:
+                missing.append("an objective limit on its use (min_seriousness or allowed_subjects)")
+            if not tool.dpia_reference:
+                missing.append("a dpia_reference")
+            if missing:
+                raise ValueError(
+                    f"tools.{index} ('{tool.id}'): a restricted tool needs {' and '.join(missing)}; "
+                    "otherwise make it approved or prohibited"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _deadline_stages_known(self) -> Policy:
         known = {s.id for s in self.stages}
         for stage_id in self.review_deadlines.stages:

@@ -115,6 +115,29 @@ def test_a_stage_needing_more_approvals_than_its_approvers_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
+    ("old", "new", "missing"),
+    [
+        ("    min_seriousness: serious\n", "", "an objective limit on its use"),
+        ("    dpia_reference: DPIA-1\n", "", "a dpia_reference"),
+    ],
+)
+def test_a_restricted_tool_needs_limits_and_an_assessment(old: str, new: str, missing: str) -> None:
+    """ "restricted" had no effect of its own: a restricted tool with no limits was requested and routed as
+    an approved one. It now means usable only within objective limits, with a DPIA."""
+    with pytest.raises(PolicyError, match=rf"tools\.1 \('engine-a'\): a restricted tool needs {missing}"):
+        parse_policy(TEST_POLICY.replace(old, new, 1), SOURCE)
+
+
+def test_allowed_subjects_is_a_restricted_tools_limit_too() -> None:
+    limited = TEST_POLICY.replace(
+        "    min_seriousness: serious\n", "    allowed_subjects: [missing_person]\n", 1
+    )
+    assert parse_policy(limited, SOURCE).policy.tool("engine-a") is not None
+    # The test policy's restricted live tool has neither: its category goes through its own process.
+    assert "{id: lfr, name: Live FR, category: live, status: restricted, jurisdiction: UK}" in TEST_POLICY
+
+
+@pytest.mark.parametrize(
     ("old", "new", "where"),
     [
         ("when: {urgency: [threat_to_life]}", "when: {urgency: []}", r"routes\.1\.when\.urgency"),
