@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -240,14 +240,25 @@ MIN_DISTINCT_WORDS = 4
 _WORD = re.compile(r"[^\W_]{2,}")
 
 
-def justification_problem(text: str, minimum: int) -> str | None:
-    """Why a justification is not a reasoned answer, or None. Its length is counted with runs of spaces
-    and line breaks as one space, so blank lines do not make up the minimum."""
+def shortfall(text: str, minimum: int) -> Literal["short", "filler"] | None:
+    """How a typed reason falls short of a reasoned answer, or None. Its length is counted with runs of
+    spaces and line breaks as one space, so blank lines do not make up the minimum; enough characters in
+    too few distinct words ("n/a n/a ...", a row of x's) is filler."""
     spread = " ".join(text.split())
     if len(spread) < minimum:
-        return f"Give a reasoned answer of at least {minimum} characters specific to this case."
+        return "short"
     if len(set(_WORD.findall(spread.lower()))) < MIN_DISTINCT_WORDS:
-        return "Give a reasoned answer in words, specific to this case, not filler."
+        return "filler"
+    return None
+
+
+def justification_problem(text: str, minimum: int) -> str | None:
+    """Why a justification is not a reasoned answer, in the words the form shows, or None."""
+    match shortfall(text, minimum):
+        case "short":
+            return f"Give a reasoned answer of at least {minimum} characters specific to this case."
+        case "filler":
+            return "Give a reasoned answer in words, specific to this case, not filler."
     return None
 
 
@@ -385,10 +396,11 @@ def check_decision(raw: dict[str, str], outcome: str) -> DecisionForm:
     rationale = clean_text(raw.get(RATIONALE.block_id, ""))
     conditions = clean_text(raw.get(CONDITIONS.block_id, "")) if outcome == "approve" else ""
     reason = raw.get(REASON_CODE.block_id) if outcome == "reject" else None
-    if len(" ".join(rationale.split())) < MIN_RATIONALE:
+    # Shown to the officer and kept in the audit trail as the decision's reasons: words, not filler.
+    problem = shortfall(rationale, MIN_RATIONALE)
+    if problem == "short":
         errors[RATIONALE.block_id] = f"Record your reasons in at least {MIN_RATIONALE} characters."
-    elif justification_problem(rationale, MIN_RATIONALE) is not None:
-        # Shown to the officer and kept in the audit trail as the decision's reasons: words, not filler.
+    elif problem == "filler":
         errors[RATIONALE.block_id] = "Record your reasons in words, not filler."
     elif len(rationale) > RATIONALE.max_length:
         errors[RATIONALE.block_id] = f"Keep this to {RATIONALE.max_length} characters."
