@@ -146,13 +146,16 @@ def cmd_pack(args: argparse.Namespace) -> int:
         chain = verify_chain(ctx.engine)
         with transaction(ctx.db) as session:
             events = evidence.request_events(session, request.id)
-        written = evidence.write_pack(Path(args.out), request, events, ctx.policy.policy, chain, actor, now)
+        differences = evidence.differences_from_trail(request, events)
+        written = evidence.write_pack(
+            Path(args.out), request, events, ctx.policy.policy, chain, actor, now, differences
+        )
     print(
         f"evidence pack for {request.reference} written to {args.out}: {', '.join(p.name for p in written)}"
     )
     if not chain.ok:
         print("warning: the audit chain is BROKEN; see verification.txt", file=sys.stderr)
-    if evidence.differences_from_trail(request, events):
+    if differences:
         print(
             "warning: the request's record differs from its audit trail; see verification.txt",
             file=sys.stderr,

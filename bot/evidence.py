@@ -223,8 +223,14 @@ def differences_from_trail(request: FrRequest, events: list[TimelineEvent]) -> l
 
 
 def timeline_markdown(
-    request: FrRequest, events: list[TimelineEvent], policy: Policy, generated_by: str, now: datetime
+    request: FrRequest,
+    events: list[TimelineEvent],
+    policy: Policy,
+    generated_by: str,
+    now: datetime,
+    differences: list[str] | None = None,
 ) -> str:
+    """`differences`: `differences_from_trail`'s, when the caller has them already."""
     from bot import views  # the labels of the justification fields
 
     lines = [
@@ -233,7 +239,8 @@ def timeline_markdown(
         f"Generated {utc_text(now)} by {generated_by}. Times are UTC.",
         "",
     ]
-    differences = differences_from_trail(request, events)
+    if differences is None:
+        differences = differences_from_trail(request, events)
     if differences:
         lines += [
             "**Warning: the record below differs from the audit trail** (the trail's texts are in the audit",
@@ -427,11 +434,17 @@ def write_pack(
     chain: Verification,
     generated_by: str,
     now: datetime,
+    differences: list[str] | None = None,
 ) -> list[Path]:
-    """Write the timeline, the raw events and texts, their verification and a checker into `out_dir`."""
+    """Write the timeline, the raw events and texts, their verification and a checker into `out_dir`.
+    `differences`: `differences_from_trail`'s, when the caller has them already."""
+    if differences is None:
+        differences = differences_from_trail(request, events)
     out_dir.mkdir(parents=True, exist_ok=True)
     timeline = out_dir / "timeline.md"
-    timeline.write_text(timeline_markdown(request, events, policy, generated_by, now), encoding="utf-8")
+    timeline.write_text(
+        timeline_markdown(request, events, policy, generated_by, now, differences), encoding="utf-8"
+    )
     raw = out_dir / "events.jsonl"
     texts = out_dir / "texts.jsonl"
     with raw.open("w", encoding="utf-8") as events_out:
@@ -460,7 +473,7 @@ def write_pack(
                     canonical_json({"seq": event.seq, "path": path, "salt": salt, "text": text}) + "\n"
                 )
     verification = out_dir / "verification.txt"
-    verification.write_text(_verification_text(request, events, chain, now), encoding="utf-8")
+    verification.write_text(_verification_text(request, events, chain, now, differences), encoding="utf-8")
     # A standalone checker, so the pack can be verified without this software.
     verifier = out_dir / "verify_pack.py"
     verifier.write_text(Path(pack_verifier.__file__).read_text(encoding="utf-8"), encoding="utf-8")
@@ -483,7 +496,11 @@ def write_pack(
 
 
 def _verification_text(
-    request: FrRequest, events: list[TimelineEvent], chain: Verification, now: datetime
+    request: FrRequest,
+    events: list[TimelineEvent],
+    chain: Verification,
+    now: datetime,
+    differences: list[str],
 ) -> str:
     lines = [
         f"Verification of the audit events of {request.reference}, {utc_text(now)}",
@@ -523,7 +540,6 @@ def _verification_text(
         first = chain.first.describe() if chain.first else ""
         lines.append(f"Whole chain: BROKEN ({chain.problem_count} problems); first: {first}")
         lines += [f"  {problem.describe()}" for problem in chain.problems]
-    differences = differences_from_trail(request, events)
     lines += ["", "The timeline's texts (from the request's rows) against the audit trail:"]
     if differences:
         lines += [f"  DIFFERS: {difference}" for difference in differences]
