@@ -1505,23 +1505,13 @@ class Workflow:
                 )
                 session.add(delegation)
                 session.flush()
-                audit_at_commit(
+                _delegation_changed(
                     session,
-                    approver_id,
                     "delegation_created",
-                    None,
+                    delegation,
                     now,
-                    delegation=delegation.id,
-                    deputy=form.deputy_id,
                     starts_on=form.starts_on.isoformat(),
                     ends_on=form.ends_on.isoformat(),
-                )
-                enqueue_at_commit(
-                    session,
-                    "publish_home",
-                    {"users": [approver_id, form.deputy_id], "principals": []},
-                    None,
-                    now,
                 )
                 result = Delegated(delegation.id)
             self._show(session, view_id, approver_id, shown, "delegation")
@@ -1536,22 +1526,7 @@ class Workflow:
                 return Refusal("not_yours", "That delegation is not yours, or has already been revoked.")
             now = self.clock()
             delegation.revoked_at = now
-            audit_at_commit(
-                session,
-                user_id,
-                "delegation_revoked",
-                None,
-                now,
-                delegation=delegation.id,
-                deputy=delegation.deputy_id,
-            )
-            enqueue_at_commit(
-                session,
-                "publish_home",
-                {"users": [user_id, delegation.deputy_id], "principals": []},
-                None,
-                now,
-            )
+            _delegation_changed(session, "delegation_revoked", delegation, now)
             result = Delegated(delegation.id)
         self._on_outbox()
         return result
@@ -1676,6 +1651,16 @@ def _decided_already(request: FrRequest | None, position: int, user_id: str, out
         approvals=len(stage.approvals),
         required=stage.required_approvals,
     )
+
+
+def _delegation_changed(
+    session: Session, action: str, delegation: Delegation, now: datetime, **details: Any
+) -> None:
+    """A delegation named or revoked by its approver: audited, and both their App Homes refreshed (the
+    deputy's "Awaiting my decision" lists the approver's stages while the delegation stands)."""
+    approver, deputy = delegation.approver_id, delegation.deputy_id
+    audit_at_commit(session, approver, action, None, now, delegation=delegation.id, deputy=deputy, **details)
+    enqueue_at_commit(session, "publish_home", {"users": [approver, deputy], "principals": []}, None, now)
 
 
 def _not_the_officers(request: FrRequest | None, user_id: str, doing: str) -> Refusal | None:
