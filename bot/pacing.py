@@ -38,7 +38,8 @@ class _Bucket:
     def _refill(self, now: float) -> None:
         elapsed = max(0.0, now - self.updated)
         self.tokens = min(float(self.rate.burst), self.tokens + elapsed / self.rate.interval)
-        self.updated = now
+        # Never backwards: a moment read before another caller's would count the time between twice.
+        self.updated = max(self.updated, now)
 
     def ready_in(self, now: float) -> float:
         self._refill(now)
@@ -68,20 +69,20 @@ class Pacer:
 
     def ready_in(self, keys: Iterable[str]) -> float:
         """Seconds until every key has a free slot (0 when a call may go now)."""
-        now = self._monotonic()
-        with self._lock:
+        with self._lock:  # the moment read under the lock: callers' moments then come in order
+            now = self._monotonic()
             return max((self._bucket(key, now).ready_in(now) for key in keys), default=0.0)
 
     def take(self, keys: Iterable[str], count: int = 1) -> None:
-        now = self._monotonic()
         with self._lock:
+            now = self._monotonic()
             for key in keys:
                 self._bucket(key, now).take(now, count)
 
     def hold(self, key: str, seconds: float) -> None:
         """Slack said 429 with Retry-After: nothing more for this key until then."""
-        now = self._monotonic()
         with self._lock:
+            now = self._monotonic()
             bucket = self._bucket(key, now)
             bucket.held_until = max(bucket.held_until, now + seconds)
             bucket.tokens = min(bucket.tokens, 0.0)

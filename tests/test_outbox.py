@@ -599,6 +599,18 @@ def test_pacer_spaces_posts_per_channel_and_honours_holds() -> None:
     assert pacer.ready_in(["update"]) == pytest.approx(1.2)
 
 
+def test_pacer_gives_no_credit_for_a_moment_read_before_another_callers() -> None:
+    """A dispatcher thread that read the clock, then waited for the lock behind another that had taken a
+    slot since, set the bucket's last refill back to its earlier moment: the time between was counted
+    twice, and the next call went that much early."""
+    moments = iter([1.0, 0.5, 1.0])  # the second caller's moment is older than the first's
+    pacer = Pacer(SlackLimits(post_per_channel=Rate(1.0)), monotonic=lambda: next(moments))
+    busy = post_key("C1")
+    pacer.take([busy])
+    pacer.take([busy])
+    assert pacer.ready_in([busy]) == pytest.approx(2.0)  # two slots taken at 1.0, none earned since
+
+
 def test_burst_of_200_to_one_channel_is_paced_not_rejected(workflow: Workflow, stub: SlackStub) -> None:
     # Slack's 1 message per second per channel, scaled down 40x so the test is quick: the stand-in
     # refuses more than one post per 20 ms per channel (burst 2); the bot paces to one per 25 ms.
