@@ -205,7 +205,7 @@ def seed_pending(database_url: str, count: int) -> tuple[list[int], dict[str, An
     first = workflow.load(ids[0])
     assert first is not None
     context = views.ReviewContext(request_id=first.id, position=0, action="approve")
-    view = views.decision_modal(first, loaded.policy, context)
+    view = views.decision_modal(first, loaded.policy, context, utcnow())
     engine.dispose()
     return ids, view
 

@@ -119,7 +119,8 @@ def _saves(
     for i in range(count):
         request = workflow.load(request_ids[i % len(request_ids)])
         opened = stub.client().views_open(
-            trigger_id=stub.issue_trigger_id(REVIEWER), view=views.comment_modal(request, workflow.policy)
+            trigger_id=stub.issue_trigger_id(REVIEWER),
+            view=views.comment_modal(request, workflow.policy, workflow.clock()),
         )
         modals.append((request.id, str(opened["view"]["id"])))
     saved: dict[str, float] = {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -297,7 +297,7 @@ def _tool_line(request: FrRequest) -> str:
     return f"{esc(tool['name'], 200)} ({tool['status']})"
 
 
-def _status_line(request: FrRequest, policy: Policy, now: datetime | None = None) -> str:
+def _status_line(request: FrRequest, policy: Policy, now: datetime) -> str:
     badge = STATUS_BADGES.get(request.status, request.status)
     if request.status == RequestStatus.PENDING and request.current is not None:
         stage = request.current
@@ -307,7 +307,7 @@ def _status_line(request: FrRequest, policy: Policy, now: datetime | None = None
         return f"{badge}: the search's outcome is recorded, closed {when(request.closed_at, policy)}"
     if request.status == RequestStatus.APPROVED:
         valid_until = request.valid_until
-        if valid_until is not None and valid_until <= (now or datetime.now(UTC)):
+        if valid_until is not None and valid_until <= now:
             # Past its time the approval no longer allows a search: "valid until" a past time read as if
             # it still did.
             return f"{badge}, ran out {when(valid_until, policy)}: a search now needs a new request"
@@ -419,9 +419,7 @@ def review_actions(request: FrRequest, stage: StageReview) -> Block:
     }
 
 
-def review_message(
-    request: FrRequest, stage: StageReview, policy: Policy, now: datetime | None = None
-) -> dict[str, Any]:
+def review_message(request: FrRequest, stage: StageReview, policy: Policy, now: datetime) -> dict[str, Any]:
     """The message in one stage's reviewer channel; buttons only while that stage awaits decisions."""
     blocks: list[Block] = [
         header(f"FR search request {request.reference}"),
@@ -471,13 +469,13 @@ def review_message(
     return {"channel": stage.channel_id, "text": clip(escape(text), 300), "blocks": blocks}
 
 
-def request_summary(request: FrRequest, policy: Policy, now: datetime | None = None) -> list[Block]:
+def request_summary(request: FrRequest, policy: Policy, now: datetime) -> list[Block]:
     """The short form of a request shown at the top of reviewer modals."""
     return [section(_status_line(request, policy, now)), summary_fields(request, policy)]
 
 
-def decision_modal(request: FrRequest, policy: Policy, ctx: ReviewContext) -> dict[str, Any]:
-    blocks = [*request_summary(request, policy), *_decision_inputs(ctx)]
+def decision_modal(request: FrRequest, policy: Policy, ctx: ReviewContext, now: datetime) -> dict[str, Any]:
+    blocks = [*request_summary(request, policy, now), *_decision_inputs(ctx)]
     verb = _decision_verb(ctx)
     return modal(f"{verb} {request.reference}", blocks, DECISION_CALLBACK, ctx.model_dump_json(), submit=verb)
 
@@ -622,8 +620,8 @@ def _answered(block: Block, answer: str | None) -> Block:
     return {**block, "element": element}
 
 
-def info_modal(request: FrRequest, policy: Policy, ctx: ReviewContext) -> dict[str, Any]:
-    blocks = [*request_summary(request, policy), text_input(forms.QUESTION)]
+def info_modal(request: FrRequest, policy: Policy, ctx: ReviewContext, now: datetime) -> dict[str, Any]:
+    blocks = [*request_summary(request, policy, now), text_input(forms.QUESTION)]
     return modal(
         f"Ask about {request.reference}", blocks, INFO_CALLBACK, ctx.model_dump_json(), submit="Send"
     )
@@ -788,9 +786,8 @@ def actions(block_id: str, *elements: dict[str, Any]) -> Block:
     return {"type": "actions", "block_id": block_id[:255], "elements": list(elements)}
 
 
-def officer_buttons(request: FrRequest, now: datetime | None = None) -> Block | None:
+def officer_buttons(request: FrRequest, now: datetime) -> Block | None:
     """What the officer can do next with their request, as buttons (None when nothing is left to do)."""
-    now = now or datetime.now(UTC)
     rid = str(request.id)
     elements: list[dict[str, Any]] = []
     if request.status == RequestStatus.PENDING:
@@ -861,9 +858,9 @@ class ItemContext(BaseModel):
     channel_id: str | None = None
 
 
-def answer_modal(request: FrRequest, info: InfoRequest, policy: Policy) -> dict[str, Any]:
+def answer_modal(request: FrRequest, info: InfoRequest, policy: Policy, now: datetime) -> dict[str, Any]:
     blocks = [
-        *request_summary(request, policy),
+        *request_summary(request, policy, now),
         section(f"*{user(info.asked_by)} asked*\n> {esc(info.question, 2800)}"),
         text_input(forms.ANSWER),
     ]
@@ -871,8 +868,8 @@ def answer_modal(request: FrRequest, info: InfoRequest, policy: Policy) -> dict[
     return modal(f"Answer {request.reference}", blocks, ANSWER_CALLBACK, metadata, submit="Send")
 
 
-def comment_modal(request: FrRequest, policy: Policy) -> dict[str, Any]:
-    blocks = [*request_summary(request, policy), text_input(forms.COMMENT)]
+def comment_modal(request: FrRequest, policy: Policy, now: datetime) -> dict[str, Any]:
+    blocks = [*request_summary(request, policy, now), text_input(forms.COMMENT)]
     metadata = ItemContext(request_id=request.id).model_dump_json()
     return modal(f"Comment {request.reference}", blocks, COMMENT_CALLBACK, metadata, submit="Add")
 
@@ -989,8 +986,8 @@ def request_details(
     request: FrRequest,
     events: Sequence[TimelineEvent],
     policy: Policy,
-    post_use: PostUseRecord | None = None,
-    now: datetime | None = None,
+    post_use: PostUseRecord | None,
+    now: datetime,
 ) -> list[Block]:
     """The whole case file of one request: summary, the justifications, then every event in order."""
     blocks: list[Block] = [
@@ -1031,13 +1028,13 @@ def details_modal(
     events: Sequence[TimelineEvent],
     policy: Policy,
     post_use: PostUseRecord | None,
-    now: datetime | None = None,
+    now: datetime,
 ) -> dict[str, Any]:
     blocks = request_details(request, events, policy, post_use, now)
     return modal(request.reference, blocks, "fr_details", "")
 
 
-def requests_list(requests: list[FrRequest], policy: Policy, now: datetime | None = None) -> list[Block]:
+def requests_list(requests: list[FrRequest], policy: Policy, now: datetime) -> list[Block]:
     if not requests:
         return [section("You have no FR requests yet. Type `/fr-request` to start one.")]
     lines = [_request_line(r, policy, now) for r in requests]
@@ -1045,7 +1042,7 @@ def requests_list(requests: list[FrRequest], policy: Policy, now: datetime | Non
     return [section(heading), *[section(t) for t in pack(lines)]]
 
 
-def _request_line(request: FrRequest, policy: Policy, now: datetime | None = None) -> str:
+def _request_line(request: FrRequest, policy: Policy, now: datetime) -> str:
     tool = esc(request.tool_snapshot["name"], 100)
     status = _status_line(request, policy, now)
     current = request.current if request.status == RequestStatus.PENDING else None
@@ -1063,8 +1060,8 @@ def home_view(
     awaiting: list[tuple[FrRequest, StageReview]],
     delegations: list[Delegation],
     policy: Policy,
-    overview: Any | None = None,
-    now: datetime | None = None,
+    overview: Any | None,
+    now: datetime,
 ) -> dict[str, Any]:
     """App Home: the user's requests, what awaits their decision, delegations, and for leads an overview."""
     blocks: list[Block] = [

@@ -83,7 +83,7 @@ def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
             if request is None or user_id == request.requester_id or not workflow.may_view(request, user_id):
                 tell(client, body, "Only this request's reviewers and leads can comment on it.")
                 return
-            open_view(client, body, views.comment_modal(request, policy))
+            open_view(client, body, views.comment_modal(request, policy, workflow.clock()))
             return
         kind = views.REVIEW_ACTIONS[action["action_id"]]
         request = workflow.authorised_request(request_id, position, user_id, kind)
@@ -99,9 +99,9 @@ def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
             message_ts=container.get("message_ts"),
         )
         if kind == "request_info":
-            open_view(client, body, views.info_modal(request, policy, ctx))
+            open_view(client, body, views.info_modal(request, policy, ctx, workflow.clock()))
         else:
-            open_view(client, body, views.decision_modal(request, policy, ctx))
+            open_view(client, body, views.decision_modal(request, policy, ctx, workflow.clock()))
 
     @app.action(views.WITHDRAW_ACTION)
     @guarded
@@ -129,7 +129,7 @@ def register(app: App, services: Services, after_answer: AfterAnswer) -> None:
         elif request.status != RequestStatus.PENDING:
             tell(client, body, f"{request.reference} is already {request.status}.")
         else:
-            open_view(client, body, views.answer_modal(request, info, policy))
+            open_view(client, body, views.answer_modal(request, info, policy, workflow.clock()))
 
     @app.action(views.RECORD_USE_ACTION)
     @guarded

@@ -46,6 +46,7 @@ from storage.models import (
     RequestStatus,
     StageStatus,
     SubmissionReceipt,
+    utcnow,
 )
 from storage.queries import request_with_history
 from tests.botprocess import SIGNING_SECRET, BotProcess
@@ -190,7 +191,7 @@ def decide(
     """Submit a decision form as Slack would after the approver clicked Approve. The bot answers "received"
     and records it just after (`decisions_recorded` waits for that)."""
     ctx = views.ReviewContext(request_id=request.id, position=position, action="approve")
-    form = views.decision_modal(request, world.policy, ctx)
+    form = views.decision_modal(request, world.policy, ctx, utcnow())
     state = {forms.RATIONALE.block_id: {forms.ACTION_ID: {"type": "plain_text_input", "value": RATIONALE}}}
     return slack.view_submission(user, form, state)
 

@@ -463,7 +463,7 @@ def test_a_closed_approval_says_its_outcome_is_recorded_not_valid_until(workflow
     workflow.record_post_use(result.request_id, "UOFFICER", POST_USE)
     request = workflow.load(result.request_id)
     assert request is not None
-    listed = json.dumps(views.requests_list([request], workflow.policy))
+    listed = json.dumps(views.requests_list([request], workflow.policy, workflow.clock()))
     assert "outcome is recorded" in listed and "valid until" not in listed
 
 
@@ -503,7 +503,7 @@ def test_my_requests_lists_the_open_ones_first_and_a_question_waiting_for_me(wor
     workflow.request_info(asked.request_id, 0, "USUP1", "Which exhibit is the still from?", "VQ1")
     mine = workflow.my_requests("UOFFICER")
     assert [r.id for r in mine[:2]] == [asked.request_id, approved.request_id] and len(mine) == 10
-    listed = json.dumps(views.requests_list(mine, workflow.policy))
+    listed = json.dumps(views.requests_list(mine, workflow.policy, workflow.clock()))
     assert listed.count("question waits for your answer") == 1
 
 

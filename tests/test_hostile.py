@@ -221,6 +221,7 @@ def requests(draw: st.DrawFn) -> FrRequest:
         policy_version="0123456789abcdef",
         current_stage=current,
         created_at=MOMENT,
+        updated_at=MOMENT,  # as a stored request has it: the officer's DMs are drawn as of then
         decided_at=None if status == RequestStatus.PENDING else MOMENT,
         valid_until=MOMENT + timedelta(hours=72) if status == RequestStatus.APPROVED else None,
         **text,
@@ -302,7 +303,7 @@ def assert_valid_modal(block_kit: BlockKit, view: dict[str, Any]) -> None:
 @given(request=requests())
 def test_reviewer_messages_are_valid_block_kit(block_kit: BlockKit, request: FrRequest) -> None:
     for stage in request.stages:
-        assert_valid_message(block_kit, views.review_message(request, stage, POLICY))
+        assert_valid_message(block_kit, views.review_message(request, stage, POLICY, MOMENT))
 
 
 @SETTINGS
@@ -331,9 +332,9 @@ def test_reviewer_modals_are_valid_block_kit(block_kit: BlockKit, request: FrReq
         request_id=request.id, position=0, action=action, channel_id="C0SUPER", message_ts="1.2"
     )
     view = (
-        views.info_modal(request, POLICY, ctx)
+        views.info_modal(request, POLICY, ctx, MOMENT)
         if action == "request_info"
-        else views.decision_modal(request, POLICY, ctx)
+        else views.decision_modal(request, POLICY, ctx, MOMENT)
     )
     assert_valid_modal(block_kit, view)
     assert views.ReviewContext.model_validate_json(view["private_metadata"]) == ctx

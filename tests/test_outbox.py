@@ -898,7 +898,8 @@ def _show_comment_outcome(
     request = real.load(request_id)
     assert request is not None
     opened = stub.client().views_open(
-        trigger_id=stub.issue_trigger_id("USUP1"), view=views.comment_modal(request, workflow.policy)
+        trigger_id=stub.issue_trigger_id("USUP1"),
+        view=views.comment_modal(request, workflow.policy, real.clock()),
     )
     view_id = opened["view"]["id"]
     dispatcher.start()

@@ -56,7 +56,8 @@ class Deciding:
         ctx = self.context(action)
         trigger = self.stub.issue_trigger_id(user)
         opened = self.stub.client().views_open(
-            trigger_id=trigger, view=views.decision_modal(request, self.policy.policy, ctx)
+            trigger_id=trigger,
+            view=views.decision_modal(request, self.policy.policy, ctx, self.workflow.clock()),
         )
         return dict(opened["view"])
 

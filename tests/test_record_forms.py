@@ -79,7 +79,7 @@ def _answer_modal(workflow: Workflow, policy: LoadedPolicy, request_id: int) -> 
     info_id = _question(workflow, request_id)
     request = _loaded(workflow, request_id)
     info = next(i for s in request.stages for i in s.info_requests if i.id == info_id)
-    return views.answer_modal(request, info, policy.policy)
+    return views.answer_modal(request, info, policy.policy, workflow.clock())
 
 
 def _post_use_modal(workflow: Workflow, policy: LoadedPolicy, request_id: int) -> dict[str, Any]:
@@ -93,7 +93,7 @@ KINDS = [
         "question",
         REVIEWER,
         {forms.QUESTION.block_id: "Which exhibit is the still from?"},
-        lambda w, p, rid: views.info_modal(_loaded(w, rid), p.policy, _ctx(rid)),
+        lambda w, p, rid: views.info_modal(_loaded(w, rid), p.policy, _ctx(rid), w.clock()),
         lambda w, rid, raw, view_id: w.request_info(
             rid, 0, REVIEWER, forms.check_question(raw), view_id, view_id
         ),
@@ -113,7 +113,7 @@ KINDS = [
         "comment",
         REVIEWER,
         {forms.COMMENT.block_id: "Spoke to the OIC: the still is from exhibit JS/1."},
-        lambda w, p, rid: views.comment_modal(_loaded(w, rid), p.policy),
+        lambda w, p, rid: views.comment_modal(_loaded(w, rid), p.policy, w.clock()),
         lambda w, rid, raw, view_id: w.comment(rid, REVIEWER, forms.check_comment(raw), view_id, view_id),
         "Comment added",
     ),

@@ -233,14 +233,14 @@ def test_purged_request_renders_details_removed(
     workflow.decide(request_id, 0, "USUP1", "reject", REJECT)
     before = str(
         views.review_message(
-            load(workflow, request_id), load(workflow, request_id).stages[0], workflow.policy
+            load(workflow, request_id), load(workflow, request_id).stages[0], workflow.policy, clock()
         )
     )
     assert "Identify the suspect" in before
     clock.advance(days=11)
     retention.purge(workflow.db, short_policy.policy, clock)
     request = load(workflow, request_id)
-    after = str(views.review_message(request, request.stages[0], workflow.policy))
+    after = str(views.review_message(request, request.stages[0], workflow.policy, clock()))
     assert "Details removed under the retention policy" in after
     assert "Identify the suspect" not in after
     assert "Alternatives are not exhausted" not in after

@@ -47,6 +47,6 @@ def test_a_click_reads_the_request_its_stages_and_decisions_in_one_query(
     selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert len(selects) == 1, statements
     context = views.ReviewContext(request_id=request.id, position=0, action="approve")
-    assert views.decision_modal(request, workflow.policy, context)["type"] == "modal"
+    assert views.decision_modal(request, workflow.policy, context, workflow.clock())["type"] == "modal"
     context = views.ReviewContext(request_id=request.id, position=0, action="request_info")
-    assert views.info_modal(request, workflow.policy, context)["type"] == "modal"
+    assert views.info_modal(request, workflow.policy, context, workflow.clock())["type"] == "modal"

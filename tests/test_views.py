@@ -290,7 +290,9 @@ def _run_scenario(workflow: Workflow, clock: FakeClock, policy: LoadedPolicy) ->
     def review_messages(state: str, request: FrRequest) -> None:
         out.snapshots[state] = request
         for stage in request.stages:
-            out.messages[f"review/{state}/stage{stage.position}"] = views.review_message(request, stage, p)
+            out.messages[f"review/{state}/stage{stage.position}"] = views.review_message(
+                request, stage, p, clock.now
+            )
 
     def decided(label: str, rid: int, position: int, user: str, outcome: str, decision: DecisionForm) -> None:
         clock.advance(minutes=7)
@@ -340,14 +342,14 @@ def _run_scenario(workflow: Workflow, clock: FakeClock, policy: LoadedPolicy) ->
     review_messages("pending", request)
     home("pending", REQUESTER, "UAUTH2", DEPUTY, LEAD)
     unanswered = next(info for info in _questions(request) if info.answer is None)
-    out.modals["answer"] = views.answer_modal(request, unanswered, p)
-    out.modals["comment"] = views.comment_modal(request, p)
+    out.modals["answer"] = views.answer_modal(request, unanswered, p, clock.now)
+    out.modals["comment"] = views.comment_modal(request, p, clock.now)
     for action in ("approve", "reject", "request_info"):
         ctx = views.ReviewContext(
             request_id=rid, position=1, action=action, channel_id="C0AUTH", message_ts="1767000000.000100"
         )
         build = views.info_modal if action == "request_info" else views.decision_modal
-        out.modals[f"review/{action}"] = build(request, p, ctx)
+        out.modals[f"review/{action}"] = build(request, p, ctx, clock.now)
     for what in ("decision", "question", "answer", "comment", views.POST_USE_NAME, "delegation"):
         out.modals[f"received/{what}"] = views.form_received_modal(what)
     assert isinstance(workflow.decide(rid, 1, REQUESTER, "approve", SHORT_APPROVAL, "V-own"), Refusal)
@@ -382,10 +384,14 @@ def _run_scenario(workflow: Workflow, clock: FakeClock, policy: LoadedPolicy) ->
     out.views["withdrawn"] = _view(workflow, again_id, REQUESTER)
 
     for name, view in out.views.items():
-        out.blocks[f"details/{name}"] = views.request_details(view.request, view.events, p, view.post_use)
-        out.modals[f"details/{name}"] = views.details_modal(view.request, view.events, p, view.post_use)
-    out.blocks["list/mine"] = views.requests_list(workflow.my_requests(REQUESTER), p)
-    out.blocks["list/none"] = views.requests_list([], p)
+        out.blocks[f"details/{name}"] = views.request_details(
+            view.request, view.events, p, view.post_use, clock.now
+        )
+        out.modals[f"details/{name}"] = views.details_modal(
+            view.request, view.events, p, view.post_use, clock.now
+        )
+    out.blocks["list/mine"] = views.requests_list(workflow.my_requests(REQUESTER), p, clock.now)
+    out.blocks["list/none"] = views.requests_list([], p, clock.now)
     home("end", REQUESTER, "UAUTH2", DEPUTY, LEAD, "USUP1")
     # The decisions, the question and the everyday forms given back, the database having failed, with the
     # longest answers.
@@ -780,21 +786,25 @@ def test_long_history_still_fits_one_message(
     long_history: RequestView, policy: LoadedPolicy, block_kit: BlockKit
 ) -> None:
     request = long_history.request
-    message = views.review_message(request, request.stages[1], policy.policy)
+    message = views.review_message(request, request.stages[1], policy.policy, request.updated_at)
     check_message(block_kit, message)
     assert len(message["blocks"]) == views.MESSAGE_BLOCK_LIMIT
     assert _actions(message["blocks"])  # the reviewers can still decide
     assert "left out" in json.dumps(message["blocks"])
-    details = views.request_details(request, long_history.events, policy.policy, long_history.post_use)
+    details = views.request_details(
+        request, long_history.events, policy.policy, long_history.post_use, request.updated_at
+    )
     check_blocks(block_kit, details)
     assert len(details) == views.MESSAGE_BLOCK_LIMIT
     assert "more entries" in details[-1]["elements"][0]["text"]
-    check_modal(block_kit, views.details_modal(request, long_history.events, policy.policy, None))
+    check_modal(
+        block_kit, views.details_modal(request, long_history.events, policy.policy, None, request.updated_at)
+    )
 
 
 def test_long_history_keeps_the_newest_entries(long_history: RequestView, policy: LoadedPolicy) -> None:
     request = long_history.request
-    message = views.review_message(request, request.stages[1], policy.policy)
+    message = views.review_message(request, request.stages[1], policy.policy, request.updated_at)
     body = _body(message["blocks"])
     assert "*2. Authorising officer*: awaiting decision" in body
     assert ":white_check_mark: Approved by <@USUP2>" in body
@@ -898,7 +908,7 @@ def test_messages_with_arbitrary_texts(workflow: Workflow, policy: LoadedPolicy,
         info.question, info.answer = question, answer
         request.comments[0].text = comment
         # The live stage's message holds everything: summary, every text, the whole history and buttons.
-        message = views.review_message(request, request.stages[1], p)
+        message = views.review_message(request, request.stages[1], p, request.updated_at)
         assert _actions(message["blocks"])
         check_message(block_kit, message)
         decision = DecisionForm(rationale=rationale, conditions=conditions)
