@@ -858,6 +858,14 @@ def _remind_post_use(db: sessionmaker[Session], now: datetime, report: SweepRepo
             days = notice.sequence
             message = views.post_use_reminder_dm(request, days, now)
             rows.append(outbox_row(session, "dm", message, request.id, now))
+            if days == 0:
+                # The approval has just run out: the reviewer messages and the officer's App Home, drawn
+                # while it was valid, said "valid until" a time now past. Drawn again, they say it ran out.
+                refresh = {"request_id": request.id}
+                rows.append(outbox_row(session, "refresh_reviews", refresh, request.id, now))
+                home = {"users": [request.requester_id], "principals": []}
+                rows.append(outbox_row(session, "publish_home", home, request.id, now))
+                report.messages_queued += 2
             events.append(prepare_event("system", "post_use_reminder_sent", request.id, now, {"day": days}))
             report.post_use_reminders += 1
             report.messages_queued += 1

@@ -1084,10 +1084,17 @@ def test_officer_is_reminded_daily_until_the_outcome_is_recorded(
     assert request is not None and request.valid_until is not None
     clock.now = request.valid_until - timedelta(minutes=1)
     assert sweep(workflow, clock).post_use_reminders == 0
+    deliver(workflow, stub, clock)  # the reviewer message, drawn while the approval is valid
+    stub.clear()
     clock.now = request.valid_until
     with statements_run(engine) as statements:
         assert sweep(workflow, clock).post_use_reminders == 1
     assert not _free_text_read(statements)  # as the expiry warning
+    deliver(workflow, stub, clock)
+    # The approval ran out: the reviewer message is drawn again and no longer says "valid until" a time
+    # now past (it was edited only when something else happened to the request).
+    edits = [str(c.args) for c in stub.calls_to("chat.update") if c.ok]
+    assert len(edits) == 1 and "Approved, ran out" in edits[0] and "valid until" not in edits[0]
     clock.now += timedelta(hours=12)
     assert sweep(workflow, clock).post_use_reminders == 0  # once a day
     clock.now += timedelta(hours=12)
