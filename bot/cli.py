@@ -201,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 settings.http_threads,
                 signing_secret=settings.signing_secret(),
                 stopping=stopping,
-                ready_check=Readiness(services.engine).problem,
+                ready_check=Readiness(services.engine.url).problem,
             )
         else:
             assert settings.slack_app_token is not None

@@ -14,10 +14,11 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from storage.canonical import canonical_json
 
@@ -136,33 +137,58 @@ class Readiness:
     """Whether this process can reach its database now, for a load balancer's readiness check.
 
     A process whose database is down still answers Slack (each user is told their form could not be
-    saved), so liveness (`/healthz`) cannot tell a balancer to send requests elsewhere; this can. The
-    answer is kept for `CACHE_SECONDS` so that checks from several balancers cost one round trip a second,
-    and a check waits no longer than the pool's and the connection's timeouts (`LOCK_WAIT_SECONDS`).
+    saved), so liveness (`/healthz`) cannot tell a balancer to send requests elsewhere; this can.
+
+    - The answer is kept for `CACHE_SECONDS`: checks from several balancers cost one round trip a second.
+    - Each check opens a connection of its own (no pool), bounded by the connect and statement timeouts:
+      a pool that is only busy does not make the process look down, and a pooled connection left
+      half-open by a failover cannot hold the check for minutes.
+    - One check at a time, and nobody waits for it: while it runs, others take the last answer, so a
+      check that hangs holds one server thread, not every thread that answers Slack; once it has run
+      longer than `HUNG_SECONDS`, they say the database is not answering.
     """
 
     CACHE_SECONDS = 1.0
+    HUNG_SECONDS = 2.0 * LOCK_WAIT_SECONDS
 
-    def __init__(self, engine: Engine, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.engine = engine
+    def __init__(self, url: str | URL, monotonic: Callable[[], float] = time.monotonic) -> None:
+        url = make_url(url)
+        if url.get_backend_name() == "sqlite":
+            connect_args: dict[str, Any] = {"timeout": LOCK_WAIT_SECONDS, "check_same_thread": False}
+        else:
+            connect_args = {
+                "connect_timeout": LOCK_WAIT_SECONDS,
+                "options": f"-c statement_timeout={LOCK_WAIT_SECONDS * 1000}",
+            }
+        self.engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
         self.monotonic = monotonic
-        self._lock = threading.Lock()
+        self._checking = threading.Lock()
+        self._started: float | None = None  # when the check under way began
         self._checked_at: float | None = None
-        self._problem: str | None = None
+        self._problem: str | None = "database not checked yet"
 
     def problem(self) -> str | None:
         """None when the database answered a `SELECT 1`; otherwise why not, in one line."""
-        with self._lock:  # one check at a time: the rest take its answer
-            now = self.monotonic()
-            if self._checked_at is None or now - self._checked_at >= self.CACHE_SECONDS:
-                self._problem = self._check()
-                self._checked_at = self.monotonic()
+        now = self.monotonic()
+        if self._checked_at is not None and now - self._checked_at < self.CACHE_SECONDS:
             return self._problem
+        if not self._checking.acquire(blocking=False):
+            started = self._started
+            if started is not None and now - started > self.HUNG_SECONDS:
+                return f"database unavailable (no answer in {now - started:.0f} s)"
+            return self._problem
+        try:
+            self._started = now
+            problem = self._check()
+            self._problem, self._checked_at = problem, self.monotonic()
+            return problem
+        finally:
+            self._started = None
+            self._checking.release()
 
     def _check(self) -> str | None:
         try:
-            # Read-only: on SQLite a plain transaction begins IMMEDIATE, taking the one writer lock.
-            with self.engine.connect().execution_options(**{READ_ONLY_OPTION: True}) as connection:
+            with self.engine.connect() as connection:
                 connection.exec_driver_sql("SELECT 1")
         except SQLAlchemyError as exc:  # the driver's error inside DBAPIError says more than SQLAlchemy's
             return f"database unavailable ({type(getattr(exc, 'orig', None) or exc).__name__})"

@@ -13,7 +13,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from psycopg import pq
 from sqlalchemy import Engine, create_engine, event, select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.forms import check_request
@@ -269,29 +268,46 @@ def test_stage_reviews_leave_room_for_heap_only_updates_and_the_pending_index_co
 def test_readiness_says_whether_the_database_answers_and_asks_once_a_second(database_url: str) -> None:
     """`/readyz`'s check: None while the database answers, the driver's reason when it cannot be reached,
     and checks within a second of each other take the last answer instead of each costing a round trip."""
-    engine = make_engine(database_url)
     seconds = [100.0]
+    readiness = Readiness(database_url, monotonic=lambda: seconds[0])
     asked: list[str] = []
-    event.listen(engine, "before_cursor_execute", lambda *args: asked.append(args[2]))
-    # No writer lock on SQLite (its BEGIN IMMEDIATE): a transaction that only reads begins DEFERRED.
-    begun = ["BEGIN DEFERRED"] if make_url(database_url).get_backend_name() == "sqlite" else []
-    readiness = Readiness(engine, monotonic=lambda: seconds[0])
-    try:
-        assert readiness.problem() is None
-        assert readiness.problem() is None
-        assert asked == [*begun, "SELECT 1"]
-        seconds[0] += Readiness.CACHE_SECONDS
-        assert readiness.problem() is None
-        assert asked == [*begun, "SELECT 1"] * 2
-    finally:
-        engine.dispose()
-    # Nothing listens on port 9 (discard): refused at once, well inside the pool's and connect timeouts.
-    unreachable = make_engine("postgresql+psycopg://postgres@127.0.0.1:9/nowhere")
-    try:
-        problem = Readiness(unreachable).problem()
-        assert problem is not None and problem.startswith("database unavailable (")
-    finally:
-        unreachable.dispose()
+    event.listen(readiness.engine, "before_cursor_execute", lambda *args: asked.append(args[2]))
+    assert readiness.problem() is None
+    assert readiness.problem() is None
+    assert asked == ["SELECT 1"]
+    seconds[0] += Readiness.CACHE_SECONDS
+    assert readiness.problem() is None
+    assert asked == ["SELECT 1", "SELECT 1"]
+    # Nothing listens on port 9 (discard): refused at once, well inside the connect timeout.
+    problem = Readiness("postgresql+psycopg://postgres@127.0.0.1:9/nowhere").problem()
+    assert problem is not None and problem.startswith("database unavailable (")
+
+
+def test_a_readiness_check_that_hangs_holds_no_other_thread() -> None:
+    """The check held a lock the others waited on: a database that took minutes to answer (a failover's
+    half-open connection) held every server thread that a balancer's checks reached. Now the others take
+    the last answer at once, and say the database is not answering once the check has run too long."""
+    seconds = [100.0]
+    readiness = Readiness("sqlite://", monotonic=lambda: seconds[0])
+    assert readiness.problem() is None  # a first answer
+    answering, release = threading.Event(), threading.Event()
+
+    def hangs() -> str | None:
+        answering.set()
+        release.wait(10)
+        return None
+
+    readiness._check = hangs  # type: ignore[method-assign]
+    seconds[0] += Readiness.CACHE_SECONDS
+    stuck = threading.Thread(target=readiness.problem)
+    stuck.start()
+    assert answering.wait(10)
+    assert readiness.problem() is None  # the last answer, without waiting
+    seconds[0] += Readiness.HUNG_SECONDS + 1
+    assert readiness.problem() == f"database unavailable (no answer in {Readiness.HUNG_SECONDS + 1:.0f} s)"
+    release.set()
+    stuck.join(10)
+    assert not stuck.is_alive()
 
 
 def test_readyz_answers_503_with_the_reason_and_healthz_stays_ok() -> None:
