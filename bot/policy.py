@@ -337,10 +337,18 @@ class Policy(_Strict):
         for index, tool in enumerate(self.tools):
             if tool.status is not ToolStatus.RESTRICTED or tool.category in self.own_process:
                 continue
+            # A limit that rules nothing out is none: the lowest seriousness, or every subject.
+            limited_by_seriousness = tool.min_seriousness not in (None, Seriousness.NOT_APPLICABLE)
+            limited_by_subject = tool.allowed_subjects is not None and set(tool.allowed_subjects) != set(
+                SubjectCategory
+            )
             missing = []
-            if tool.min_seriousness is None and tool.allowed_subjects is None:
-                missing.append("an objective limit on its use (min_seriousness or allowed_subjects)")
-            if not tool.dpia_reference:
+            if not (limited_by_seriousness or limited_by_subject):
+                missing.append(
+                    "an objective limit on its use (min_seriousness above not_applicable, or "
+                    "allowed_subjects leaving some subject out)"
+                )
+            if not (tool.dpia_reference or "").strip():
                 missing.append("a dpia_reference")
             if missing:
                 raise ValueError(

@@ -118,7 +118,16 @@ def test_a_stage_needing_more_approvals_than_its_approvers_is_refused() -> None:
     ("old", "new", "missing"),
     [
         ("    min_seriousness: serious\n", "", "an objective limit on its use"),
+        # Limits that rule nothing out are none.
+        ("    min_seriousness: serious\n", "    min_seriousness: not_applicable\n", "an objective limit"),
+        (
+            "    min_seriousness: serious\n",
+            "    allowed_subjects: [suspect, victim, witness, missing_person, unidentified_deceased, other]"
+            "\n",
+            "an objective limit",
+        ),
         ("    dpia_reference: DPIA-1\n", "", "a dpia_reference"),
+        ("    dpia_reference: DPIA-1\n", "    dpia_reference: '  '\n", "a dpia_reference"),
     ],
 )
 def test_a_restricted_tool_needs_limits_and_an_assessment(old: str, new: str, missing: str) -> None:
