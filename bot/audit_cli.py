@@ -211,9 +211,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _hold(args: argparse.Namespace, hold: bool) -> int:
     reference = args.reference.strip().upper()  # as `audit show` reads one
+    actor = _actor(args)  # refused before the database is touched
     with _context() as ctx:
         try:
-            changed = retention.set_legal_hold(ctx.db, reference, _actor(args), args.reason, utcnow(), hold)
+            changed = retention.set_legal_hold(ctx.db, reference, actor, args.reason, utcnow(), hold)
         except LookupError:
             raise _fail(f"no request {reference}") from None
         with transaction(ctx.db, read_only=True) as session:
@@ -258,8 +259,9 @@ def cmd_retention_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_retention_purge(args: argparse.Namespace) -> int:
+    actor = _actor(args)
     with _context() as ctx:
-        purged = retention.purge(ctx.db, ctx.policy.policy, utcnow, actor=_actor(args))
+        purged = retention.purge(ctx.db, ctx.policy.policy, utcnow, actor=actor)
     print(f"purged {len(purged)} request(s)")
     for item in purged:
         print(

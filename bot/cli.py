@@ -330,10 +330,17 @@ def operator_actor(args: argparse.Namespace) -> str:
     recorded as one."""
     import getpass
 
-    actor = args.actor or f"cli:{getpass.getuser()}"
-    if len(actor) > ACTOR_LIMIT:
-        raise CliError(f"--actor: at most {ACTOR_LIMIT} characters ({actor!r} has {len(actor)})")
-    return actor
+    if args.actor is None:
+        actor = f"cli:{getpass.getuser()}"
+        if len(actor) > ACTOR_LIMIT:
+            raise CliError(
+                f"the login name is too long to record as who ran this ({actor!r}, more than {ACTOR_LIMIT} "
+                "characters): give --actor"
+            )
+        return actor
+    if len(args.actor) > ACTOR_LIMIT:
+        raise CliError(f"--actor: at most {ACTOR_LIMIT} characters ({args.actor!r} has {len(args.actor)})")
+    return str(args.actor)
 
 
 def add_actor_option(parser: argparse.ArgumentParser) -> None:

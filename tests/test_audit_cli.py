@@ -141,6 +141,19 @@ def test_an_actor_too_long_to_store_is_refused_not_cut(workflow: Workflow, run) 
     assert run("outbox", "retry", "--all-dead", "--actor", "UADMIN").returncode == 0
 
 
+def test_a_login_name_too_long_to_record_asks_for_actor(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from bot import cli
+
+    monkeypatch.setenv("LOGNAME", "svc-retention-purge-nightly-job")  # cli: and 31 characters
+    with pytest.raises(cli.CliError, match=r"login name is too long .*: give --actor"):
+        cli.operator_actor(argparse.Namespace(actor=None))
+    assert cli.operator_actor(argparse.Namespace(actor="UADMIN")) == "UADMIN"
+    monkeypatch.setenv("LOGNAME", "jsmith")
+    assert cli.operator_actor(argparse.Namespace(actor=None)) == "cli:jsmith"
+
+
 def test_show_prints_the_timeline_and_logs_the_view(workflow: Workflow, engine: Engine, run) -> None:
     reference, _ = history(workflow)
     shown = run("audit", "show", reference.lower(), "--actor", "UANALYST")
