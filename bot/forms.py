@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from bot.mrkdwn import clip, strip_control
 from bot.policy import (
+    NO_OFFENCE_SUBJECTS,
     SERIOUSNESS_LABELS,
     SERIOUSNESS_RANK,
     SUBJECT_LABELS,
@@ -334,11 +335,9 @@ def check_request(policy: Policy, raw: dict[str, str]) -> RequestForm:
                 f"{SERIOUSNESS_LABELS[tool.min_seriousness].split(' (')[0].lower()} seriousness.",
             )
 
-    if values.get("offence_seriousness") == Seriousness.NOT_APPLICABLE and values.get(
-        "subject_category"
-    ) not in (
-        SubjectCategory.MISSING_PERSON,
-        SubjectCategory.UNIDENTIFIED_DECEASED,
+    if (
+        values.get("offence_seriousness") == Seriousness.NOT_APPLICABLE
+        and values.get("subject_category") not in NO_OFFENCE_SUBJECTS
     ):
         errors.setdefault(
             "offence_seriousness", "'No offence' is only for missing persons and unidentified deceased."

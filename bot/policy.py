@@ -68,6 +68,8 @@ class Seriousness(StrEnum):
 
 
 SERIOUSNESS_RANK = {level: rank for rank, level in enumerate(Seriousness)}
+# The subjects for whom "no offence" (not_applicable) is a seriousness the form accepts.
+NO_OFFENCE_SUBJECTS = (SubjectCategory.MISSING_PERSON, SubjectCategory.UNIDENTIFIED_DECEASED)
 
 CATEGORY_LABELS = {
     ToolCategory.THIRD_PARTY_ONLINE: "Third-party online search engine",
@@ -122,6 +124,24 @@ class Tool(_Strict):
         SubjectCategory.UNIDENTIFIED_DECEASED,
     )
     allowed_subjects: tuple[SubjectCategory, ...] | None = None
+
+    def limits_use(self) -> bool:
+        """Whether its objective limits refuse some request the form would otherwise accept: a subject
+        left out, or a seriousness below the minimum that some subject the tool allows, not exempt from
+        it, can be given (the lowest is "no offence" for missing persons and unidentified deceased, minor
+        otherwise)."""
+        if self.allowed_subjects is not None and set(self.allowed_subjects) != set(SubjectCategory):
+            return True
+        if self.min_seriousness is None:
+            return False
+        minimum = SERIOUSNESS_RANK[self.min_seriousness]
+        for subject in self.allowed_subjects or tuple(SubjectCategory):
+            if subject in self.seriousness_exempt_subjects:
+                continue
+            lowest = Seriousness.NOT_APPLICABLE if subject in NO_OFFENCE_SUBJECTS else Seriousness.MINOR
+            if SERIOUSNESS_RANK[lowest] < minimum:
+                return True
+        return False
 
 
 class Stage(_Strict):
@@ -337,16 +357,11 @@ class Policy(_Strict):
         for index, tool in enumerate(self.tools):
             if tool.status is not ToolStatus.RESTRICTED or tool.category in self.own_process:
                 continue
-            # A limit that rules nothing out is none: the lowest seriousness, or every subject.
-            limited_by_seriousness = tool.min_seriousness not in (None, Seriousness.NOT_APPLICABLE)
-            limited_by_subject = tool.allowed_subjects is not None and set(tool.allowed_subjects) != set(
-                SubjectCategory
-            )
             missing = []
-            if not (limited_by_seriousness or limited_by_subject):
+            if not tool.limits_use():  # a limit that rules nothing out is none
                 missing.append(
-                    "an objective limit on its use (min_seriousness above not_applicable, or "
-                    "allowed_subjects leaving some subject out)"
+                    "an objective limit that refuses some request (a min_seriousness above the lowest "
+                    "seriousness of a subject it is not exempt for, or allowed_subjects leaving one out)"
                 )
             if not (tool.dpia_reference or "").strip():
                 missing.append("a dpia_reference")

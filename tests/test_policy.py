@@ -117,9 +117,11 @@ def test_a_stage_needing_more_approvals_than_its_approvers_is_refused() -> None:
 @pytest.mark.parametrize(
     ("old", "new", "missing"),
     [
-        ("    min_seriousness: serious\n", "", "an objective limit on its use"),
+        ("    min_seriousness: serious\n", "", "an objective limit that refuses some request"),
         # Limits that rule nothing out are none.
         ("    min_seriousness: serious\n", "    min_seriousness: not_applicable\n", "an objective limit"),
+        # "No offence" is only for the subjects exempt from the minimum by default: minor refuses nothing.
+        ("    min_seriousness: serious\n", "    min_seriousness: minor\n", "an objective limit"),
         (
             "    min_seriousness: serious\n",
             "    allowed_subjects: [suspect, victim, witness, missing_person, unidentified_deceased, other]"
@@ -135,6 +137,16 @@ def test_a_restricted_tool_needs_limits_and_an_assessment(old: str, new: str, mi
     an approved one. It now means usable only within objective limits, with a DPIA."""
     with pytest.raises(PolicyError, match=rf"tools\.1 \('engine-a'\): a restricted tool needs {missing}"):
         parse_policy(TEST_POLICY.replace(old, new, 1), SOURCE)
+
+
+def test_a_seriousness_limit_counts_where_it_can_refuse_a_request() -> None:
+    """minor refuses "no offence", which only exempt subjects can give, unless they are not exempt."""
+    not_exempt = TEST_POLICY.replace(
+        "    min_seriousness: serious\n",
+        "    min_seriousness: minor\n    seriousness_exempt_subjects: [unidentified_deceased]\n",
+        1,
+    )
+    assert parse_policy(not_exempt, SOURCE).policy.tool("engine-a") is not None
 
 
 def test_allowed_subjects_is_a_restricted_tools_limit_too() -> None:
