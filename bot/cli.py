@@ -338,6 +338,8 @@ def operator_actor(args: argparse.Namespace) -> str:
                 "characters): give --actor"
             )
         return actor
+    if not args.actor.strip():  # an audit event must say who
+        raise CliError("--actor: give a name, not a blank")
     if len(args.actor) > ACTOR_LIMIT:
         raise CliError(f"--actor: at most {ACTOR_LIMIT} characters ({args.actor!r} has {len(args.actor)})")
     return str(args.actor)

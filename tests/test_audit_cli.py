@@ -150,6 +150,9 @@ def test_a_login_name_too_long_to_record_asks_for_actor(monkeypatch: pytest.Monk
     with pytest.raises(cli.CliError, match=r"login name is too long .*: give --actor"):
         cli.operator_actor(argparse.Namespace(actor=None))
     assert cli.operator_actor(argparse.Namespace(actor="UADMIN")) == "UADMIN"
+    for blank in ("", "   "):  # recorded an event by nobody
+        with pytest.raises(cli.CliError, match="give a name, not a blank"):
+            cli.operator_actor(argparse.Namespace(actor=blank))
     monkeypatch.setenv("LOGNAME", "jsmith")
     assert cli.operator_actor(argparse.Namespace(actor=None)) == "cli:jsmith"
 
