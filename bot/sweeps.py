@@ -817,9 +817,16 @@ _FOR_A_DM = (
 
 def _remind_post_use(db: sessionmaker[Session], now: datetime, report: SweepReport) -> None:
     """Once a day after an approval ends, until the officer records what the search did."""
+    # Whether the request has had a post-use reminder before: its first is when the approval is seen to
+    # have run out, however late the sweep that sees it (downtime, a backlog).
+    reminded_before = (
+        exists()
+        .where(ScheduledNotice.kind == NoticeKind.POST_USE, ScheduledNotice.subject_id == FrRequest.id)
+        .label("reminded_before")
+    )
     with transaction(db) as session:
-        requests = session.scalars(
-            select(FrRequest)
+        requests = session.execute(
+            select(FrRequest, reminded_before)
             .where(
                 FrRequest.status == RequestStatus.APPROVED,
                 FrRequest.closed_at.is_(None),
@@ -838,8 +845,8 @@ def _remind_post_use(db: sessionmaker[Session], now: datetime, report: SweepRepo
             .with_for_update(of=FrRequest, skip_locked=True, key_share=True)
             .options(*_FOR_A_DM)
         ).all()
-        notices: list[tuple[Notice, FrRequest]] = []
-        for request in requests:
+        notices: list[tuple[Notice, tuple[FrRequest, bool]]] = []
+        for request, was_reminded in requests:
             assert request.valid_until is not None
             days = int((now - request.valid_until) / timedelta(days=1))
             notice = Notice(
@@ -851,14 +858,14 @@ def _remind_post_use(db: sessionmaker[Session], now: datetime, report: SweepRepo
                 due_at=request.valid_until + timedelta(days=days),
                 created_at=now,
             )
-            notices.append((notice, request))
+            notices.append((notice, (request, was_reminded)))
         rows: list[dict[str, Any]] = []
         events: list[PreparedEvent] = []
-        for notice, request in _record_all(session, notices):  # not those whose reminder went today
+        for notice, (request, was_reminded) in _record_all(session, notices):  # not those reminded today
             days = notice.sequence
             message = views.post_use_reminder_dm(request, days, now)
             rows.append(outbox_row(session, "dm", message, request.id, now))
-            if days == 0:
+            if not was_reminded:
                 # The approval has just run out: the reviewer messages and the officer's App Home, drawn
                 # while it was valid, said "valid until" a time now past. Drawn again, they say it ran out.
                 refresh = {"request_id": request.id}

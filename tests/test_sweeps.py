@@ -1111,6 +1111,30 @@ def test_officer_is_reminded_daily_until_the_outcome_is_recorded(
     assert audit_count(workflow, "post_use_reminder_sent") == 2
 
 
+def test_an_approval_first_seen_run_out_days_late_is_still_drawn_again(
+    workflow: Workflow, clock: FakeClock, stub: SlackStub
+) -> None:
+    """The redraw went with the day-0 reminder only: a sweep that first saw the approval run out a day or
+    more late (the scheduler down over a weekend, a backlog) sent day 2's reminder and left the reviewer
+    message saying "valid until" a time long past."""
+    request_id = submit(workflow, "V1")
+    workflow.decide(request_id, 0, "USUP1", "approve", APPROVE)
+    request = workflow.load(request_id)
+    assert request is not None and request.valid_until is not None
+    deliver(workflow, stub, clock)
+    stub.clear()
+    clock.now = request.valid_until + timedelta(days=2, hours=1)
+    assert sweep(workflow, clock).post_use_reminders == 1
+    deliver(workflow, stub, clock)
+    edits = [str(c.args) for c in stub.calls_to("chat.update") if c.ok]
+    assert len(edits) == 1 and "Approved, ran out" in edits[0]
+    stub.clear()
+    clock.now += timedelta(days=1)  # the next day's reminder: drawn once is enough
+    assert sweep(workflow, clock).post_use_reminders == 1
+    deliver(workflow, stub, clock)
+    assert [c for c in stub.calls_to("chat.update") if c.ok] == []
+
+
 def test_scheduler_jobs_have_stable_ids_and_purge_runs_retention(
     workflow: Workflow, clock: FakeClock
 ) -> None:
