@@ -159,6 +159,14 @@ class Readiness:
             connect_args = {
                 "connect_timeout": LOCK_WAIT_SECONDS,
                 "options": f"-c statement_timeout={LOCK_WAIT_SECONDS * 1000}",
+                # The statement timeout is the server's: a network gone after connecting would leave the
+                # check waiting on the socket for the kernel's retransmissions (about 15 minutes), unable
+                # to see the database come back meanwhile. The socket gives up in seconds instead.
+                "tcp_user_timeout": LOCK_WAIT_SECONDS * 1000,
+                "keepalives": 1,
+                "keepalives_idle": LOCK_WAIT_SECONDS,
+                "keepalives_interval": 1,
+                "keepalives_count": 2,
             }
         self.engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
         self.monotonic = monotonic

@@ -278,6 +278,12 @@ def test_readiness_says_whether_the_database_answers_and_asks_once_a_second(data
     seconds[0] += Readiness.CACHE_SECONDS
     assert readiness.problem() is None
     assert asked == ["SELECT 1", "SELECT 1"]
+    if database_url.startswith("postgresql"):
+        # The socket gives up in seconds on a network gone after connecting (the server's statement
+        # timeout cannot fire then), so a hung check does not outlast the outage by minutes.
+        with readiness.engine.connect() as connection:
+            settings = connection.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
+        assert settings["tcp_user_timeout"] == "2000" and settings["keepalives_idle"] == "2", settings
     # Nothing listens on port 9 (discard): refused at once, well inside the connect timeout.
     problem = Readiness("postgresql+psycopg://postgres@127.0.0.1:9/nowhere").problem()
     assert problem is not None and problem.startswith("database unavailable (")
