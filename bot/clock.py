@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -24,29 +25,33 @@ Clock = Callable[[], datetime]
 
 
 class FileClock:
-    """Now is the time written in a file; re-read whenever the file changes."""
+    """Now is the time written in a file, read at every call.
+
+    Compared by content, not by the file's modification time and size: two same-length times written
+    within one tick of the file system's clock (a few milliseconds) left the stamp as it was, and the
+    second time was never read. Reading a line costs a test run nothing it would notice."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._seen: tuple[int, int] | None = None
+        self._lock = threading.Lock()  # the workflow, the outbox and the scheduler read it from their threads
+        self._text: str | None = None
         self._now: datetime | None = None
         self()  # fail at start-up, not at the first sweep, if the file is missing or malformed
 
     def __call__(self) -> datetime:
-        stat = self.path.stat()
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp != self._seen or self._now is None:
-            text = self.path.read_text(encoding="utf-8").strip()
-            try:
-                moment = datetime.fromisoformat(text)
-            except ValueError:
-                if self._now is not None:  # caught mid-rewrite (write a temp file and rename to avoid it)
-                    return self._now
-                raise ValueError(f"{self.path}: not an ISO 8601 time: {text!r}") from None
-            if moment.tzinfo is None:
-                raise ValueError(f"{self.path}: the time needs an offset, e.g. {text}+00:00")
-            self._now, self._seen = moment, stamp
-        return self._now
+        text = self.path.read_text(encoding="utf-8").strip()
+        with self._lock:
+            if text != self._text or self._now is None:
+                try:
+                    moment = datetime.fromisoformat(text)
+                except ValueError:
+                    if self._now is not None:  # caught mid-rewrite (write a temp file and rename to avoid it)
+                        return self._now
+                    raise ValueError(f"{self.path}: not an ISO 8601 time: {text!r}") from None
+                if moment.tzinfo is None:
+                    raise ValueError(f"{self.path}: the time needs an offset, e.g. {text}+00:00")
+                self._now, self._text = moment, text
+            return self._now
 
 
 def system_clock() -> Clock:

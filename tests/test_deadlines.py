@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -177,6 +178,14 @@ def test_test_clock_file_is_read_when_it_changes(tmp_path: Path) -> None:
     assert clock() == datetime(2026, 3, 9, 9, 30, tzinfo=UTC)
     path.write_text("2026-03-09T09:3")  # caught mid-rewrite: the last good time stands
     assert clock() == datetime(2026, 3, 9, 9, 30, tzinfo=UTC)
+    # A time of the same length written within one tick of the file system's clock: the same
+    # modification time and size, which were all that was compared, so the new time went unread.
+    path.write_text("2026-03-09T09:30:00+00:00\n")
+    assert clock() == datetime(2026, 3, 9, 9, 30, tzinfo=UTC)
+    stamp = path.stat().st_mtime_ns
+    path.write_text("2026-03-09T09:45:00+00:00\n")
+    os.utime(path, ns=(stamp, stamp))
+    assert clock() == datetime(2026, 3, 9, 9, 45, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
